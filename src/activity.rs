@@ -1,0 +1,112 @@
+//! Connection probe (SPEC §3): every `activity.interval`, the established client connections
+//! of each engine's HTTP port, read from the host as `/proc/<pid>/net/tcp{,6}` (no exec, no
+//! cost to Docker). Where the host's /proc does not show the container's process (the agent
+//! itself in a container), falls back to `docker exec cat /proc/net/tcp /proc/net/tcp6`.
+//! Sends `RegistryCmd::Connections` only when an engine's set changed.
+
+use std::time::Duration;
+
+use tracing::debug;
+
+use crate::docker::DockerClient;
+use crate::health::ProbePorts;
+use crate::model::{id12, EngineState};
+use crate::procnet;
+use crate::registry::{RegistryCmd, RegistryHandle};
+use crate::shutdown::Shutdown;
+
+pub const CONN_PREFIX: &str = "conn:";
+
+pub struct Activity {
+    pub registry: RegistryHandle,
+    pub docker: DockerClient,
+    pub interval: Duration,
+    pub exec_timeout: Duration,
+    pub ports: ProbePorts,
+}
+
+/// Both tables of one network namespace, from the host's /proc.
+async fn read_proc(pid: u32) -> std::io::Result<String> {
+    let mut text = tokio::fs::read_to_string(format!("/proc/{pid}/net/tcp")).await?;
+    // A kernel without IPv6 has no tcp6; that is not an error.
+    if let Ok(t6) = tokio::fs::read_to_string(format!("/proc/{pid}/net/tcp6")).await {
+        text.push('\n');
+        text.push_str(&t6);
+    }
+    Ok(text)
+}
+
+impl Activity {
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.recv() => return,
+            }
+            let snap = self.registry.snapshot();
+            let probes = snap
+                .engines
+                .iter()
+                .filter(|e| e.running)
+                .map(|e| self.probe(e));
+            for cmd in futures_util::future::join_all(probes)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                self.registry.send(cmd).await;
+            }
+        }
+    }
+
+    async fn probe(&self, e: &EngineState) -> Option<RegistryCmd> {
+        let id = &e.engine.container_id;
+        let text = match (e.runtime.pid > 0).then_some(()) {
+            Some(()) => match read_proc(e.runtime.pid).await {
+                Ok(t) => Some(t),
+                Err(err) => {
+                    debug!(container_id = %id12(id), error = %err, "host /proc not readable; using exec");
+                    None
+                }
+            },
+            None => None,
+        };
+        let text = match text {
+            Some(t) => t,
+            None => {
+                let argv: Vec<String> = ["cat", "/proc/net/tcp", "/proc/net/tcp6"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                match self.docker.exec(id, &argv, self.exec_timeout, |_| {}).await {
+                    Ok(out) => out.stdout,
+                    Err(err) => {
+                        debug!(container_id = %id12(id), error = %err, "connection probe failed");
+                        return None;
+                    }
+                }
+            }
+        };
+        let mut streams: Vec<String> = procnet::clients_of(&text, e.runtime.container_port)
+            .into_iter()
+            .filter(|a| !self.ports.contains(a.port()))
+            .map(|a| format!("{CONN_PREFIX}{}:{}", a.ip(), a.port()))
+            .collect();
+        streams.sort();
+        streams.dedup();
+        let current: Vec<&String> = e
+            .engine
+            .streams
+            .iter()
+            .filter(|s| s.starts_with(CONN_PREFIX))
+            .collect();
+        let same =
+            current.len() == streams.len() && current.iter().zip(&streams).all(|(a, b)| *a == b);
+        (!same).then(|| RegistryCmd::Connections {
+            id: id.clone(),
+            streams,
+        })
+    }
+}

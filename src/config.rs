@@ -1,0 +1,2160 @@
+//! Configuration (SPEC "CLI and config"; cache path rule from §4; disk pressure keys from §7).
+//!
+//! Owns the layering (built-in defaults < TOML file < `ACESTREAM_AGENT_<SECTION>__<KEY>` env <
+//! `AUTOSCALE_INTERVAL_S`), the duration/size/percentage parsing and every validation rule, so
+//! the rest of the agent receives a `Config` that is already known to be sane. It must not touch
+//! Docker, the network or the store: `check-config` runs it on machines without any of them.
+//!
+//! Errors name the offending key (`ConfigError::Invalid { key }`), which `check-config` prints
+//! before exiting 2; where the value came from (file or env var) is added to the message.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// The file read when no `--config` is given; skipped silently when it does not exist.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/acestream-agent/config.toml";
+/// Prefix of the per-key environment overrides (`ACESTREAM_AGENT_HTTP__LISTEN`).
+pub const ENV_PREFIX: &str = "ACESTREAM_AGENT_";
+/// Orchestrator-compatible override of `cleanup.interval`, in whole seconds.
+pub const AUTOSCALE_ENV: &str = "AUTOSCALE_INTERVAL_S";
+
+/// What `to_toml` prints instead of the token. Refused as a token value so that saving
+/// `check-config` output as a config file cannot silently set a publicly known token.
+const TOKEN_PLACEHOLDER: &str = "<set>";
+/// Upper bound on `cleanup.concurrency`: each cleanup holds a Docker exec, and more than this
+/// only queues work inside dockerd while making disk I/O spikier.
+const MAX_CONCURRENCY: i128 = 64;
+/// Upper bound on `store.history_per_engine`: one engine's history is read whole for
+/// `/engines/{id}/cleanups`, so it must stay small.
+const MAX_HISTORY_PER_ENGINE: i128 = 100_000;
+
+/// Top-level directories that must never be a cache path: clearing "the contents of the cache
+/// directory" there would wipe the container's system. Only the directories themselves are
+/// refused; anything below them (e.g. `/root/.ACEStream/...`, `/dev/shm/...`) is fine.
+const SYSTEM_DIRS: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
+    "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+];
+
+/// Keys whose env values are taken verbatim. Every other env value goes through figment's
+/// value parser (so `8` is an integer and `[a,b]` an array), which would turn a token such as
+/// `007` into the integer 7 or `true` into a bool.
+const STRING_KEYS: &[&str] = &[
+    "http.listen",
+    "http.token",
+    "docker.host",
+    "discovery.advertise_host",
+    "cleanup.cache_path",
+    "pressure.docker_root",
+    "store.path",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------
+
+/// The effective, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub docker: DockerConfig,
+    pub discovery: DiscoveryConfig,
+    pub health: HealthConfig,
+    pub activity: ActivityConfig,
+    pub cleanup: CleanupConfig,
+    pub pressure: PressureConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// When set, `POST`s need `Authorization: Bearer <token>`; when unset, loopback only.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerConfig {
+    /// `None`: bollard's defaults, which honour `DOCKER_HOST` and fall back to the local socket.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryConfig {
+    pub labels: Vec<LabelMatch>,
+    /// Globs on the image name (`*` and `?`).
+    pub images: Vec<String>,
+    pub engine_port: u16,
+    pub advertise_host: String,
+    pub resync_interval: Duration,
+}
+
+/// One `discovery.labels` entry: `key=value` (exact value) or `key` (present, any value).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LabelMatch {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivityConfig {
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CleanupConfig {
+    /// Periodic sweep; `None` = `"off"`.
+    pub interval: Option<Duration>,
+    /// Delay after the last stream ends; `None` = `"off"`.
+    pub idle_grace: Option<Duration>,
+    /// Already checked by [`validate_cache_path`].
+    pub cache_path: String,
+    pub exec_timeout: Duration,
+    pub concurrency: usize,
+    pub min_bytes: u64,
+    /// Live size measurement; `None` = `"off"`.
+    pub measure_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PressureConfig {
+    pub interval: Duration,
+    /// `None` = `"off"`.
+    pub min_free: Option<MinFree>,
+    /// `None`: use `DockerRootDir` from Docker's info.
+    pub docker_root: Option<PathBuf>,
+}
+
+/// Free-space threshold of `pressure.min_free`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    /// Percentage of the filesystem's size, strictly between 0 and 100.
+    Percent(f64),
+    /// Absolute number of bytes available to unprivileged users.
+    Bytes(u64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub retention: Duration,
+    /// SPEC §5 `store.history_per_engine`: cleanup records kept per engine.
+    pub history_per_engine: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    /// A `--config` file that is missing, any config file that cannot be read, or bad TOML.
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Layers: built-in defaults < the file (`file` if Some — must exist —, else
+    /// /etc/acestream-agent/config.toml if it exists) < env ACESTREAM_AGENT_<SECTION>__<KEY> <
+    /// AUTOSCALE_INTERVAL_S (seconds, sets cleanup.interval).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        // Non-UTF-8 names cannot be ours; values are taken lossily so a stray byte in one of
+        // ours is reported by validation rather than silently ignored.
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+            .collect();
+        Config::load_with(file, Path::new(DEFAULT_CONFIG_FILE), &env)
+    }
+
+    /// Testable core of [`Config::load`]: the environment is passed in, and `default_file` is
+    /// the file read (if it exists) when `file` is `None`.
+    pub fn load_with(
+        file: Option<&Path>,
+        default_file: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let file = read_file(file, default_file)?;
+        build(file, env)
+    }
+
+    /// The effective config as TOML with every key, for `check-config`. Durations come back as
+    /// `"30s"`/`"1h30m"`/`"off"`, the token as `"<set>"`, unset keys as comments. Loading the
+    /// output as a file gives an equal `Config` (except the token).
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        let c = self;
+
+        line("[http]".into());
+        line(format!("listen = {}", quote(&c.http.listen.to_string())));
+        line(match &c.http.token {
+            Some(_) => format!("token = {}", quote(TOKEN_PLACEHOLDER)),
+            None => "# token: unset (writes allowed from loopback only)".into(),
+        });
+
+        line(String::new());
+        line("[docker]".into());
+        line(match &c.docker.host {
+            Some(h) => format!("host = {}", quote(h)),
+            None => "# host: unset (DOCKER_HOST, else the local socket)".into(),
+        });
+
+        line(String::new());
+        line("[discovery]".into());
+        let labels: Vec<String> = c.discovery.labels.iter().map(|l| l.to_string()).collect();
+        line(format!("labels = {}", quote_list(&labels)));
+        line(format!("images = {}", quote_list(&c.discovery.images)));
+        line(format!("engine_port = {}", c.discovery.engine_port));
+        line(format!(
+            "advertise_host = {}",
+            quote(&c.discovery.advertise_host)
+        ));
+        line(format!(
+            "resync_interval = {}",
+            quote(&format_duration(c.discovery.resync_interval))
+        ));
+
+        line(String::new());
+        line("[health]".into());
+        line(format!(
+            "interval = {}",
+            quote(&format_duration(c.health.interval))
+        ));
+        line(format!(
+            "timeout = {}",
+            quote(&format_duration(c.health.timeout))
+        ));
+
+        line(String::new());
+        line("[activity]".into());
+        line(format!(
+            "interval = {}",
+            quote(&format_duration(c.activity.interval))
+        ));
+
+        line(String::new());
+        line("[cleanup]".into());
+        line(format!(
+            "interval = {}",
+            quote_opt_duration(c.cleanup.interval)
+        ));
+        line(format!(
+            "idle_grace = {}",
+            quote_opt_duration(c.cleanup.idle_grace)
+        ));
+        line(format!("cache_path = {}", quote(&c.cleanup.cache_path)));
+        line(format!(
+            "exec_timeout = {}",
+            quote(&format_duration(c.cleanup.exec_timeout))
+        ));
+        line(format!("concurrency = {}", c.cleanup.concurrency));
+        line(match c.cleanup.min_bytes {
+            0 => "min_bytes = 0".into(),
+            n => format!("min_bytes = {}", quote(&format_size(n))),
+        });
+        line(format!(
+            "measure_interval = {}",
+            quote_opt_duration(c.cleanup.measure_interval)
+        ));
+
+        line(String::new());
+        line("[pressure]".into());
+        line(format!(
+            "interval = {}",
+            quote(&format_duration(c.pressure.interval))
+        ));
+        line(format!(
+            "min_free = {}",
+            quote(&match c.pressure.min_free {
+                None => "off".to_owned(),
+                Some(MinFree::Percent(p)) => format!("{p}%"),
+                Some(MinFree::Bytes(n)) => format_size(n),
+            })
+        ));
+        line(match &c.pressure.docker_root {
+            Some(p) => format!("docker_root = {}", quote(&p.to_string_lossy())),
+            None => "# docker_root: unset (DockerRootDir from Docker's info)".into(),
+        });
+
+        line(String::new());
+        line("[store]".into());
+        line(format!("path = {}", quote(&c.store.path.to_string_lossy())));
+        line(format!(
+            "retention = {}",
+            quote(&format_duration(c.store.retention))
+        ));
+        line(format!(
+            "history_per_engine = {}",
+            c.store.history_per_engine
+        ));
+        out
+    }
+}
+
+/// Built-in defaults only (no file, no environment; `store.path` is `./acestream-agent.redb`).
+/// Handy for tests that want a config and change a field or two.
+impl Default for Config {
+    fn default() -> Self {
+        defaults(&EnvView::new(&[]))
+    }
+}
+
+/// The SPEC table. `env` supplies `STATE_DIRECTORY`, which systemd sets from `StateDirectory=`.
+fn defaults(env: &EnvView<'_>) -> Config {
+    let store_path = env
+        .get("STATE_DIRECTORY")
+        // systemd passes several directories colon-separated when the unit lists several.
+        .and_then(|dirs| dirs.split(':').next())
+        .filter(|first| !first.is_empty())
+        .map(|dir| PathBuf::from(dir).join("state.redb"))
+        .unwrap_or_else(|| PathBuf::from("./acestream-agent.redb"));
+    Config {
+        http: HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9477)),
+            token: None,
+        },
+        docker: DockerConfig { host: None },
+        discovery: DiscoveryConfig {
+            labels: vec![
+                LabelMatch::new("orchestrator.managed", Some("acestream")),
+                LabelMatch::new("acestream.engine", Some("true")),
+            ],
+            images: vec!["*acestream*".into(), "*acelink*".into()],
+            engine_port: 6878,
+            advertise_host: hostname(),
+            resync_interval: Duration::from_secs(60),
+        },
+        health: HealthConfig {
+            interval: Duration::from_secs(20),
+            timeout: Duration::from_secs(5),
+        },
+        activity: ActivityConfig {
+            interval: Duration::from_secs(5),
+        },
+        cleanup: CleanupConfig {
+            interval: Some(Duration::from_secs(30)),
+            idle_grace: Some(Duration::from_secs(5)),
+            cache_path: "/home/appuser/.ACEStream/.acestream_cache".into(),
+            exec_timeout: Duration::from_secs(60),
+            concurrency: 4,
+            min_bytes: 0,
+            measure_interval: Some(Duration::from_secs(5 * 60)),
+        },
+        pressure: PressureConfig {
+            interval: Duration::from_secs(10),
+            min_free: Some(MinFree::Percent(10.0)),
+            docker_root: None,
+        },
+        store: StoreConfig {
+            path: store_path,
+            retention: Duration::from_secs(7 * 86_400),
+            history_per_engine: 100,
+        },
+    }
+}
+
+/// A config file already read: its path (for messages) and its contents.
+struct FileSource {
+    path: PathBuf,
+    text: String,
+}
+
+fn read_file(file: Option<&Path>, default_file: &Path) -> Result<Option<FileSource>, ConfigError> {
+    let (path, required) = match file {
+        Some(p) => (p, true),
+        None => (default_file, false),
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(FileSource {
+            path: path.to_owned(),
+            text,
+        })),
+        // Only the implicit default file may be absent; an explicit --config that is missing
+        // is almost always a typo, and running on defaults would hide it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::File {
+            path: path.to_owned(),
+            message: "not found".into(),
+        }),
+        Err(e) => Err(ConfigError::File {
+            path: path.to_owned(),
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+/// Case-sensitive view of the passed-in environment (last assignment wins, as in a shell).
+struct EnvView<'a>(&'a [(String, String)]);
+
+impl<'a> EnvView<'a> {
+    fn new(env: &'a [(String, String)]) -> Self {
+        EnvView(env)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One figment layer made of an already parsed dict. We don't use figment's `Env` provider
+/// because it reads the process environment, and `load_with` must be testable with an env
+/// passed in; nor `Toml::file`, because we want to tell "missing" from "unreadable" ourselves.
+struct Layer {
+    name: String,
+    dict: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// Where each key was set, so error messages can point at the file or the env var.
+#[derive(Default)]
+struct Origins {
+    file: Option<(PathBuf, Dict)>,
+    /// `section.key` -> the env var that set it.
+    env: BTreeMap<String, String>,
+}
+
+impl Origins {
+    fn describe(&self, key: &str) -> Option<String> {
+        if key == AUTOSCALE_ENV {
+            return None;
+        }
+        if let Some(var) = self.env.get(key) {
+            return Some(format!("set by {var}"));
+        }
+        let (path, dict) = self.file.as_ref()?;
+        dict_contains(dict, key).then(|| format!("in {}", path.display()))
+    }
+}
+
+fn dict_contains(dict: &Dict, key: &str) -> bool {
+    let mut parts = key.split('.');
+    let Some(mut value) = parts.next().and_then(|p| dict.get(p)) else {
+        return false;
+    };
+    for part in parts {
+        match value.as_dict().and_then(|d| d.get(part)) {
+            Some(inner) => value = inner,
+            None => return false,
+        }
+    }
+    true
+}
+
+fn build(file: Option<FileSource>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let env = EnvView::new(env);
+    let mut origins = Origins::default();
+    let mut figment = Figment::new();
+
+    if let Some(FileSource { path, text }) = file {
+        let dict: Dict = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        figment = figment.merge(Layer {
+            name: format!("TOML file {}", path.display()),
+            dict: dict.clone(),
+        });
+        origins.file = Some((path, dict));
+    }
+
+    let (env_dict, env_keys) = env_layer(env.0);
+    origins.env = env_keys;
+    figment = figment.merge(Layer {
+        name: format!("`{ENV_PREFIX}` environment variables"),
+        dict: env_dict,
+    });
+
+    let result = figment
+        .extract::<RawConfig>()
+        .map_err(figment_error)
+        .and_then(|raw| resolve(raw, &env));
+    result.map_err(|err| match err {
+        ConfigError::Invalid { key, message } => {
+            let message = match origins.describe(&key) {
+                Some(origin) => format!("{message} ({origin})"),
+                None => message,
+            };
+            ConfigError::Invalid { key, message }
+        }
+        other => other,
+    })
+}
+
+/// Mirrors `Env::prefixed(ENV_PREFIX).split("__")`: case-insensitive prefix, `__` nests,
+/// keys lower-cased. Returns the dict and, per `section.key`, the variable that set it.
+fn env_layer(env: &[(String, String)]) -> (Dict, BTreeMap<String, String>) {
+    let mut dict = Dict::new();
+    let mut origins = BTreeMap::new();
+    for (name, raw) in env {
+        let Some(rest) = name
+            .get(..ENV_PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+            .and_then(|_| name.get(ENV_PREFIX.len()..))
+        else {
+            continue;
+        };
+        let key = rest.trim().replace("__", ".").to_ascii_lowercase();
+        let parts: Vec<&str> = key.split('.').collect();
+        // Same rule as figment's Env: a key with an empty segment is not a key.
+        if parts.iter().any(|p| p.is_empty()) {
+            continue;
+        }
+        let value = if STRING_KEYS.contains(&key.as_str()) {
+            Value::from(raw.clone())
+        } else {
+            // Infallible: anything that is not a number, bool, array or dict stays a string.
+            raw.parse::<Value>().unwrap_or_else(|e| match e {})
+        };
+        insert_nested(&mut dict, &parts, value);
+        origins.insert(
+            parts.iter().take(2).copied().collect::<Vec<_>>().join("."),
+            name.clone(),
+        );
+    }
+    (dict, origins)
+}
+
+fn insert_nested(dict: &mut Dict, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert((*last).to_owned(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry((*first).to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if entry.as_dict().is_none() {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_nested(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Turns figment's error into `Invalid` with a `section.key` name. Unknown fields carry the
+/// path of their parent plus the field name in the kind.
+fn figment_error(err: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let mut path = err.path.clone();
+    let message = match &err.kind {
+        Kind::UnknownField(field, expected) => {
+            // figment usually reports the unknown field's own path already; not always.
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
+            if path.len() == 1 {
+                format!("unknown section (known: {})", expected.join(", "))
+            } else {
+                format!(
+                    "unknown key (known in [{}]: {})",
+                    path[0],
+                    expected.join(", ")
+                )
+            }
+        }
+        // Our raw structs' names mean nothing to an operator: say "table" instead.
+        Kind::InvalidType(actual, expected) if expected.starts_with("struct ") => {
+            format!("invalid type: found {actual}, expected a table")
+        }
+        kind => kind.to_string(),
+    };
+    // Deeper paths (an array index) are part of the value, not of the key's name.
+    let key = if path.is_empty() {
+        "config".to_owned()
+    } else {
+        path.iter().take(2).cloned().collect::<Vec<_>>().join(".")
+    };
+    ConfigError::Invalid { key, message }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (as written) config and resolution into `Config`
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawConfig {
+    http: RawHttp,
+    docker: RawDocker,
+    discovery: RawDiscovery,
+    health: RawHealth,
+    activity: RawActivity,
+    cleanup: RawCleanup,
+    pressure: RawPressure,
+    store: RawStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawDocker {
+    host: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawDiscovery {
+    labels: Option<StringList>,
+    images: Option<StringList>,
+    engine_port: Option<Scalar>,
+    advertise_host: Option<String>,
+    resync_interval: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawHealth {
+    interval: Option<Scalar>,
+    timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawActivity {
+    interval: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawCleanup {
+    interval: Option<Scalar>,
+    idle_grace: Option<Scalar>,
+    cache_path: Option<String>,
+    exec_timeout: Option<Scalar>,
+    concurrency: Option<Scalar>,
+    min_bytes: Option<Scalar>,
+    measure_interval: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawPressure {
+    interval: Option<Scalar>,
+    min_free: Option<Scalar>,
+    docker_root: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawStore {
+    path: Option<String>,
+    retention: Option<Scalar>,
+    history_per_engine: Option<Scalar>,
+}
+
+/// A string or a number as written. Durations, sizes and counts accept both, because env
+/// values such as `8` or `30` reach us as integers, and the meaning (seconds, bytes) is fixed
+/// per key.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar {
+    Text(String),
+    Int(i128),
+    Float(f64),
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Scalar, E> {
+                Ok(Scalar::Int(i128::try_from(v).unwrap_or(i128::MAX)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An array of strings; a single string is taken as a one-element list, which is what
+/// `ACESTREAM_AGENT_DISCOVERY__LABELS=acestream.engine=true` (no brackets) means.
+#[derive(Debug, Clone, PartialEq)]
+struct StringList(Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StringList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StringList, E> {
+                Ok(StringList(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StringList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    out.push(item);
+                }
+                Ok(StringList(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn resolve(raw: RawConfig, env: &EnvView<'_>) -> Result<Config, ConfigError> {
+    let d = defaults(env);
+
+    let http = HttpConfig {
+        listen: match raw.http.listen {
+            None => d.http.listen,
+            Some(s) => s.trim().parse().map_err(|_| {
+                invalid(
+                    "http.listen",
+                    format!("{s:?} is not an IP address and port such as \"0.0.0.0:9477\""),
+                )
+            })?,
+        },
+        token: match raw.http.token {
+            None => None,
+            Some(t) => Some(check_token(t)?),
+        },
+    };
+
+    let docker = DockerConfig {
+        host: match raw.docker.host {
+            None => None,
+            Some(h) if h.trim().is_empty() => {
+                return Err(invalid(
+                    "docker.host",
+                    "must not be empty (leave it unset to use DOCKER_HOST or the local socket)",
+                ))
+            }
+            Some(h) => Some(h),
+        },
+    };
+
+    let labels = match raw.discovery.labels {
+        None => d.discovery.labels,
+        Some(StringList(items)) => items
+            .iter()
+            .map(|s| s.parse::<LabelMatch>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid("discovery.labels", m))?,
+    };
+    let images = match raw.discovery.images {
+        None => d.discovery.images,
+        Some(StringList(items)) => {
+            for image in &items {
+                check_image_glob(image).map_err(|m| invalid("discovery.images", m))?;
+            }
+            items
+        }
+    };
+    if labels.is_empty() && images.is_empty() {
+        return Err(invalid(
+            "discovery.labels",
+            "discovery.labels and discovery.images are both empty, \
+             so no container would ever be an engine",
+        ));
+    }
+    let discovery = DiscoveryConfig {
+        labels,
+        images,
+        engine_port: int_in(
+            "discovery.engine_port",
+            raw.discovery.engine_port,
+            1,
+            65_535,
+        )?
+        .map_or(Ok(d.discovery.engine_port), u16::try_from)
+        .map_err(|_| invalid("discovery.engine_port", "out of range"))?,
+        advertise_host: match raw.discovery.advertise_host {
+            None => d.discovery.advertise_host,
+            Some(h) => {
+                if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(invalid(
+                        "discovery.advertise_host",
+                        format!("{h:?} is not a host name or address"),
+                    ));
+                }
+                h
+            }
+        },
+        resync_interval: duration(
+            "discovery.resync_interval",
+            raw.discovery.resync_interval,
+            d.discovery.resync_interval,
+        )?,
+    };
+
+    let health = HealthConfig {
+        interval: duration("health.interval", raw.health.interval, d.health.interval)?,
+        timeout: duration("health.timeout", raw.health.timeout, d.health.timeout)?,
+    };
+    let activity = ActivityConfig {
+        interval: duration(
+            "activity.interval",
+            raw.activity.interval,
+            d.activity.interval,
+        )?,
+    };
+
+    let mut cleanup = CleanupConfig {
+        interval: optional_duration("cleanup.interval", raw.cleanup.interval, d.cleanup.interval)?,
+        idle_grace: optional_duration(
+            "cleanup.idle_grace",
+            raw.cleanup.idle_grace,
+            d.cleanup.idle_grace,
+        )?,
+        cache_path: match raw.cleanup.cache_path {
+            None => d.cleanup.cache_path,
+            Some(p) => {
+                validate_cache_path(&p).map_err(|m| invalid("cleanup.cache_path", m))?;
+                p
+            }
+        },
+        exec_timeout: duration(
+            "cleanup.exec_timeout",
+            raw.cleanup.exec_timeout,
+            d.cleanup.exec_timeout,
+        )?,
+        concurrency: int_in(
+            "cleanup.concurrency",
+            raw.cleanup.concurrency,
+            1,
+            MAX_CONCURRENCY,
+        )?
+        .map_or(d.cleanup.concurrency, |n| n as usize),
+        min_bytes: match raw.cleanup.min_bytes {
+            None => d.cleanup.min_bytes,
+            Some(v) => size("cleanup.min_bytes", v)?,
+        },
+        measure_interval: optional_duration(
+            "cleanup.measure_interval",
+            raw.cleanup.measure_interval,
+            d.cleanup.measure_interval,
+        )?,
+    };
+    if let Some(value) = env.get(AUTOSCALE_ENV) {
+        // An empty value (`AUTOSCALE_INTERVAL_S=` from a compose file's `${X:-}`) means unset.
+        let value = value.trim();
+        if !value.is_empty() {
+            let secs = value
+                .parse::<u64>()
+                .ok()
+                .filter(|&s| s > 0)
+                .ok_or_else(|| {
+                    invalid(
+                        AUTOSCALE_ENV,
+                        format!("{value:?} is not a positive whole number of seconds"),
+                    )
+                })?;
+            cleanup.interval = Some(Duration::from_secs(secs));
+        }
+    }
+
+    let pressure = PressureConfig {
+        interval: duration(
+            "pressure.interval",
+            raw.pressure.interval,
+            d.pressure.interval,
+        )?,
+        min_free: match raw.pressure.min_free {
+            None => d.pressure.min_free,
+            Some(v) => min_free(v)?,
+        },
+        docker_root: match raw.pressure.docker_root {
+            None => None,
+            Some(p) => {
+                if !p.starts_with('/') || p.chars().any(char::is_control) {
+                    return Err(invalid(
+                        "pressure.docker_root",
+                        format!("must be an absolute path: {p:?}"),
+                    ));
+                }
+                Some(PathBuf::from(p))
+            }
+        },
+    };
+
+    let store = StoreConfig {
+        path: match raw.store.path {
+            None => d.store.path,
+            Some(p) if p.trim().is_empty() => {
+                return Err(invalid("store.path", "must not be empty"))
+            }
+            Some(p) => PathBuf::from(p),
+        },
+        retention: duration("store.retention", raw.store.retention, d.store.retention)?,
+        history_per_engine: int_in(
+            "store.history_per_engine",
+            raw.store.history_per_engine,
+            1,
+            MAX_HISTORY_PER_ENGINE,
+        )?
+        .map_or(d.store.history_per_engine, |n| n as usize),
+    };
+
+    Ok(Config {
+        http,
+        docker,
+        discovery,
+        health,
+        activity,
+        cleanup,
+        pressure,
+        store,
+    })
+}
+
+fn check_token(token: String) -> Result<String, ConfigError> {
+    if token.is_empty() {
+        return Err(invalid(
+            "http.token",
+            "must not be empty (leave it unset to allow writes from loopback only)",
+        ));
+    }
+    if token == TOKEN_PLACEHOLDER {
+        return Err(invalid(
+            "http.token",
+            "\"<set>\" is the placeholder check-config prints, not a token",
+        ));
+    }
+    // It travels in `Authorization: Bearer <token>`, where whitespace would split it.
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "http.token",
+            "must not contain whitespace or control characters",
+        ));
+    }
+    Ok(token)
+}
+
+fn check_image_glob(image: &str) -> Result<(), String> {
+    if image.is_empty() {
+        return Err("image globs must not be empty".into());
+    }
+    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("image glob {image:?} contains whitespace"));
+    }
+    // Image names never contain commas; one here is a comma-separated list given as a single
+    // string, which would silently match nothing.
+    if image.contains(',') {
+        return Err(format!(
+            "image glob {image:?} contains ','; give several globs as an array: [\"a*\", \"b*\"]"
+        ));
+    }
+    Ok(())
+}
+
+fn duration(key: &str, value: Option<Scalar>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(Scalar::Text(s)) if s.trim() == "off" => Err(invalid(
+            key,
+            "cannot be \"off\" (only cleanup.interval, cleanup.idle_grace, \
+             cleanup.measure_interval and pressure.min_free can)",
+        )),
+        Some(v) => scalar_duration(v).map_err(|m| invalid(key, m)),
+    }
+}
+
+fn optional_duration(
+    key: &str,
+    value: Option<Scalar>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(Scalar::Text(s)) if s.trim() == "off" => Ok(None),
+        Some(v) => scalar_duration(v).map(Some).map_err(|m| invalid(key, m)),
+    }
+}
+
+fn scalar_duration(value: Scalar) -> Result<Duration, String> {
+    match value {
+        Scalar::Text(s) => parse_duration(&s),
+        Scalar::Int(n) if n > 0 => u64::try_from(n)
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{n} seconds is too large")),
+        Scalar::Int(n) => Err(format!("duration must be greater than zero, got {n}")),
+        Scalar::Float(f) => Err(format!(
+            "{f} is not a whole number of seconds; write a duration such as \"1500ms\""
+        )),
+    }
+}
+
+fn size(key: &str, value: Scalar) -> Result<u64, ConfigError> {
+    match value {
+        Scalar::Text(s) => parse_size(&s),
+        Scalar::Int(n) => {
+            u64::try_from(n).map_err(|_| format!("size must not be negative, got {n}"))
+        }
+        Scalar::Float(f) => Err(format!(
+            "{f} is not a whole number of bytes; write a size such as \"1.5GiB\""
+        )),
+    }
+    .map_err(|m| invalid(key, m))
+}
+
+fn min_free(value: Scalar) -> Result<Option<MinFree>, ConfigError> {
+    const KEY: &str = "pressure.min_free";
+    let text = match value {
+        Scalar::Text(s) => s,
+        other => {
+            let n = size(KEY, other)?;
+            return check_min_bytes(n).map(|b| Some(MinFree::Bytes(b)));
+        }
+    };
+    let text = text.trim();
+    if text == "off" {
+        return Ok(None);
+    }
+    if let Some(number) = text.strip_suffix('%') {
+        let p: f64 = number
+            .trim()
+            .parse()
+            .map_err(|_| invalid(KEY, format!("{text:?} is not a percentage such as \"10%\"")))?;
+        if !(p > 0.0 && p < 100.0) {
+            return Err(invalid(
+                KEY,
+                format!("percentage must be between 0% and 100% (exclusive), got {text:?}"),
+            ));
+        }
+        return Ok(Some(MinFree::Percent(p)));
+    }
+    let n = parse_size(text).map_err(|_| {
+        invalid(
+            KEY,
+            format!(
+                "{text:?} is not a percentage such as \"10%\", a size such as \"5GiB\", or \"off\""
+            ),
+        )
+    })?;
+    check_min_bytes(n).map(|b| Some(MinFree::Bytes(b)))
+}
+
+fn check_min_bytes(n: u64) -> Result<u64, ConfigError> {
+    if n == 0 {
+        return Err(invalid(
+            "pressure.min_free",
+            "must be greater than zero (use \"off\" to disable pressure cleanups)",
+        ));
+    }
+    Ok(n)
+}
+
+/// An integer key within `min..=max`; numeric strings are accepted too.
+fn int_in(
+    key: &str,
+    value: Option<Scalar>,
+    min: i128,
+    max: i128,
+) -> Result<Option<i128>, ConfigError> {
+    let n = match value {
+        None => return Ok(None),
+        Some(Scalar::Int(n)) => n,
+        Some(Scalar::Text(s)) => s
+            .trim()
+            .parse::<i128>()
+            .map_err(|_| invalid(key, format!("{s:?} is not a whole number")))?,
+        Some(Scalar::Float(f)) => return Err(invalid(key, format!("{f} is not a whole number"))),
+    };
+    if n < min || n > max {
+        return Err(invalid(
+            key,
+            format!("must be between {min} and {max}, got {n}"),
+        ));
+    }
+    Ok(Some(n))
+}
+
+// ---------------------------------------------------------------------------------------------
+// LabelMatch, MinFree
+// ---------------------------------------------------------------------------------------------
+
+impl LabelMatch {
+    fn new(key: &str, value: Option<&str>) -> Self {
+        LabelMatch {
+            key: key.to_owned(),
+            value: value.map(str::to_owned),
+        }
+    }
+
+    /// True when `labels` has this key and, for `key=value`, exactly this value.
+    pub fn matches(&self, labels: &HashMap<String, String>) -> bool {
+        match (&self.value, labels.get(&self.key)) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(want), Some(have)) => want == have,
+        }
+    }
+}
+
+/// `"key=value"` or `"key"`; the value may be empty (`"key="` matches a label set to "").
+impl FromStr for LabelMatch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (key, value) = match s.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (s, None),
+        };
+        if key.is_empty() {
+            return Err(format!(
+                "label {s:?} has an empty key; write \"key=value\" or \"key\""
+            ));
+        }
+        // Docker label keys never contain whitespace; a padded key would silently never match.
+        if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("label key in {s:?} contains whitespace"));
+        }
+        Ok(LabelMatch::new(key, value))
+    }
+}
+
+impl fmt::Display for LabelMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}={}", self.key, v),
+            None => f.write_str(&self.key),
+        }
+    }
+}
+
+/// `10%`, or a 1024-based size with two decimals in the seed's unit style (`5.00 GB`), so it
+/// reads the same as the free space beside it in the disk-pressure log line.
+impl fmt::Display for MinFree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MinFree::Percent(p) => write!(f, "{p}%"),
+            MinFree::Bytes(n) => {
+                const UNITS: [&str; 5] = ["bytes", "KB", "MB", "GB", "TB"];
+                let mut value = n as f64;
+                let mut unit = 0;
+                while value >= 1024.0 && unit < UNITS.len() - 1 {
+                    value /= 1024.0;
+                    unit += 1;
+                }
+                if unit == 0 {
+                    write!(f, "{n} bytes")
+                } else {
+                    write!(f, "{value:.2} {}", UNITS[unit])
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsers and formatters
+// ---------------------------------------------------------------------------------------------
+
+const DURATION_UNITS: &[(&str, u64)] = &[
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
+/// `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"` and combinations such as `"1h30m"`; a plain
+/// integer is seconds. Whole numbers only, millisecond resolution; must be greater than zero.
+/// `"off"` is not a duration: the keys that allow it handle it before calling this.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    if text.is_empty() {
+        return Err("duration must not be empty".into());
+    }
+    let bad = || {
+        format!(
+            "invalid duration {s:?}: expected e.g. \"500ms\", \"30s\", \"5m\", \"2h\", \
+             \"7d\", \"1h30m\" or whole seconds"
+        )
+    };
+    let total_ms = if text.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = text
+            .parse()
+            .map_err(|_| format!("duration {s:?} is too large"))?;
+        secs.checked_mul(1_000)
+            .ok_or_else(|| format!("duration {s:?} is too large"))?
+    } else {
+        let mut rest = text;
+        let mut total: u64 = 0;
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return Err(bad());
+            }
+            let number: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("duration {s:?} is too large"))?;
+            rest = &rest[digits..];
+            let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+            let unit = &rest[..unit_len];
+            rest = rest[unit_len..].trim_start();
+            let &(_, factor) = DURATION_UNITS
+                .iter()
+                .find(|(name, _)| *name == unit)
+                .ok_or_else(bad)?;
+            total = number
+                .checked_mul(factor)
+                .and_then(|ms| total.checked_add(ms))
+                .ok_or_else(|| format!("duration {s:?} is too large"))?;
+        }
+        total
+    };
+    if total_ms == 0 {
+        return Err(format!("duration must be greater than zero, got {s:?}"));
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+/// Inverse of [`parse_duration`]: `30s`, `5m`, `1h30m`, `7d`, `1500ms` → `1s500ms`.
+/// Sub-millisecond parts are dropped (parsed durations never have any).
+fn format_duration(d: Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for &(name, factor) in DURATION_UNITS {
+        let factor = u128::from(factor);
+        if ms >= factor {
+            out.push_str(&format!("{}{name}", ms / factor));
+            ms %= factor;
+        }
+    }
+    out
+}
+
+const SIZE_UNITS: &[(&[&str], u64)] = &[
+    (&["", "b"], 1),
+    (&["k", "kb", "kib"], 1 << 10),
+    (&["m", "mb", "mib"], 1 << 20),
+    (&["g", "gb", "gib"], 1 << 30),
+    (&["t", "tb", "tib"], 1 << 40),
+];
+
+/// `"500MiB"`, `"5GiB"`, `"10KiB"`, `"1TiB"`, or plain bytes `"1024"`. Units are
+/// case-insensitive and always 1024-based, including `KB`/`MB`/`GB`/`TB` and `K`/`M`/`G`/`T`:
+/// SPEC says sizes are 1024-based, and the agent itself prints 1024-based sizes as "MB"/"GB",
+/// so reading "5GB" as anything else would disagree with our own logs. A fraction is allowed
+/// with a unit (`"1.5GiB"`) and rounded down to whole bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let text = s.trim();
+    if text.is_empty() {
+        return Err("size must not be empty".into());
+    }
+    let bad =
+        || format!("invalid size {s:?}: expected e.g. \"500MiB\", \"5GiB\" or a number of bytes");
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim().to_ascii_lowercase());
+    if number.is_empty() {
+        return Err(bad());
+    }
+    let &(_, factor) = SIZE_UNITS
+        .iter()
+        .find(|(names, _)| names.contains(&unit.as_str()))
+        .ok_or_else(bad)?;
+    let too_large = || format!("size {s:?} is too large");
+    if number.contains('.') {
+        if factor == 1 {
+            return Err(format!("size {s:?} is not a whole number of bytes"));
+        }
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let bytes = (value * factor as f64).floor();
+        // u64::MAX as f64 rounds up to 2^64, so `<` keeps the cast below in range.
+        if !(bytes.is_finite() && bytes < u64::MAX as f64) {
+            return Err(too_large());
+        }
+        return Ok(bytes as u64);
+    }
+    let value: u64 = number.parse().map_err(|_| too_large())?;
+    value.checked_mul(factor).ok_or_else(too_large)
+}
+
+/// Exact inverse of [`parse_size`]: the largest binary unit that divides `n`, else plain bytes.
+fn format_size(n: u64) -> String {
+    for &(names, factor) in SIZE_UNITS.iter().rev() {
+        if factor > 1 && n >= factor && n.is_multiple_of(factor) {
+            let unit = match names[2] {
+                "kib" => "KiB",
+                "mib" => "MiB",
+                "gib" => "GiB",
+                _ => "TiB",
+            };
+            return format!("{}{unit}", n / factor);
+        }
+    }
+    n.to_string()
+}
+
+/// The cache-path rule of SPEC §4, for `cleanup.cache_path` and for `acestream.cache_path`
+/// container labels: non-empty, absolute, normalised (no `.`/`..` segments, no `//`, no
+/// trailing `/`), no control characters, not `/` and not a top-level system directory.
+pub fn validate_cache_path(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("cache path must not be empty".into());
+    }
+    if p.chars().any(char::is_control) {
+        return Err(format!(
+            "cache path must not contain control characters: {p:?}"
+        ));
+    }
+    if !p.starts_with('/') {
+        return Err(format!("cache path must be absolute: {p:?}"));
+    }
+    if p == "/" {
+        return Err("cache path must not be the root directory \"/\"".into());
+    }
+    if p.contains("//") {
+        return Err(format!("cache path must be normalised (no \"//\"): {p:?}"));
+    }
+    if p.ends_with('/') {
+        return Err(format!(
+            "cache path must be normalised (no trailing \"/\"): {p:?}"
+        ));
+    }
+    if p.split('/').any(|part| part == "." || part == "..") {
+        return Err(format!(
+            "cache path must be normalised (no \".\" or \"..\" segments): {p:?}"
+        ));
+    }
+    if SYSTEM_DIRS.contains(&p) {
+        return Err(format!(
+            "cache path must not be a top-level system directory: {p:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The machine's hostname (default `discovery.advertise_host`), "localhost" if unavailable.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call, and
+    // we never read past `buf.len()` even if the name was truncated without a NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if !name.trim().is_empty() => name.to_owned(),
+        _ => "localhost".into(),
+    }
+}
+
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn quote_list(items: &[String]) -> String {
+    toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect()).to_string()
+}
+
+fn quote_opt_duration(d: Option<Duration>) -> String {
+    quote(&d.map_or_else(|| "off".to_owned(), format_duration))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const SHIPPED: &str = include_str!("../config/acestream-agent.toml");
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A default-file path that never exists, so no test depends on the machine's /etc.
+    fn no_default() -> PathBuf {
+        PathBuf::from("/nonexistent/acestream-agent-test/config.toml")
+    }
+
+    fn load_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load_with(None, &no_default(), &env(pairs))
+    }
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        load_toml_env(text, &[])
+    }
+
+    fn load_toml_env(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(text.as_bytes()).expect("write temp file");
+        Config::load_with(Some(file.path()), &no_default(), &env(pairs))
+    }
+
+    fn invalid_key(result: Result<Config, ConfigError>) -> String {
+        match result {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected ConfigError::Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_spec_table() {
+        let c = load_env(&[]).expect("defaults load");
+        assert_eq!(c.http.listen, "0.0.0.0:9477".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.http.token, None);
+        assert_eq!(c.docker.host, None);
+        assert_eq!(
+            c.discovery.labels,
+            vec![
+                LabelMatch::new("orchestrator.managed", Some("acestream")),
+                LabelMatch::new("acestream.engine", Some("true")),
+            ]
+        );
+        assert_eq!(c.discovery.images, vec!["*acestream*", "*acelink*"]);
+        assert_eq!(c.discovery.engine_port, 6878);
+        assert_eq!(c.discovery.advertise_host, hostname());
+        assert_eq!(c.discovery.resync_interval, Duration::from_secs(60));
+        assert_eq!(c.health.interval, Duration::from_secs(20));
+        assert_eq!(c.health.timeout, Duration::from_secs(5));
+        assert_eq!(c.activity.interval, Duration::from_secs(5));
+        assert_eq!(c.cleanup.interval, Some(Duration::from_secs(30)));
+        assert_eq!(c.cleanup.idle_grace, Some(Duration::from_secs(5)));
+        assert_eq!(
+            c.cleanup.cache_path,
+            "/home/appuser/.ACEStream/.acestream_cache"
+        );
+        assert_eq!(c.cleanup.exec_timeout, Duration::from_secs(60));
+        assert_eq!(c.cleanup.concurrency, 4);
+        assert_eq!(c.cleanup.min_bytes, 0);
+        assert_eq!(c.cleanup.measure_interval, Some(Duration::from_secs(300)));
+        assert_eq!(c.pressure.interval, Duration::from_secs(10));
+        assert_eq!(c.pressure.min_free, Some(MinFree::Percent(10.0)));
+        assert_eq!(c.pressure.docker_root, None);
+        assert_eq!(c.store.path, PathBuf::from("./acestream-agent.redb"));
+        assert_eq!(c.store.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.store.history_per_engine, 100);
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn store_path_follows_state_directory() {
+        let c = load_env(&[("STATE_DIRECTORY", "/var/lib/acestream-agent")]).unwrap();
+        assert_eq!(
+            c.store.path,
+            PathBuf::from("/var/lib/acestream-agent/state.redb")
+        );
+        let c = load_env(&[("STATE_DIRECTORY", "/var/lib/a:/var/lib/b")]).unwrap();
+        assert_eq!(c.store.path, PathBuf::from("/var/lib/a/state.redb"));
+        let c = load_env(&[("STATE_DIRECTORY", "")]).unwrap();
+        assert_eq!(c.store.path, PathBuf::from("./acestream-agent.redb"));
+        // An explicit store.path wins over STATE_DIRECTORY.
+        let c = load_toml_env(
+            "[store]\npath = \"/srv/x.redb\"\n",
+            &[("STATE_DIRECTORY", "/var/lib/acestream-agent")],
+        )
+        .unwrap();
+        assert_eq!(c.store.path, PathBuf::from("/srv/x.redb"));
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let text =
+            "[http]\nlisten = \"127.0.0.1:9000\"\n[health]\ninterval = \"1m\"\ntimeout = \"2s\"\n";
+        let c = load_toml(text).unwrap();
+        assert_eq!(
+            c.http.listen,
+            "127.0.0.1:9000".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(c.health.interval, Duration::from_secs(60));
+        assert_eq!(c.health.timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.activity.interval,
+            Duration::from_secs(5),
+            "untouched key keeps its default"
+        );
+
+        let c = load_toml_env(
+            text,
+            &[
+                ("ACESTREAM_AGENT_HTTP__LISTEN", "127.0.0.1:1"),
+                ("ACESTREAM_AGENT_HEALTH__INTERVAL", "90s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.health.interval, Duration::from_secs(90));
+        assert_eq!(
+            c.health.timeout,
+            Duration::from_secs(2),
+            "file value not overridden by env"
+        );
+    }
+
+    #[test]
+    fn default_file_is_read_when_no_config_is_given() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"[cleanup]\nconcurrency = 2\n").unwrap();
+        let c = Config::load_with(None, file.path(), &[]).unwrap();
+        assert_eq!(c.cleanup.concurrency, 2);
+        // --config replaces the default file rather than stacking on it.
+        let mut other = tempfile::NamedTempFile::new().unwrap();
+        other
+            .write_all(b"[cleanup]\nmin_bytes = \"1MiB\"\n")
+            .unwrap();
+        let c = Config::load_with(Some(other.path()), file.path(), &[]).unwrap();
+        assert_eq!(c.cleanup.concurrency, 4);
+        assert_eq!(c.cleanup.min_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn env_values_are_typed_like_figment_env() {
+        let c = load_env(&[
+            ("ACESTREAM_AGENT_HTTP__LISTEN", "127.0.0.1:1"),
+            (
+                "ACESTREAM_AGENT_DISCOVERY__LABELS",
+                "[a=b, c.d=true, present]",
+            ),
+            (
+                "ACESTREAM_AGENT_DISCOVERY__IMAGES",
+                "[\"ghcr.io/x/*\", \"*engine*\"]",
+            ),
+            ("ACESTREAM_AGENT_CLEANUP__CONCURRENCY", "8"),
+            ("ACESTREAM_AGENT_HEALTH__INTERVAL", "45"),
+            ("ACESTREAM_AGENT_DISCOVERY__ENGINE_PORT", "16878"),
+            ("ACESTREAM_AGENT_HTTP__TOKEN", "007"),
+            ("ACESTREAM_AGENT_CLEANUP__MIN_BYTES", "2048"),
+            ("acestream_agent_store__retention", "2d"),
+        ])
+        .unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.discovery.labels,
+            vec![
+                LabelMatch::new("a", Some("b")),
+                LabelMatch::new("c.d", Some("true")),
+                LabelMatch::new("present", None),
+            ]
+        );
+        assert_eq!(c.discovery.images, vec!["ghcr.io/x/*", "*engine*"]);
+        assert_eq!(c.cleanup.concurrency, 8);
+        assert_eq!(
+            c.health.interval,
+            Duration::from_secs(45),
+            "integer env duration = seconds"
+        );
+        assert_eq!(c.discovery.engine_port, 16878);
+        assert_eq!(
+            c.http.token.as_deref(),
+            Some("007"),
+            "token kept verbatim, not as number 7"
+        );
+        assert_eq!(c.cleanup.min_bytes, 2048);
+        assert_eq!(c.store.retention, Duration::from_secs(2 * 86_400));
+
+        // Without brackets a single label is one entry.
+        let c =
+            load_env(&[("ACESTREAM_AGENT_DISCOVERY__LABELS", "acestream.engine=true")]).unwrap();
+        assert_eq!(
+            c.discovery.labels,
+            vec![LabelMatch::new("acestream.engine", Some("true"))]
+        );
+    }
+
+    #[test]
+    fn integer_durations_in_toml_are_seconds() {
+        let c = load_toml("[discovery]\nresync_interval = 120\n").unwrap();
+        assert_eq!(c.discovery.resync_interval, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn off_is_accepted_where_documented() {
+        let c = load_toml(
+            "[cleanup]\ninterval = \"off\"\nidle_grace = \"off\"\nmeasure_interval = \"off\"\n\
+             [pressure]\nmin_free = \"off\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.cleanup.interval, None);
+        assert_eq!(c.cleanup.idle_grace, None);
+        assert_eq!(c.cleanup.measure_interval, None);
+        assert_eq!(c.pressure.min_free, None);
+        for key in [
+            "discovery.resync_interval",
+            "health.interval",
+            "health.timeout",
+            "activity.interval",
+            "cleanup.exec_timeout",
+            "pressure.interval",
+            "store.retention",
+        ] {
+            let (section, name) = key.split_once('.').unwrap();
+            let text = format!("[{section}]\n{name} = \"off\"\n");
+            assert_eq!(
+                invalid_key(load_toml(&text)),
+                key,
+                "{key} must not accept off"
+            );
+        }
+    }
+
+    #[test]
+    fn autoscale_interval_sets_cleanup_interval() {
+        let c = load_toml_env(
+            "[cleanup]\ninterval = \"off\"\n",
+            &[
+                ("ACESTREAM_AGENT_CLEANUP__INTERVAL", "10m"),
+                ("AUTOSCALE_INTERVAL_S", "45"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.cleanup.interval,
+            Some(Duration::from_secs(45)),
+            "highest layer wins"
+        );
+        let c = load_env(&[("AUTOSCALE_INTERVAL_S", "")]).unwrap();
+        assert_eq!(
+            c.cleanup.interval,
+            Some(Duration::from_secs(30)),
+            "empty means unset"
+        );
+        for bad in ["0", "-5", "abc", "1.5", "30s"] {
+            assert_eq!(
+                invalid_key(load_env(&[("AUTOSCALE_INTERVAL_S", bad)])),
+                "AUTOSCALE_INTERVAL_S",
+                "value {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_config_file_is_a_file_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        match Config::load_with(Some(&missing), &no_default(), &[]) {
+            Err(ConfigError::File { path, message }) => {
+                assert_eq!(path, missing);
+                assert_eq!(message, "not found");
+            }
+            other => panic!("expected File error, got {other:?}"),
+        }
+        // A missing *default* file is fine: defaults apply.
+        let c = Config::load_with(None, &missing, &[]).unwrap();
+        assert_eq!(c, load_env(&[]).unwrap());
+        // A directory is unreadable as a file, explicit or default.
+        match Config::load_with(None, dir.path(), &[]) {
+            Err(ConfigError::File { path, message }) => {
+                assert_eq!(path, dir.path());
+                assert!(message.starts_with("cannot read"), "{message}");
+            }
+            other => panic!("expected File error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn toml_syntax_error_is_a_file_error() {
+        match load_toml("[http\nlisten = 1") {
+            Err(ConfigError::File { message, .. }) => {
+                assert!(message.contains("line 1"), "{message}")
+            }
+            other => panic!("expected File error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        assert_eq!(
+            invalid_key(load_toml("[http]\nlistn = \"x\"\n")),
+            "http.listn"
+        );
+        assert_eq!(invalid_key(load_toml("[bogus]\na = 1\n")), "bogus");
+        assert_eq!(invalid_key(load_toml("top = 1\n")), "top");
+        assert_eq!(
+            invalid_key(load_env(&[("ACESTREAM_AGENT_HTTP__LISTN", "x")])),
+            "http.listn"
+        );
+        // A single underscore does not nest, so this is an unknown section, not http.listen.
+        assert_eq!(
+            invalid_key(load_env(&[("ACESTREAM_AGENT_HTTP_LISTEN", "x")])),
+            "http_listen"
+        );
+    }
+
+    #[test]
+    fn error_messages_name_key_and_origin() {
+        let err = load_toml("[cleanup]\nconcurrency = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "invalid value for `cleanup.concurrency`: must be between 1 and 64, got 0 (in "
+            ),
+            "{err}"
+        );
+        let err = load_env(&[("ACESTREAM_AGENT_HEALTH__TIMEOUT", "0")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid value for `health.timeout`: duration must be greater than zero, got 0 (set by ACESTREAM_AGENT_HEALTH__TIMEOUT)"
+        );
+        let err = load_toml("http = 5\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "invalid value for `http`: invalid type: found signed int `5`, expected a table"
+            ),
+            "{err}"
+        );
+        let err = load_toml("[http]\nlistn = 1\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "invalid value for `http.listn`: unknown key (known in [http]: listen, token)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_invalid_with_their_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[http]\nlisten = \"localhost\"", "http.listen"),
+            ("[http]\nlisten = \"0.0.0.0\"", "http.listen"),
+            ("[http]\nlisten = 9477", "http.listen"),
+            ("[http]\ntoken = \"\"", "http.token"),
+            ("[http]\ntoken = \"<set>\"", "http.token"),
+            ("[http]\ntoken = \"a b\"", "http.token"),
+            ("[docker]\nhost = \"\"", "docker.host"),
+            ("[discovery]\nengine_port = 0", "discovery.engine_port"),
+            ("[discovery]\nengine_port = 65536", "discovery.engine_port"),
+            ("[discovery]\nengine_port = -1", "discovery.engine_port"),
+            (
+                "[discovery]\nengine_port = \"http\"",
+                "discovery.engine_port",
+            ),
+            ("[discovery]\nlabels = [\"\"]", "discovery.labels"),
+            ("[discovery]\nlabels = [\"=v\"]", "discovery.labels"),
+            ("[discovery]\nlabels = [1]", "discovery.labels"),
+            ("[discovery]\nlabels = []\nimages = []", "discovery.labels"),
+            ("[discovery]\nimages = [\"\"]", "discovery.images"),
+            ("[discovery]\nimages = [\"*a*,*b*\"]", "discovery.images"),
+            (
+                "[discovery]\nadvertise_host = \"\"",
+                "discovery.advertise_host",
+            ),
+            (
+                "[discovery]\nresync_interval = \"0s\"",
+                "discovery.resync_interval",
+            ),
+            ("[health]\ninterval = 0", "health.interval"),
+            ("[health]\ninterval = -5", "health.interval"),
+            ("[health]\ninterval = \"-5s\"", "health.interval"),
+            ("[health]\ninterval = \"soon\"", "health.interval"),
+            ("[health]\ninterval = 1.5", "health.interval"),
+            ("[health]\ninterval = true", "health.interval"),
+            ("[health]\ntimeout = \"5x\"", "health.timeout"),
+            ("[activity]\ninterval = \"\"", "activity.interval"),
+            ("[cleanup]\ninterval = \"0\"", "cleanup.interval"),
+            ("[cleanup]\nidle_grace = \"0ms\"", "cleanup.idle_grace"),
+            (
+                "[cleanup]\nmeasure_interval = \"never\"",
+                "cleanup.measure_interval",
+            ),
+            ("[cleanup]\nexec_timeout = \"0s\"", "cleanup.exec_timeout"),
+            ("[cleanup]\nconcurrency = 0", "cleanup.concurrency"),
+            ("[cleanup]\nconcurrency = 65", "cleanup.concurrency"),
+            ("[cleanup]\nmin_bytes = -1", "cleanup.min_bytes"),
+            ("[cleanup]\nmin_bytes = \"5 parsecs\"", "cleanup.min_bytes"),
+            ("[cleanup]\ncache_path = \"relative\"", "cleanup.cache_path"),
+            ("[cleanup]\ncache_path = \"/etc\"", "cleanup.cache_path"),
+            ("[pressure]\ninterval = \"0s\"", "pressure.interval"),
+            ("[pressure]\nmin_free = \"0%\"", "pressure.min_free"),
+            ("[pressure]\nmin_free = \"100%\"", "pressure.min_free"),
+            ("[pressure]\nmin_free = \"150%\"", "pressure.min_free"),
+            ("[pressure]\nmin_free = \"-1%\"", "pressure.min_free"),
+            ("[pressure]\nmin_free = \"x%\"", "pressure.min_free"),
+            ("[pressure]\nmin_free = \"0\"", "pressure.min_free"),
+            ("[pressure]\nmin_free = 0", "pressure.min_free"),
+            ("[pressure]\nmin_free = \"lots\"", "pressure.min_free"),
+            (
+                "[pressure]\ndocker_root = \"docker\"",
+                "pressure.docker_root",
+            ),
+            ("[store]\npath = \"\"", "store.path"),
+            ("[store]\nretention = \"0d\"", "store.retention"),
+            (
+                "[store]\nhistory_per_engine = 0",
+                "store.history_per_engine",
+            ),
+            ("[http]\nlisten = [1]", "http.listen"),
+            ("http = 5", "http"),
+            ("[cleanup]\nconcurrency = \"x\"", "cleanup.concurrency"),
+        ];
+        for (text, key) in cases {
+            assert_eq!(invalid_key(load_toml(text)), *key, "config:\n{text}");
+        }
+    }
+
+    #[test]
+    fn good_values_are_accepted() {
+        let c = load_toml(
+            "[http]\nlisten = \"[::1]:8080\"\ntoken = \"s3cret\"\n\
+             [docker]\nhost = \"unix:///run/docker.sock\"\n\
+             [discovery]\nlabels = []\nimages = [\"*ace*\"]\nengine_port = 65535\nadvertise_host = \"agent.example\"\n\
+             [cleanup]\ncache_path = \"/dev/shm/.ACEStream/.acestream_cache\"\nmin_bytes = \"1.5KiB\"\nconcurrency = 64\n\
+             [pressure]\nmin_free = \"5GiB\"\ndocker_root = \"/var/lib/docker\"\n\
+             [store]\nhistory_per_engine = 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.http.listen, "[::1]:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.http.token.as_deref(), Some("s3cret"));
+        assert_eq!(c.docker.host.as_deref(), Some("unix:///run/docker.sock"));
+        assert!(c.discovery.labels.is_empty());
+        assert_eq!(c.discovery.images, vec!["*ace*"]);
+        assert_eq!(c.discovery.engine_port, 65535);
+        assert_eq!(c.discovery.advertise_host, "agent.example");
+        assert_eq!(c.cleanup.cache_path, "/dev/shm/.ACEStream/.acestream_cache");
+        assert_eq!(c.cleanup.min_bytes, 1536);
+        assert_eq!(c.cleanup.concurrency, 64);
+        assert_eq!(c.pressure.min_free, Some(MinFree::Bytes(5 << 30)));
+        assert_eq!(
+            c.pressure.docker_root,
+            Some(PathBuf::from("/var/lib/docker"))
+        );
+        assert_eq!(c.store.history_per_engine, 10);
+
+        let c = load_toml("[pressure]\nmin_free = \"12.5%\"\n").unwrap();
+        assert_eq!(c.pressure.min_free, Some(MinFree::Percent(12.5)));
+        let c = load_toml("[pressure]\nmin_free = 1073741824\n").unwrap();
+        assert_eq!(c.pressure.min_free, Some(MinFree::Bytes(1 << 30)));
+    }
+
+    #[test]
+    fn parse_duration_table() {
+        let ok: &[(&str, u64)] = &[
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("2h", 7_200_000),
+            ("7d", 604_800_000),
+            ("1h30m", 5_400_000),
+            ("1m30s", 90_000),
+            ("1s500ms", 1_500),
+            ("1h 30m", 5_400_000),
+            ("30", 30_000),
+            (" 45s ", 45_000),
+            ("1", 1_000),
+        ];
+        for (input, ms) in ok {
+            assert_eq!(
+                parse_duration(input),
+                Ok(Duration::from_millis(*ms)),
+                "{input:?}"
+            );
+        }
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "0ms",
+            "0h0m",
+            "-5s",
+            "s",
+            "5x",
+            "1.5s",
+            "5M",
+            "off",
+            "abc",
+            "30 seconds",
+            "99999999999999999999s",
+            "9999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(
+            parse_duration("0s").unwrap_err(),
+            "duration must be greater than zero, got \"0s\""
+        );
+    }
+
+    #[test]
+    fn format_duration_round_trips() {
+        let cases: &[(u64, &str)] = &[
+            (30_000, "30s"),
+            (300_000, "5m"),
+            (5_400_000, "1h30m"),
+            (604_800_000, "7d"),
+            (1_500, "1s500ms"),
+            (90_061_001, "1d1h1m1s1ms"),
+        ];
+        for (ms, text) in cases {
+            let d = Duration::from_millis(*ms);
+            assert_eq!(format_duration(d), *text);
+            assert_eq!(parse_duration(text), Ok(d));
+        }
+    }
+
+    #[test]
+    fn parse_size_table() {
+        let ok: &[(&str, u64)] = &[
+            ("0", 0),
+            ("1024", 1024),
+            ("500MiB", 500 << 20),
+            ("5GiB", 5 << 30),
+            ("10KiB", 10 << 10),
+            ("1TiB", 1 << 40),
+            ("5GB", 5 << 30),
+            ("5gb", 5 << 30),
+            ("5G", 5 << 30),
+            ("1 MiB", 1 << 20),
+            ("100B", 100),
+            ("1.5KiB", 1536),
+            ("0.5GiB", 1 << 29),
+        ];
+        for (input, bytes) in ok {
+            assert_eq!(parse_size(input), Ok(*bytes), "{input:?}");
+        }
+        for bad in [
+            "",
+            "MiB",
+            "-1",
+            "1.5",
+            "5XB",
+            "5 parsecs",
+            "1.2.3GiB",
+            "99999999999TiB",
+            "18446744073709551616",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+        for n in [1u64, 1023, 1024, 1536, 5 << 30, 1 << 40, 3 << 41, u64::MAX] {
+            assert_eq!(parse_size(&format_size(n)), Ok(n), "{n}");
+        }
+        assert_eq!(format_size(5 << 30), "5GiB");
+        assert_eq!(format_size(1536), "1536");
+    }
+
+    #[test]
+    fn validate_cache_path_table() {
+        let cases: &[(&str, bool)] = &[
+            ("/", false),
+            ("/etc", false),
+            ("/home", false),
+            ("/tmp", false),
+            ("/var", false),
+            ("relative", false),
+            ("./cache", false),
+            ("/a/../b", false),
+            ("/a/./b", false),
+            ("/a/..", false),
+            ("/a//b", false),
+            ("/a/", false),
+            ("", false),
+            ("/a\0b", false),
+            ("/a\nb", false),
+            ("/home/appuser/.ACEStream/.acestream_cache", true),
+            ("/root/.ACEStream/.acestream_cache", true),
+            ("/dev/shm/.ACEStream/.acestream_cache", true),
+            ("/cache", true),
+            ("/etc/acestream", true),
+            ("/a/..b/c.", true),
+        ];
+        for (path, ok) in cases {
+            assert_eq!(
+                validate_cache_path(path).is_ok(),
+                *ok,
+                "{path:?}: {:?}",
+                validate_cache_path(path)
+            );
+        }
+        assert_eq!(
+            validate_cache_path("foo").unwrap_err(),
+            "cache path must be absolute: \"foo\""
+        );
+    }
+
+    #[test]
+    fn label_match_semantics() {
+        let labels: HashMap<String, String> = [("a", "1"), ("b", "")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert!("a=1".parse::<LabelMatch>().unwrap().matches(&labels));
+        assert!(!"a=2".parse::<LabelMatch>().unwrap().matches(&labels));
+        assert!("a".parse::<LabelMatch>().unwrap().matches(&labels));
+        assert!("b=".parse::<LabelMatch>().unwrap().matches(&labels));
+        assert!(!"c".parse::<LabelMatch>().unwrap().matches(&labels));
+        assert_eq!(
+            "k=v=w".parse::<LabelMatch>().unwrap(),
+            LabelMatch::new("k", Some("v=w"))
+        );
+        assert_eq!("k=v".parse::<LabelMatch>().unwrap().to_string(), "k=v");
+        assert_eq!("k".parse::<LabelMatch>().unwrap().to_string(), "k");
+        assert!("=v".parse::<LabelMatch>().is_err());
+        assert!("".parse::<LabelMatch>().is_err());
+    }
+
+    #[test]
+    fn min_free_display() {
+        assert_eq!(MinFree::Percent(10.0).to_string(), "10%");
+        assert_eq!(MinFree::Percent(12.5).to_string(), "12.5%");
+        assert_eq!(MinFree::Bytes(5 << 30).to_string(), "5.00 GB");
+        assert_eq!(MinFree::Bytes(1536 << 20).to_string(), "1.50 GB");
+        assert_eq!(MinFree::Bytes(512 << 10).to_string(), "512.00 KB");
+        assert_eq!(MinFree::Bytes(100).to_string(), "100 bytes");
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        let defaults = load_env(&[]).unwrap();
+        assert_eq!(load_toml(&defaults.to_toml()).unwrap(), defaults);
+
+        let mut custom = defaults.clone();
+        custom.http.listen = "[::1]:1".parse().unwrap();
+        custom.docker.host = Some("tcp://docker:2375".into());
+        custom.discovery.labels = vec![
+            LabelMatch::new("x", None),
+            LabelMatch::new("y", Some("a \"q\"")),
+        ];
+        custom.discovery.images = vec![];
+        custom.discovery.advertise_host = "h.example".into();
+        custom.discovery.resync_interval = Duration::from_millis(5_400_500);
+        custom.cleanup.interval = None;
+        custom.cleanup.idle_grace = None;
+        custom.cleanup.measure_interval = None;
+        custom.cleanup.min_bytes = 1536;
+        custom.cleanup.cache_path = "/root/.ACEStream/.acestream_cache".into();
+        custom.pressure.min_free = Some(MinFree::Bytes(5 << 30));
+        custom.pressure.docker_root = Some("/srv/docker".into());
+        custom.store.path = "/var/lib/acestream-agent/state.redb".into();
+        let text = custom.to_toml();
+        assert_eq!(load_toml(&text).unwrap(), custom, "{text}");
+
+        custom.pressure.min_free = None;
+        custom.cleanup.min_bytes = 1 << 20;
+        assert_eq!(load_toml(&custom.to_toml()).unwrap(), custom);
+        custom.pressure.min_free = Some(MinFree::Percent(2.5));
+        assert_eq!(load_toml(&custom.to_toml()).unwrap(), custom);
+    }
+
+    #[test]
+    fn to_toml_hides_the_token() {
+        let mut c = load_env(&[]).unwrap();
+        c.http.token = Some("hunter2".into());
+        let text = c.to_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("token = \"<set>\""), "{text}");
+        assert_eq!(
+            invalid_key(load_toml(&text)),
+            "http.token",
+            "placeholder is not a token"
+        );
+        assert!(text.contains("resync_interval = \"1m\""), "{text}");
+        assert!(text.contains("measure_interval = \"5m\""), "{text}");
+        assert!(text.contains("retention = \"7d\""), "{text}");
+    }
+
+    #[test]
+    fn shipped_config_file_equals_defaults() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(SHIPPED.as_bytes()).unwrap();
+        let loaded = Config::load_with(Some(file.path()), &no_default(), &[]).unwrap();
+        assert_eq!(loaded, load_env(&[]).unwrap());
+        // store.path is commented out in the shipped file, so systemd's StateDirectory still
+        // decides where the store lives.
+        let state = env(&[("STATE_DIRECTORY", "/var/lib/acestream-agent")]);
+        let loaded = Config::load_with(Some(file.path()), &no_default(), &state).unwrap();
+        assert_eq!(
+            loaded.store.path,
+            PathBuf::from("/var/lib/acestream-agent/state.redb")
+        );
+        // Every key of to_toml's output appears in the shipped file, commented or not.
+        for line in load_env(&[]).unwrap().to_toml().lines() {
+            let key = line
+                .trim_start_matches("# ")
+                .split([' ', ':'])
+                .next()
+                .unwrap_or("");
+            if key.is_empty() {
+                continue;
+            }
+            assert!(
+                SHIPPED.lines().any(|l| l
+                    .trim_start_matches("# ")
+                    .starts_with(&format!("{key} = "))
+                    || l == key),
+                "shipped file lacks {key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostname_is_not_empty() {
+        let name = hostname();
+        assert!(!name.is_empty());
+        assert!(!name.contains('\0'));
+    }
+}

@@ -1,0 +1,269 @@
+//! Health (SPEC §2): HTTP GET `get_status` on every engine every `health.interval`, with
+//! `health.timeout`; `get_version` once per container start. Sends `RegistryCmd::Health`.
+//!
+//! Probes go to the container's own IP and port, not the published port: no docker-proxy in
+//! between, so the connection the engine sees comes from this socket's local port. Those ports
+//! are lent to the activity probe (`ProbePorts`) so the agent's own checks never count as
+//! streams.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, info};
+
+use crate::model::{id12, EngineState, HealthStatus};
+use crate::registry::{RegistryCmd, RegistryHandle};
+use crate::shutdown::Shutdown;
+
+pub const STATUS_PATH: &str = "/server/api?api_version=3&method=get_status";
+pub const VERSION_PATH: &str = "/webui/api/service?method=get_version";
+
+/// Local ports of the agent's in-flight probe connections. A std `Mutex`: held for an insert
+/// or a lookup, never across an `.await`.
+#[derive(Clone, Default)]
+pub struct ProbePorts(Arc<Mutex<HashSet<u16>>>);
+
+impl ProbePorts {
+    fn hold(&self, port: u16) -> PortGuard {
+        self.0
+            .lock()
+            .expect("probe ports lock poisoned")
+            .insert(port);
+        PortGuard {
+            ports: self.clone(),
+            port,
+        }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0
+            .lock()
+            .expect("probe ports lock poisoned")
+            .contains(&port)
+    }
+}
+
+struct PortGuard {
+    ports: ProbePorts,
+    port: u16,
+}
+
+impl Drop for PortGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.ports.0.lock() {
+            s.remove(&self.port);
+        }
+    }
+}
+
+/// One HTTP/1.1 GET with a deadline; returns status and body.
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    ports: &ProbePorts,
+) -> Result<(u16, Bytes), String> {
+    let work = async {
+        let sock = match addr.ip() {
+            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(|e| e.to_string())?;
+        let any = match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        // Bound before connecting so the port is known before the engine can see the connection.
+        sock.bind(SocketAddr::new(any, 0))
+            .map_err(|e| e.to_string())?;
+        let local = sock.local_addr().map_err(|e| e.to_string())?;
+        let _guard = ports.hold(local.port());
+        let stream = sock.connect(addr).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let request = async {
+            let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body.to_bytes()))
+        };
+        tokio::pin!(conn);
+        tokio::select! {
+            r = request => r,
+            r = &mut conn => Err(match r { Ok(()) => "connection closed".into(), Err(e) => e.to_string() }),
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("timed out after {}s", timeout.as_secs_f64()))?
+}
+
+/// Where to probe an engine from this host.
+pub fn probe_addr(e: &EngineState) -> Option<SocketAddr> {
+    if let Some(ip) = e.runtime.ips.first() {
+        return Some(SocketAddr::new(*ip, e.runtime.container_port));
+    }
+    e.runtime
+        .host_port
+        .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p))
+}
+
+/// `healthy` needs a 200 whose body is JSON.
+fn judge(r: &Result<(u16, Bytes), String>) -> HealthStatus {
+    match r {
+        Ok((200, body)) if serde_json::from_slice::<serde_json::Value>(body).is_ok() => {
+            HealthStatus::Healthy
+        }
+        _ => HealthStatus::Unhealthy,
+    }
+}
+
+fn parse_version(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let r = v.get("result").unwrap_or(&v);
+    r.get("version")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
+pub struct Health {
+    pub registry: RegistryHandle,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub ports: ProbePorts,
+}
+
+impl Health {
+    /// Checks each engine when its interval is due, looking every second so a new engine is
+    /// checked within a second of being discovered rather than up to a full interval later.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let mut due: HashMap<String, (Instant, u32)> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.recv() => return,
+            }
+            let snap = self.registry.snapshot();
+            let now = Instant::now();
+            due.retain(|id, _| snap.engines.iter().any(|e| &e.engine.container_id == id));
+            let todo: Vec<&EngineState> = snap
+                .engines
+                .iter()
+                .filter(|e| e.running)
+                .filter(|e| {
+                    due.get(&e.engine.container_id)
+                        .is_none_or(|(at, pid)| *pid != e.runtime.pid || now >= *at)
+                })
+                .collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let checks = todo.iter().map(|e| self.check(e));
+            let results = futures_util::future::join_all(checks).await;
+            for (e, cmd) in todo.iter().zip(results) {
+                due.insert(
+                    e.engine.container_id.clone(),
+                    (now + self.interval, e.runtime.pid),
+                );
+                self.registry.send(cmd).await;
+            }
+        }
+    }
+
+    async fn check(&self, e: &EngineState) -> RegistryCmd {
+        let id = e.engine.container_id.clone();
+        let Some(addr) = probe_addr(e) else {
+            return RegistryCmd::Health {
+                id,
+                status: HealthStatus::Unhealthy,
+                at: Utc::now(),
+                version: None,
+            };
+        };
+        let r = http_get(addr, STATUS_PATH, self.timeout, &self.ports).await;
+        let status = judge(&r);
+        if status != e.engine.health_status {
+            match &r {
+                Ok((code, _)) if status == HealthStatus::Unhealthy => info!(
+                    container_id = %id12(&id), status = code,
+                    "engine {} unhealthy: HTTP {code}", id12(&id)),
+                Err(err) if status == HealthStatus::Unhealthy => info!(
+                    container_id = %id12(&id), error = %err,
+                    "engine {} unhealthy: {err}", id12(&id)),
+                _ => debug!(container_id = %id12(&id), "engine {} healthy", id12(&id)),
+            }
+        }
+        let version = if status == HealthStatus::Healthy && e.engine.version.is_none() {
+            match http_get(addr, VERSION_PATH, self.timeout, &self.ports).await {
+                Ok((200, body)) => parse_version(&body),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        RegistryCmd::Health {
+            id,
+            status,
+            at: Utc::now(),
+            version,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_needs_200_and_json() {
+        assert_eq!(
+            judge(&Ok((200, Bytes::from_static(b"{\"result\":{}}")))),
+            HealthStatus::Healthy
+        );
+        assert_eq!(
+            judge(&Ok((200, Bytes::from_static(b"not json")))),
+            HealthStatus::Unhealthy
+        );
+        assert_eq!(
+            judge(&Ok((500, Bytes::from_static(b"{}")))),
+            HealthStatus::Unhealthy
+        );
+        assert_eq!(judge(&Err("refused".into())), HealthStatus::Unhealthy);
+    }
+
+    #[test]
+    fn version_from_result_or_top_level() {
+        assert_eq!(
+            parse_version(br#"{"result":{"version":"3.1.5"},"error":null}"#).as_deref(),
+            Some("3.1.5")
+        );
+        assert_eq!(
+            parse_version(br#"{"version":"3.2"}"#).as_deref(),
+            Some("3.2")
+        );
+        assert_eq!(parse_version(b"nope"), None);
+    }
+
+    #[test]
+    fn probe_ports_are_released_on_drop() {
+        let p = ProbePorts::default();
+        {
+            let _g = p.hold(4242);
+            assert!(p.contains(4242));
+        }
+        assert!(!p.contains(4242));
+    }
+}

@@ -1,0 +1,402 @@
+//! Cache janitor (SPEC §4). Owns in-flight cleanups and the cleanup triggers; never decides
+//! idleness itself (the registry does, and re-checks it right before the delete).
+//!
+//! Rules in code: one cleanup at a time per engine (`inflight`, a guard that frees the id on
+//! drop; failing to take it is the 409 of a manual cleanup), at most `cleanup.concurrency` at
+//! once (`limit`), every exec bounded by `cleanup.exec_timeout`, and no new exec on an engine
+//! whose previous exec timed out and is still running inside the container, so a hung `du`
+//! cannot pile up one more process per sweep.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{broadcast, Semaphore};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{debug, warn};
+
+use crate::cache::{self, Mode, Outcome};
+use crate::docker::{DockerClient, DockerError};
+use crate::logging;
+use crate::metrics::Metrics;
+use crate::model::{id12, CleanupRecord, EngineState, Trigger};
+use crate::registry::{RegistryCmd, RegistryError, RegistryEvent, RegistryHandle};
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CleanupError {
+    #[error("no engine {0}")]
+    UnknownEngine(String),
+    #[error("a cleanup of engine {0} is already running")]
+    Busy(String),
+    #[error("engine {0} has active streams; its cache is not cleaned while it streams")]
+    HasStreams(String),
+    #[error("engine {0} is not running")]
+    NotRunning(String),
+    #[error("engine {0} is not cleaned: {1}")]
+    InvalidCachePath(String, String),
+    #[error(
+        "engine {0}: a previous cache command timed out and is still running in the container"
+    )]
+    PreviousExecHung(String),
+    #[error("the agent is shutting down")]
+    Closed,
+}
+
+#[derive(Clone)]
+pub struct Janitor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: RegistryHandle,
+    docker: DockerClient,
+    /// std `Mutex`: held to insert or remove an id, never across an `.await`.
+    inflight: Mutex<HashSet<String>>,
+    /// Exec ids of commands that timed out, per engine, until they are seen finished.
+    hung: Mutex<HashMap<String, String>>,
+    limit: Arc<Semaphore>,
+    exec_timeout: Duration,
+    min_bytes: u64,
+    metrics: Arc<Metrics>,
+}
+
+struct InflightGuard {
+    inner: Arc<Inner>,
+    id: String,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.inner.inflight.lock() {
+            s.remove(&self.id);
+        }
+    }
+}
+
+pub struct JanitorConfig {
+    pub exec_timeout: Duration,
+    pub concurrency: usize,
+    pub min_bytes: u64,
+}
+
+impl Janitor {
+    pub fn new(
+        registry: RegistryHandle,
+        docker: DockerClient,
+        cfg: JanitorConfig,
+        metrics: Arc<Metrics>,
+    ) -> Janitor {
+        Janitor {
+            inner: Arc::new(Inner {
+                registry,
+                docker,
+                inflight: Mutex::new(HashSet::new()),
+                hung: Mutex::new(HashMap::new()),
+                limit: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+                exec_timeout: cfg.exec_timeout,
+                min_bytes: cfg.min_bytes,
+                metrics,
+            }),
+        }
+    }
+
+    fn try_acquire(&self, id: &str) -> Option<InflightGuard> {
+        let mut s = self.inner.inflight.lock().expect("inflight lock poisoned");
+        s.insert(id.to_string()).then(|| InflightGuard {
+            inner: self.inner.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    /// Runs one script mode in the container; a timeout remembers the exec as hung.
+    async fn run_script(&self, e: &EngineState, mode: Mode) -> Outcome {
+        let id = &e.engine.container_id;
+        let argv = cache::argv(&e.engine.cache_path, mode);
+        let mut exec_id = None;
+        let r = self
+            .inner
+            .docker
+            .exec(id, &argv, self.inner.exec_timeout, |x| {
+                exec_id = Some(x.to_string())
+            })
+            .await;
+        match r {
+            Ok(out) => cache::parse(out.exit_code, &out.stdout, &out.stderr),
+            Err(err) => {
+                if let (DockerError::ExecTimeout { .. }, Some(x)) = (&err, exec_id) {
+                    self.inner
+                        .hung
+                        .lock()
+                        .expect("hung lock poisoned")
+                        .insert(id.clone(), x);
+                }
+                Outcome::Failed(err.to_string())
+            }
+        }
+    }
+
+    /// Whether an earlier timed-out exec still runs in this container.
+    async fn previous_exec_hung(&self, id: &str) -> bool {
+        let exec = self
+            .inner
+            .hung
+            .lock()
+            .expect("hung lock poisoned")
+            .get(id)
+            .cloned();
+        let Some(exec) = exec else { return false };
+        match self.inner.docker.exec_running(&exec).await {
+            Ok(true) => true,
+            // Finished, or unknown to Docker (container restarted): free to try again.
+            _ => {
+                self.inner
+                    .hung
+                    .lock()
+                    .expect("hung lock poisoned")
+                    .remove(id);
+                false
+            }
+        }
+    }
+
+    /// One cleanup of one engine (SPEC §4): measure, re-check idle, delete, record.
+    pub async fn cleanup(&self, id: &str, trigger: Trigger) -> Result<CleanupRecord, CleanupError> {
+        let snap = self.inner.registry.snapshot();
+        let e = snap
+            .engines
+            .iter()
+            .find(|e| e.engine.container_id == id)
+            .ok_or_else(|| CleanupError::UnknownEngine(id12(id).into()))?
+            .clone();
+        let short = e.id12().to_string();
+        if !e.running {
+            return Err(CleanupError::NotRunning(short));
+        }
+        if let Some(reason) = &e.cache_path_error {
+            return Err(CleanupError::InvalidCachePath(short, reason.clone()));
+        }
+        if !e.is_idle() {
+            return Err(CleanupError::HasStreams(short));
+        }
+        let _busy = self
+            .try_acquire(id)
+            .ok_or_else(|| CleanupError::Busy(short.clone()))?;
+        if self.previous_exec_hung(id).await {
+            return Err(CleanupError::PreviousExecHung(short));
+        }
+        let _permit = self
+            .inner
+            .limit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CleanupError::Closed)?;
+        let name = e.engine.container_name.clone();
+        logging::cleanup_started(id, &name, trigger);
+        let started_at = Utc::now();
+        let t0 = Instant::now();
+        let mut record = CleanupRecord {
+            container_id: id.to_string(),
+            container_name: name.clone(),
+            trigger,
+            started_at,
+            finished_at: started_at,
+            duration_seconds: 0.0,
+            success: false,
+            size_before_bytes: None,
+            freed_bytes: 0,
+            remaining_bytes: None,
+            skipped_below_min: false,
+            error: None,
+        };
+        let before = match self.run_script(&e, Mode::Measure).await {
+            Outcome::Size(n) => n,
+            Outcome::Failed(reason) => {
+                record.error = Some(format!("measuring the cache failed: {reason}"));
+                return Ok(self.finish(record, None, t0).await);
+            }
+        };
+        logging::cache_size(id, &name, before);
+        record.size_before_bytes = Some(before);
+        if before < self.inner.min_bytes {
+            debug!(container_id = %short, bytes = before, "cache below cleanup.min_bytes; not deleting");
+            self.inner
+                .registry
+                .send(RegistryCmd::Measured {
+                    id: id.to_string(),
+                    bytes: before,
+                    at: Utc::now(),
+                })
+                .await;
+            record.success = true;
+            record.skipped_below_min = true;
+            record.remaining_bytes = Some(before);
+            record.finished_at = Utc::now();
+            record.duration_seconds = t0.elapsed().as_secs_f64();
+            return Ok(record);
+        }
+        match self.inner.registry.begin_delete(id).await {
+            Ok(()) => {}
+            Err(RegistryError::HasStreams(_)) => {
+                debug!(container_id = %short, "a stream started during the cleanup; nothing deleted");
+                return Err(CleanupError::HasStreams(short));
+            }
+            Err(RegistryError::Closed) => return Err(CleanupError::Closed),
+            Err(_) => return Err(CleanupError::NotRunning(short)),
+        }
+        logging::clearing(id, &name);
+        match self.run_script(&e, Mode::Clear).await {
+            Outcome::Size(remaining) => {
+                record.success = true;
+                record.remaining_bytes = Some(remaining);
+                record.freed_bytes = before.saturating_sub(remaining);
+            }
+            Outcome::Failed(reason) => {
+                record.error = Some(format!("clearing the cache failed: {reason}"));
+            }
+        }
+        let current = record.remaining_bytes;
+        Ok(self.finish(record, current, t0).await)
+    }
+
+    /// Logs the outcome, observes the duration and hands the record to the registry, waiting
+    /// until it has been committed so a caller that got the record can find it persisted.
+    async fn finish(
+        &self,
+        mut record: CleanupRecord,
+        current: Option<u64>,
+        t0: Instant,
+    ) -> CleanupRecord {
+        record.finished_at = Utc::now();
+        record.duration_seconds = t0.elapsed().as_secs_f64();
+        let (id, name) = (&record.container_id, &record.container_name);
+        match (&record.error, record.success) {
+            (None, true) => logging::cleared(
+                id,
+                name,
+                record.trigger,
+                record.freed_bytes,
+                record.duration_seconds,
+            ),
+            (err, _) => logging::cleanup_failed(
+                id,
+                name,
+                record.trigger,
+                err.as_deref().unwrap_or("unknown error"),
+                record.duration_seconds,
+            ),
+        }
+        self.inner
+            .metrics
+            .observe_cleanup(record.trigger, record.duration_seconds);
+        let _ = self
+            .inner
+            .registry
+            .finish_cleanup(record.clone(), current)
+            .await;
+        record
+    }
+
+    /// The triggers: `idle_grace` after an engine's last stream ends, and the periodic sweep.
+    /// A setting of "off" (`None`) disables its trigger.
+    pub async fn run(
+        self,
+        mut events: broadcast::Receiver<RegistryEvent>,
+        sweep: Option<Duration>,
+        idle_grace: Option<Duration>,
+        mut shutdown: Shutdown,
+    ) {
+        let mut timers: JoinSet<String> = JoinSet::new();
+        let mut timer_of: HashMap<String, AbortHandle> = HashMap::new();
+        let mut cleanups: JoinSet<()> = JoinSet::new();
+        let mut sweeps: JoinSet<()> = JoinSet::new();
+        let mut tick = sweep.map(|d| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(RegistryEvent::BecameIdle { id, .. }) => {
+                        if let Some(grace) = idle_grace {
+                            if let Some(h) = timer_of.remove(&id) { h.abort(); }
+                            let tid = id.clone();
+                            let h = timers.spawn(async move {
+                                tokio::time::sleep(grace).await;
+                                tid
+                            });
+                            timer_of.insert(id, h);
+                        }
+                    }
+                    Ok(RegistryEvent::BecameBusy { id }) | Ok(RegistryEvent::Removed { id }) => {
+                        if let Some(h) = timer_of.remove(&id) { h.abort(); }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "janitor missed registry events; the sweep will catch up");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                Some(done) = timers.join_next(), if !timers.is_empty() => {
+                    // Detached from the timer: a cleanup that has started is never aborted
+                    // half-way by a later event.
+                    if let Ok(id) = done {
+                        timer_of.remove(&id);
+                        let j = self.clone();
+                        cleanups.spawn(async move {
+                            if let Err(e) = j.cleanup(&id, Trigger::StreamEnd).await {
+                                debug!(container_id = %id12(&id), error = %e, "stream-end cleanup not run");
+                            }
+                        });
+                    }
+                }
+                _ = async { tick.as_mut().expect("guarded").tick().await }, if tick.is_some() => {
+                    if sweeps.is_empty() {
+                        let j = self.clone();
+                        sweeps.spawn(async move { j.sweep().await });
+                    } else {
+                        debug!("previous sweep still running; skipping this tick");
+                    }
+                }
+                Some(_) = sweeps.join_next(), if !sweeps.is_empty() => {}
+                Some(_) = cleanups.join_next(), if !cleanups.is_empty() => {}
+                _ = shutdown.recv() => break,
+            }
+        }
+        timers.abort_all();
+        // In-flight cleanups get a moment to finish and be recorded; `lib::run` bounds the
+        // whole shutdown.
+        let drain = async {
+            while cleanups.join_next().await.is_some() {}
+            while sweeps.join_next().await.is_some() {}
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(4), drain).await;
+    }
+
+    /// One periodic sweep over every idle engine, then `SweepDone`.
+    pub async fn sweep(&self) {
+        let snap = self.inner.registry.snapshot();
+        let mut set = JoinSet::new();
+        for e in snap
+            .engines
+            .iter()
+            .filter(|e| e.running && e.is_idle() && !e.cleaning && e.cache_path_error.is_none())
+        {
+            let j = self.clone();
+            let id = e.engine.container_id.clone();
+            set.spawn(async move {
+                match j.cleanup(&id, Trigger::Sweep).await {
+                    Ok(_) | Err(CleanupError::Busy(_)) | Err(CleanupError::HasStreams(_)) => {}
+                    Err(e) => debug!(container_id = %id12(&id), error = %e, "sweep skipped engine"),
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        self.inner
+            .registry
+            .send(RegistryCmd::SweepDone(Utc::now()))
+            .await;
+    }
+}

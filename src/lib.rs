@@ -1,0 +1,248 @@
+//! acestream-agent: a per-host daemon for machines that run AceStream engine containers.
+//!
+//! ```text
+//!  Docker API ──► discovery ──┐                       ┌──► views (render on change) ──► /engines, /metrics
+//!  engine HTTP ─► health ─────┤                       │
+//!  /proc/<pid>/net ► activity ┼──► registry (owner) ──┼──► janitor ◄── idle events, sweep tick, POST cleanup
+//!  POST /events/* ────────────┘      │  persist        │       │ docker exec (measure, re-check, delete)
+//!                                    ▼                 │       └──► registry (record)
+//!                                  store (redb) ◄──────┘
+//! ```
+//!
+//! Every change goes to the registry task as a command; it persists the batch, then publishes
+//! an `Arc<Snapshot>` on a `watch`. Workers read snapshots and send commands; nothing else
+//! holds engine state. `run` takes an already bound listener and a shutdown future so tests
+//! start the agent in-process on `127.0.0.1:0`.
+
+pub mod activity;
+pub mod backoff;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod docker;
+pub mod health;
+pub mod http;
+pub mod janitor;
+pub mod logging;
+pub mod metrics;
+pub mod model;
+pub mod procnet;
+pub mod registry;
+pub mod shutdown;
+pub mod store;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::docker::DockerClient;
+use crate::health::ProbePorts;
+use crate::janitor::{Janitor, JanitorConfig};
+use crate::metrics::Metrics;
+use crate::model::Snapshot;
+use crate::registry::{Registry, RegistryHandle};
+use crate::store::{Store, StoreError};
+
+/// How long shutdown waits for tasks (in-flight cleanups, the final store commit).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running agent: the handle tests use and `run` wraps.
+pub struct Agent {
+    pub addr: SocketAddr,
+    pub registry: RegistryHandle,
+    trigger: shutdown::Trigger,
+    tasks: JoinSet<()>,
+}
+
+/// Every name and address a proxy may use for this host (SPEC "Stream events").
+fn host_names(cfg: &Config) -> HashSet<String> {
+    let mut names: HashSet<String> = [
+        cfg.discovery.advertise_host.clone(),
+        config::hostname(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+        "0.0.0.0".into(),
+        "host.docker.internal".into(),
+    ]
+    .into_iter()
+    .map(|s| s.to_ascii_lowercase())
+    .collect();
+    names.extend(local_ips());
+    names
+}
+
+/// Addresses of this host's interfaces (getifaddrs).
+fn local_ips() -> Vec<String> {
+    let mut out = vec![];
+    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
+    unsafe {
+        let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut ifap) != 0 {
+            return out;
+        }
+        let mut p = ifap;
+        while !p.is_null() {
+            let addr = (*p).ifa_addr;
+            if !addr.is_null() {
+                match (*addr).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sin = &*(addr as *const libc::sockaddr_in);
+                        out.push(
+                            std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string(),
+                        );
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(addr as *const libc::sockaddr_in6);
+                        out.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).to_string());
+                    }
+                    _ => {}
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(ifap);
+    }
+    out
+}
+
+impl Agent {
+    /// Opens the store (a store that cannot be opened is an error, never replaced), then
+    /// starts every task. The agent serves from the store at once, Docker or not.
+    pub async fn start(cfg: Config, listener: TcpListener) -> Result<Agent, AgentError> {
+        let addr = listener.local_addr()?;
+        let path = cfg.store.path.clone();
+        let history = cfg.store.history_per_engine;
+        let store = tokio::task::spawn_blocking(move || Store::open(&path, history))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let (registry, parts) = Registry::new(
+            store.clone(),
+            cfg.cleanup.cache_path.clone(),
+            host_names(&cfg),
+            cfg.store.retention,
+        )?;
+        let (trigger, shutdown) = shutdown::channel();
+        let metrics = Arc::new(Metrics::new());
+        let docker = DockerClient::new(cfg.docker.host.clone());
+        let ports = ProbePorts::default();
+        let janitor = Janitor::new(
+            parts.handle.clone(),
+            docker.clone(),
+            JanitorConfig {
+                exec_timeout: cfg.cleanup.exec_timeout,
+                concurrency: cfg.cleanup.concurrency,
+                min_bytes: cfg.cleanup.min_bytes,
+            },
+            metrics.clone(),
+        );
+        let mut tasks = JoinSet::new();
+        let janitor_events = parts.events.subscribe();
+        tasks.spawn(registry.run(parts.rx, shutdown.clone()));
+        let (rendered_tx, rendered_rx) = watch::channel(Arc::new(http::views::render(
+            parts.handle.snapshot(),
+            &metrics,
+        )));
+        tasks.spawn(http::views::run(
+            parts.handle.subscribe(),
+            rendered_tx,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(
+            discovery::Discovery {
+                docker: docker.clone(),
+                registry: parts.handle.clone(),
+                matcher: discovery::Matcher::from_config(&cfg),
+                resync: cfg.discovery.resync_interval,
+            }
+            .run(shutdown.clone()),
+        );
+        tasks.spawn(
+            health::Health {
+                registry: parts.handle.clone(),
+                interval: cfg.health.interval,
+                timeout: cfg.health.timeout,
+                ports: ports.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+        tasks.spawn(
+            activity::Activity {
+                registry: parts.handle.clone(),
+                docker: docker.clone(),
+                interval: cfg.activity.interval,
+                exec_timeout: cfg.cleanup.exec_timeout,
+                ports,
+            }
+            .run(shutdown.clone()),
+        );
+        tasks.spawn(janitor.clone().run(
+            janitor_events,
+            cfg.cleanup.interval,
+            cfg.cleanup.idle_grace,
+            shutdown.clone(),
+        ));
+        let state = Arc::new(http::AppState {
+            rendered: rendered_rx,
+            registry: parts.handle.clone(),
+            janitor,
+            store,
+            token: cfg.http.token.clone(),
+            history_limit: cfg.store.history_per_engine,
+        });
+        tasks.spawn(http::serve(listener, state, shutdown));
+        info!(%addr, version = env!("CARGO_PKG_VERSION"), "acestream-agent listening");
+        Ok(Agent {
+            addr,
+            registry: parts.handle,
+            trigger,
+            tasks,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.registry.snapshot()
+    }
+
+    /// Signals shutdown and waits up to `SHUTDOWN_GRACE` for the tasks; aborts what is left.
+    pub async fn stop(mut self) {
+        self.trigger.fire();
+        let wait = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, wait).await.is_err() {
+            warn!("shutdown grace period over; aborting remaining tasks");
+            self.tasks.abort_all();
+        }
+        info!("acestream-agent stopped");
+    }
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let agent = Agent::start(cfg, listener).await?;
+    shutdown.await;
+    info!("shutting down");
+    agent.stop().await;
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! Plain data shared by every part of the agent (SPEC "/engines item", §4, §5).
+//!
+//! Nothing here does I/O. `Engine` *is* the `/engines` JSON item, field for field, so the
+//! JSON view, the store and the metrics can never disagree on a name. What the JSON must not
+//! show (per-trigger counters, container PID, network addresses) lives beside it in
+//! `EngineState`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Moments are UTC; serde renders them as RFC 3339 (`2025-10-03T19:50:47.522053Z`).
+pub type Timestamp = DateTime<Utc>;
+
+/// The first 12 characters of a container id, as Docker's CLI and the seed's log lines show it.
+pub fn id12(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// What started a cleanup (SPEC §4). Also the `trigger` label on the cleanup metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    StreamEnd,
+    Sweep,
+    Manual,
+    Pressure,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 4] = [
+        Trigger::StreamEnd,
+        Trigger::Sweep,
+        Trigger::Manual,
+        Trigger::Pressure,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::StreamEnd => "stream_end",
+            Trigger::Sweep => "sweep",
+            Trigger::Manual => "manual",
+            Trigger::Pressure => "pressure",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Healthy,
+    Unhealthy,
+    #[default]
+    Unknown,
+}
+
+/// Counters of one trigger. Kept per engine in the store so they survive restarts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub cleanups: u64,
+    pub failures: u64,
+    pub freed_bytes: u64,
+}
+
+/// Per-trigger counters of one engine, indexed by `Trigger`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerCounters(pub [Counters; 4]);
+
+impl TriggerCounters {
+    pub fn get(&self, t: Trigger) -> Counters {
+        self.0[t.index()]
+    }
+
+    pub fn get_mut(&mut self, t: Trigger) -> &mut Counters {
+        &mut self.0[t.index()]
+    }
+
+    pub fn total(&self) -> Counters {
+        self.0.iter().fold(Counters::default(), |a, c| Counters {
+            cleanups: a.cleanups + c.cleanups,
+            failures: a.failures + c.failures,
+            freed_bytes: a.freed_bytes + c.freed_bytes,
+        })
+    }
+}
+
+/// One `/engines` item: the seed's fields with the seed's names and types, then SPEC's extras.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Engine {
+    pub container_id: String,
+    pub container_name: String,
+    pub host: String,
+    pub port: u16,
+    pub streams: Vec<String>,
+    pub health_status: HealthStatus,
+    pub last_health_check: Option<Timestamp>,
+    pub last_stream_usage: Option<Timestamp>,
+    pub last_cache_cleanup: Option<Timestamp>,
+    pub cache_size_bytes: Option<u64>,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub version: Option<String>,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub cache_current_bytes: Option<u64>,
+    pub cache_measured_at: Option<Timestamp>,
+    pub cleanups_total: u64,
+    pub cleanup_failures_total: u64,
+    pub cache_freed_bytes_total: u64,
+    pub last_cleanup_error: Option<String>,
+    pub cache_path: String,
+    pub cache_mountpoint: Option<String>,
+}
+
+/// Where and how to reach a running container; refreshed by discovery, never persisted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// Main process of the container, for `/proc/<pid>/net/tcp{,6}`; 0 when not running.
+    pub pid: u32,
+    /// The engine's HTTP port inside the container.
+    pub container_port: u16,
+    /// The host port published for `container_port`, if any.
+    pub host_port: Option<u16>,
+    /// Container IPs on its networks (health checks go here: no docker-proxy in between).
+    pub ips: Vec<IpAddr>,
+    /// Network aliases and names a proxy on the same Docker network may use.
+    pub aliases: Vec<String>,
+}
+
+/// Everything the registry knows about one engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineState {
+    pub engine: Engine,
+    pub counters: TriggerCounters,
+    pub runtime: Runtime,
+    /// Why this engine's cache path is refused (invalid `acestream.cache_path` label); such an
+    /// engine is never cleaned.
+    pub cache_path_error: Option<String>,
+    /// A cleanup passed its idle re-check and is deleting; see `registry::begin_delete`.
+    pub cleaning: bool,
+    /// Docker no longer lists it (kept from the store until discovery has re-listed).
+    pub running: bool,
+}
+
+impl EngineState {
+    pub fn is_idle(&self) -> bool {
+        self.engine.streams.is_empty()
+    }
+
+    pub fn id12(&self) -> &str {
+        id12(&self.engine.container_id)
+    }
+}
+
+/// A container as discovery saw it (from list + inspect).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveredEngine {
+    pub container_id: String,
+    pub container_name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// Address clients use: advertise host + published port, or container IP + engine port.
+    pub host: String,
+    pub port: u16,
+    pub runtime: Runtime,
+}
+
+/// One cleanup attempt, as kept in the per-engine history and returned by the manual trigger.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CleanupRecord {
+    pub container_id: String,
+    pub container_name: String,
+    pub trigger: Trigger,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub duration_seconds: f64,
+    pub success: bool,
+    /// Size measured before deleting (the seed's `cache_size_bytes`).
+    pub size_before_bytes: Option<u64>,
+    pub freed_bytes: u64,
+    /// Size left after deleting (what a running engine wrote meanwhile, or files it could not delete).
+    pub remaining_bytes: Option<u64>,
+    /// Nothing was deleted because the cache was below `cleanup.min_bytes`.
+    #[serde(default)]
+    pub skipped_below_min: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamStatus {
+    Started,
+    Ended,
+}
+
+/// A stream reported through the orchestrator-compatible event API (SPEC "Stream events").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    pub id: String,
+    pub key_type: String,
+    pub key: String,
+    pub container_id: String,
+    pub playback_session_id: String,
+    pub stat_url: String,
+    pub command_url: String,
+    pub is_live: bool,
+    pub started_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    pub status: StreamStatus,
+}
+
+/// The agent's whole state at one moment, published by the registry after every change.
+/// Views render from it; nothing reads Docker or the store to answer `/engines` or `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Sorted by `container_name`, then id.
+    pub engines: Vec<EngineState>,
+    pub docker_up: bool,
+    /// Last store error (write failed, disk full); cleared by the next good commit.
+    pub store_error: Option<String>,
+    pub last_sweep: Option<Timestamp>,
+}
+
+/// `1.50 MB`-style size, 1024-based, two decimals, as the seed logs and displays sizes.
+pub fn format_mb(bytes: u64) -> String {
+    format!("{:.2} MB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_names_match_spec() {
+        let names: Vec<_> = Trigger::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names, ["stream_end", "sweep", "manual", "pressure"]);
+        assert_eq!(
+            serde_json::to_string(&Trigger::StreamEnd).unwrap(),
+            "\"stream_end\""
+        );
+    }
+
+    #[test]
+    fn id12_is_a_prefix_and_tolerates_short_ids() {
+        assert_eq!(id12("0123456789abcdef"), "0123456789ab");
+        assert_eq!(id12("abc"), "abc");
+    }
+
+    #[test]
+    fn format_mb_is_1024_based_with_two_decimals() {
+        assert_eq!(format_mb(10 * 1024 * 1024), "10.00 MB");
+        assert_eq!(format_mb(1536 * 1024), "1.50 MB");
+        assert_eq!(format_mb(0), "0.00 MB");
+    }
+
+    #[test]
+    fn counters_total_sums_triggers() {
+        let mut c = TriggerCounters::default();
+        c.get_mut(Trigger::Sweep).cleanups = 2;
+        c.get_mut(Trigger::Manual).freed_bytes = 7;
+        c.get_mut(Trigger::Pressure).failures = 1;
+        let t = c.total();
+        assert_eq!((t.cleanups, t.failures, t.freed_bytes), (2, 1, 7));
+    }
+}

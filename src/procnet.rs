@@ -1,0 +1,121 @@
+//! Parser for `/proc/<pid>/net/tcp` and `/proc/<pid>/net/tcp6` (SPEC §3, connection probe).
+//!
+//! Pure: takes the file text, returns established connections. Reading the files is the
+//! activity module's job. Addresses are kernel-formatted hex: IPv4 as one little-endian
+//! 32-bit word, IPv6 as four of them; IPv4-mapped IPv6 addresses (what a dual-stack listener
+//! such as busybox `nc` on `::` sees for IPv4 clients) are turned back into IPv4 so one client
+//! has one name whichever table it shows up in.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// TCP state `01` in the kernel's table.
+const ESTABLISHED: &str = "01";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Established connections in one table. Malformed lines are skipped: the kernel's format is
+/// stable, and a probe must not fail because of one odd line.
+pub fn parse_established(text: &str) -> Vec<Conn> {
+    // Header lines fail to parse as addresses and drop out, so the two tables may be
+    // concatenated (the exec fallback prints both).
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let _sl = f.next()?;
+            let local = parse_addr(f.next()?)?;
+            let remote = parse_addr(f.next()?)?;
+            (f.next()? == ESTABLISHED).then_some(Conn { local, remote })
+        })
+        .collect()
+}
+
+/// Established connections whose local port is `port` (clients of the engine's HTTP port).
+pub fn clients_of(text: &str, port: u16) -> Vec<SocketAddr> {
+    parse_established(text)
+        .into_iter()
+        .filter(|c| c.local.port() == port)
+        .map(|c| c.remote)
+        .collect()
+}
+
+fn parse_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(
+            u32::from_str_radix(ip, 16).ok()?.swap_bytes(),
+        )),
+        32 => {
+            let mut octets = [0u8; 16];
+            for (i, chunk) in octets.chunks_mut(4).enumerate() {
+                let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&word.to_le_bytes());
+            }
+            let v6 = Ipv6Addr::from(octets);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1AEE 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0200A8C0:1AEE 0100A8C0:D431 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+   2: 0200A8C0:1AEE 0100A8C0:D432 06 00000000:00000000 00:00000000 00000000     0        0 0 3 0000000000000000
+   3: 0200A8C0:9C40 0100A8C0:0050 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+";
+
+    // Captured from a busybox nc listening on `::` with one IPv4 client (172.17.0.1:40000)
+    // and one IPv6 client (fd00::1:40001).
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:1AEE 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0000000000000000FFFF00000200110A:1AEE 0000000000000000FFFF00000100110A:9C40 01 00000000:00000000 00:00000000 00000000     0        0 5 1 0000000000000000 20 4 30 10 -1
+   2: 000000FD000000000000000002000000:1AEE 000000FD000000000000000001000000:9C41 01 00000000:00000000 00:00000000 00000000     0        0 6 1 0000000000000000 20 4 30 10 -1
+   3: garbage
+";
+
+    #[test]
+    fn ipv4_established_only() {
+        let conns = parse_established(TCP);
+        assert_eq!(conns.len(), 2);
+        assert_eq!(conns[0].local, "192.168.0.2:6894".parse().unwrap());
+        assert_eq!(conns[0].remote, "192.168.0.1:54321".parse().unwrap());
+    }
+
+    #[test]
+    fn clients_of_filters_by_local_port() {
+        let c = clients_of(TCP, 6894);
+        assert_eq!(c, vec!["192.168.0.1:54321".parse::<SocketAddr>().unwrap()]);
+        assert!(clients_of(TCP, 80).is_empty());
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_becomes_ipv4() {
+        let c = clients_of(TCP6, 6894);
+        assert_eq!(
+            c,
+            vec![
+                "10.17.0.1:40000".parse::<SocketAddr>().unwrap(),
+                "[fd00::1]:40001".parse::<SocketAddr>().unwrap(),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_header_only_tables() {
+        assert!(parse_established("").is_empty());
+        assert!(parse_established(TCP.lines().next().unwrap()).is_empty());
+    }
+}

@@ -1,0 +1,1022 @@
+//! The engine registry (STYLE §2): one task owns every engine's state, applies commands from
+//! discovery, health, activity, the janitor and the HTTP API in one order, persists each batch
+//! to the store, then publishes an `Arc<Snapshot>`.
+//!
+//! It decides *idle* (and tells the janitor on a broadcast); it never talks to Docker and
+//! never decides *when* to clean. The idle re-check before deleting (`BeginDelete`) happens
+//! here so that no stream event can slip between the check and the delete.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::config::validate_cache_path;
+use crate::model::{
+    id12, CleanupRecord, DiscoveredEngine, Engine, EngineState, HealthStatus, Snapshot,
+    StreamRecord, StreamStatus, Timestamp, TriggerCounters,
+};
+use crate::shutdown::Shutdown;
+use crate::store::{Batch, PersistedEngine, Store};
+
+/// Label that overrides `cleanup.cache_path` for one container (SPEC §4).
+pub const CACHE_PATH_LABEL: &str = "acestream.cache_path";
+/// Streams kept started per engine; more are refused so a misbehaving proxy cannot grow the
+/// agent's memory without bound.
+pub const MAX_STREAMS_PER_ENGINE: usize = 1024;
+/// Ended stream records kept in memory and the store (newest win), besides `store.retention`.
+pub const MAX_ENDED_STREAMS: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    UnknownEngine(String),
+    #[error("unknown stream {0}")]
+    UnknownStream(String),
+    #[error("engine {0} has active streams")]
+    HasStreams(String),
+    #[error("engine {0} is not running")]
+    NotRunning(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("engine {0} already has {MAX_STREAMS_PER_ENGINE} active streams")]
+    TooManyStreams(String),
+    #[error("the agent is shutting down")]
+    Closed,
+}
+
+/// What the orchestrator's proxy sends with `stream_started` (SPEC "Stream events").
+#[derive(Clone, Debug, Default)]
+pub struct StreamStart {
+    pub container_id: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub stream_id: String,
+    pub key_type: String,
+    pub key: String,
+    pub playback_session_id: String,
+    pub stat_url: String,
+    pub command_url: String,
+    pub is_live: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StreamEnd {
+    pub container_id: Option<String>,
+    pub stream_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RegistryEvent {
+    /// The engine's last stream ended at `at`.
+    BecameIdle {
+        id: String,
+        at: Timestamp,
+    },
+    BecameBusy {
+        id: String,
+    },
+    Removed {
+        id: String,
+    },
+}
+
+#[derive(Debug)]
+pub enum RegistryCmd {
+    /// A full list of running engines: upsert these, every other engine is gone.
+    Sync(Vec<DiscoveredEngine>),
+    Upsert(DiscoveredEngine),
+    Remove(String),
+    DockerUp(bool),
+    Health {
+        id: String,
+        status: HealthStatus,
+        at: Timestamp,
+        version: Option<String>,
+    },
+    /// Client connections seen by the probe, as stream ids `conn:<addr>:<port>`.
+    Connections {
+        id: String,
+        streams: Vec<String>,
+    },
+    Measured {
+        id: String,
+        bytes: u64,
+        at: Timestamp,
+    },
+    StreamStarted(
+        StreamStart,
+        oneshot::Sender<Result<StreamRecord, RegistryError>>,
+    ),
+    StreamEnded(
+        StreamEnd,
+        oneshot::Sender<Result<Vec<StreamRecord>, RegistryError>>,
+    ),
+    ListStreams {
+        container_id: Option<String>,
+        status: Option<StreamStatus>,
+        reply: oneshot::Sender<Vec<StreamRecord>>,
+    },
+    BeginDelete(String, oneshot::Sender<Result<(), RegistryError>>),
+    FinishCleanup {
+        record: CleanupRecord,
+        /// Size after the cleanup.
+        current_bytes: Option<u64>,
+        /// Answered once the record is committed.
+        ack: oneshot::Sender<()>,
+    },
+    SweepDone(Timestamp),
+}
+
+/// Cloneable access to the registry for every worker and the HTTP API.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    tx: mpsc::Sender<RegistryCmd>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl RegistryHandle {
+    pub async fn send(&self, cmd: RegistryCmd) {
+        // A closed registry means shutdown; the command no longer matters.
+        let _ = self.tx.send(cmd).await;
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> RegistryCmd,
+    ) -> Result<T, RegistryError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| RegistryError::Closed)?;
+        rx.await.map_err(|_| RegistryError::Closed)
+    }
+
+    pub async fn stream_started(&self, s: StreamStart) -> Result<StreamRecord, RegistryError> {
+        self.ask(|tx| RegistryCmd::StreamStarted(s, tx)).await?
+    }
+
+    pub async fn stream_ended(&self, s: StreamEnd) -> Result<Vec<StreamRecord>, RegistryError> {
+        self.ask(|tx| RegistryCmd::StreamEnded(s, tx)).await?
+    }
+
+    pub async fn list_streams(
+        &self,
+        container_id: Option<String>,
+        status: Option<StreamStatus>,
+    ) -> Result<Vec<StreamRecord>, RegistryError> {
+        self.ask(|reply| RegistryCmd::ListStreams {
+            container_id,
+            status,
+            reply,
+        })
+        .await
+    }
+
+    /// The idle re-check right before deleting; on `Ok` the engine is marked cleaning.
+    pub async fn begin_delete(&self, id: &str) -> Result<(), RegistryError> {
+        let id = id.to_string();
+        self.ask(|tx| RegistryCmd::BeginDelete(id, tx)).await?
+    }
+
+    /// Records a finished cleanup; returns once it is committed to the store (or kept for
+    /// retry when the store cannot be written).
+    pub async fn finish_cleanup(
+        &self,
+        record: CleanupRecord,
+        current_bytes: Option<u64>,
+    ) -> Result<(), RegistryError> {
+        self.ask(|ack| RegistryCmd::FinishCleanup {
+            record,
+            current_bytes,
+            ack,
+        })
+        .await
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+}
+
+/// Finds an engine in a snapshot by full id, unique id prefix, or name (SPEC §6 `{id}`).
+pub fn find<'a>(snapshot: &'a Snapshot, key: &str) -> Option<&'a EngineState> {
+    let key = key.trim_start_matches('/');
+    if key.is_empty() {
+        return None;
+    }
+    if let Some(e) = snapshot
+        .engines
+        .iter()
+        .find(|e| e.engine.container_id == key || e.engine.container_name == key)
+    {
+        return Some(e);
+    }
+    let mut by_prefix = snapshot
+        .engines
+        .iter()
+        .filter(|e| key.len() >= 4 && e.engine.container_id.starts_with(key));
+    match (by_prefix.next(), by_prefix.next()) {
+        (Some(e), None) => Some(e),
+        _ => None,
+    }
+}
+
+/// Built by `lib::run`; `spawn` starts the owner task.
+pub struct Registry {
+    engines: HashMap<String, EngineState>,
+    /// Engines Docker no longer runs, kept so a restarted container (same id) keeps its
+    /// counters and history, and pruned after `store.retention`.
+    gone: HashMap<String, PersistedEngine>,
+    streams: HashMap<String, StreamRecord>,
+    conns: HashMap<String, Vec<String>>,
+    store: Store,
+    pending: Pending,
+    docker_up: bool,
+    store_error: Option<String>,
+    last_sweep: Option<Timestamp>,
+    /// Every name and address of this host, for matching `engine.host` of stream events
+    /// against published ports.
+    host_names: HashSet<String>,
+    default_cache_path: String,
+    retention: Duration,
+    snapshot_tx: watch::Sender<Arc<Snapshot>>,
+    events_tx: broadcast::Sender<RegistryEvent>,
+    /// Replies held back until the batch that contains their change is committed and
+    /// published: a proxy told "started" or a caller handed a cleanup record can rely on it.
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    engines: HashSet<String>,
+    records: Vec<CleanupRecord>,
+    streams: HashSet<String>,
+    delete_streams: HashSet<String>,
+    last_sweep: Option<Timestamp>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.engines.is_empty()
+            && self.records.is_empty()
+            && self.streams.is_empty()
+            && self.delete_streams.is_empty()
+            && self.last_sweep.is_none()
+    }
+}
+
+pub struct RegistryParts {
+    pub handle: RegistryHandle,
+    pub events: broadcast::Sender<RegistryEvent>,
+    pub rx: mpsc::Receiver<RegistryCmd>,
+}
+
+impl Registry {
+    /// Loads what the store remembers: engines not known to be gone are shown as they were
+    /// until discovery has listed Docker (so `/engines` answers from the store while Docker is
+    /// down), and streams started by events stay started.
+    pub fn new(
+        store: Store,
+        default_cache_path: String,
+        host_names: HashSet<String>,
+        retention: Duration,
+    ) -> Result<(Registry, RegistryParts), crate::store::StoreError> {
+        let loaded = store.load()?;
+        let mut engines = HashMap::new();
+        let mut gone = HashMap::new();
+        for p in loaded.engines {
+            if p.gone_at.is_some() {
+                gone.insert(p.engine.container_id.clone(), p);
+            } else {
+                let id = p.engine.container_id.clone();
+                engines.insert(
+                    id,
+                    EngineState {
+                        engine: p.engine,
+                        counters: p.counters,
+                        runtime: Default::default(),
+                        cache_path_error: None,
+                        cleaning: false,
+                        running: false,
+                    },
+                );
+            }
+        }
+        let streams = loaded
+            .streams
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let (events_tx, _) = broadcast::channel(1024);
+        let (tx, rx) = mpsc::channel(1024);
+        let mut reg = Registry {
+            engines,
+            gone,
+            streams,
+            conns: HashMap::new(),
+            store,
+            pending: Pending::default(),
+            docker_up: false,
+            store_error: None,
+            last_sweep: loaded.last_sweep,
+            host_names,
+            default_cache_path,
+            retention,
+            snapshot_tx,
+            events_tx: events_tx.clone(),
+            after_commit: Vec::new(),
+        };
+        let ids: Vec<String> = reg.engines.keys().cloned().collect();
+        for id in ids {
+            reg.refresh_streams(&id, Utc::now());
+        }
+        reg.publish();
+        Ok((
+            reg,
+            RegistryParts {
+                handle: RegistryHandle { tx, snapshots },
+                events: events_tx,
+                rx,
+            },
+        ))
+    }
+
+    /// The owner loop: drain what is queued, persist once, publish once.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<RegistryCmd>, mut shutdown: Shutdown) {
+        let mut retry = tokio::time::interval(Duration::from_secs(5));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(Duration::from_secs(3600));
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut changed = false;
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => {
+                        changed |= self.apply(cmd);
+                        while let Ok(cmd) = rx.try_recv() {
+                            changed |= self.apply(cmd);
+                        }
+                    }
+                    None => break,
+                },
+                _ = retry.tick() => {}
+                _ = prune.tick() => changed |= self.prune().await,
+                _ = shutdown.recv() => {
+                    // Take what is already queued (finished cleanups) before the final commit.
+                    while let Ok(cmd) = rx.try_recv() {
+                        self.apply(cmd);
+                    }
+                    self.persist().await;
+                    break;
+                }
+            }
+            changed |= self.persist().await;
+            if changed {
+                self.publish();
+            }
+            for reply in self.after_commit.drain(..) {
+                reply();
+            }
+        }
+        for reply in self.after_commit.drain(..) {
+            reply();
+        }
+    }
+
+    fn publish(&self) {
+        let mut engines: Vec<EngineState> = self.engines.values().cloned().collect();
+        engines.sort_by(|a, b| {
+            (&a.engine.container_name, &a.engine.container_id)
+                .cmp(&(&b.engine.container_name, &b.engine.container_id))
+        });
+        self.snapshot_tx.send_replace(Arc::new(Snapshot {
+            engines,
+            docker_up: self.docker_up,
+            store_error: self.store_error.clone(),
+            last_sweep: self.last_sweep,
+        }));
+    }
+
+    /// Writes pending changes in one transaction; returns whether the store status changed.
+    async fn persist(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let batch = self.batch();
+        let store = self.store.clone();
+        let result = tokio::task::spawn_blocking(move || store.apply(&batch))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::store::StoreError::Io {
+                    path: self.store.path().to_path_buf(),
+                    message: format!("store task failed: {e}"),
+                })
+            });
+        match result {
+            Ok(()) => {
+                self.pending = Pending::default();
+                if self.store_error.take().is_some() {
+                    info!("store writable again; pending changes committed");
+                    return true;
+                }
+                false
+            }
+            Err(e) => {
+                // Pending changes stay queued and are retried, so nothing is lost while the
+                // disk is full or read-only.
+                let msg = e.to_string();
+                let changed = self.store_error.as_deref() != Some(msg.as_str());
+                if changed {
+                    error!(error = %msg, "cannot write the store; keeping changes in memory and retrying");
+                }
+                self.store_error = Some(msg);
+                changed
+            }
+        }
+    }
+
+    fn batch(&self) -> Batch {
+        let mut b = Batch::default();
+        for id in &self.pending.engines {
+            if let Some(e) = self.engines.get(id) {
+                b.engines.push(PersistedEngine {
+                    engine: e.engine.clone(),
+                    counters: e.counters,
+                    gone_at: None,
+                });
+            } else if let Some(g) = self.gone.get(id) {
+                b.engines.push(g.clone());
+            } else {
+                b.delete_engines.push(id.clone());
+            }
+        }
+        b.records = self.pending.records.clone();
+        for id in &self.pending.streams {
+            if let Some(s) = self.streams.get(id) {
+                b.streams.push(s.clone());
+            }
+        }
+        b.delete_streams = self.pending.delete_streams.iter().cloned().collect();
+        b.last_sweep = self.pending.last_sweep;
+        b
+    }
+
+    async fn prune(&mut self) -> bool {
+        let now = Utc::now();
+        let Ok(retention) = chrono::Duration::from_std(self.retention) else {
+            return false;
+        };
+        let cutoff = now - retention;
+        let before = self.gone.len() + self.streams.len();
+        self.gone
+            .retain(|_, g| g.gone_at.is_none_or(|at| at >= cutoff));
+        self.streams
+            .retain(|_, s| s.ended_at.is_none_or(|at| at >= cutoff));
+        let store = self.store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.prune(now, retention)).await {
+            warn!(error = %e, "pruning the store failed");
+        }
+        before != self.gone.len() + self.streams.len()
+    }
+
+    fn emit(&self, ev: RegistryEvent) {
+        // No receiver (janitor not running in a test) is fine.
+        let _ = self.events_tx.send(ev);
+    }
+
+    /// Applies one command; returns whether the snapshot changed.
+    fn apply(&mut self, cmd: RegistryCmd) -> bool {
+        let now = Utc::now();
+        match cmd {
+            RegistryCmd::Sync(list) => {
+                let seen: HashSet<String> = list.iter().map(|d| d.container_id.clone()).collect();
+                for d in list {
+                    self.upsert(d, now);
+                }
+                let stale: Vec<String> = self
+                    .engines
+                    .keys()
+                    .filter(|id| !seen.contains(*id))
+                    .cloned()
+                    .collect();
+                for id in stale {
+                    self.remove(&id, now);
+                }
+                true
+            }
+            RegistryCmd::Upsert(d) => {
+                self.upsert(d, now);
+                true
+            }
+            RegistryCmd::Remove(id) => self.remove(&id, now),
+            RegistryCmd::DockerUp(up) => {
+                let changed = self.docker_up != up;
+                self.docker_up = up;
+                changed
+            }
+            RegistryCmd::Health {
+                id,
+                status,
+                at,
+                version,
+            } => {
+                let Some(e) = self.engines.get_mut(&id) else {
+                    return false;
+                };
+                e.engine.health_status = status;
+                e.engine.last_health_check = Some(at);
+                if version.is_some() {
+                    e.engine.version = version;
+                }
+                self.pending.engines.insert(id);
+                true
+            }
+            RegistryCmd::Connections { id, streams } => {
+                if !self.engines.contains_key(&id) {
+                    return false;
+                }
+                if streams.is_empty() {
+                    self.conns.remove(&id);
+                } else {
+                    self.conns.insert(id.clone(), streams);
+                }
+                self.refresh_streams(&id, now)
+            }
+            RegistryCmd::Measured { id, bytes, at } => {
+                let Some(e) = self.engines.get_mut(&id) else {
+                    return false;
+                };
+                e.engine.cache_current_bytes = Some(bytes);
+                e.engine.cache_measured_at = Some(at);
+                self.pending.engines.insert(id);
+                true
+            }
+            RegistryCmd::StreamStarted(s, reply) => {
+                let r = self.stream_started(s, now);
+                let changed = r.is_ok();
+                self.after_commit.push(Box::new(move || {
+                    let _ = reply.send(r);
+                }));
+                changed
+            }
+            RegistryCmd::StreamEnded(s, reply) => {
+                let r = self.stream_ended(s, now);
+                let changed = matches!(&r, Ok(v) if !v.is_empty());
+                self.after_commit.push(Box::new(move || {
+                    let _ = reply.send(r);
+                }));
+                changed
+            }
+            RegistryCmd::ListStreams {
+                container_id,
+                status,
+                reply,
+            } => {
+                let full = container_id.as_deref().map(|c| {
+                    self.resolve_id(c)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| c.to_string())
+                });
+                let mut v: Vec<StreamRecord> = self
+                    .streams
+                    .values()
+                    .filter(|s| full.as_ref().is_none_or(|c| &s.container_id == c))
+                    .filter(|s| status.is_none_or(|st| s.status == st))
+                    .cloned()
+                    .collect();
+                v.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(a.id.cmp(&b.id)));
+                let _ = reply.send(v);
+                false
+            }
+            RegistryCmd::BeginDelete(id, reply) => {
+                let r = match self.engines.get_mut(&id) {
+                    None => Err(RegistryError::UnknownEngine(format!(
+                        "no engine {}",
+                        id12(&id)
+                    ))),
+                    Some(e) if !e.running => Err(RegistryError::NotRunning(e.id12().into())),
+                    Some(e) if !e.is_idle() => Err(RegistryError::HasStreams(e.id12().into())),
+                    Some(e) => {
+                        e.cleaning = true;
+                        Ok(())
+                    }
+                };
+                let changed = r.is_ok();
+                let _ = reply.send(r);
+                changed
+            }
+            RegistryCmd::FinishCleanup {
+                record,
+                current_bytes,
+                ack,
+            } => {
+                self.finish_cleanup(record, current_bytes);
+                self.after_commit.push(Box::new(move || {
+                    let _ = ack.send(());
+                }));
+                true
+            }
+            RegistryCmd::SweepDone(at) => {
+                self.last_sweep = Some(at);
+                self.pending.last_sweep = Some(at);
+                true
+            }
+        }
+    }
+
+    fn upsert(&mut self, d: DiscoveredEngine, now: Timestamp) {
+        let (cache_path, cache_path_error) = match d.labels.get(CACHE_PATH_LABEL) {
+            Some(p) => (
+                p.clone(),
+                validate_cache_path(p)
+                    .err()
+                    .map(|m| format!("invalid label {CACHE_PATH_LABEL}: {m}")),
+            ),
+            None => (self.default_cache_path.clone(), None),
+        };
+        let id = d.container_id.clone();
+        let restarted = match self.engines.get(&id) {
+            Some(e) => e.runtime.pid != d.runtime.pid,
+            None => true,
+        };
+        let state = match self.engines.remove(&id) {
+            Some(e) => e,
+            None => {
+                let (engine, counters) = match self.gone.remove(&id) {
+                    Some(g) => (g.engine, g.counters),
+                    None => (
+                        Engine {
+                            container_id: id.clone(),
+                            container_name: d.container_name.clone(),
+                            host: d.host.clone(),
+                            port: d.port,
+                            streams: vec![],
+                            health_status: HealthStatus::Unknown,
+                            last_health_check: None,
+                            last_stream_usage: None,
+                            last_cache_cleanup: None,
+                            cache_size_bytes: None,
+                            image: d.image.clone(),
+                            labels: d.labels.clone(),
+                            version: None,
+                            first_seen: now,
+                            last_seen: now,
+                            cache_current_bytes: None,
+                            cache_measured_at: None,
+                            cleanups_total: 0,
+                            cleanup_failures_total: 0,
+                            cache_freed_bytes_total: 0,
+                            last_cleanup_error: None,
+                            cache_path: cache_path.clone(),
+                            cache_mountpoint: None,
+                        },
+                        TriggerCounters::default(),
+                    ),
+                };
+                info!(container_id = %id12(&id), container_name = %d.container_name,
+                    "Engine discovered: {} ({})", d.container_name, id12(&id));
+                EngineState {
+                    engine,
+                    counters,
+                    runtime: Default::default(),
+                    cache_path_error: None,
+                    cleaning: false,
+                    running: true,
+                }
+            }
+        };
+        let mut e = state;
+        if restarted {
+            // A new process may be a new engine version.
+            e.engine.version = None;
+        }
+        e.engine.container_name = d.container_name;
+        e.engine.image = d.image;
+        e.engine.labels = d.labels;
+        e.engine.host = d.host;
+        e.engine.port = d.port;
+        e.engine.last_seen = now;
+        e.engine.cache_path = cache_path;
+        if cache_path_error.is_some() && e.cache_path_error != cache_path_error {
+            warn!(container_id = %id12(&id), error = cache_path_error.as_deref().unwrap_or(""),
+                "engine will not be cleaned");
+        }
+        if let Some(err) = &cache_path_error {
+            e.engine.last_cleanup_error = Some(err.clone());
+        }
+        e.cache_path_error = cache_path_error;
+        e.runtime = d.runtime;
+        e.running = true;
+        self.engines.insert(id.clone(), e);
+        self.pending.engines.insert(id.clone());
+        self.refresh_streams(&id, now);
+    }
+
+    fn remove(&mut self, id: &str, now: Timestamp) -> bool {
+        let Some(e) = self.engines.remove(id) else {
+            return false;
+        };
+        info!(container_id = %id12(id), container_name = %e.engine.container_name,
+            "Engine gone: {} ({})", e.engine.container_name, id12(id));
+        self.conns.remove(id);
+        // Streams die with their container; nobody will send their `ended`.
+        for s in self.streams.values_mut() {
+            if s.container_id == id && s.status == StreamStatus::Started {
+                s.status = StreamStatus::Ended;
+                s.ended_at = Some(now);
+                self.pending.streams.insert(s.id.clone());
+            }
+        }
+        let mut engine = e.engine;
+        if !engine.streams.is_empty() {
+            engine.last_stream_usage = Some(now);
+        }
+        engine.streams.clear();
+        self.gone.insert(
+            id.to_string(),
+            PersistedEngine {
+                engine,
+                counters: e.counters,
+                gone_at: Some(now),
+            },
+        );
+        self.pending.engines.insert(id.to_string());
+        self.emit(RegistryEvent::Removed { id: id.to_string() });
+        true
+    }
+
+    /// Recomputes `streams` from both sources and emits idle/busy transitions.
+    fn refresh_streams(&mut self, id: &str, now: Timestamp) -> bool {
+        let mut streams: Vec<String> = self
+            .streams
+            .values()
+            .filter(|s| s.container_id == id && s.status == StreamStatus::Started)
+            .map(|s| s.id.clone())
+            .collect();
+        if let Some(c) = self.conns.get(id) {
+            streams.extend(c.iter().cloned());
+        }
+        streams.sort();
+        streams.dedup();
+        let Some(e) = self.engines.get_mut(id) else {
+            return false;
+        };
+        if e.engine.streams == streams {
+            return false;
+        }
+        let was_idle = e.engine.streams.is_empty();
+        let now_idle = streams.is_empty();
+        e.engine.streams = streams;
+        e.engine.last_stream_usage = Some(now);
+        self.pending.engines.insert(id.to_string());
+        match (was_idle, now_idle) {
+            (false, true) => self.emit(RegistryEvent::BecameIdle {
+                id: id.to_string(),
+                at: now,
+            }),
+            (true, false) => self.emit(RegistryEvent::BecameBusy { id: id.to_string() }),
+            _ => {}
+        }
+        true
+    }
+
+    fn resolve_id(&self, key: &str) -> Option<&str> {
+        let key = key.trim_start_matches('/');
+        if let Some(e) = self
+            .engines
+            .values()
+            .find(|e| e.engine.container_id == key || e.engine.container_name == key)
+        {
+            return Some(&e.engine.container_id);
+        }
+        let mut m = self
+            .engines
+            .keys()
+            .filter(|id| key.len() >= 4 && id.starts_with(key));
+        match (m.next(), m.next()) {
+            (Some(id), None) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Finds the engine a proxy means by `engine.host:engine.port` (SPEC "Stream events").
+    fn resolve_addr(&self, host: &str, port: u16) -> Option<&str> {
+        let host = host
+            .trim()
+            .trim_start_matches('/')
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let this_host = self.host_names.contains(&host);
+        self.engines
+            .values()
+            .filter(|e| e.running)
+            .find(|e| {
+                let r = &e.runtime;
+                let on_network = port == r.container_port
+                    && (e.engine.container_name.to_ascii_lowercase() == host
+                        || r.aliases.iter().any(|a| a.to_ascii_lowercase() == host)
+                        || r.ips.iter().any(|ip| ip.to_string() == host));
+                let published = this_host && r.host_port == Some(port);
+                let advertised =
+                    e.engine.host.to_ascii_lowercase() == host && e.engine.port == port;
+                on_network || published || advertised
+            })
+            .map(|e| e.engine.container_id.as_str())
+    }
+
+    fn stream_started(
+        &mut self,
+        s: StreamStart,
+        now: Timestamp,
+    ) -> Result<StreamRecord, RegistryError> {
+        let id = match s.container_id.as_deref().filter(|c| !c.is_empty()) {
+            Some(c) => self
+                .resolve_id(c)
+                .ok_or_else(|| {
+                    RegistryError::UnknownEngine(format!(
+                        "no discovered engine with container id {c:?}"
+                    ))
+                })?
+                .to_string(),
+            None => self
+                .resolve_addr(&s.host, s.port)
+                .ok_or_else(|| {
+                    RegistryError::UnknownEngine(format!(
+                        "no discovered engine at {}:{}",
+                        s.host, s.port
+                    ))
+                })?
+                .to_string(),
+        };
+        let active = self
+            .streams
+            .values()
+            .filter(|r| r.container_id == id && r.status == StreamStatus::Started)
+            .count();
+        let exists = self
+            .streams
+            .get(&s.stream_id)
+            .is_some_and(|r| r.container_id == id && r.status == StreamStatus::Started);
+        if !exists && active >= MAX_STREAMS_PER_ENGINE {
+            return Err(RegistryError::TooManyStreams(id12(&id).into()));
+        }
+        let record = StreamRecord {
+            id: s.stream_id.clone(),
+            key_type: s.key_type,
+            key: s.key,
+            container_id: id.clone(),
+            playback_session_id: s.playback_session_id,
+            stat_url: s.stat_url,
+            command_url: s.command_url,
+            is_live: s.is_live,
+            started_at: now,
+            ended_at: None,
+            status: StreamStatus::Started,
+        };
+        // A stream id moving to another engine ends where it was.
+        let previous = self.streams.insert(s.stream_id.clone(), record.clone());
+        self.pending.streams.insert(s.stream_id.clone());
+        self.pending.delete_streams.remove(&s.stream_id);
+        if let Some(p) = previous.filter(|p| p.container_id != id) {
+            self.refresh_streams(&p.container_id, now);
+        }
+        self.refresh_streams(&id, now);
+        self.cap_ended_streams();
+        Ok(record)
+    }
+
+    fn stream_ended(
+        &mut self,
+        s: StreamEnd,
+        now: Timestamp,
+    ) -> Result<Vec<StreamRecord>, RegistryError> {
+        let container = match s.container_id.as_deref().filter(|c| !c.is_empty()) {
+            Some(c) => Some(
+                self.resolve_id(c)
+                    .map(str::to_string)
+                    // The container may be gone already; its streams were ended then.
+                    .or_else(|| {
+                        self.streams
+                            .values()
+                            .find(|r| r.container_id.starts_with(c))
+                            .map(|r| r.container_id.clone())
+                    })
+                    .ok_or_else(|| {
+                        RegistryError::UnknownEngine(format!(
+                            "no discovered engine with container id {c:?}"
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        let ids: Vec<String> = match (&s.stream_id, &container) {
+            (Some(sid), _) => {
+                let r = self
+                    .streams
+                    .get(sid)
+                    .filter(|r| container.as_ref().is_none_or(|c| &r.container_id == c))
+                    .ok_or_else(|| RegistryError::UnknownStream(sid.clone()))?;
+                if r.status == StreamStatus::Ended {
+                    // The proxy may retry; an ended stream stays as it is.
+                    return Ok(vec![]);
+                }
+                vec![sid.clone()]
+            }
+            (None, Some(c)) => self
+                .streams
+                .values()
+                .filter(|r| &r.container_id == c && r.status == StreamStatus::Started)
+                .map(|r| r.id.clone())
+                .collect(),
+            (None, None) => {
+                return Err(RegistryError::BadRequest(
+                    "stream_ended needs a stream_id or a container_id".into(),
+                ))
+            }
+        };
+        let mut ended = vec![];
+        let mut engines = HashSet::new();
+        for sid in ids {
+            if let Some(r) = self.streams.get_mut(&sid) {
+                r.status = StreamStatus::Ended;
+                r.ended_at = Some(now);
+                engines.insert(r.container_id.clone());
+                ended.push(r.clone());
+                self.pending.streams.insert(sid);
+            }
+        }
+        for id in engines {
+            self.refresh_streams(&id, now);
+        }
+        Ok(ended)
+    }
+
+    /// Keeps the newest `MAX_ENDED_STREAMS` ended records so 100,000 distinct stream ids cannot
+    /// grow memory without bound.
+    fn cap_ended_streams(&mut self) {
+        let ended = self
+            .streams
+            .values()
+            .filter(|s| s.status == StreamStatus::Ended)
+            .count();
+        if ended <= MAX_ENDED_STREAMS {
+            return;
+        }
+        let mut v: Vec<(Timestamp, String)> = self
+            .streams
+            .values()
+            .filter(|s| s.status == StreamStatus::Ended)
+            .map(|s| (s.ended_at.unwrap_or(s.started_at), s.id.clone()))
+            .collect();
+        v.sort();
+        for (_, id) in v.into_iter().take(ended - MAX_ENDED_STREAMS) {
+            self.streams.remove(&id);
+            self.pending.streams.remove(&id);
+            self.pending.delete_streams.insert(id);
+        }
+    }
+
+    fn finish_cleanup(&mut self, record: CleanupRecord, current_bytes: Option<u64>) {
+        let id = record.container_id.clone();
+        let (engine, counters) = if let Some(e) = self.engines.get_mut(&id) {
+            e.cleaning = false;
+            (&mut e.engine, &mut e.counters)
+        } else if let Some(g) = self.gone.get_mut(&id) {
+            (&mut g.engine, &mut g.counters)
+        } else {
+            return;
+        };
+        if let Some(b) = current_bytes {
+            engine.cache_current_bytes = Some(b);
+            engine.cache_measured_at = Some(record.finished_at);
+        }
+        let c = counters.get_mut(record.trigger);
+        if record.success {
+            c.cleanups += 1;
+            c.freed_bytes += record.freed_bytes;
+            engine.last_cache_cleanup = Some(record.finished_at);
+            engine.cache_size_bytes = record.size_before_bytes;
+            engine.last_cleanup_error = None;
+        } else {
+            c.failures += 1;
+            engine.last_cleanup_error = record.error.clone();
+        }
+        let total = counters.total();
+        engine.cleanups_total = total.cleanups;
+        engine.cleanup_failures_total = total.failures;
+        engine.cache_freed_bytes_total = total.freed_bytes;
+        self.pending.engines.insert(id);
+        self.pending.records.push(record);
+    }
+}
