@@ -92,17 +92,17 @@ pub async fn http_get(
             .header(hyper::header::HOST, addr.to_string())
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let request = async {
+        // The sender moves into the request so it is dropped once the body is read; the
+        // connection task then ends by itself (engines may also close after responding).
+        let request = async move {
             let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
             let status = res.status().as_u16();
             let body = res.into_body().collect().await.map_err(|e| e.to_string())?;
+            drop(sender);
             Ok::<_, String>((status, body.to_bytes()))
         };
-        tokio::pin!(conn);
-        tokio::select! {
-            r = request => r,
-            r = &mut conn => Err(match r { Ok(()) => "connection closed".into(), Err(e) => e.to_string() }),
-        }
+        let (r, _) = tokio::join!(request, conn);
+        r
     };
     tokio::time::timeout(timeout, work)
         .await
