@@ -149,6 +149,14 @@ impl Matcher {
     }
 }
 
+/// Whether `image`, as Docker's container list shows it, is an image ID (`sha256:<hex>`, or a
+/// bare 12- or 64-digit hex ID) rather than a name. Empty counts as unknown too.
+fn is_image_id(image: &str) -> bool {
+    let hex = image.strip_prefix("sha256:").unwrap_or(image);
+    image.is_empty()
+        || ((hex.len() == 12 || hex.len() == 64) && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Shell-style glob with `*` and `?`, on the whole string (image names have no path rules).
 pub fn glob_match(pattern: &str, s: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
@@ -191,12 +199,15 @@ impl Discovery {
         for s in summaries {
             let Some(id) = s.id else { continue };
             // Cheap pre-filter on the list's own labels and image before an inspect per container.
+            // Once the name a container was created from points to another image (a newer pull
+            // of the same tag), Docker lists the old image's ID instead of the name; only
+            // inspect's `Config.Image` still has the name the image globs must see.
             let labels: BTreeMap<String, String> =
                 s.labels.unwrap_or_default().into_iter().collect();
-            if !self
-                .matcher
-                .is_engine(s.image.as_deref().unwrap_or(""), &labels)
-            {
+            let image = s.image.as_deref().unwrap_or("");
+            let name_unknown = !self.matcher.images.is_empty()
+                && (s.image_id.as_deref() == Some(image) || is_image_id(image));
+            if !name_unknown && !self.matcher.is_engine(image, &labels) {
                 continue;
             }
             match self.docker.inspect(&id).await {
@@ -326,6 +337,18 @@ mod tests {
         assert!(glob_match("*", ""));
         assert!(!glob_match("", "x"));
         assert!(glob_match("fake-*:*", "fake-engine:abc"));
+    }
+
+    #[test]
+    fn image_ids_are_told_from_names() {
+        assert!(is_image_id(
+            "sha256:762ba2a47c9272f72a523aed092dafe8944e5f1262c5981e8e0220839f9cea0a"
+        ));
+        assert!(is_image_id("762ba2a47c92"));
+        assert!(is_image_id(""));
+        assert!(!is_image_id("acestream/engine:latest"));
+        assert!(!is_image_id("sha256:nothex"));
+        assert!(!is_image_id("762ba2a47c9"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod janitor;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod procnet;
 pub mod registry;
 pub mod shutdown;
@@ -210,6 +211,10 @@ impl Agent {
         });
         tasks.spawn(http::serve(listener, state, shutdown));
         info!(%addr, version = env!("CARGO_PKG_VERSION"), "acestream-agent listening");
+        // Ready for systemd (Type=notify): the store is open and requests are being accepted.
+        if let Err(e) = notify::notify("READY=1") {
+            warn!(error = %e, "cannot notify systemd of readiness");
+        }
         Ok(Agent {
             addr,
             registry: parts.handle,
@@ -224,6 +229,7 @@ impl Agent {
 
     /// Signals shutdown and waits up to `SHUTDOWN_GRACE` for the tasks; aborts what is left.
     pub async fn stop(mut self) {
+        let _ = notify::notify("STOPPING=1");
         self.trigger.fire();
         let wait = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(SHUTDOWN_GRACE, wait).await.is_err() {
