@@ -4,7 +4,7 @@
 //! itself in a container), falls back to `docker exec cat /proc/net/tcp /proc/net/tcp6`.
 //! Sends `RegistryCmd::Connections` only when an engine's set changed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -63,6 +63,9 @@ impl Activity {
 
     async fn probe(&self, e: &EngineState) -> Option<RegistryCmd> {
         let id = &e.engine.container_id;
+        // Taken before reading: a health check that ends while the table is read is still in
+        // it, and must still be recognised as the agent's own (`ProbePorts::held_since`).
+        let since = Instant::now();
         let text = match (e.runtime.pid > 0).then_some(()) {
             Some(()) => match read_proc(e.runtime.pid).await {
                 Ok(t) => Some(t),
@@ -91,7 +94,7 @@ impl Activity {
         };
         let mut streams: Vec<String> = procnet::clients_of(&text, e.runtime.container_port)
             .into_iter()
-            .filter(|a| !self.ports.contains(a.port()))
+            .filter(|a| !self.ports.held_since(a.port(), since))
             .map(|a| format!("{CONN_PREFIX}{}:{}", a.ip(), a.port()))
             .collect();
         streams.sort();

@@ -6,7 +6,7 @@
 //! are lent to the activity probe (`ProbePorts`) so the agent's own checks never count as
 //! streams.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,28 +24,48 @@ use crate::shutdown::Shutdown;
 pub const STATUS_PATH: &str = "/server/api?api_version=3&method=get_status";
 pub const VERSION_PATH: &str = "/webui/api/service?method=get_version";
 
-/// Local ports of the agent's in-flight probe connections. A std `Mutex`: held for an insert
-/// or a lookup, never across an `.await`.
+/// How long a probe's port stays excluded after its connection closed. The connection probe
+/// reads `/proc` and looks ports up afterwards, and the engine's side of a closed connection
+/// leaves ESTABLISHED only once the FIN has arrived: a check that ends in between would
+/// otherwise be counted as a stream, once.
+pub const RELEASED_PORT_GRACE: Duration = Duration::from_secs(1);
+
+/// Local ports of the agent's probe connections: in flight (`None`), or closed at an instant
+/// (kept for `RELEASED_PORT_GRACE`). A std `Mutex`: held for an insert or a lookup, never
+/// across an `.await`.
 #[derive(Clone, Default)]
-pub struct ProbePorts(Arc<Mutex<HashSet<u16>>>);
+pub struct ProbePorts(Arc<Mutex<HashMap<u16, Option<Instant>>>>);
 
 impl ProbePorts {
     fn hold(&self, port: u16) -> PortGuard {
         self.0
             .lock()
             .expect("probe ports lock poisoned")
-            .insert(port);
+            .insert(port, None);
         PortGuard {
             ports: self.clone(),
             port,
         }
     }
 
+    /// Whether `port` is a probe connection now.
     pub fn contains(&self, port: u16) -> bool {
         self.0
             .lock()
             .expect("probe ports lock poisoned")
-            .contains(&port)
+            .get(&port)
+            .is_some_and(Option::is_none)
+    }
+
+    /// Whether `port` was a probe connection at any moment since `since` (or shortly before):
+    /// what the connection probe asks about a table it started reading at `since`, so that a
+    /// check that finished while the table was being read is still recognised.
+    pub fn held_since(&self, port: u16, since: Instant) -> bool {
+        match self.0.lock().expect("probe ports lock poisoned").get(&port) {
+            Some(None) => true,
+            Some(Some(released)) => *released + RELEASED_PORT_GRACE >= since,
+            None => false,
+        }
     }
 }
 
@@ -57,7 +77,10 @@ struct PortGuard {
 impl Drop for PortGuard {
     fn drop(&mut self) {
         if let Ok(mut s) = self.ports.0.lock() {
-            s.remove(&self.port);
+            let now = Instant::now();
+            s.insert(self.port, Some(now));
+            // Bounded by the ports that closed within the grace period.
+            s.retain(|_, r| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE));
         }
     }
 }
@@ -260,10 +283,17 @@ mod tests {
     #[test]
     fn probe_ports_are_released_on_drop() {
         let p = ProbePorts::default();
+        let before = Instant::now();
         {
             let _g = p.hold(4242);
             assert!(p.contains(4242));
+            assert!(p.held_since(4242, Instant::now()));
         }
         assert!(!p.contains(4242));
+        // A table read that began while the check was open still excludes it.
+        assert!(p.held_since(4242, before));
+        assert!(!p.held_since(4243, before));
+        let later = Instant::now() + RELEASED_PORT_GRACE + Duration::from_millis(10);
+        assert!(!p.held_since(4242, later));
     }
 }

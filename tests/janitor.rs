@@ -1,0 +1,751 @@
+//! Cache janitor against real containers (SPEC §4): what a cleanup measures, deletes, keeps and
+//! records, for each trigger the janitor owns (sweep, manual), and what it must never touch:
+//! busy engines, invalid or symlinked cache paths, anything outside the cache directory.
+//!
+//! Every test runs its own agent in-process, restricted to engines carrying a label unique to
+//! the test, so tests running in parallel never see each other's engines.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use acestream_agent::config::Config;
+use acestream_agent::Agent;
+use common::*;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Label that ties engines to the one test (and agent) that owns them.
+const CASE_LABEL: &str = "acestream-agent.test.case";
+/// Slack per file (and per directory) when comparing a measured size with what was written:
+/// `du` counts whole blocks or directory entries, never less than the data.
+const BLOCK: u64 = 4096;
+
+/// An agent that sees only this test's engines.
+struct Case {
+    agent: Agent,
+    _dir: TempDir,
+}
+
+/// Config for one test: discovery limited to the case label, a temp store, fast activity
+/// probe, and nothing running on a timer that the test does not ask for (no sweep, no
+/// stream-end cleanup, no periodic measuring, no disk pressure).
+fn config(case: &str, dir: &TempDir) -> Config {
+    let mut cfg = Config::default();
+    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}").parse().unwrap()];
+    cfg.discovery.images = vec![];
+    cfg.store.path = dir.path().join("state.redb");
+    cfg.activity.interval = Duration::from_millis(200);
+    cfg.health.interval = Duration::from_secs(1);
+    cfg.cleanup.interval = None;
+    cfg.cleanup.idle_grace = None;
+    cfg.cleanup.measure_interval = None;
+    cfg.pressure.min_free = None;
+    cfg
+}
+
+/// A unique case name (the label value), its temp dir and its config.
+fn new_case(prefix: &str) -> (String, TempDir, Config) {
+    let name = unique_name(prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&name, &dir);
+    (name, dir, cfg)
+}
+
+impl Case {
+    async fn start(dir: TempDir, cfg: Config) -> Case {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent = Agent::start(cfg, listener).await.unwrap();
+        Case { agent, _dir: dir }
+    }
+
+    /// `GET /engines/{key}`; panics unless 200.
+    async fn engine_json(&self, key: &str) -> Value {
+        let (status, v) = http_get_json(self.agent.addr, &format!("/engines/{key}")).await;
+        assert_eq!(status, 200, "GET /engines/{key}: {v}");
+        v
+    }
+
+    /// Polls `GET /engines/{key}` until `pred` holds; returns that engine JSON.
+    async fn wait_engine(
+        &self,
+        key: &str,
+        deadline: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let addr = self.agent.addr;
+        let pred = &pred;
+        eventually(deadline, what, || async move {
+            let (status, v) = try_http_get(addr, &format!("/engines/{key}")).await?;
+            let v: Value = serde_json::from_str(&v).map_err(|e| format!("{e}: {v}"))?;
+            if status == 200 && pred(&v) {
+                Ok(v)
+            } else {
+                Err(format!("HTTP {status}: {v}"))
+            }
+        })
+        .await
+    }
+
+    /// `GET /engines/{key}/cleanups`, newest first.
+    async fn history(&self, key: &str) -> Vec<Value> {
+        let (status, v) = http_get_json(self.agent.addr, &format!("/engines/{key}/cleanups")).await;
+        assert_eq!(status, 200, "GET /engines/{key}/cleanups: {v}");
+        v.as_array()
+            .unwrap_or_else(|| panic!("cleanup history is not an array: {v}"))
+            .clone()
+    }
+
+    /// `POST /engines/{key}/cleanup` from loopback (no token configured): status and JSON.
+    async fn manual_cleanup(&self, key: &str) -> (u16, Value) {
+        let (status, body) =
+            http_post(self.agent.addr, &format!("/engines/{key}/cleanup"), "", &[]).await;
+        let v = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("POST /engines/{key}/cleanup: not JSON ({e}): {body}"));
+        (status, v)
+    }
+
+    /// Waits until the agent has finished `n` sweeps after this call (by the snapshot's
+    /// `last_sweep`), so a test can assert what sweeps did *not* do.
+    async fn wait_sweeps(&self, n: usize, deadline: Duration) {
+        let mut last = self.agent.snapshot().last_sweep;
+        for i in 0..n {
+            let registry = &self.agent.registry;
+            last = Some(
+                eventually(
+                    deadline,
+                    &format!("sweep {} of {n}", i + 1),
+                    || async move {
+                        let now = registry.snapshot().last_sweep;
+                        match (now, last) {
+                            (Some(t), Some(l)) if t > l => Some(t),
+                            (Some(t), None) => Some(t),
+                            _ => None,
+                        }
+                    },
+                )
+                .await,
+            );
+        }
+    }
+}
+
+fn engine_for(case: &str) -> TestEngineBuilder {
+    TestEngine::builder()
+        .name_prefix("jan")
+        .label(CASE_LABEL, case)
+}
+
+fn u64_of(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} is not an unsigned integer in {v}"))
+}
+
+/// Everything under `dir` in the container (files, directories, links), relative, sorted.
+fn entries(engine: &TestEngine, dir: &str) -> Vec<String> {
+    let out = engine.exec(&["/usr/bin/busybox", "find", dir, "-mindepth", "1"]);
+    let prefix = format!("{dir}/");
+    let mut v: Vec<String> = out
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix(&prefix).unwrap_or(l).to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn is_dir(engine: &TestEngine, path: &str) -> bool {
+    engine
+        .try_exec(&["/usr/bin/busybox", "test", "-d", path])
+        .is_ok()
+}
+
+fn read_file(engine: &TestEngine, path: &str) -> String {
+    engine.exec(&["/usr/bin/busybox", "cat", path])
+}
+
+/// Number of processes in the container whose command line contains `needle` (`docker top`).
+fn processes_matching(engine: &TestEngine, needle: &str) -> usize {
+    let out = std::process::Command::new("docker")
+        .args(["top", &engine.id, "-o", "pid,args"])
+        .output()
+        .expect("docker top");
+    assert!(
+        out.status.success(),
+        "docker top {}: {}",
+        engine.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+#[tokio::test]
+async fn sweep_records_sizes_that_match_what_was_written() {
+    let (name, dir, mut cfg) = new_case("jan-sweep-sizes");
+    // Long enough that the first sweep can be caught before the second (which would record
+    // the emptied directory as the latest size).
+    cfg.cleanup.interval = Some(Duration::from_secs(2));
+    let engine = engine_for(&name).start();
+    engine.wait_http_ready().await;
+    let files: &[(&str, u64)] = &[
+        ("a.chunk", 300_000),
+        ("b.chunk", 123_457),
+        (".hidden", 50_000),
+        ("..double-dot", 7_000),
+        ("sub/c.chunk", 200_000),
+        ("sub/.d", 10_001),
+        ("sub/deeper/e", 1),
+    ];
+    for (f, n) in files {
+        engine.write_cache_file(f, *n);
+    }
+    let written: u64 = files.iter().map(|(_, n)| n).sum();
+    // The cache dir, sub and sub/deeper count as entries too.
+    let slack = BLOCK * (files.len() as u64 + 3);
+    assert_eq!(engine.list_cache().len(), files.len());
+
+    let case = Case::start(dir, cfg).await;
+    let e = case
+        .wait_engine(
+            &engine.id,
+            Duration::from_secs(10),
+            "the first sweep",
+            |v| v["cleanups_total"].as_u64() >= Some(1),
+        )
+        .await;
+    assert_eq!(e["cleanups_total"], 1, "{e}");
+    assert_eq!(e["cleanup_failures_total"], 0, "{e}");
+    assert_eq!(e["last_cleanup_error"], Value::Null, "{e}");
+    assert!(e["last_cache_cleanup"].is_string(), "{e}");
+    let size = u64_of(&e, "cache_size_bytes");
+    println!(
+        "written {written} bytes in {} files; measured {size}",
+        files.len()
+    );
+    assert!(
+        size.abs_diff(written) <= slack,
+        "cache_size_bytes {size} is not within {slack} of the {written} bytes written"
+    );
+    let freed = u64_of(&e, "cache_freed_bytes_total");
+    // Freed = before - what is left, and what is left is the empty directory itself.
+    assert!(
+        freed <= size && freed + 2 * BLOCK >= written,
+        "cache_freed_bytes_total {freed} implausible for {written} written, {size} measured"
+    );
+
+    assert!(
+        is_dir(&engine, &engine.cache_dir),
+        "the cache directory itself must stay"
+    );
+    assert_eq!(entries(&engine, &engine.cache_dir), Vec::<String>::new());
+    assert_eq!(engine.list_cache(), Vec::<String>::new());
+
+    let history = case.history(&engine.id).await;
+    let first = history.last().expect("the sweep's record in the history");
+    assert_eq!(first["trigger"], "sweep", "{first}");
+    assert_eq!(first["success"], true, "{first}");
+    assert_eq!(first["container_id"], engine.id.as_str(), "{first}");
+    assert_eq!(first["size_before_bytes"], size, "{first}");
+    assert_eq!(first["freed_bytes"], freed, "{first}");
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn missing_cache_directory_counts_as_zero() {
+    let (name, dir, cfg) = new_case("jan-missing");
+    let engine = engine_for(&name).start();
+    engine.wait_http_ready().await;
+    engine.exec(&["/usr/bin/busybox", "rm", "-rf", &engine.cache_dir]);
+    assert!(!is_dir(&engine, &engine.cache_dir));
+    let case = Case::start(dir, cfg).await;
+    case.wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)
+        .await;
+
+    let (status, record) = case.manual_cleanup(&engine.name).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["success"], true, "{record}");
+    assert_eq!(record["size_before_bytes"], 0, "{record}");
+    assert_eq!(record["freed_bytes"], 0, "{record}");
+    assert_eq!(record["error"], Value::Null, "{record}");
+
+    let e = case.engine_json(&engine.name).await;
+    assert_eq!(e["cache_size_bytes"], 0, "{e}");
+    assert_eq!(e["cleanups_total"], 1, "{e}");
+    assert_eq!(e["cleanup_failures_total"], 0, "{e}");
+    assert_eq!(e["last_cleanup_error"], Value::Null, "{e}");
+    assert!(e["last_cache_cleanup"].is_string(), "{e}");
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn manual_cleanup_returns_its_record() {
+    let (name, dir, cfg) = new_case("jan-manual");
+    let engine = engine_for(&name).start();
+    engine.wait_http_ready().await;
+    engine.write_cache_file("x.chunk", 500_000);
+    engine.write_cache_file(".y", 20_000);
+    let case = Case::start(dir, cfg).await;
+    case.wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)
+        .await;
+
+    let (status, record) = case.manual_cleanup(&engine.name).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["trigger"], "manual", "{record}");
+    assert_eq!(record["success"], true, "{record}");
+    assert_eq!(record["container_id"], engine.id.as_str(), "{record}");
+    assert_eq!(record["container_name"], engine.name.as_str(), "{record}");
+    let before = u64_of(&record, "size_before_bytes");
+    assert!(before.abs_diff(520_000) <= 4 * BLOCK, "{record}");
+    assert!(
+        u64_of(&record, "freed_bytes") + 2 * BLOCK >= 520_000,
+        "{record}"
+    );
+    assert_eq!(engine.list_cache(), Vec::<String>::new());
+
+    // The record is committed before the reply: the engine and its history show it at once.
+    let e = case.engine_json(&engine.name).await;
+    assert_eq!(e["cleanups_total"], 1, "{e}");
+    assert_eq!(e["cache_size_bytes"], before, "{e}");
+    let history = case.history(&engine.name).await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0], record);
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn manual_cleanup_of_unknown_engine_is_404() {
+    let (_name, dir, cfg) = new_case("jan-unknown");
+    let case = Case::start(dir, cfg).await;
+    let (status, body) = case.manual_cleanup("no-such-engine").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn second_cleanup_while_one_runs_is_409() {
+    let (name, dir, mut cfg) = new_case("jan-409");
+    // The hung du keeps the first cleanup running for exactly exec_timeout.
+    cfg.cleanup.exec_timeout = Duration::from_secs(3);
+    let engine = engine_for(&name).env("HANG_DU", "1").start();
+    engine.wait_http_ready().await;
+    let case = Case::start(dir, cfg).await;
+    case.wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)
+        .await;
+
+    let addr = case.agent.addr;
+    let path = format!("/engines/{}/cleanup", engine.name);
+    let first = tokio::spawn(async move { http_post(addr, &path, "", &[]).await });
+    // The first exec is running once its `sleep` shows up in the container.
+    eventually(
+        Duration::from_secs(5),
+        "the first cleanup's exec",
+        || async { (processes_matching(&engine, "2147483647") >= 1).then_some(()) },
+    )
+    .await;
+    let (status, body) = case.manual_cleanup(&engine.name).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already")),
+        "{body}"
+    );
+    let (status, body) = first.await.unwrap();
+    assert_eq!(
+        status, 500,
+        "the first cleanup times out and reports its record: {body}"
+    );
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn busy_engine_cache_is_untouched() {
+    let (name, dir, mut cfg) = new_case("jan-busy");
+    cfg.cleanup.interval = Some(Duration::from_secs(1));
+    cfg.activity.interval = Duration::from_millis(100);
+    // Busy by the connection probe (a viewer reading), by the event API, and one idle.
+    let viewed = engine_for(&name).start();
+    let evented = engine_for(&name).start();
+    let idle = engine_for(&name).start();
+    for e in [&viewed, &evented, &idle] {
+        e.wait_http_ready().await;
+    }
+    let client = viewed.stream_client();
+    eventually(
+        Duration::from_secs(5),
+        "a connected stream client",
+        || async {
+            (viewed.established_connections() == 1 && client.bytes_read() > 0).then_some(())
+        },
+    )
+    .await;
+
+    let case = Case::start(dir, cfg).await;
+    case.wait_engine(
+        &viewed.id,
+        Duration::from_secs(5),
+        "the viewer's stream",
+        |v| v["streams"].as_array().is_some_and(|s| s.len() == 1),
+    )
+    .await;
+    let body = serde_json::json!({
+        "engine": {"host": "127.0.0.1", "port": evented.host_port},
+        "stream": {"key_type": "content_id", "key": "abc"},
+        "session": {"playback_session_id": "s1", "stat_url": "http://x/ace/stat/a/b",
+                    "command_url": "http://x/cmd", "is_live": 1},
+        "labels": {"stream_id": "abc|b"}
+    });
+    let (status, reply) = http_post(
+        case.agent.addr,
+        "/events/stream_started",
+        &body.to_string(),
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    // A sweep that began before the engines were known busy may still be deleting; once it is
+    // over, every later sweep knows.
+    case.wait_sweeps(1, Duration::from_secs(10)).await;
+    let counted: Vec<u64> = {
+        let mut v = vec![];
+        for e in [&viewed, &evented] {
+            e.write_cache_file("marker", 100_000);
+            v.push(u64_of(&case.engine_json(&e.id).await, "cleanups_total"));
+        }
+        v
+    };
+    let before = viewed.list_cache();
+    let idle_seen = u64_of(&case.engine_json(&idle.id).await, "cleanups_total");
+    idle.write_cache_file("marker", 100_000);
+
+    // Two sweeps that cleaned the idle engine.
+    case.wait_engine(
+        &idle.id,
+        Duration::from_secs(10),
+        "two sweeps of the idle engine",
+        |v| v["cleanups_total"].as_u64() >= Some(idle_seen + 2),
+    )
+    .await;
+    assert_eq!(idle.list_cache(), Vec::<String>::new());
+
+    let after = viewed.list_cache();
+    for f in &before {
+        assert!(
+            after.contains(f),
+            "{f} of the busy engine was deleted; left: {after:?}"
+        );
+    }
+    assert!(
+        after.len() > before.len(),
+        "the busy engine's cache stopped growing: {after:?}"
+    );
+    assert_eq!(evented.list_cache(), vec!["marker".to_string()]);
+    for (e, n) in [&viewed, &evented].into_iter().zip(counted) {
+        let v = case.engine_json(&e.id).await;
+        assert_eq!(v["cleanups_total"], n, "{v}");
+        assert_eq!(v["cleanup_failures_total"], 0, "{v}");
+        assert_eq!(v["streams"].as_array().map(Vec::len), Some(1), "{v}");
+    }
+
+    for e in [&viewed, &evented] {
+        let (status, body) = case.manual_cleanup(&e.name).await;
+        assert_eq!(status, 409, "{body}");
+    }
+    let later = viewed.list_cache();
+    for f in &after {
+        assert!(later.contains(f), "{f} deleted by a refused manual cleanup");
+    }
+    assert_eq!(evented.list_cache(), vec!["marker".to_string()]);
+    assert!(!client.is_closed());
+    drop(client);
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn hung_exec_times_out_and_is_recorded_without_blocking_others() {
+    let (name, dir, mut cfg) = new_case("jan-hung");
+    let exec_timeout = Duration::from_secs(2);
+    cfg.cleanup.interval = Some(Duration::from_secs(1));
+    cfg.cleanup.exec_timeout = exec_timeout;
+    // One at a time: the hung engine holds the only slot, the other must still get it.
+    cfg.cleanup.concurrency = 1;
+    let hung = engine_for(&name).env("HANG_DU", "1").start();
+    let normal = engine_for(&name).start();
+    hung.wait_http_ready().await;
+    normal.wait_http_ready().await;
+    hung.write_cache_file("kept", 10_000);
+    normal.write_cache_file("gone", 10_000);
+    assert_eq!(processes_matching(&hung, "2147483647"), 0);
+
+    let t0 = Instant::now();
+    let case = Case::start(dir, cfg).await;
+    let e = case
+        .wait_engine(
+            &hung.id,
+            Duration::from_secs(10),
+            "the hung engine's failure",
+            |v| v["cleanup_failures_total"].as_u64() >= Some(1),
+        )
+        .await;
+    let failed_after = t0.elapsed();
+    println!("hung engine's failure recorded {failed_after:?} after the agent started");
+    let err = e["last_cleanup_error"].as_str().unwrap_or_default();
+    assert!(err.contains("timed out"), "last_cleanup_error: {e}");
+    assert_eq!(e["cleanups_total"], 0, "{e}");
+    // First sweep at 1 s, then the exec timeout; the rest is slack for a loaded machine.
+    assert!(
+        failed_after <= Duration::from_secs(1) + exec_timeout + Duration::from_secs(3),
+        "failure recorded only after {failed_after:?}"
+    );
+    let history = case.history(&hung.id).await;
+    let rec = history.last().expect("the failed cleanup's record");
+    assert_eq!(rec["success"], false, "{rec}");
+    let took = rec["duration_seconds"].as_f64().unwrap();
+    assert!(
+        took >= exec_timeout.as_secs_f64() - 0.1 && took <= exec_timeout.as_secs_f64() + 2.0,
+        "the hung cleanup took {took} s, exec_timeout is {exec_timeout:?}"
+    );
+
+    case.wait_engine(
+        &normal.id,
+        Duration::from_secs(10),
+        "the normal engine cleaned",
+        |v| v["cleanups_total"].as_u64() >= Some(1),
+    )
+    .await;
+    assert_eq!(normal.list_cache(), Vec::<String>::new());
+
+    // Later sweeps: no second exec piles up next to the hung one.
+    let seen = u64_of(&case.engine_json(&normal.id).await, "cleanups_total");
+    case.wait_engine(
+        &normal.id,
+        Duration::from_secs(10),
+        "three more sweeps",
+        |v| v["cleanups_total"].as_u64() >= Some(seen + 3),
+    )
+    .await;
+    assert_eq!(
+        processes_matching(&hung, "2147483647"),
+        1,
+        "execs piled up in the hung engine"
+    );
+    assert_eq!(hung.list_cache(), vec!["kept".to_string()]);
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn min_bytes_skips_small_caches() {
+    let (name, dir, mut cfg) = new_case("jan-min-bytes");
+    cfg.cleanup.interval = Some(Duration::from_secs(1));
+    cfg.cleanup.min_bytes = 1024 * 1024;
+    let small = engine_for(&name).start();
+    let large = engine_for(&name).start();
+    small.wait_http_ready().await;
+    large.wait_http_ready().await;
+    small.write_cache_file("small", 100_000);
+    large.write_cache_file("large", 2 * 1024 * 1024);
+    let case = Case::start(dir, cfg).await;
+
+    case.wait_engine(
+        &large.id,
+        Duration::from_secs(10),
+        "the large cache cleaned",
+        |v| v["cleanups_total"].as_u64() >= Some(1),
+    )
+    .await;
+    assert_eq!(large.list_cache(), Vec::<String>::new());
+    // The small one was measured by that sweep, and left alone by the next ones too.
+    let e = case
+        .wait_engine(
+            &small.id,
+            Duration::from_secs(5),
+            "the small cache measured",
+            |v| v["cache_current_bytes"].is_u64(),
+        )
+        .await;
+    assert!(
+        u64_of(&e, "cache_current_bytes").abs_diff(100_000) <= 2 * BLOCK,
+        "{e}"
+    );
+    case.wait_sweeps(2, Duration::from_secs(5)).await;
+    assert_eq!(small.list_cache(), vec!["small".to_string()]);
+    let e = case.engine_json(&small.id).await;
+    assert_eq!(e["cleanups_total"], 0, "{e}");
+    assert_eq!(e["cleanup_failures_total"], 0, "{e}");
+    assert_eq!(e["last_cache_cleanup"], Value::Null, "{e}");
+    assert_eq!(e["cache_freed_bytes_total"], 0, "{e}");
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_cache_path_label_is_reported_and_never_cleaned() {
+    let (name, dir, mut cfg) = new_case("jan-bad-label");
+    cfg.cleanup.interval = Some(Duration::from_secs(1));
+    let system = engine_for(&name)
+        .label("acestream.cache_path", "/etc")
+        .start();
+    let relative = engine_for(&name)
+        .label(
+            "acestream.cache_path",
+            "home/appuser/.ACEStream/.acestream_cache",
+        )
+        .start();
+    system.wait_http_ready().await;
+    relative.wait_http_ready().await;
+    for e in [&system, &relative] {
+        e.write_cache_file("kept", 10_000);
+    }
+    let etc_before = entries(&system, "/etc");
+    assert!(!etc_before.is_empty());
+    let case = Case::start(dir, cfg).await;
+
+    for e in [&system, &relative] {
+        let v = case
+            .wait_engine(&e.id, Duration::from_secs(5), "the label's error", |v| {
+                v["last_cleanup_error"].is_string()
+            })
+            .await;
+        let err = v["last_cleanup_error"].as_str().unwrap();
+        assert!(err.contains("acestream.cache_path"), "{err}");
+        println!("{}: {err}", e.name);
+    }
+    case.wait_sweeps(2, Duration::from_secs(5)).await;
+    let (status, body) = case.manual_cleanup(&system.name).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = case.manual_cleanup(&relative.name).await;
+    assert_eq!(status, 409, "{body}");
+
+    for e in [&system, &relative] {
+        assert_eq!(e.list_cache(), vec!["kept".to_string()], "{}", e.name);
+        let v = case.engine_json(&e.id).await;
+        assert_eq!(v["cleanups_total"], 0, "{v}");
+        assert_eq!(v["last_cache_cleanup"], Value::Null, "{v}");
+        assert!(case.history(&e.id).await.is_empty());
+    }
+    assert_eq!(entries(&system, "/etc"), etc_before);
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn cache_path_label_overrides_the_default() {
+    let (name, dir, mut cfg) = new_case("jan-label-path");
+    cfg.cleanup.interval = Some(Duration::from_secs(1));
+    let custom = "/data/ace/cache";
+    // The fake engine creates and fills CACHE_DIR, as a real image with another home would.
+    let engine = engine_for(&name)
+        .label("acestream.cache_path", custom)
+        .env("CACHE_DIR", custom)
+        .start();
+    engine.wait_http_ready().await;
+    assert_eq!(engine.cache_dir, custom);
+    engine.write_cache_file("there", 30_000);
+    engine.write_cache_file("sub/.there", 30_000);
+    engine.exec(&[
+        "/usr/bin/busybox",
+        "sh",
+        "-c",
+        "mkdir -p \"$1\" && echo keep > \"$1/default-file\"",
+        "sh",
+        DEFAULT_CACHE_DIR,
+    ]);
+    let case = Case::start(dir, cfg).await;
+
+    let e = case
+        .wait_engine(&engine.id, Duration::from_secs(10), "a cleanup", |v| {
+            v["cleanups_total"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(e["cache_path"], custom, "{e}");
+    let history = case.history(&engine.id).await;
+    let first = history.last().unwrap();
+    assert!(
+        u64_of(first, "size_before_bytes").abs_diff(60_000) <= 4 * BLOCK,
+        "{first}"
+    );
+    assert!(is_dir(&engine, custom));
+    assert_eq!(entries(&engine, custom), Vec::<String>::new());
+    assert_eq!(
+        read_file(&engine, &format!("{DEFAULT_CACHE_DIR}/default-file")),
+        "keep"
+    );
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn cache_dir_symlink_is_refused_and_nothing_outside_touched() {
+    let (name, dir, mut cfg) = new_case("jan-symlink-dir");
+    cfg.cleanup.interval = Some(Duration::from_secs(1));
+    let linked = engine_for(&name).start();
+    let normal = engine_for(&name).start();
+    linked.wait_http_ready().await;
+    normal.wait_http_ready().await;
+    linked.exec(&[
+        "/usr/bin/busybox",
+        "sh",
+        "-c",
+        "mkdir -p /outside && echo keep > /outside/canary && rm -rf \"$1\" && ln -s /outside \"$1\"",
+        "sh",
+        &linked.cache_dir,
+    ]);
+    normal.write_cache_file("gone", 10_000);
+    let case = Case::start(dir, cfg).await;
+
+    let e = case
+        .wait_engine(&linked.id, Duration::from_secs(10), "the refusal", |v| {
+            v["cleanup_failures_total"].as_u64() >= Some(1)
+        })
+        .await;
+    let err = e["last_cleanup_error"].as_str().unwrap_or_default();
+    println!("symlinked cache dir: {err}");
+    assert!(err.contains("symlink"), "{e}");
+    assert_eq!(e["cleanups_total"], 0, "{e}");
+    case.wait_engine(
+        &normal.id,
+        Duration::from_secs(10),
+        "the other engine cleaned",
+        |v| v["cleanups_total"].as_u64() >= Some(1),
+    )
+    .await;
+    assert_eq!(normal.list_cache(), Vec::<String>::new());
+    assert_eq!(read_file(&linked, "/outside/canary"), "keep");
+    assert_eq!(entries(&linked, "/outside"), vec!["canary".to_string()]);
+    let link = linked.exec(&["/usr/bin/busybox", "readlink", &linked.cache_dir]);
+    assert_eq!(link, "/outside");
+    case.agent.stop().await;
+}
+
+#[tokio::test]
+async fn symlinks_inside_the_cache_are_removed_not_followed() {
+    let (name, dir, cfg) = new_case("jan-symlink-inside");
+    let engine = engine_for(&name).start();
+    engine.wait_http_ready().await;
+    engine.write_cache_file("data", 10_000);
+    engine.exec(&[
+        "/usr/bin/busybox",
+        "sh",
+        "-c",
+        "mkdir -p /outside/dir && echo keep > /outside/canary && echo keep > /outside/dir/canary \
+         && ln -s /outside/dir \"$1/dirlink\" && ln -s /outside/canary \"$1/.filelink\" \
+         && mkdir \"$1/sub\" && ln -s / \"$1/sub/root\"",
+        "sh",
+        &engine.cache_dir,
+    ]);
+    let case = Case::start(dir, cfg).await;
+    case.wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)
+        .await;
+
+    let (status, record) = case.manual_cleanup(&engine.name).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(entries(&engine, &engine.cache_dir), Vec::<String>::new());
+    assert_eq!(read_file(&engine, "/outside/canary"), "keep");
+    assert_eq!(read_file(&engine, "/outside/dir/canary"), "keep");
+    assert!(is_dir(&engine, "/etc"));
+    case.agent.stop().await;
+}
