@@ -2,77 +2,103 @@
 //! builders and output parsing; the janitor runs them through `docker::exec`.
 //!
 //! One fixed script, the cache path passed as `$1` and never pasted into it, so no container
-//! label or config value can become shell code. The script refuses a cache directory that is
-//! a symlink or resolves through one (it would lead outside the directory), deletes entries
-//! with `rm -rf`, which removes symlinks themselves rather than what they point to, and keeps
-//! the directory so a running engine can go on writing. `du -sb` is tried first; busybox has
-//! no `-b`, so `du -sk` × 1024 is the fallback.
+//! label or config value can become shell code. One exec measures, deletes and measures again:
+//! the janitor does its idle re-check right before this exec, so the window in which a new
+//! stream could meet a deleting janitor is one exec long, and a file written between a
+//! separate measure and delete can no longer be deleted without being counted.
+//!
+//! The script refuses a cache directory that is a symlink or resolves through one (it would
+//! lead outside the directory), deletes entries with `rm -rf`, which removes symlinks
+//! themselves rather than what they point to, and keeps the directory so a running engine can
+//! go on writing. `du -sb` is tried first; busybox has no `-b`, so `du -sk` × 1024 is the
+//! fallback.
 
-/// Exit codes of the script, so failures carry a reason an operator can act on.
-const SCRIPT: &str = r#"d="$1"; mode="$2"
-if [ ! -e "$d" ] && [ ! -L "$d" ]; then echo missing; exit 0; fi
+/// `$1` path, `$2` mode (`measure` | `clear`), `$3` min bytes: a cache smaller than that is
+/// measured but kept. Output lines: `before <bytes>`, `after <bytes>` (absent when nothing was
+/// deleted), `kept`. A missing directory is size 0 and, when clearing, counts as cleared.
+/// Exit codes name the refusal so failures carry a reason an operator can act on.
+const SCRIPT: &str = r#"d="$1"; mode="$2"; min="${3:-0}"
+if [ ! -e "$d" ] && [ ! -L "$d" ]; then
+  echo "before 0"; [ "$mode" = clear ] || exit 0
+  if [ 0 -lt "$min" ]; then echo kept; else echo "after 0"; fi; exit 0
+fi
 if [ -L "$d" ]; then echo "cache directory is a symlink; refusing to follow it" >&2; exit 10; fi
 if [ ! -d "$d" ]; then echo "cache path is not a directory" >&2; exit 11; fi
 r=$(readlink -f "$d" 2>/dev/null) || r="$d"
 if [ "$r" != "$d" ]; then echo "cache path resolves through a symlink to $r; refusing" >&2; exit 12; fi
+size() {
+  out=$(du -sb "$d" 2>/dev/null); n=${out%%[!0-9]*}
+  if [ -n "$n" ]; then echo "$n"; return 0; fi
+  out=$(du -sk "$d" 2>/dev/null); n=${out%%[!0-9]*}
+  if [ -n "$n" ]; then echo $((n * 1024)); return 0; fi
+  return 1
+}
+b=$(size) || { echo "du failed" >&2; exit 14; }
+echo "before $b"
+[ "$mode" = clear ] || exit 0
+if [ "$b" -lt "$min" ]; then echo kept; exit 0; fi
 rc=0
-if [ "$mode" = clear ]; then
-  for f in "$d"/* "$d"/.[!.]* "$d"/..?*; do
-    if [ -e "$f" ] || [ -L "$f" ]; then rm -rf "$f" || rc=13; fi
-  done
-fi
-out=$(du -sb "$d" 2>/dev/null); n=${out%%[!0-9]*}
-if [ -n "$n" ]; then echo "b $n"; exit $rc; fi
-out=$(du -sk "$d" 2>/dev/null); n=${out%%[!0-9]*}
-if [ -n "$n" ]; then echo "k $n"; exit $rc; fi
-echo "du failed" >&2; exit 14
+for f in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+  if [ -e "$f" ] || [ -L "$f" ]; then rm -rf "$f" || rc=13; fi
+done
+a=$(size) || { echo "du failed after deleting" >&2; exit 14; }
+echo "after $a"
+exit $rc
 "#;
 
 /// What the script is asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Measure only (read-only).
+    /// Measure only (read-only; busy engines too).
     Measure,
-    /// Delete the directory's contents, then measure what is left.
-    Clear,
+    /// Measure, delete the directory's contents unless below `min_bytes`, measure again.
+    Clear { min_bytes: u64 },
 }
 
-/// argv for `docker exec`: `sh -c SCRIPT sh PATH MODE`.
+/// argv for `docker exec`: `sh -c SCRIPT sh PATH MODE MIN_BYTES`.
 pub fn argv(path: &str, mode: Mode) -> Vec<String> {
-    let mode = match mode {
-        Mode::Measure => "measure",
-        Mode::Clear => "clear",
+    let (mode, min) = match mode {
+        Mode::Measure => ("measure", 0),
+        Mode::Clear { min_bytes } => ("clear", min_bytes),
     };
-    ["sh", "-c", SCRIPT, "sh", path, mode]
+    let min = min.to_string();
+    ["sh", "-c", SCRIPT, "sh", path, mode, &min]
         .into_iter()
         .map(String::from)
         .collect()
 }
 
+/// Sizes one run found. A missing directory is size 0, not an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub before: u64,
+    /// Size after deleting; `None` when nothing was deleted (measure mode, or below
+    /// `min_bytes`).
+    pub after: Option<u64>,
+}
+
 /// The script's verdict on one run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Size in bytes (after deleting, in `Clear` mode). A missing directory is 0.
-    Size(u64),
-    /// The script refused or failed; the text says why.
-    Failed(String),
+    Done(Sizes),
+    /// The script refused or failed; `before` is set when it got as far as measuring.
+    Failed {
+        before: Option<u64>,
+        reason: String,
+    },
 }
 
 /// Interprets the exit code and output of one run of the script.
 pub fn parse(exit_code: i64, stdout: &str, stderr: &str) -> Outcome {
-    let size = stdout.lines().rev().find_map(|l| {
-        let l = l.trim();
-        if l == "missing" {
-            return Some(0);
+    let mut before = None;
+    let mut after = None;
+    for l in stdout.lines().map(str::trim) {
+        match l.split_once(' ') {
+            Some(("before", n)) => before = n.trim().parse::<u64>().ok(),
+            Some(("after", n)) => after = n.trim().parse::<u64>().ok(),
+            _ => {}
         }
-        let (unit, n) = l.split_once(' ')?;
-        let n: u64 = n.trim().parse().ok()?;
-        match unit {
-            "b" => Some(n),
-            "k" => Some(n.saturating_mul(1024)),
-            _ => None,
-        }
-    });
+    }
     let reason = || {
         let e = stderr.trim();
         let e = e.lines().last().unwrap_or("").trim();
@@ -82,13 +108,19 @@ pub fn parse(exit_code: i64, stdout: &str, stderr: &str) -> Outcome {
             format!("{e} (exit code {exit_code})")
         }
     };
-    match (exit_code, size) {
-        (0, Some(n)) => Outcome::Size(n),
-        (13, _) => Outcome::Failed(format!(
-            "some cache entries could not be deleted: {}",
-            reason()
-        )),
-        _ => Outcome::Failed(reason()),
+    match exit_code {
+        0 if before.is_some() => Outcome::Done(Sizes {
+            before: before.unwrap_or(0),
+            after,
+        }),
+        13 => Outcome::Failed {
+            before,
+            reason: format!("some cache entries could not be deleted: {}", reason()),
+        },
+        _ => Outcome::Failed {
+            before,
+            reason: reason(),
+        },
     }
 }
 
@@ -99,18 +131,23 @@ mod tests {
     #[test]
     fn path_is_an_argument_never_part_of_the_script() {
         let evil = "/cache/$(touch /pwned)\"; rm -rf / #";
-        let a = argv(evil, Mode::Clear);
+        let a = argv(evil, Mode::Clear { min_bytes: 7 });
         assert_eq!(a[0..2], ["sh", "-c"]);
         assert!(!a[2].contains(evil));
-        assert_eq!(a[3..], ["sh", evil, "clear"]);
-        assert_eq!(argv("/c", Mode::Measure)[5], "measure");
+        assert_eq!(a[3..], ["sh", evil, "clear", "7"]);
+        assert_eq!(argv("/c", Mode::Measure)[5..], ["measure", "0"]);
     }
 
     #[test]
-    fn parses_bytes_kib_and_missing() {
-        assert_eq!(parse(0, "b 12345\n", ""), Outcome::Size(12345));
-        assert_eq!(parse(0, "k 12\n", ""), Outcome::Size(12 * 1024));
-        assert_eq!(parse(0, "missing\n", ""), Outcome::Size(0));
+    fn parses_sizes_and_missing() {
+        let done = |before, after| Outcome::Done(Sizes { before, after });
+        assert_eq!(parse(0, "before 12345\n", ""), done(12345, None));
+        assert_eq!(
+            parse(0, "before 12345\nafter 4096\n", ""),
+            done(12345, Some(4096))
+        );
+        assert_eq!(parse(0, "before 100\nkept\n", ""), done(100, None));
+        assert_eq!(parse(0, "before 0\nafter 0\n", ""), done(0, Some(0)));
     }
 
     #[test]
@@ -121,27 +158,37 @@ mod tests {
                 "",
                 "cache directory is a symlink; refusing to follow it\n"
             ),
-            Outcome::Failed(
-                "cache directory is a symlink; refusing to follow it (exit code 10)".into()
-            )
+            Outcome::Failed {
+                before: None,
+                reason: "cache directory is a symlink; refusing to follow it (exit code 10)".into()
+            }
         );
         match parse(
             13,
-            "b 4096\n",
+            "before 9000\nafter 4096\n",
             "rm: can't remove '/c/x': Permission denied\n",
         ) {
-            Outcome::Failed(m) => {
-                assert!(m.starts_with("some cache entries could not be deleted: rm: can't remove"))
+            Outcome::Failed { before, reason } => {
+                assert_eq!(before, Some(9000));
+                assert!(
+                    reason.starts_with("some cache entries could not be deleted: rm: can't remove")
+                );
             }
             o => panic!("{o:?}"),
         }
         assert_eq!(
             parse(127, "", ""),
-            Outcome::Failed("cache script exited with code 127".into())
+            Outcome::Failed {
+                before: None,
+                reason: "cache script exited with code 127".into()
+            }
         );
         assert_eq!(
             parse(0, "garbage", ""),
-            Outcome::Failed("cache script exited with code 0".into())
+            Outcome::Failed {
+                before: None,
+                reason: "cache script exited with code 0".into()
+            }
         );
     }
 
@@ -175,17 +222,57 @@ mod tests {
             )
         };
         match run(Mode::Measure) {
-            Outcome::Size(n) => assert!(n >= 8192, "{n}"),
+            Outcome::Done(Sizes {
+                before,
+                after: None,
+            }) => assert!(before >= 8192, "{before}"),
             o => panic!("{o:?}"),
         }
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 5);
-        match run(Mode::Clear) {
-            Outcome::Size(n) => assert!(n < 8192, "{n}"),
+        // Below min_bytes: measured, kept.
+        match run(Mode::Clear { min_bytes: 1 << 30 }) {
+            Outcome::Done(Sizes {
+                before,
+                after: None,
+            }) => assert!(before >= 8192, "{before}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 5);
+        match run(Mode::Clear { min_bytes: 0 }) {
+            Outcome::Done(Sizes {
+                before,
+                after: Some(after),
+            }) => {
+                assert!(before >= 8192 && after < 8192, "{before} {after}")
+            }
             o => panic!("{o:?}"),
         }
         assert!(cache.is_dir());
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
         assert_eq!(std::fs::read(outside.join("canary")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn script_counts_a_missing_directory_as_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().canonicalize().unwrap().join("nope");
+        let run = |mode| {
+            let a = argv(path.to_str().unwrap(), mode);
+            let o = std::process::Command::new(&a[0])
+                .args(&a[1..])
+                .output()
+                .unwrap();
+            parse(
+                o.status.code().unwrap_or(-1) as i64,
+                &String::from_utf8_lossy(&o.stdout),
+                &String::from_utf8_lossy(&o.stderr),
+            )
+        };
+        let done = |before, after| Outcome::Done(Sizes { before, after });
+        assert_eq!(run(Mode::Measure), done(0, None));
+        assert_eq!(run(Mode::Clear { min_bytes: 0 }), done(0, Some(0)));
+        assert_eq!(run(Mode::Clear { min_bytes: 1 }), done(0, None));
+        assert!(!path.exists(), "a missing directory is not created");
     }
 
     #[test]
@@ -196,7 +283,7 @@ mod tests {
         std::fs::write(outside.join("canary"), b"keep").unwrap();
         let link = tmp.path().canonicalize().unwrap().join("cache");
         std::os::unix::fs::symlink(&outside, &link).unwrap();
-        let a = argv(link.to_str().unwrap(), Mode::Clear);
+        let a = argv(link.to_str().unwrap(), Mode::Clear { min_bytes: 0 });
         let o = std::process::Command::new(&a[0])
             .args(&a[1..])
             .output()
@@ -207,7 +294,7 @@ mod tests {
             &String::from_utf8_lossy(&o.stderr),
         );
         assert!(
-            matches!(out, Outcome::Failed(ref m) if m.contains("symlink")),
+            matches!(out, Outcome::Failed { ref reason, .. } if reason.contains("symlink")),
             "{out:?}"
         );
         assert_eq!(std::fs::read(outside.join("canary")).unwrap(), b"keep");

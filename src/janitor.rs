@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
-use crate::cache::{self, Mode, Outcome};
+use crate::cache::{self, Mode, Outcome, Sizes};
 use crate::docker::{DockerClient, DockerError};
 use crate::logging;
 use crate::metrics::Metrics;
@@ -132,7 +132,10 @@ impl Janitor {
                         .expect("hung lock poisoned")
                         .insert(id.clone(), x);
                 }
-                Outcome::Failed(err.to_string())
+                Outcome::Failed {
+                    before: None,
+                    reason: err.to_string(),
+                }
             }
         }
     }
@@ -211,50 +214,43 @@ impl Janitor {
             skipped_below_min: false,
             error: None,
         };
-        let before = match self.run_script(&e, Mode::Measure).await {
-            Outcome::Size(n) => n,
-            Outcome::Failed(reason) => {
-                record.error = Some(format!("measuring the cache failed: {reason}"));
-                return Ok(self.finish(record, None, t0).await);
-            }
-        };
-        logging::cache_size(id, &name, before);
-        record.size_before_bytes = Some(before);
-        if before < self.inner.min_bytes {
-            debug!(container_id = %short, bytes = before, "cache below cleanup.min_bytes; not deleting");
-            self.inner
-                .registry
-                .send(RegistryCmd::Measured {
-                    id: id.to_string(),
-                    bytes: before,
-                    at: Utc::now(),
-                })
-                .await;
-            record.success = true;
-            record.skipped_below_min = true;
-            record.remaining_bytes = Some(before);
-            record.finished_at = Utc::now();
-            record.duration_seconds = t0.elapsed().as_secs_f64();
-            return Ok(record);
-        }
+        // The idle re-check, inside the registry task, right before the one exec that
+        // measures and deletes: no stream event can slip between the check and the exec.
         match self.inner.registry.begin_delete(id).await {
             Ok(()) => {}
             Err(RegistryError::HasStreams(_)) => {
-                debug!(container_id = %short, "a stream started during the cleanup; nothing deleted");
+                debug!(container_id = %short, "a stream started before the cleanup; nothing deleted");
                 return Err(CleanupError::HasStreams(short));
             }
             Err(RegistryError::Closed) => return Err(CleanupError::Closed),
             Err(_) => return Err(CleanupError::NotRunning(short)),
         }
-        logging::clearing(id, &name);
-        match self.run_script(&e, Mode::Clear).await {
-            Outcome::Size(remaining) => {
-                record.success = true;
-                record.remaining_bytes = Some(remaining);
-                record.freed_bytes = before.saturating_sub(remaining);
+        let min_bytes = self.inner.min_bytes;
+        match self.run_script(&e, Mode::Clear { min_bytes }).await {
+            Outcome::Done(Sizes { before, after }) => {
+                logging::cache_size(id, &name, before);
+                record.size_before_bytes = Some(before);
+                match after {
+                    Some(after) => {
+                        logging::clearing(id, &name);
+                        record.success = true;
+                        record.remaining_bytes = Some(after);
+                        record.freed_bytes = before.saturating_sub(after);
+                    }
+                    None => {
+                        debug!(container_id = %short, bytes = before, "cache below cleanup.min_bytes; not deleting");
+                        record.success = true;
+                        record.skipped_below_min = true;
+                        record.remaining_bytes = Some(before);
+                    }
+                }
             }
-            Outcome::Failed(reason) => {
-                record.error = Some(format!("clearing the cache failed: {reason}"));
+            Outcome::Failed { before, reason } => {
+                if let Some(b) = before {
+                    logging::cache_size(id, &name, b);
+                }
+                record.size_before_bytes = before;
+                record.error = Some(format!("cache cleanup failed: {reason}"));
             }
         }
         let current = record.remaining_bytes;
@@ -273,6 +269,8 @@ impl Janitor {
         record.duration_seconds = t0.elapsed().as_secs_f64();
         let (id, name) = (&record.container_id, &record.container_name);
         match (&record.error, record.success) {
+            // Measured, nothing deleted: not a cleanup, only a new current size.
+            (None, true) if record.skipped_below_min => {}
             (None, true) => logging::cleared(
                 id,
                 name,
@@ -288,9 +286,11 @@ impl Janitor {
                 record.duration_seconds,
             ),
         }
-        self.inner
-            .metrics
-            .observe_cleanup(record.trigger, record.duration_seconds);
+        if !record.skipped_below_min {
+            self.inner
+                .metrics
+                .observe_cleanup(record.trigger, record.duration_seconds);
+        }
         let _ = self
             .inner
             .registry

@@ -1001,6 +1001,11 @@ impl Registry {
             engine.cache_current_bytes = Some(b);
             engine.cache_measured_at = Some(record.finished_at);
         }
+        if record.skipped_below_min {
+            // Measured but kept: a new current size, not a cleanup.
+            self.pending.engines.insert(id);
+            return;
+        }
         let c = counters.get_mut(record.trigger);
         if record.success {
             c.cleanups += 1;

@@ -1,0 +1,498 @@
+//! The built-in status page (SPEC §6 `GET /`), rendered by a real browser: headless Chromium
+//! loads it from a running agent that watches two fake engines, and the test reads the DOM
+//! the page's script built from `/engines`.
+//!
+//! Needs Debian's `chromium` package; without it these tests fail and say so.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use acestream_agent::config::{Config, LabelMatch};
+use acestream_agent::Agent;
+use common::*;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+const CASE_LABEL: &str = "acestream-agent.test.case";
+const ADVERTISE_HOST: &str = "status-page-host.example";
+const CHROMIUM: &str = "chromium";
+/// Where the screenshot is kept for people to look at: `target/status-page.png`.
+const SCREENSHOT_NAME: &str = "status-page.png";
+
+// ---------------------------------------------------------------------------
+// set-up
+// ---------------------------------------------------------------------------
+
+struct TestAgent {
+    agent: Agent,
+    case: String,
+    _dir: TempDir,
+}
+
+async fn start_agent(prefix: &str) -> TestAgent {
+    let case = unique_name(prefix);
+    let dir = tempfile::tempdir().expect("temp dir for the store");
+    let mut cfg = Config::default();
+    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}")
+        .parse::<LabelMatch>()
+        .expect("valid label matcher")];
+    cfg.discovery.images = vec![];
+    cfg.discovery.advertise_host = ADVERTISE_HOST.into();
+    cfg.store.path = dir.path().join("state.redb");
+    cfg.cleanup.interval = None;
+    cfg.cleanup.idle_grace = None;
+    cfg.cleanup.exec_timeout = Duration::from_secs(10);
+    // The connection probe runs once at start (no engines yet) and not again during a test:
+    // streams here come from the event API only. A probe running concurrently with the
+    // agent's own health checks can count a health-check connection as a stream for one
+    // interval (reported as an agent bug), which would make engines look busy at random.
+    cfg.activity.interval = Duration::from_secs(600);
+    cfg.health.interval = Duration::from_secs(1);
+    cfg.health.timeout = Duration::from_secs(2);
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the agent");
+    let agent = Agent::start(cfg, listener).await.expect("agent starts");
+    TestAgent {
+        agent,
+        case,
+        _dir: dir,
+    }
+}
+
+impl TestAgent {
+    fn addr(&self) -> SocketAddr {
+        self.agent.addr
+    }
+
+    async fn engine(&self, prefix: &str) -> TestEngine {
+        let e = TestEngine::builder()
+            .name_prefix(prefix)
+            .label(CASE_LABEL, &self.case)
+            .start();
+        // No wait_http_ready here: its requests through docker-proxy are client connections
+        // the agent's probe may count as streams for a moment. The agent's own health check
+        // (every second, not counted) tells when the engine answers.
+        e
+    }
+
+    async fn wait_healthy(&self, e: &TestEngine) {
+        let addr = self.addr();
+        let path = format!("/engines/{}", e.id);
+        eventually(
+            Duration::from_secs(10),
+            &format!("engine {} listed healthy and idle", e.name),
+            || {
+                let path = path.clone();
+                async move {
+                    let (status, body) = try_http_get(addr, &path).await?;
+                    let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                    if status == 200 && v["health_status"] == "healthy" && v["streams"] == json!([])
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP {status}: {body}"))
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// Two engines as the page should show them: `used` was cleaned by a manual cleanup of
+    /// 1.5 MiB and then got a stream (event API), `idle` was never used nor cleaned.
+    async fn two_engines(&self) -> (TestEngine, TestEngine) {
+        let used = self.engine("page-a-used").await;
+        let idle = self.engine("page-b-idle").await;
+        self.wait_healthy(&used).await;
+        self.wait_healthy(&idle).await;
+        used.write_cache_file("movie.chunk", 1536 * 1024);
+        let (status, body) = http_post(
+            self.addr(),
+            &format!("/engines/{}/cleanup", used.id),
+            "",
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "manual cleanup: {body}");
+        let started = json!({
+            "container_id": used.id,
+            "engine": {"host": "127.0.0.1", "port": used.host_port},
+            "stream": {"key_type": "content_id", "key": "page"},
+            "session": {"playback_session_id": "s", "stat_url": "", "command_url": "", "is_live": 1}
+        });
+        let (status, body) = http_post(
+            self.addr(),
+            "/events/stream_started",
+            &started.to_string(),
+            &[("content-type", "application/json")],
+        )
+        .await;
+        assert_eq!(status, 200, "stream_started: {body}");
+        (used, idle)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Chromium
+// ---------------------------------------------------------------------------
+
+/// Runs headless Chromium with `args` and the URL; returns stdout. Async (tokio::process):
+/// the agent under test serves the page from this same runtime.
+async fn chromium(args: &[&str], url: &str) -> String {
+    let profile = tempfile::tempdir().expect("temp dir for the Chromium profile");
+    let profile_arg = format!("--user-data-dir={}", profile.path().display());
+    let mut cmd = tokio::process::Command::new(CHROMIUM);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--virtual-time-budget=3000",
+        &profile_arg,
+    ])
+    .args(args)
+    .arg(url)
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{CHROMIUM} did not finish within 60 s loading {url}"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "these tests need headless Chromium: cannot run `{CHROMIUM}` ({e}); \
+                 install it with `apt-get install chromium`"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{CHROMIUM} failed ({}) loading {url}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("Chromium's DOM dump is UTF-8")
+}
+
+async fn dump_dom(url: &str) -> String {
+    chromium(&["--dump-dom"], url).await
+}
+
+// ---------------------------------------------------------------------------
+// reading the dumped DOM (Chromium serialises it in a stable form)
+// ---------------------------------------------------------------------------
+
+fn decode_entities(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&nbsp;", "\u{a0}")
+        .replace("&amp;", "&")
+}
+
+/// Value of attribute `name` in a start tag's text.
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let needle = format!(" {name}=\"");
+    let start = tag.find(&needle)? + needle.len();
+    let len = tag[start..].find('"')?;
+    Some(decode_entities(&tag[start..start + len]))
+}
+
+/// Text of the first element after `from` that starts with `open` (e.g. `<span class="value"`).
+fn text_after(html: &str, from: usize, open: &str, close: &str) -> Option<String> {
+    let start = from + html[from..].find(open)?;
+    let content = start + html[start..].find('>')? + 1;
+    let end = content + html[content..].find(close)?;
+    Some(decode_entities(&html[content..end]))
+}
+
+#[derive(Debug)]
+struct Card {
+    container_id: String,
+    title: String,
+    badge: String,
+    /// (data-row, label, value) in page order.
+    rows: Vec<(String, String, String)>,
+}
+
+impl Card {
+    fn row(&self, key: &str) -> &str {
+        self.rows
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, v)| v.as_str())
+            .unwrap_or_else(|| panic!("card {} has no row {key:?}: {self:?}", self.title))
+    }
+}
+
+/// Every `section.card[data-container-id]` of the dumped DOM, in page order.
+fn cards(dom: &str) -> Vec<Card> {
+    let mut out = vec![];
+    let mut at = 0;
+    while let Some(p) = dom[at..].find("<section") {
+        let start = at + p;
+        let tag_end = start + dom[start..].find('>').expect("unterminated <section> tag");
+        let tag = &dom[start..=tag_end];
+        let end = tag_end
+            + dom[tag_end..]
+                .find("</section>")
+                .expect("unclosed <section>");
+        at = end;
+        let classes = attr(tag, "class").unwrap_or_default();
+        if !classes.split_whitespace().any(|c| c == "card") {
+            continue;
+        }
+        let Some(container_id) = attr(tag, "data-container-id") else {
+            continue;
+        };
+        let body = &dom[tag_end..end];
+        let title = text_after(body, 0, "<h2", "</h2>").expect("card has a title");
+        let badge = text_after(body, 0, "<span class=\"badge", "</span>").unwrap_or_default();
+        let mut rows = vec![];
+        let mut r = 0;
+        while let Some(p) = body[r..].find(" data-row=\"") {
+            let tag_start = body[..r + p].rfind('<').expect("row tag start");
+            let tag_end = r + p + body[r + p..].find('>').expect("row tag end");
+            let key = attr(&body[tag_start..=tag_end], "data-row").expect("data-row");
+            let label =
+                text_after(body, tag_end, "<span class=\"label\"", "</span>").expect("row label");
+            let value =
+                text_after(body, tag_end, "<span class=\"value\"", "</span>").expect("row value");
+            rows.push((key, label, value));
+            r = tag_end;
+        }
+        out.push(Card {
+            container_id,
+            title,
+            badge,
+            rows,
+        });
+    }
+    out
+}
+
+/// SPEC §6 display rule for sizes, as the seed's examples show them: 1024-based, two
+/// decimals, `N/A` for null or 0.
+fn format_bytes(b: Option<u64>) -> String {
+    let Some(b) = b.filter(|b| *b != 0) else {
+        return "N/A".into();
+    };
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut n = b as f64;
+    let mut i = 0;
+    while n >= 1024.0 && i < units.len() - 1 {
+        n /= 1024.0;
+        i += 1;
+    }
+    format!("{n:.2} {}", units[i])
+}
+
+/// `^\d+\.\d{2} (KB|MB)$`
+fn looks_like_kb_or_mb(s: &str) -> bool {
+    let Some((num, unit)) = s.split_once(' ') else {
+        return false;
+    };
+    let Some((int, frac)) = num.split_once('.') else {
+        return false;
+    };
+    !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.len() == 2
+        && frac.bytes().all(|b| b.is_ascii_digit())
+        && (unit == "KB" || unit == "MB")
+}
+
+fn target_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp for integration tests.
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR has a parent")
+        .to_path_buf()
+}
+
+// ---------------------------------------------------------------------------
+// tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_one_card_per_engine_with_the_seed_rows() {
+    let agent = start_agent("page-cards").await;
+    let (used, idle) = agent.two_engines().await;
+    let (status, engines) = http_get_json(agent.addr(), "/engines").await;
+    assert_eq!(status, 200);
+    let engines = engines.as_array().expect("/engines is an array").clone();
+    assert_eq!(engines.len(), 2);
+
+    let dom = dump_dom(&format!("http://{}/", agent.addr())).await;
+    let cards = cards(&dom);
+    assert_eq!(cards.len(), 2, "one card per engine; DOM:\n{dom}");
+
+    // Same order as /engines (by container_name): page-a-used first.
+    for (card, e) in cards.iter().zip(&engines) {
+        assert_eq!(card.container_id, e["container_id"].as_str().unwrap());
+        assert_eq!(
+            card.title,
+            format!("Engine: {}", e["container_name"].as_str().unwrap())
+        );
+        assert_eq!(card.badge, "healthy");
+        let labels: Vec<&str> = card
+            .rows
+            .iter()
+            .take(6)
+            .map(|(_, l, _)| l.as_str())
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "Endpoint:",
+                "Active Streams:",
+                "Last Used:",
+                "Health Check:",
+                "Cache Cleanup:",
+                "Cache Size:"
+            ],
+            "the seed's panel rows, in its order"
+        );
+        assert_eq!(
+            card.row("endpoint"),
+            format!("{}:{}", e["host"].as_str().unwrap(), e["port"]),
+            "endpoint = /engines host:port"
+        );
+        assert_eq!(card.row("health-check"), "Just now");
+    }
+    let (a, b) = (&cards[0], &cards[1]);
+    let (ea, eb) = (&engines[0], &engines[1]);
+    assert_eq!(a.container_id, used.id);
+    assert_eq!(b.container_id, idle.id);
+    assert_eq!(
+        a.row("endpoint"),
+        format!("{ADVERTISE_HOST}:{}", used.host_port)
+    );
+
+    assert_eq!(a.row("active-streams"), "1");
+    assert_eq!(a.row("last-used"), "Just now");
+    assert_eq!(a.row("cache-cleanup"), "Just now");
+    let size = ea["cache_size_bytes"]
+        .as_u64()
+        .expect("cleaned engine has a size");
+    let shown = a.row("cache-size");
+    println!("cache_size_bytes {size} shown as {shown:?}");
+    assert!(looks_like_kb_or_mb(shown), "size format: {shown:?}");
+    assert_eq!(shown, format_bytes(Some(size)));
+    // 1.5 MiB plus the directory entry (a few KiB of du -sb) is 1.50 MB whatever du adds.
+    assert_eq!(shown, "1.50 MB");
+
+    assert_eq!(eb["cache_size_bytes"], Value::Null);
+    assert_eq!(b.row("active-streams"), "0");
+    assert_eq!(b.row("last-used"), "Never");
+    assert_eq!(b.row("cache-cleanup"), "Never");
+    assert_eq!(b.row("cache-size"), "N/A");
+
+    // Self-contained: nothing loaded from elsewhere.
+    let (_, page) = http_get(agent.addr(), "/").await;
+    for external in [
+        "src=\"http",
+        "href=\"http",
+        "src=\"//",
+        "href=\"//",
+        "@import",
+    ] {
+        assert!(
+            !page.contains(external),
+            "external asset {external:?} in the page"
+        );
+    }
+    agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_screenshot_is_written() {
+    let agent = start_agent("page-shot").await;
+    let _engines = agent.two_engines().await;
+    let path = target_dir().join(SCREENSHOT_NAME);
+    let _ = std::fs::remove_file(&path);
+    let shot = format!("--screenshot={}", path.display());
+    chromium(
+        &[&shot, "--window-size=1200,800"],
+        &format!("http://{}/", agent.addr()),
+    )
+    .await;
+    let len = std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("no screenshot at {}: {e}", path.display()))
+        .len();
+    println!("screenshot {} ({len} bytes)", path.display());
+    let head = std::fs::read(&path).expect("read the screenshot");
+    assert!(
+        head.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is a PNG",
+        path.display()
+    );
+    assert!(
+        len > 10 * 1024,
+        "a rendered page, not a blank one: {len} bytes"
+    );
+    agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn display_rules_format_sizes_and_times_as_the_seed() {
+    // The page's own formatBytes/timeAgo, evaluated by Chromium on a copy of the page.
+    let page = include_str!("../src/http/status.html");
+    let probe = r#"<pre id="rules"></pre>
+<script>
+(function () {
+  var now = Date.now();
+  function ago(ms) { return new Date(now - ms).toISOString(); }
+  var out = {
+    sizes: [null, undefined, 0, 1536, 524288, 10485760, 1572864, 1073741824, 1099511627776 * 3]
+      .map(function (b) { return window.formatBytes(b); }),
+    times: [null, ago(0), ago(59 * 1000), ago(-30 * 1000), ago(2 * 60 * 1000 + 5000),
+            ago(59 * 60 * 1000), ago(3 * 3600 * 1000 + 60000), ago(23 * 3600 * 1000),
+            ago(2 * 86400 * 1000 + 3600000), ago(40 * 86400 * 1000)]
+      .map(function (t) { return window.timeAgo(t); })
+  };
+  document.getElementById("rules").textContent = JSON.stringify(out);
+})();
+</script>
+</body>"#;
+    assert!(page.contains("</body>"), "status.html has a body end tag");
+    let page = page.replacen("</body>", probe, 1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("rules.html");
+    std::fs::write(&file, page).expect("write the probe page");
+
+    let dom = dump_dom(&format!("file://{}", file.display())).await;
+    let json = text_after(&dom, 0, "<pre id=\"rules\"", "</pre>")
+        .unwrap_or_else(|| panic!("no rules output in the DOM:\n{dom}"));
+    let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(
+        v["sizes"],
+        json!([
+            "N/A",
+            "N/A",
+            "N/A",
+            "1.50 KB",
+            "512.00 KB",
+            "10.00 MB",
+            "1.50 MB",
+            "1.00 GB",
+            "3.00 TB"
+        ])
+    );
+    assert_eq!(
+        v["times"],
+        json!([
+            "Never", "Just now", "Just now", "Just now", "2m ago", "59m ago", "3h ago", "23h ago",
+            "2d ago", "40d ago"
+        ])
+    );
+    // The Rust copy of the size rule used above agrees with the page's.
+    assert_eq!(format_bytes(Some(1572864)), "1.50 MB");
+    assert_eq!(format_bytes(Some(524288)), "512.00 KB");
+    assert_eq!(format_bytes(Some(0)), "N/A");
+}
