@@ -28,7 +28,7 @@ use crate::shutdown::Shutdown;
 pub enum CleanupError {
     #[error("no engine {0}")]
     UnknownEngine(String),
-    #[error("a cleanup of engine {0} is already running")]
+    #[error("a cleanup or measurement of engine {0} is already running")]
     Busy(String),
     #[error("engine {0} has active streams; its cache is not cleaned while it streams")]
     HasStreams(String),
@@ -73,6 +73,17 @@ impl Drop for InflightGuard {
             s.remove(&self.id);
         }
     }
+}
+
+/// When the janitor acts on its own; `None` is "off".
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Triggers {
+    /// Periodic sweep of idle engines (`cleanup.interval`).
+    pub sweep: Option<Duration>,
+    /// Idle time after the last stream before a stream-end cleanup (`cleanup.idle_grace`).
+    pub idle_grace: Option<Duration>,
+    /// Live size measurement of every engine (`cleanup.measure_interval`).
+    pub measure: Option<Duration>,
 }
 
 pub struct JanitorConfig {
@@ -304,19 +315,26 @@ impl Janitor {
     pub async fn run(
         self,
         mut events: broadcast::Receiver<RegistryEvent>,
-        sweep: Option<Duration>,
-        idle_grace: Option<Duration>,
+        triggers: Triggers,
         mut shutdown: Shutdown,
     ) {
+        let Triggers {
+            sweep,
+            idle_grace,
+            measure,
+        } = triggers;
         let mut timers: JoinSet<String> = JoinSet::new();
         let mut timer_of: HashMap<String, AbortHandle> = HashMap::new();
         let mut cleanups: JoinSet<()> = JoinSet::new();
         let mut sweeps: JoinSet<()> = JoinSet::new();
-        let mut tick = sweep.map(|d| {
-            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        let mut measures: JoinSet<()> = JoinSet::new();
+        let every = |first: Duration, d: Duration| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + first, d);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
-        });
+        };
+        let mut tick = sweep.map(|d| every(d, d));
+        let mut measure_tick = measure.map(|d| every(d, d));
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -360,12 +378,21 @@ impl Janitor {
                         debug!("previous sweep still running; skipping this tick");
                     }
                 }
+                _ = async { measure_tick.as_mut().expect("guarded").tick().await }, if measure_tick.is_some() => {
+                    if measures.is_empty() {
+                        let j = self.clone();
+                        measures.spawn(async move { j.measure_all().await });
+                    }
+                }
                 Some(_) = sweeps.join_next(), if !sweeps.is_empty() => {}
+                Some(_) = measures.join_next(), if !measures.is_empty() => {}
                 Some(_) = cleanups.join_next(), if !cleanups.is_empty() => {}
                 _ = shutdown.recv() => break,
             }
         }
         timers.abort_all();
+        // A measurement changes nothing; it need not finish.
+        measures.abort_all();
         // In-flight cleanups get a moment to finish and be recorded; `lib::run` bounds the
         // whole shutdown.
         let drain = async {
@@ -373,6 +400,54 @@ impl Janitor {
             while sweeps.join_next().await.is_some() {}
         };
         let _ = tokio::time::timeout(Duration::from_secs(4), drain).await;
+    }
+
+    /// Measures every running engine's cache (SPEC §7 live sizes), busy ones too: the script in
+    /// measure mode only reads. Bounded by the same limit as cleanups; an engine whose
+    /// previous exec hangs, or that is being cleaned, is skipped.
+    pub async fn measure_all(&self) {
+        let snap = self.inner.registry.snapshot();
+        let mut set = JoinSet::new();
+        for e in snap
+            .engines
+            .iter()
+            .filter(|e| e.running && !e.cleaning && e.cache_path_error.is_none())
+        {
+            let j = self.clone();
+            let e = e.clone();
+            set.spawn(async move { j.measure(&e).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    async fn measure(&self, e: &EngineState) {
+        let id = &e.engine.container_id;
+        // One exec per engine at a time, whatever it does: a cleanup in flight reports the
+        // size itself.
+        let Some(_busy) = self.try_acquire(id) else {
+            return;
+        };
+        if self.previous_exec_hung(id).await {
+            return;
+        }
+        let Ok(_permit) = self.inner.limit.clone().acquire_owned().await else {
+            return;
+        };
+        match self.run_script(e, Mode::Measure).await {
+            Outcome::Done(Sizes { before, .. }) => {
+                self.inner
+                    .registry
+                    .send(RegistryCmd::Measured {
+                        id: id.clone(),
+                        bytes: before,
+                        at: Utc::now(),
+                    })
+                    .await
+            }
+            Outcome::Failed { reason, .. } => {
+                debug!(container_id = %e.id12(), error = %reason, "measuring the cache failed")
+            }
+        }
     }
 
     /// One periodic sweep over every idle engine, then `SweepDone`.

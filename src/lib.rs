@@ -197,8 +197,11 @@ impl Agent {
         );
         tasks.spawn(janitor.clone().run(
             janitor_events,
-            cfg.cleanup.interval,
-            cfg.cleanup.idle_grace,
+            janitor::Triggers {
+                sweep: cfg.cleanup.interval,
+                idle_grace: cfg.cleanup.idle_grace,
+                measure: cfg.cleanup.measure_interval,
+            },
             shutdown.clone(),
         ));
         let state = Arc::new(http::AppState {

@@ -749,3 +749,59 @@ async fn symlinks_inside_the_cache_are_removed_not_followed() {
     assert!(is_dir(&engine, "/etc"));
     case.agent.stop().await;
 }
+
+/// SPEC §7 live sizes: every `cleanup.measure_interval` each engine is measured, busy ones
+/// too, read-only: `cache_current_bytes` follows a cache that grows while it streams, and
+/// nothing is cleaned.
+#[tokio::test]
+async fn live_sizes_follow_a_growing_cache_without_cleaning() {
+    let (name, dir, mut cfg) = new_case("jan-measure");
+    cfg.cleanup.measure_interval = Some(Duration::from_millis(500));
+    let engine = engine_for(&name).start();
+    engine.wait_http_ready().await;
+    let case = Case::start(dir, cfg).await;
+    case.wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)
+        .await;
+    let client = engine.stream_client();
+    let first = case
+        .wait_engine(
+            &engine.name,
+            Duration::from_secs(10),
+            "a first live size while streaming",
+            |e| {
+                e["cache_current_bytes"]
+                    .as_u64()
+                    .is_some_and(|b| b > 64 * 1024)
+            },
+        )
+        .await;
+    let b1 = first["cache_current_bytes"].as_u64().unwrap();
+    let later = case
+        .wait_engine(
+            &engine.name,
+            Duration::from_secs(10),
+            "a larger live size",
+            |e| {
+                e["cache_current_bytes"]
+                    .as_u64()
+                    .is_some_and(|b| b >= b1 + 256 * 1024)
+            },
+        )
+        .await;
+    assert!(client.bytes_read() > 0, "the client is still reading");
+    assert_eq!(later["cleanups_total"], 0, "{later}");
+    assert_eq!(later["last_cache_cleanup"], Value::Null, "{later}");
+    assert!(later["cache_measured_at"].is_string(), "{later}");
+    assert!(
+        !later["streams"].as_array().unwrap().is_empty(),
+        "measured while busy: {later}"
+    );
+    // The measurement never exceeds what is really there (the cache only grows).
+    let now = engine.cache_du_k() * 1024;
+    assert!(
+        now >= later["cache_current_bytes"].as_u64().unwrap(),
+        "du now {now} < measured {later}"
+    );
+    drop(client);
+    case.agent.stop().await;
+}

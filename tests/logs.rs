@@ -1,0 +1,117 @@
+//! Logs (SPEC "Logs"): the orchestrator's four cleanup lines, verbatim in substance, with the
+//! 12-character id and 1024-based two-decimal sizes, written to stderr when not run by
+//! systemd. Runs the real binary, as an operator would, against a real engine.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_acestream-agent");
+
+/// Kills the agent when the test ends, also on panic.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn sweep_logs_the_seed_lines_to_stderr() {
+    let case = unique_name("logs");
+    let engine = TestEngine::builder()
+        .name_prefix("logs")
+        .label("acestream-agent.test.case", &case)
+        .start();
+    engine.wait_http_ready().await;
+    // 10 MiB in one file: the seed's example line is "10485760 bytes (10.00 MB)".
+    engine.write_cache_file("big.chunk", 10 * 1024 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stderr_path = dir.path().join("stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let _agent = Agent(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ACESTREAM_AGENT_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("ACESTREAM_AGENT_STORE__PATH", dir.path().join("state.redb"))
+            .env(
+                "ACESTREAM_AGENT_DISCOVERY__LABELS",
+                format!("[acestream-agent.test.case={case}]"),
+            )
+            .env("ACESTREAM_AGENT_DISCOVERY__IMAGES", "[]")
+            .env("AUTOSCALE_INTERVAL_S", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the agent binary"),
+    );
+    let id12 = &engine.id[..12];
+    let lines = [
+        format!("Running periodic cache cleanup for idle engine {id12}"),
+        format!("Cache size for container {id12}: "),
+        format!("Clearing AceStream cache for container {id12}"),
+        format!("Successfully cleared AceStream cache for container {id12} (freed "),
+    ];
+    let log = eventually(Duration::from_secs(15), "the four seed lines", || {
+        let path = stderr_path.clone();
+        let lines = lines.clone();
+        async move {
+            let mut s = String::new();
+            std::fs::File::open(&path)
+                .and_then(|mut f| f.read_to_string(&mut s))
+                .map_err(|e| e.to_string())?;
+            if lines.iter().all(|l| s.contains(l.as_str())) {
+                Ok(s)
+            } else {
+                Err(s)
+            }
+        }
+    })
+    .await;
+    // In the seed's order, once each for this one cleanup.
+    let at: Vec<usize> = lines
+        .iter()
+        .map(|l| log.find(l.as_str()).expect("present"))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "order: {at:?}\n{log}");
+    // Sizes: bytes, then MB with two decimals, 1024-based (10 MiB plus du's directory blocks).
+    let size_line = log[at[1]..].lines().next().unwrap();
+    let bytes: u64 = size_line
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {size_line:?}"));
+    assert!(
+        (10 * 1024 * 1024..=10 * 1024 * 1024 + 2 * 4096).contains(&bytes),
+        "{size_line}"
+    );
+    assert!(size_line.contains("bytes (10.00 MB)"), "{size_line}");
+    let freed_line = log[at[3]..].lines().next().unwrap();
+    assert!(freed_line.contains("(freed 10.00 MB)"), "{freed_line}");
+    // Structured fields beside the message, as the journal gets them.
+    assert!(freed_line.contains("trigger=sweep"), "{freed_line}");
+    assert!(
+        freed_line.contains(&format!("container_id={id12}")),
+        "{freed_line}"
+    );
+    // Not a terminal: no colour codes in a file.
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file");
+}
