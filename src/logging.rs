@@ -31,6 +31,15 @@ pub fn init() {
                 .with(
                     journald
                         .with_syslog_identifier("acestream-agent".into())
+                        // Fields under their own names (CONTAINER_ID, BYTES, ...), so
+                        // `journalctl CONTAINER_ID=…` works like the JSON and metric labels.
+                        .with_field_prefix(None)
+                        // info is "informational" (6) in syslog terms; the crate's default
+                        // would make every cleanup a "notice".
+                        .with_priority_mappings(tracing_journald::PriorityMappings {
+                            info: tracing_journald::Priority::Informational,
+                            ..tracing_journald::PriorityMappings::new()
+                        })
                         .with_filter(filter()),
                 )
                 .try_init();
