@@ -14,10 +14,21 @@
 //! fallback.
 
 /// `$1` path, `$2` mode (`measure` | `clear`), `$3` min bytes: a cache smaller than that is
-/// measured but kept. Output lines: `before <bytes>`, `after <bytes>` (absent when nothing was
-/// deleted), `kept`. A missing directory is size 0 and, when clearing, counts as cleared.
-/// Exit codes name the refusal so failures carry a reason an operator can act on.
-const SCRIPT: &str = r#"d="$1"; mode="$2"; min="${3:-0}"
+/// measured but kept, `$4` the engine's HTTP port inside the container (0: no guard), `$5` the
+/// remote ports (space-separated) of the agent's own health checks, which are no client. Output
+/// lines: `before <bytes>`, `after <bytes>` (absent when nothing was deleted), `kept`, `busy`.
+/// A missing directory is size 0 and, when clearing, counts as cleared. Exit codes name the
+/// refusal so failures carry a reason an operator can act on.
+///
+/// After the checks the directory is entered (`cd -P`) and everything else is relative to it:
+/// a directory swapped for a symlink after the checks is not followed. Right before deleting,
+/// the entries to delete are listed first, then the container's own connection table
+/// (`/proc/net/tcp{,6}`, the exec runs in the container's network namespace) is read: a client
+/// connected to the engine's port means a stream the agent may not know of yet, and nothing is
+/// deleted (`busy`). Whatever a stream writes was written while its connection was open, so
+/// every listed entry is either older than that connection (which the check then sees) or
+/// belongs to no live stream.
+const SCRIPT: &str = r#"d="$1"; mode="$2"; min="${3:-0}"; port="${4:-0}"; ign=" ${5:-} "
 if [ ! -e "$d" ] && [ ! -L "$d" ]; then
   echo "before 0"; [ "$mode" = clear ] || exit 0
   if [ 0 -lt "$min" ]; then echo kept; else echo "after 0"; fi; exit 0
@@ -26,21 +37,40 @@ if [ -L "$d" ]; then echo "cache directory is a symlink; refusing to follow it" 
 if [ ! -d "$d" ]; then echo "cache path is not a directory" >&2; exit 11; fi
 r=$(readlink -f "$d" 2>/dev/null) || r="$d"
 if [ "$r" != "$d" ]; then echo "cache path resolves through a symlink to $r; refusing" >&2; exit 12; fi
+cd -P -- "$d" 2>/dev/null || { echo "cannot enter the cache directory" >&2; exit 11; }
+r=$(pwd -P)
+if [ "$r" != "$d" ]; then echo "cache path resolves through a symlink to $r; refusing" >&2; exit 12; fi
 size() {
-  out=$(du -sb "$d" 2>/dev/null); n=${out%%[!0-9]*}
+  out=$(du -sb . 2>/dev/null); n=${out%%[!0-9]*}
   if [ -n "$n" ]; then echo "$n"; return 0; fi
-  out=$(du -sk "$d" 2>/dev/null); n=${out%%[!0-9]*}
+  out=$(du -sk . 2>/dev/null); n=${out%%[!0-9]*}
   if [ -n "$n" ]; then echo $((n * 1024)); return 0; fi
+  return 1
+}
+busy() {
+  hex=$(printf '%04X' "$1")
+  for t in /proc/net/tcp /proc/net/tcp6; do
+    [ -r "$t" ] || continue
+    while read -r _ l r st _; do
+      case "$l" in *:"$hex") ;; *) continue ;; esac
+      [ "$st" = 01 ] || continue
+      rp=${r##*:}
+      case "$rp" in *[!0-9A-Fa-f]*|"") continue ;; esac
+      case "$ign" in *" $((0x$rp)) "*) continue ;; esac
+      return 0
+    done < "$t"
+  done
   return 1
 }
 b=$(size) || { echo "du failed" >&2; exit 14; }
 echo "before $b"
 [ "$mode" = clear ] || exit 0
 if [ "$b" -lt "$min" ]; then echo kept; exit 0; fi
+set -- ./* ./.[!.]* ./..?*
+if [ "$port" -gt 0 ] && busy "$port"; then echo busy; exit 0; fi
 rc=0
-for f in "$d"/* "$d"/.[!.]* "$d"/..?*; do
-  if [ -e "$f" ] || [ -L "$f" ]; then rm -rf "$f" || rc=13; fi
-done
+# One rm for all entries (a pattern that matched nothing is a missing path, which -f ignores).
+rm -rf -- "$@" || rc=13
 a=$(size) || { echo "du failed after deleting" >&2; exit 14; }
 echo "after $a"
 exit $rc
@@ -55,14 +85,26 @@ pub enum Mode {
     Clear { min_bytes: u64 },
 }
 
-/// argv for `docker exec`: `sh -c SCRIPT sh PATH MODE MIN_BYTES`.
+/// argv for `docker exec`: `sh -c SCRIPT sh PATH MODE MIN_BYTES 0`, without the live-stream
+/// guard (see [`guarded_argv`]).
 pub fn argv(path: &str, mode: Mode) -> Vec<String> {
+    guarded_argv(path, mode, 0, &[])
+}
+
+/// argv for `docker exec`: `sh -c SCRIPT sh PATH MODE MIN_BYTES PORT`. With a non-zero
+/// `engine_port`, a clear deletes nothing while a client is connected to that port inside the
+/// container (`Outcome::Busy`); connections from `own_ports` (the agent's health checks, as
+/// the engine sees their remote port) do not count.
+pub fn guarded_argv(path: &str, mode: Mode, engine_port: u16, own_ports: &[u16]) -> Vec<String> {
     let (mode, min) = match mode {
         Mode::Measure => ("measure", 0),
         Mode::Clear { min_bytes } => ("clear", min_bytes),
     };
     let min = min.to_string();
-    ["sh", "-c", SCRIPT, "sh", path, mode, &min]
+    let port = engine_port.to_string();
+    let own: Vec<String> = own_ports.iter().map(u16::to_string).collect();
+    let own = own.join(" ");
+    ["sh", "-c", SCRIPT, "sh", path, mode, &min, &port, &own]
         .into_iter()
         .map(String::from)
         .collect()
@@ -81,6 +123,11 @@ pub struct Sizes {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Done(Sizes),
+    /// Measured (`before`), then nothing deleted: a client was connected to the engine's port
+    /// right before the delete. The engine is busy, not failing.
+    Busy {
+        before: u64,
+    },
     /// The script refused or failed; `before` is set when it got as far as measuring.
     Failed {
         before: Option<u64>,
@@ -92,7 +139,11 @@ pub enum Outcome {
 pub fn parse(exit_code: i64, stdout: &str, stderr: &str) -> Outcome {
     let mut before = None;
     let mut after = None;
+    let mut busy = false;
     for l in stdout.lines().map(str::trim) {
+        if l == "busy" {
+            busy = true;
+        }
         match l.split_once(' ') {
             Some(("before", n)) => before = n.trim().parse::<u64>().ok(),
             Some(("after", n)) => after = n.trim().parse::<u64>().ok(),
@@ -102,13 +153,24 @@ pub fn parse(exit_code: i64, stdout: &str, stderr: &str) -> Outcome {
     let reason = || {
         let e = stderr.trim();
         let e = e.lines().last().unwrap_or("").trim();
-        if e.is_empty() {
+        if e.is_empty() && (129..=159).contains(&exit_code) {
+            // A shell reports a process killed by signal n as 128 + n: the container stopped
+            // or was removed while the script ran.
+            format!(
+                "cache script killed by signal {} (container stopped or removed during the \
+                 cleanup?)",
+                exit_code - 128
+            )
+        } else if e.is_empty() {
             format!("cache script exited with code {exit_code}")
         } else {
             format!("{e} (exit code {exit_code})")
         }
     };
     match exit_code {
+        0 if busy && before.is_some() => Outcome::Busy {
+            before: before.unwrap_or(0),
+        },
         0 if before.is_some() => Outcome::Done(Sizes {
             before: before.unwrap_or(0),
             after,
@@ -134,8 +196,12 @@ mod tests {
         let a = argv(evil, Mode::Clear { min_bytes: 7 });
         assert_eq!(a[0..2], ["sh", "-c"]);
         assert!(!a[2].contains(evil));
-        assert_eq!(a[3..], ["sh", evil, "clear", "7"]);
-        assert_eq!(argv("/c", Mode::Measure)[5..], ["measure", "0"]);
+        assert_eq!(a[3..], ["sh", evil, "clear", "7", "0", ""]);
+        assert_eq!(argv("/c", Mode::Measure)[5..], ["measure", "0", "0", ""]);
+        assert_eq!(
+            guarded_argv("/c", Mode::Clear { min_bytes: 0 }, 6878, &[40000, 40001])[5..],
+            ["clear", "0", "6878", "40000 40001"]
+        );
     }
 
     #[test]
@@ -148,6 +214,10 @@ mod tests {
         );
         assert_eq!(parse(0, "before 100\nkept\n", ""), done(100, None));
         assert_eq!(parse(0, "before 0\nafter 0\n", ""), done(0, Some(0)));
+        assert_eq!(
+            parse(0, "before 300\nbusy\n", ""),
+            Outcome::Busy { before: 300 }
+        );
     }
 
     #[test]
@@ -176,6 +246,15 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
+        assert_eq!(
+            parse(137, "before 5\n", ""),
+            Outcome::Failed {
+                before: Some(5),
+                reason: "cache script killed by signal 9 (container stopped or removed during \
+                         the cleanup?)"
+                    .into()
+            }
+        );
         assert_eq!(
             parse(127, "", ""),
             Outcome::Failed {
@@ -250,6 +329,60 @@ mod tests {
         assert!(cache.is_dir());
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
         assert_eq!(std::fs::read(outside.join("canary")).unwrap(), b"keep");
+    }
+
+    /// The live-stream guard: with a client connected to the engine port, a clear measures and
+    /// deletes nothing; without one (or without a port) it deletes.
+    #[test]
+    fn script_deletes_nothing_while_a_client_is_connected_to_the_engine_port() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().canonicalize().unwrap().join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(cache.join("chunk"), vec![1u8; 8192]).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let run_ignoring = |port, own: &[u16]| {
+            let a = guarded_argv(
+                cache.to_str().unwrap(),
+                Mode::Clear { min_bytes: 0 },
+                port,
+                own,
+            );
+            let o = std::process::Command::new(&a[0])
+                .args(&a[1..])
+                .output()
+                .unwrap();
+            parse(
+                o.status.code().unwrap_or(-1) as i64,
+                &String::from_utf8_lossy(&o.stdout),
+                &String::from_utf8_lossy(&o.stderr),
+            )
+        };
+        let run = |port| run_ignoring(port, &[]);
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        match run(port) {
+            Outcome::Busy { before } => assert!(before >= 8192, "{before}"),
+            o => panic!("{o:?}"),
+        }
+        assert!(
+            cache.join("chunk").exists(),
+            "nothing deleted while connected"
+        );
+        // The agent's own health check (its remote port passed in) is no client.
+        let own = client.local_addr().unwrap().port();
+        match run_ignoring(port, &[own]) {
+            Outcome::Done(Sizes { after: Some(_), .. }) => {}
+            o => panic!("own probe counted as a client: {o:?}"),
+        }
+        assert!(!cache.join("chunk").exists());
+        std::fs::write(cache.join("chunk"), vec![1u8; 8192]).unwrap();
+        drop((client, server));
+        // Another port's connections do not count.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other_port = other.local_addr().unwrap().port();
+        assert!(matches!(run(other_port), Outcome::Done(_)));
+        assert!(!cache.join("chunk").exists());
     }
 
     #[test]

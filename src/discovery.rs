@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::config::{Config, LabelMatch};
 use crate::docker::{DockerClient, DockerError};
-use crate::model::{DiscoveredEngine, Runtime};
+use crate::model::{DiscoveredEngine, Mount, MountKind, Runtime};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
 
@@ -131,6 +131,7 @@ impl Matcher {
             (None, Some(ip)) => (ip.to_string(), container_port),
             (None, None) => (name.clone(), container_port),
         };
+        let mounts = mounts_of(c);
         Some(DiscoveredEngine {
             container_id: id,
             container_name: name,
@@ -144,9 +145,45 @@ impl Matcher {
                 host_port,
                 ips,
                 aliases,
+                mounts,
             },
         })
     }
+}
+
+/// The container's mounts: inspect's `Mounts` (bind, volume, `--mount type=tmpfs`) plus
+/// `HostConfig.Tmpfs`, where `--tmpfs` mounts appear (they are not listed in `Mounts`).
+fn mounts_of(c: &ContainerInspectResponse) -> Vec<Mount> {
+    let mut out: Vec<Mount> = c
+        .mounts
+        .iter()
+        .flatten()
+        .filter_map(|m| {
+            let kind = match m.typ.as_deref() {
+                Some("bind") => MountKind::Bind,
+                Some("volume") => MountKind::Volume,
+                Some("tmpfs") => MountKind::Tmpfs,
+                _ => MountKind::Other,
+            };
+            Some(Mount {
+                kind,
+                source: m.source.clone().unwrap_or_default(),
+                destination: m.destination.clone()?,
+            })
+        })
+        .collect();
+    if let Some(tmpfs) = c.host_config.as_ref().and_then(|h| h.tmpfs.as_ref()) {
+        let mut dests: Vec<&String> = tmpfs.keys().collect();
+        dests.sort();
+        for d in dests {
+            out.push(Mount {
+                kind: MountKind::Tmpfs,
+                source: String::new(),
+                destination: d.clone(),
+            });
+        }
+    }
+    out
 }
 
 /// Whether `image`, as Docker's container list shows it, is an image ID (`sha256:<hex>`, or a

@@ -31,17 +31,31 @@ pub const VERSION_PATH: &str = "/webui/api/service?method=get_version";
 pub const RELEASED_PORT_GRACE: Duration = Duration::from_secs(1);
 
 /// Local ports of the agent's probe connections: in flight (`None`), or closed at an instant
-/// (kept for `RELEASED_PORT_GRACE`). A std `Mutex`: held for an insert or a lookup, never
-/// across an `.await`.
+/// (kept for `RELEASED_PORT_GRACE`); and the engines whose cache is being deleted, which get
+/// no new probe meanwhile. A std `Mutex`: held for an insert or a lookup, never across an
+/// `.await`.
+///
+/// The janitor's last-moment guard (the delete script refuses while anything is connected to
+/// the engine's port) must not mistake a health check for a client. It pauses the engine, then
+/// passes `recent_ports()` to the script; a probe holds its port, then checks the pause. Both
+/// steps go through this one lock, so a probe either started before the pause (its port is in
+/// the list) or sees the pause and does not connect.
 #[derive(Clone, Default)]
-pub struct ProbePorts(Arc<Mutex<HashMap<u16, Option<Instant>>>>);
+pub struct ProbePorts(Arc<Mutex<Probes>>);
+
+#[derive(Default)]
+struct Probes {
+    ports: HashMap<u16, Option<Instant>>,
+    paused: HashMap<String, usize>,
+}
 
 impl ProbePorts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Probes> {
+        self.0.lock().expect("probe ports lock poisoned")
+    }
+
     fn hold(&self, port: u16) -> PortGuard {
-        self.0
-            .lock()
-            .expect("probe ports lock poisoned")
-            .insert(port, None);
+        self.lock().ports.insert(port, None);
         PortGuard {
             ports: self.clone(),
             port,
@@ -50,21 +64,62 @@ impl ProbePorts {
 
     /// Whether `port` is a probe connection now.
     pub fn contains(&self, port: u16) -> bool {
-        self.0
-            .lock()
-            .expect("probe ports lock poisoned")
-            .get(&port)
-            .is_some_and(Option::is_none)
+        self.lock().ports.get(&port).is_some_and(Option::is_none)
     }
 
     /// Whether `port` was a probe connection at any moment since `since` (or shortly before):
     /// what the connection probe asks about a table it started reading at `since`, so that a
     /// check that finished while the table was being read is still recognised.
     pub fn held_since(&self, port: u16, since: Instant) -> bool {
-        match self.0.lock().expect("probe ports lock poisoned").get(&port) {
+        match self.lock().ports.get(&port) {
             Some(None) => true,
             Some(Some(released)) => *released + RELEASED_PORT_GRACE >= since,
             None => false,
+        }
+    }
+
+    /// Ports of probes in flight or closed within `RELEASED_PORT_GRACE`.
+    pub fn recent_ports(&self) -> Vec<u16> {
+        let now = Instant::now();
+        let mut v: Vec<u16> = self
+            .lock()
+            .ports
+            .iter()
+            .filter(|(_, r)| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE))
+            .map(|(p, _)| *p)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// No new probe of `engine` until the guard is dropped.
+    pub fn pause(&self, engine: &str) -> PauseGuard {
+        *self.lock().paused.entry(engine.to_string()).or_default() += 1;
+        PauseGuard {
+            ports: self.clone(),
+            engine: engine.to_string(),
+        }
+    }
+
+    fn is_paused(&self, engine: &str) -> bool {
+        self.lock().paused.contains_key(engine)
+    }
+}
+
+pub struct PauseGuard {
+    ports: ProbePorts,
+    engine: String,
+}
+
+impl Drop for PauseGuard {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.ports.0.lock() {
+            if let Some(n) = p.paused.get_mut(&self.engine) {
+                *n -= 1;
+                if *n == 0 {
+                    p.paused.remove(&self.engine);
+                }
+            }
         }
     }
 }
@@ -78,19 +133,25 @@ impl Drop for PortGuard {
     fn drop(&mut self) {
         if let Ok(mut s) = self.ports.0.lock() {
             let now = Instant::now();
-            s.insert(self.port, Some(now));
+            s.ports.insert(self.port, Some(now));
             // Bounded by the ports that closed within the grace period.
-            s.retain(|_, r| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE));
+            s.ports
+                .retain(|_, r| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE));
         }
     }
 }
 
-/// One HTTP/1.1 GET with a deadline; returns status and body.
+/// A probe not made because the engine's cache is being deleted (`ProbePorts::pause`).
+pub const PAUSED: &str = "probe paused while the engine's cache is deleted";
+
+/// One HTTP/1.1 GET with a deadline; returns status and body. Refused with `PAUSED`, before
+/// connecting, while `engine`'s cache is being deleted.
 pub async fn http_get(
     addr: SocketAddr,
     path: &str,
     timeout: Duration,
     ports: &ProbePorts,
+    engine: &str,
 ) -> Result<(u16, Bytes), String> {
     let work = async {
         let sock = match addr.ip() {
@@ -107,6 +168,10 @@ pub async fn http_get(
             .map_err(|e| e.to_string())?;
         let local = sock.local_addr().map_err(|e| e.to_string())?;
         let _guard = ports.hold(local.port());
+        // After holding the port (see `ProbePorts`): a pause that came first stops us here.
+        if ports.is_paused(engine) {
+            return Err(PAUSED.to_string());
+        }
         let stream = sock.connect(addr).await.map_err(|e| e.to_string())?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -197,6 +262,8 @@ impl Health {
             let checks = todo.iter().map(|e| self.check(e));
             let results = futures_util::future::join_all(checks).await;
             for (e, cmd) in todo.iter().zip(results) {
+                // A skipped check (engine paused for a delete) is retried on the next tick.
+                let Some(cmd) = cmd else { continue };
                 due.insert(
                     e.engine.container_id.clone(),
                     (now + self.interval, e.runtime.pid),
@@ -206,17 +273,21 @@ impl Health {
         }
     }
 
-    async fn check(&self, e: &EngineState) -> RegistryCmd {
+    /// One check; `None` when it was not made (the engine's cache is being deleted).
+    async fn check(&self, e: &EngineState) -> Option<RegistryCmd> {
         let id = e.engine.container_id.clone();
         let Some(addr) = probe_addr(e) else {
-            return RegistryCmd::Health {
+            return Some(RegistryCmd::Health {
                 id,
                 status: HealthStatus::Unhealthy,
                 at: Utc::now(),
                 version: None,
-            };
+            });
         };
-        let r = http_get(addr, STATUS_PATH, self.timeout, &self.ports).await;
+        let r = http_get(addr, STATUS_PATH, self.timeout, &self.ports, &id).await;
+        if matches!(&r, Err(e) if e == PAUSED) {
+            return None;
+        }
         let status = judge(&r);
         if status != e.engine.health_status {
             match &r {
@@ -230,19 +301,19 @@ impl Health {
             }
         }
         let version = if status == HealthStatus::Healthy && e.engine.version.is_none() {
-            match http_get(addr, VERSION_PATH, self.timeout, &self.ports).await {
+            match http_get(addr, VERSION_PATH, self.timeout, &self.ports, &id).await {
                 Ok((200, body)) => parse_version(&body),
                 _ => None,
             }
         } else {
             None
         };
-        RegistryCmd::Health {
+        Some(RegistryCmd::Health {
             id,
             status,
             at: Utc::now(),
             version,
-        }
+        })
     }
 }
 

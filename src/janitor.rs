@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use crate::cache::{self, Mode, Outcome, Sizes};
 use crate::docker::{DockerClient, DockerError};
+use crate::health::ProbePorts;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::model::{id12, CleanupRecord, EngineState, Trigger};
@@ -40,6 +41,8 @@ pub enum CleanupError {
         "engine {0}: a previous cache command timed out and is still running in the container"
     )]
     PreviousExecHung(String),
+    #[error("engine {0} is not cleaned while Docker is unreachable")]
+    DockerDown(String),
     #[error("the agent is shutting down")]
     Closed,
 }
@@ -60,6 +63,7 @@ struct Inner {
     exec_timeout: Duration,
     min_bytes: u64,
     metrics: Arc<Metrics>,
+    probes: ProbePorts,
 }
 
 struct InflightGuard {
@@ -109,8 +113,18 @@ impl Janitor {
                 exec_timeout: cfg.exec_timeout,
                 min_bytes: cfg.min_bytes,
                 metrics,
+                probes: ProbePorts::default(),
             }),
         }
+    }
+
+    /// Shares the health checker's probe bookkeeping, so a delete pauses new checks of its
+    /// engine and its live-stream guard ignores the checks in flight.
+    pub fn with_probes(mut self, probes: ProbePorts) -> Janitor {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_probes is called right after new, before any clone")
+            .probes = probes;
+        self
     }
 
     fn try_acquire(&self, id: &str) -> Option<InflightGuard> {
@@ -124,7 +138,13 @@ impl Janitor {
     /// Runs one script mode in the container; a timeout remembers the exec as hung.
     async fn run_script(&self, e: &EngineState, mode: Mode) -> Outcome {
         let id = &e.engine.container_id;
-        let argv = cache::argv(&e.engine.cache_path, mode);
+        // The engine's port arms the script's live-stream guard: no delete while a client is
+        // connected to it inside the container.
+        // While deleting, no new health check of this engine starts, and the ones already
+        // running are named to the script (see `health::ProbePorts`).
+        let _pause = matches!(mode, Mode::Clear { .. }).then(|| self.inner.probes.pause(id));
+        let own = self.inner.probes.recent_ports();
+        let argv = cache::guarded_argv(&e.engine.cache_path, mode, e.runtime.container_port, &own);
         let mut exec_id = None;
         let r = self
             .inner
@@ -185,6 +205,11 @@ impl Janitor {
             .ok_or_else(|| CleanupError::UnknownEngine(id12(id).into()))?
             .clone();
         let short = e.id12().to_string();
+        // While Docker is away the agent cannot see the container: it may be gone, stopped or
+        // another one by now. Nothing runs against it until discovery has listed Docker again.
+        if !snap.docker_up {
+            return Err(CleanupError::DockerDown(short));
+        }
         if !e.running {
             return Err(CleanupError::NotRunning(short));
         }
@@ -255,6 +280,23 @@ impl Janitor {
                         record.remaining_bytes = Some(before);
                     }
                 }
+            }
+            Outcome::Busy { before } => {
+                debug!(container_id = %short, bytes = before,
+                    "a client connected to the engine right before the delete; nothing deleted");
+                // Not a cleanup: only a new current size, and the engine's cleaning mark cleared.
+                record.finished_at = Utc::now();
+                record.duration_seconds = t0.elapsed().as_secs_f64();
+                record.success = true;
+                record.skipped_below_min = true;
+                record.size_before_bytes = Some(before);
+                record.remaining_bytes = Some(before);
+                let _ = self
+                    .inner
+                    .registry
+                    .finish_cleanup(record, Some(before))
+                    .await;
+                return Err(CleanupError::HasStreams(short));
             }
             Outcome::Failed { before, reason } => {
                 if let Some(b) = before {
@@ -399,7 +441,7 @@ impl Janitor {
             while cleanups.join_next().await.is_some() {}
             while sweeps.join_next().await.is_some() {}
         };
-        let _ = tokio::time::timeout(Duration::from_secs(4), drain).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
     }
 
     /// Measures every running engine's cache (SPEC §7 live sizes), busy ones too: the script in
@@ -420,21 +462,19 @@ impl Janitor {
         while set.join_next().await.is_some() {}
     }
 
-    async fn measure(&self, e: &EngineState) {
+    /// Measures one engine's cache read-only (one exec) and records it as its current size.
+    /// `None` when it could not be measured now: another exec of this engine is in flight (a
+    /// cleanup reports the size itself), a previous one hangs, or the script failed.
+    pub async fn measure(&self, e: &EngineState) -> Option<u64> {
         let id = &e.engine.container_id;
-        // One exec per engine at a time, whatever it does: a cleanup in flight reports the
-        // size itself.
-        let Some(_busy) = self.try_acquire(id) else {
-            return;
-        };
+        // One exec per engine at a time, whatever it does.
+        let _busy = self.try_acquire(id)?;
         if self.previous_exec_hung(id).await {
-            return;
+            return None;
         }
-        let Ok(_permit) = self.inner.limit.clone().acquire_owned().await else {
-            return;
-        };
+        let _permit = self.inner.limit.clone().acquire_owned().await.ok()?;
         match self.run_script(e, Mode::Measure).await {
-            Outcome::Done(Sizes { before, .. }) => {
+            Outcome::Done(Sizes { before, .. }) | Outcome::Busy { before } => {
                 self.inner
                     .registry
                     .send(RegistryCmd::Measured {
@@ -442,12 +482,28 @@ impl Janitor {
                         bytes: before,
                         at: Utc::now(),
                     })
-                    .await
+                    .await;
+                Some(before)
             }
             Outcome::Failed { reason, .. } => {
-                debug!(container_id = %e.id12(), error = %reason, "measuring the cache failed")
+                debug!(container_id = %e.id12(), error = %reason, "measuring the cache failed");
+                None
             }
         }
+    }
+
+    /// `cleanup.min_bytes`: caches smaller than this are measured but never deleted.
+    pub fn min_bytes(&self) -> u64 {
+        self.inner.min_bytes
+    }
+
+    /// Whether a cleanup or measurement of this engine is running now.
+    pub fn in_flight(&self, id: &str) -> bool {
+        self.inner
+            .inflight
+            .lock()
+            .expect("inflight lock poisoned")
+            .contains(id)
     }
 
     /// One periodic sweep over every idle engine, then `SweepDone`.

@@ -6,7 +6,10 @@
 //!  /proc/<pid>/net ► activity ┼──► registry (owner) ──┼──► janitor ◄── idle events, sweep tick, POST cleanup
 //!  POST /events/* ────────────┘      │  persist        │       │ docker exec (measure, re-check, delete)
 //!                                    ▼                 │       └──► registry (record)
-//!                                  store (redb) ◄──────┘
+//!                                  store (redb) ◄──────┤
+//!  statvfs, mountinfo ──► pressure ◄── snapshots ──────┘
+//!                           │ below pressure.min_free: janitor (measure, clean largest first)
+//!                           └──► registry (filesystems, cache_mountpoint)
 //! ```
 //!
 //! Every change goes to the registry task as a command; it persists the batch, then publishes
@@ -28,6 +31,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod pressure;
 pub mod procnet;
 pub mod registry;
 pub mod shutdown;
@@ -153,7 +157,8 @@ impl Agent {
                 min_bytes: cfg.cleanup.min_bytes,
             },
             metrics.clone(),
-        );
+        )
+        .with_probes(ports.clone());
         let mut tasks = JoinSet::new();
         let janitor_events = parts.events.subscribe();
         tasks.spawn(registry.run(parts.rx, shutdown.clone()));
@@ -192,6 +197,22 @@ impl Agent {
                 interval: cfg.activity.interval,
                 exec_timeout: cfg.cleanup.exec_timeout,
                 ports,
+            }
+            .run(shutdown.clone()),
+        );
+        tasks.spawn(
+            pressure::Pressure {
+                registry: parts.handle.clone(),
+                janitor: janitor.clone(),
+                docker: docker.clone(),
+                interval: cfg.pressure.interval,
+                min_free: cfg.pressure.min_free,
+                docker_root: cfg
+                    .pressure
+                    .docker_root
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                fs_timeout: pressure::FS_CALL_TIMEOUT,
             }
             .run(shutdown.clone()),
         );

@@ -4,7 +4,7 @@
 use tracing::info;
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-use crate::model::{format_mb, id12, Trigger};
+use crate::model::{format_gb, format_mb, id12, Trigger};
 
 /// True when stderr is the journal stream systemd gave us (`JOURNAL_STREAM=<dev>:<inode>`
 /// matching stderr), the documented way to tell "run by systemd" from "run in a terminal".
@@ -99,4 +99,52 @@ pub fn cleanup_failed(
     let id = id12(container_id);
     tracing::warn!(container_id = %id, container_name, trigger = %trigger, duration_seconds = seconds,
         error = reason, "Cache cleanup failed for container {id}: {reason}");
+}
+
+/// A disk-pressure episode starts on `mountpoint` (SPEC §7); logged once per episode.
+pub fn pressure_started(mountpoint: &str, avail: u64, threshold_bytes: u64, threshold: &str) {
+    info!(mountpoint, bytes = avail, threshold_bytes,
+        "Disk pressure on {mountpoint}: {} free, below {threshold}; cleaning idle engines largest first",
+        format_gb(avail));
+}
+
+/// Still below the threshold and no idle engine left to clean; once per episode.
+pub fn pressure_persists(mountpoint: &str, avail: u64, threshold_bytes: u64) {
+    tracing::warn!(
+        mountpoint,
+        bytes = avail,
+        threshold_bytes,
+        "Disk pressure on {mountpoint} persists: no idle engine left to clean"
+    );
+}
+
+/// Free space is back at or above the threshold: the episode is over.
+pub fn pressure_resolved(mountpoint: &str, avail: u64, threshold_bytes: u64) {
+    info!(
+        mountpoint,
+        bytes = avail,
+        threshold_bytes,
+        "Disk pressure on {mountpoint} resolved: {} free",
+        format_gb(avail)
+    );
+}
+
+/// statvfs on `mountpoint` did not return in time: the mount is skipped until the call returns.
+pub fn filesystem_stuck(mountpoint: &str, seconds: f64) {
+    tracing::warn!(mountpoint, timeout_seconds = seconds,
+        "Reading free space on {mountpoint} timed out after {seconds}s; skipping it until that call returns");
+}
+
+/// A stuck statvfs call returned at last.
+pub fn filesystem_recovered(mountpoint: &str) {
+    info!(mountpoint, "Reading free space on {mountpoint} works again");
+}
+
+/// statvfs failed (mount gone, no permission); logged on the transition, not every tick.
+pub fn filesystem_unreadable(mountpoint: &str, error: &str) {
+    tracing::warn!(
+        mountpoint,
+        error,
+        "Cannot read free space on {mountpoint}: {error}"
+    );
 }

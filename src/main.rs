@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     acestream_agent::logging::init();
+    raise_open_file_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,6 +49,24 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("acestream-agent: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one. Every HTTP connection is a file: with the
+/// 1024 a service gets by default, 2,000 idle clients would exhaust it and leave no descriptor
+/// for `/healthz`, the Docker socket or the store. Best effort: the packaged unit sets
+/// `LimitNOFILE` itself and forbids this call.
+fn raise_open_file_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct; no other state is touched.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max.min(1 << 20);
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
     }
 }

@@ -21,7 +21,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{HistogramOpts, HistogramVec, Registry, TextEncoder};
 
-use crate::model::{Counters, EngineState, HealthStatus, Snapshot, Timestamp, Trigger};
+use crate::model::{Counters, EngineState, Filesystem, HealthStatus, Snapshot, Timestamp, Trigger};
 
 /// Labels every per-engine series starts with (SPEC: `container_id` is the 12-char prefix).
 const ENGINE: [&str; 2] = ["container_name", "container_id"];
@@ -140,8 +140,31 @@ const AGENT_STORE_UP: Family = gauge(
     &[],
 );
 
+const FILESYSTEM_AVAIL: Family = gauge(
+    "acestream_filesystem_avail_bytes",
+    "Space available to unprivileged users on a filesystem holding engine caches (statvfs f_bavail), by mountpoint.",
+    &["mountpoint"],
+);
+const FILESYSTEM_SIZE: Family = gauge(
+    "acestream_filesystem_size_bytes",
+    "Size of a filesystem holding engine caches, by mountpoint.",
+    &["mountpoint"],
+);
+// Not in SPEC's list: the threshold beside the free space, so a dashboard can draw one against
+// the other without knowing the config (a percentage becomes bytes per filesystem).
+const FILESYSTEM_MIN_FREE: Family = gauge(
+    "acestream_filesystem_min_free_bytes",
+    "pressure.min_free of the filesystem in bytes: below this much available space its idle engines are cleaned; absent when pressure cleanup is off.",
+    &["mountpoint"],
+);
+const DISK_PRESSURE: Family = gauge(
+    "acestream_disk_pressure",
+    "1 during a disk-pressure episode on the filesystem (available space fell below pressure.min_free and is not back above it yet), else 0.",
+    &["mountpoint"],
+);
+
 /// Every family `SnapshotCollector` emits, for `Collector::desc` and the tests.
-const SNAPSHOT_FAMILIES: [&Family; 16] = [
+const SNAPSHOT_FAMILIES: [&Family; 20] = [
     &ENGINE_INFO,
     &ENGINE_HEALTHY,
     &ENGINE_ACTIVE_STREAMS,
@@ -158,6 +181,10 @@ const SNAPSHOT_FAMILIES: [&Family; 16] = [
     &AGENT_BUILD_INFO,
     &AGENT_LAST_SWEEP,
     &AGENT_STORE_UP,
+    &FILESYSTEM_AVAIL,
+    &FILESYSTEM_SIZE,
+    &FILESYSTEM_MIN_FREE,
+    &DISK_PRESSURE,
 ];
 
 const CLEANUP_DURATION_NAME: &str = "acestream_cache_cleanup_duration_seconds";
@@ -331,6 +358,21 @@ impl Collector for SnapshotCollector<'_> {
         out.push(single(&AGENT_LAST_SWEEP, s.last_sweep.map(unix_seconds)));
         out.push(single(&AGENT_STORE_UP, Some(flag(s.store_error.is_none()))));
 
+        let fss = &s.filesystems;
+        let per_fs = |f: &Family, value: &dyn Fn(&Filesystem) -> Option<f64>| {
+            family(
+                f,
+                fss.iter()
+                    .filter_map(|x| value(x).map(|v| series(f, &[&x.mountpoint], v))),
+            )
+        };
+        out.push(per_fs(&FILESYSTEM_AVAIL, &|x| Some(x.avail_bytes as f64)));
+        out.push(per_fs(&FILESYSTEM_SIZE, &|x| Some(x.size_bytes as f64)));
+        out.push(per_fs(&FILESYSTEM_MIN_FREE, &|x| {
+            x.min_free_bytes.map(|b| b as f64)
+        }));
+        out.push(per_fs(&DISK_PRESSURE, &|x| Some(flag(x.pressure))));
+
         // The encoder refuses a family without series (no engines, all health unknown, ...).
         out.retain(|f| !f.get_metric().is_empty());
         out
@@ -430,8 +472,8 @@ pub mod testing {
     use chrono::DateTime;
 
     use crate::model::{
-        Counters, Engine, EngineState, HealthStatus, Runtime, Snapshot, Timestamp, Trigger,
-        TriggerCounters,
+        Counters, Engine, EngineState, Filesystem, HealthStatus, Runtime, Snapshot, Timestamp,
+        Trigger, TriggerCounters,
     };
 
     pub fn ts(secs: i64, micros: u32) -> Timestamp {
@@ -535,6 +577,7 @@ pub mod testing {
             e.health_status = HealthStatus::Unhealthy;
             e.version = None;
             e.image = "acestream/engine:3.1.74".to_owned();
+            e.cache_mountpoint = Some("/srv/acestream".to_owned());
         }
 
         let mut odd = engine(
@@ -554,6 +597,23 @@ pub mod testing {
             docker_up: true,
             store_error: None,
             last_sweep: Some(ts(T0 - 300, 0)),
+            // One filesystem in a pressure episode, one not.
+            filesystems: vec![
+                Filesystem {
+                    mountpoint: "/srv/acestream".to_owned(),
+                    avail_bytes: 1_073_741_824,
+                    size_bytes: 107_374_182_400,
+                    min_free_bytes: Some(10_737_418_240),
+                    pressure: true,
+                },
+                Filesystem {
+                    mountpoint: "/var/lib/docker".to_owned(),
+                    avail_bytes: 53_687_091_200,
+                    size_bytes: 268_435_456_000,
+                    min_free_bytes: Some(26_843_545_600),
+                    pressure: false,
+                },
+            ],
         }
     }
 }
@@ -851,6 +911,34 @@ mod tests {
         assert!(!out.contains("acestream_agent_last_sweep_timestamp_seconds"));
         assert!(!out.contains("acestream_engine_"));
         assert!(!out.contains("acestream_cache_cleanups_total"));
+    }
+
+    #[test]
+    fn filesystem_families_follow_the_snapshot() {
+        let mut snap = golden_snapshot();
+        let out = Metrics::new().render(&snap, "1.2.3");
+        for line in [
+            "acestream_filesystem_avail_bytes{mountpoint=\"/srv/acestream\"} 1073741824",
+            "acestream_filesystem_size_bytes{mountpoint=\"/srv/acestream\"} 107374182400",
+            "acestream_filesystem_min_free_bytes{mountpoint=\"/srv/acestream\"} 10737418240",
+            "acestream_disk_pressure{mountpoint=\"/srv/acestream\"} 1",
+            "acestream_filesystem_avail_bytes{mountpoint=\"/var/lib/docker\"} 53687091200",
+            "acestream_disk_pressure{mountpoint=\"/var/lib/docker\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line:?}");
+        }
+        // Pressure cleanup off: free space is still reported, the threshold is absent.
+        for f in &mut snap.filesystems {
+            f.min_free_bytes = None;
+            f.pressure = false;
+        }
+        let out = Metrics::new().render(&snap, "1.2.3");
+        assert!(!out.contains("acestream_filesystem_min_free_bytes"));
+        assert_eq!(samples(&out, "acestream_disk_pressure").len(), 2);
+        assert_eq!(samples(&out, "acestream_filesystem_size_bytes").len(), 2);
+        // No filesystem known (no engines yet): no series at all.
+        let out = Metrics::new().render(&Snapshot::default(), "1.2.3");
+        assert!(!out.contains("acestream_filesystem_") && !out.contains("acestream_disk_pressure"));
     }
 
     #[test]

@@ -138,6 +138,49 @@ pub struct Runtime {
     pub ips: Vec<IpAddr>,
     /// Network aliases and names a proxy on the same Docker network may use.
     pub aliases: Vec<String>,
+    /// The container's mounts (inspect `Mounts`, plus `HostConfig.Tmpfs`), to find the host
+    /// filesystem its cache lives on (SPEC §7).
+    pub mounts: Vec<Mount>,
+}
+
+/// What kind of storage a container mount is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountKind {
+    /// A host file or directory (`-v /host:/dest`, `--mount type=bind`).
+    Bind,
+    /// A Docker volume; its `source` is the volume's directory on the host.
+    Volume,
+    /// Memory (`--tmpfs`, `--mount type=tmpfs`): not disk, never watched.
+    Tmpfs,
+    /// Anything else (`npipe`, `cluster`, `image`): no host filesystem the agent can read.
+    Other,
+}
+
+/// One container mount, as Docker's inspect shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub kind: MountKind,
+    /// Path on the host (empty for tmpfs).
+    pub source: String,
+    /// Path inside the container.
+    pub destination: String,
+}
+
+/// Free space of one host filesystem that holds engine caches (SPEC §7), as the pressure task
+/// last read it. `mountpoint` is the label value of the `acestream_filesystem_*` metrics and
+/// the engines' `cache_mountpoint`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filesystem {
+    pub mountpoint: String,
+    /// Space available to unprivileged users (`f_bavail * f_frsize`).
+    pub avail_bytes: u64,
+    /// Size of the filesystem (`f_blocks * f_frsize`).
+    pub size_bytes: u64,
+    /// `pressure.min_free` in bytes for this filesystem; `None` when pressure cleanup is off.
+    pub min_free_bytes: Option<u64>,
+    /// In a disk-pressure episode: free space fell below `min_free_bytes` and has not been back
+    /// above it since.
+    pub pressure: bool,
 }
 
 /// Everything the registry knows about one engine.
@@ -233,11 +276,18 @@ pub struct Snapshot {
     /// Last store error (write failed, disk full); cleared by the next good commit.
     pub store_error: Option<String>,
     pub last_sweep: Option<Timestamp>,
+    /// Filesystems holding engine caches, sorted by mountpoint (SPEC §7).
+    pub filesystems: Vec<Filesystem>,
 }
 
 /// `1.50 MB`-style size, 1024-based, two decimals, as the seed logs and displays sizes.
 pub fn format_mb(bytes: u64) -> String {
     format!("{:.2} MB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `12.34 GB`-style size, 1024-based, two decimals (the disk-pressure log lines).
+pub fn format_gb(bytes: u64) -> String {
+    format!("{:.2} GB", bytes as f64 / (1024.0 * 1024.0 * 1024.0))
 }
 
 #[cfg(test)]
@@ -265,6 +315,8 @@ mod tests {
         assert_eq!(format_mb(10 * 1024 * 1024), "10.00 MB");
         assert_eq!(format_mb(1536 * 1024), "1.50 MB");
         assert_eq!(format_mb(0), "0.00 MB");
+        assert_eq!(format_gb(5 << 30), "5.00 GB");
+        assert_eq!(format_gb(3 << 29), "1.50 GB");
     }
 
     #[test]

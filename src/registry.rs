@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::config::validate_cache_path;
 use crate::model::{
-    id12, CleanupRecord, DiscoveredEngine, Engine, EngineState, HealthStatus, Snapshot,
+    id12, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem, HealthStatus, Snapshot,
     StreamRecord, StreamStatus, Timestamp, TriggerCounters,
 };
 use crate::shutdown::Shutdown;
@@ -129,6 +129,12 @@ pub enum RegistryCmd {
         ack: oneshot::Sender<()>,
     },
     SweepDone(Timestamp),
+    /// What the pressure task last read (SPEC §7): every watched filesystem, and when given,
+    /// the filesystem of each engine's cache (`None`: tmpfs or not resolvable).
+    Filesystems {
+        filesystems: Vec<Filesystem>,
+        mountpoints: Option<Vec<(String, Option<String>)>>,
+    },
 }
 
 /// Cloneable access to the registry for every worker and the HTTP API.
@@ -243,6 +249,7 @@ pub struct Registry {
     docker_up: bool,
     store_error: Option<String>,
     last_sweep: Option<Timestamp>,
+    filesystems: Vec<Filesystem>,
     /// Every name and address of this host, for matching `engine.host` of stream events
     /// against published ports.
     host_names: HashSet<String>,
@@ -329,6 +336,7 @@ impl Registry {
             docker_up: false,
             store_error: None,
             last_sweep: loaded.last_sweep,
+            filesystems: Vec::new(),
             host_names,
             default_cache_path,
             retention,
@@ -404,6 +412,7 @@ impl Registry {
             docker_up: self.docker_up,
             store_error: self.store_error.clone(),
             last_sweep: self.last_sweep,
+            filesystems: self.filesystems.clone(),
         }));
     }
 
@@ -631,6 +640,23 @@ impl Registry {
                 self.pending.last_sweep = Some(at);
                 true
             }
+            RegistryCmd::Filesystems {
+                filesystems,
+                mountpoints,
+            } => {
+                let mut changed = self.filesystems != filesystems;
+                self.filesystems = filesystems;
+                for (id, mp) in mountpoints.into_iter().flatten() {
+                    if let Some(e) = self.engines.get_mut(&id) {
+                        if e.engine.cache_mountpoint != mp {
+                            e.engine.cache_mountpoint = mp;
+                            self.pending.engines.insert(id);
+                            changed = true;
+                        }
+                    }
+                }
+                changed
+            }
         }
     }
 
@@ -751,6 +777,7 @@ impl Registry {
             },
         );
         self.pending.engines.insert(id.to_string());
+        self.cap_ended_streams();
         self.emit(RegistryEvent::Removed { id: id.to_string() });
         true
     }
@@ -959,6 +986,8 @@ impl Registry {
         for id in engines {
             self.refresh_streams(&id, now);
         }
+        // Ending is what makes ended records pile up: cap them here too, not only on start.
+        self.cap_ended_streams();
         Ok(ended)
     }
 

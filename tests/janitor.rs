@@ -789,6 +789,21 @@ async fn live_sizes_follow_a_growing_cache_without_cleaning() {
         )
         .await;
     assert!(client.bytes_read() > 0, "the client is still reading");
+    // The gauge follows too (same name as the field).
+    let series = format!(
+        "acestream_engine_cache_current_bytes{{container_name=\"{}\",container_id=\"{}\"}} ",
+        engine.name,
+        &engine.id[..12]
+    );
+    let (_, metrics) = http_get(case.agent.addr, "/metrics").await;
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+    assert!(
+        gauge >= (b1 + 256 * 1024) as f64,
+        "{series}{gauge}, first size {b1}"
+    );
     assert_eq!(later["cleanups_total"], 0, "{later}");
     assert_eq!(later["last_cache_cleanup"], Value::Null, "{later}");
     assert!(later["cache_measured_at"].is_string(), "{later}");

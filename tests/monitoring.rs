@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use acestream_agent::config::Config;
+use acestream_agent::config::{Config, MinFree};
 use acestream_agent::Agent;
 use common::*;
 use serde_json::Value;
@@ -496,6 +496,8 @@ fn alert_rules_pass_promtool_check() {
             "AcestreamIdleEngineCacheLarge",
             "AcestreamCleanupSweepStalled",
             "AcestreamEngineUnhealthy",
+            "AcestreamDiskPressureUnresolved",
+            "AcestreamFilesystemFillingUp",
         ]
     );
     assert!(
@@ -834,14 +836,43 @@ fn dashboard_has_the_panels_operators_need() {
         .map(|p| title(p))
         .collect();
     assert_eq!(rows.first(), Some(&"Fleet"), "rows: {rows:?}");
-    // Nothing from the not-yet-implemented disk-pressure metrics.
-    let text = read_repo_file(DASHBOARD);
-    for m in ["acestream_filesystem_", "acestream_disk_pressure"] {
-        assert!(
-            !text.contains(m),
-            "dashboard uses {m}, which the agent does not export yet"
-        );
+    // Disk (SPEC §7): free space against the threshold per filesystem, pressure episodes, and
+    // the live caches stacked.
+    assert!(rows.contains(&"Disk"), "rows: {rows:?}");
+    for (t, metrics) in [
+        (
+            "Free space vs threshold, by filesystem",
+            vec![
+                "acestream_filesystem_avail_bytes",
+                "acestream_filesystem_min_free_bytes",
+            ],
+        ),
+        (
+            "Disk pressure, by filesystem",
+            vec!["acestream_disk_pressure"],
+        ),
+        (
+            "Live cache per engine, stacked",
+            vec!["acestream_engine_cache_current_bytes"],
+        ),
+        (
+            "Cleanups per hour, by trigger",
+            vec!["acestream_cache_cleanups_total"],
+        ),
+    ] {
+        let got = metric_of(t);
+        for m in metrics {
+            assert!(
+                got.iter().any(|g| g == m),
+                "panel {t:?} does not query {m}: {got:?}"
+            );
+        }
     }
+    assert_eq!(
+        by_title["Live cache per engine, stacked"]["fieldConfig"]["defaults"]["custom"]["stacking"]
+            ["mode"],
+        "normal"
+    );
 }
 
 #[test]
@@ -1396,7 +1427,38 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
             "Cleanup failures per hour, by engine/A",
             check(|r, _| ensure(r.is_empty(), || format!("{r:?}"))),
         ),
+        // Both engines keep their cache in their container's own filesystem: one filesystem,
+        // Docker's root, with pressure.min_free = 1 byte and so never under pressure.
+        (
+            "Free space vs threshold, by filesystem/A",
+            one_filesystem(|v| v > 1.0),
+        ),
+        (
+            "Free space vs threshold, by filesystem/B",
+            one_filesystem(|v| v == 1.0),
+        ),
+        (
+            "Disk pressure, by filesystem/A",
+            one_filesystem(|v| v == 0.0),
+        ),
+        (
+            "Live cache per engine, stacked/A",
+            per_engine(&[Who::Idle], Some(Who::Streaming), |who, s, _| match who {
+                Who::Idle => ensure(s.value < 1_048_576.0, || {
+                    format!("{} bytes left after cleanup", s.value)
+                }),
+                Who::Streaming => Ok(()),
+            }),
+        ),
     ]
+}
+
+/// Exactly one series, of a named filesystem, whose value satisfies `ok`.
+fn one_filesystem(ok: impl Fn(f64) -> bool + 'static) -> Check {
+    check(move |r, _| match r {
+        [s] if !s.label("mountpoint").is_empty() && ok(s.value) => Ok(()),
+        _ => Err(format!("expected one filesystem series: {r:?}")),
+    })
 }
 
 fn sweep_quantile() -> Check {
@@ -1445,6 +1507,16 @@ fn alert_expectations() -> Vec<(&'static str, Check)> {
             per_engine(both(), None, |_, s, _| {
                 ensure(s.value == 1.0, || format!("healthy = {}", s.value))
             }),
+        ),
+        (
+            "AcestreamDiskPressureUnresolved",
+            one_filesystem(|v| v == 0.0),
+        ),
+        // Needs 30 minutes of history before it extrapolates: empty in a fresh run (its
+        // selector is still checked against the live series).
+        (
+            "AcestreamFilesystemFillingUp",
+            check(|r, _| ensure(r.is_empty(), || format!("{r:?}"))),
         ),
     ]
 }
@@ -1506,7 +1578,8 @@ async fn every_panel_and_alert_query_returns_engine_series_from_real_prometheus(
     cfg.cleanup.interval = Some(Duration::from_secs(2));
     cfg.cleanup.idle_grace = None;
     cfg.cleanup.exec_timeout = Duration::from_secs(10);
-    cfg.pressure.min_free = None;
+    // Pressure on, with a threshold no disk reaches, so the filesystem series are all there.
+    cfg.pressure.min_free = Some(MinFree::Bytes(1));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let agent = Agent::start(cfg, listener).await.unwrap();
 

@@ -41,6 +41,17 @@ pub const MAX_BODY: usize = 64 * 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A body that has not arrived by then is refused.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest stream id, key, session id (real ones are a 40-digit hash, a `|` and a short id).
+/// Stream records are kept (up to `registry::MAX_ENDED_STREAMS` of them), so a proxy that
+/// sends huge values must not turn each into 64 KiB of memory and store.
+pub const MAX_ID_LEN: usize = 512;
+/// Longest `stat_url` / `command_url`.
+pub const MAX_URL_LEN: usize = 1024;
+/// Longest `key_type` (`content_id`, `infohash`, `url`, ...).
+pub const MAX_KEY_TYPE_LEN: usize = 64;
+/// How long a `stream_started` answer waits for a cleanup of its engine that was already
+/// deleting when the stream arrived; see `stream_started`.
+const STREAM_ACK_WAIT: Duration = Duration::from_secs(30);
 
 pub struct AppState {
     pub rendered: watch::Receiver<Arc<Rendered>>,
@@ -89,15 +100,35 @@ fn registry_error(e: RegistryError) -> Resp {
 fn cleanup_error(e: CleanupError) -> Resp {
     let status = match e {
         CleanupError::UnknownEngine(_) => StatusCode::NOT_FOUND,
-        CleanupError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        CleanupError::Closed | CleanupError::DockerDown(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::CONFLICT,
     };
     error(status, e)
 }
 
+/// Connections served at once: the open-file limit less room for the Docker socket, the store
+/// and exec streams. Past it a new connection is closed at once, so a flood of idle clients
+/// can never take the descriptors the rest of the agent needs (they are cut after
+/// `HEADER_TIMEOUT` anyway).
+fn max_connections() -> usize {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a local struct.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur
+    } else {
+        1024
+    };
+    (soft.saturating_sub(256) as usize).clamp(64, 16_384)
+}
+
 /// Accepts connections until shutdown, then lets in-flight requests finish.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: Shutdown) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections()));
+    let mut refused: u64 = 0;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -116,6 +147,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: Sh
             },
             _ = shutdown.recv() => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                warn!(refused, "too many HTTP connections; closing new ones");
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let svc = hyper::service::service_fn(move |req| {
@@ -129,6 +168,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: Sh
             if let Err(e) = conn.await {
                 debug!(error = %e, "connection error");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -205,8 +245,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads a JSON body within the size and time limits.
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
+/// Reads a body within the size and time limits.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
     if let Some(len) = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -237,8 +277,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
         Ok(Err(e)) => return Err(error(StatusCode::BAD_REQUEST, format!("reading body: {e}"))),
         Ok(Ok(c)) => c.to_bytes(),
     };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+    Ok(bytes)
 }
 
 #[derive(Deserialize)]
@@ -315,17 +354,22 @@ struct EndedBody {
     reason: Option<String>,
 }
 
-async fn stream_started(req: Request<Incoming>, state: &AppState) -> Resp {
-    let b: StartedBody = match read_json(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let port = match b.engine.port.get() {
-        Ok(p) => p,
-        Err(m) => return error(StatusCode::BAD_REQUEST, m),
-    };
+/// Checks that a text field is at most `max` bytes.
+fn bounded(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        Err(format!("{field} is longer than {max} bytes"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses and checks a `stream_started` body (SPEC "Stream events"). Pure, so it is fuzzed.
+pub fn parse_started(body: &[u8]) -> Result<StreamStart, String> {
+    let b: StartedBody =
+        serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+    let port = b.engine.port.get()?;
     if b.stream.key.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "stream.key must not be empty");
+        return Err("stream.key must not be empty".into());
     }
     let label_id = b
         .labels
@@ -341,8 +385,25 @@ async fn stream_started(req: Request<Incoming>, state: &AppState) -> Resp {
         LiveFlag::Int(n) => n != 0,
         LiveFlag::Missing => false,
     };
-    let s = StreamStart {
-        container_id: b.container_id,
+    let container_id = b.container_id.filter(|c| !c.is_empty());
+    bounded(
+        "container_id",
+        container_id.as_deref().unwrap_or(""),
+        MAX_ID_LEN,
+    )?;
+    bounded("engine.host", &b.engine.host, MAX_ID_LEN)?;
+    bounded("stream id", &stream_id, MAX_ID_LEN)?;
+    bounded("stream.key", &b.stream.key, MAX_ID_LEN)?;
+    bounded("stream.key_type", &b.stream.key_type, MAX_KEY_TYPE_LEN)?;
+    bounded(
+        "session.playback_session_id",
+        &b.session.playback_session_id,
+        MAX_ID_LEN,
+    )?;
+    bounded("session.stat_url", &b.session.stat_url, MAX_URL_LEN)?;
+    bounded("session.command_url", &b.session.command_url, MAX_URL_LEN)?;
+    Ok(StreamStart {
+        container_id,
         host: b.engine.host,
         port,
         stream_id,
@@ -352,21 +413,58 @@ async fn stream_started(req: Request<Incoming>, state: &AppState) -> Resp {
         stat_url: b.session.stat_url,
         command_url: b.session.command_url,
         is_live,
+    })
+}
+
+/// Parses a `stream_ended` body. Pure, so it is fuzzed.
+pub fn parse_ended(body: &[u8]) -> Result<StreamEnd, String> {
+    let b: EndedBody = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+    Ok(StreamEnd {
+        container_id: b.container_id.filter(|s| !s.is_empty()),
+        stream_id: b.stream_id.filter(|s| !s.is_empty()),
+    })
+}
+
+async fn stream_started(req: Request<Incoming>, state: &AppState) -> Resp {
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let s = match parse_started(&body) {
+        Ok(s) => s,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     match state.registry.stream_started(s).await {
-        Ok(rec) => json_resp(StatusCode::OK, &rec),
+        Ok(rec) => {
+            // The registry refuses to start a delete once it knows of a stream, but a delete
+            // it had already started when the stream arrived is running inside the container
+            // now. The answer waits for it: once a proxy is told "started", no cleanup is
+            // deleting that engine's cache.
+            let mut snapshots = state.registry.subscribe();
+            let id = rec.container_id.clone();
+            let _ = tokio::time::timeout(
+                STREAM_ACK_WAIT,
+                snapshots.wait_for(|s| {
+                    !s.engines
+                        .iter()
+                        .any(|e| e.engine.container_id == id && e.cleaning)
+                }),
+            )
+            .await;
+            json_resp(StatusCode::OK, &rec)
+        }
         Err(e) => registry_error(e),
     }
 }
 
 async fn stream_ended(req: Request<Incoming>, state: &AppState) -> Resp {
-    let b: EndedBody = match read_json(req).await {
+    let body = match read_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let s = StreamEnd {
-        container_id: b.container_id,
-        stream_id: b.stream_id.filter(|s| !s.is_empty()),
+    let s = match parse_ended(&body) {
+        Ok(s) => s,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     match state.registry.stream_ended(s).await {
         Ok(ended) => json_resp(
@@ -380,7 +478,7 @@ async fn stream_ended(req: Request<Incoming>, state: &AppState) -> Resp {
 async fn manual_cleanup(key: &str, state: &AppState) -> Resp {
     let snap = state.rendered.borrow().snapshot.clone();
     let Some(e) = registry::find(&snap, key) else {
-        return error(StatusCode::NOT_FOUND, format!("no engine {key:?}"));
+        return error(StatusCode::NOT_FOUND, format!("no engine {:?}", short(key)));
     };
     let id = e.engine.container_id.clone();
     let janitor = state.janitor.clone();
@@ -400,7 +498,7 @@ async fn manual_cleanup(key: &str, state: &AppState) -> Resp {
 async fn history(key: &str, state: &AppState) -> Resp {
     let snap = state.rendered.borrow().snapshot.clone();
     let Some(e) = registry::find(&snap, key) else {
-        return error(StatusCode::NOT_FOUND, format!("no engine {key:?}"));
+        return error(StatusCode::NOT_FOUND, format!("no engine {:?}", short(key)));
     };
     let id = e.engine.container_id.clone();
     let store = state.store.clone();
@@ -438,30 +536,79 @@ fn method_not_allowed(allow: &'static str) -> Resp {
     r
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> Resp {
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
-    let raw: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let mut segs = Vec::with_capacity(raw.len());
-    for s in &raw {
+/// What a request asks for, decided from its method and path alone (pure, so it is fuzzed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    StatusPage,
+    Healthz,
+    Readyz,
+    Metrics,
+    Engines,
+    Engine(String),
+    Cleanups(String),
+    Cleanup(String),
+    StreamStarted,
+    StreamEnded,
+    Streams,
+    /// A known path with the wrong method; the `Allow` header value.
+    MethodNotAllowed(&'static str),
+    /// The path's percent-encoding is invalid or not UTF-8.
+    BadPath,
+    NotFound,
+}
+
+/// Maps a method and a raw (percent-encoded) path to a `Route`.
+pub fn route(method: &Method, path: &str) -> Route {
+    let mut segs = Vec::new();
+    for s in path.trim_start_matches('/').split('/') {
         match decode_segment(s) {
             Some(s) => segs.push(s),
-            None => return error(StatusCode::BAD_REQUEST, "invalid percent-encoding in path"),
+            None => return Route::BadPath,
         }
     }
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let method = req.method().clone();
     let is_get = method == Method::GET || method == Method::HEAD;
-    let rendered = state.rendered.borrow().clone();
+    let is_post = method == Method::POST;
     match segs.as_slice() {
-        [""] if is_get => respond(
+        [""] if is_get => Route::StatusPage,
+        ["healthz"] if is_get => Route::Healthz,
+        ["readyz"] if is_get => Route::Readyz,
+        ["metrics"] if is_get => Route::Metrics,
+        ["engines"] if is_get => Route::Engines,
+        ["engines", key] if is_get => Route::Engine(key.to_string()),
+        ["engines", key, "cleanups"] if is_get => Route::Cleanups(key.to_string()),
+        ["engines", key, "cleanup"] if is_post => Route::Cleanup(key.to_string()),
+        ["events", "stream_started"] if is_post => Route::StreamStarted,
+        ["events", "stream_ended"] if is_post => Route::StreamEnded,
+        ["streams"] if is_get => Route::Streams,
+        [""]
+        | ["healthz"]
+        | ["readyz"]
+        | ["metrics"]
+        | ["engines"]
+        | ["engines", _]
+        | ["engines", _, "cleanups"]
+        | ["streams"] => Route::MethodNotAllowed("GET, HEAD"),
+        ["engines", _, "cleanup"] | ["events", "stream_started"] | ["events", "stream_ended"] => {
+            Route::MethodNotAllowed("POST")
+        }
+        _ => Route::NotFound,
+    }
+}
+
+async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> Resp {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let rendered = state.rendered.borrow().clone();
+    let write = |req: &Request<Incoming>| authorize(req, peer, state.token.as_deref());
+    match route(req.method(), &path) {
+        Route::StatusPage => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
             views::STATUS_PAGE,
         ),
-        [""] => method_not_allowed("GET, HEAD"),
-        ["healthz"] if is_get => json_resp(StatusCode::OK, &json!({"status": "ok"})),
-        ["readyz"] if is_get => {
+        Route::Healthz => json_resp(StatusCode::OK, &json!({"status": "ok"})),
+        Route::Readyz => {
             let s = &rendered.snapshot;
             let ready = s.docker_up && s.store_error.is_none();
             json_resp(
@@ -477,53 +624,49 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> R
                 }),
             )
         }
-        ["metrics"] if is_get => respond(
+        Route::Metrics => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             rendered.metrics.clone(),
         ),
-        ["engines"] if is_get => respond(
+        Route::Engines => respond(
             StatusCode::OK,
             "application/json",
             rendered.engines_json.clone(),
         ),
-        ["engines", key] if is_get => match registry::find(&rendered.snapshot, key) {
+        Route::Engine(key) => match registry::find(&rendered.snapshot, &key) {
             Some(e) => json_resp(StatusCode::OK, &e.engine),
-            None => error(StatusCode::NOT_FOUND, format!("no engine {key:?}")),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no engine {:?}", short(&key)),
+            ),
         },
-        ["engines", key, "cleanups"] if is_get => history(key, state).await,
-        ["engines", key, "cleanup"] if method == Method::POST => {
-            if let Err(r) = authorize(&req, peer, state.token.as_deref()) {
-                return r;
-            }
-            manual_cleanup(key, state).await
-        }
-        ["events", "stream_started"] | ["events", "stream_ended"] if method == Method::POST => {
-            if let Err(r) = authorize(&req, peer, state.token.as_deref()) {
-                return r;
-            }
-            if segs[1] == "stream_started" {
-                stream_started(req, state).await
-            } else {
-                stream_ended(req, state).await
-            }
-        }
-        ["streams"] if is_get => list_streams(query.as_deref(), state).await,
-        ["healthz"]
-        | ["readyz"]
-        | ["metrics"]
-        | ["engines"]
-        | ["engines", _]
-        | ["engines", _, "cleanups"]
-        | ["streams"] => method_not_allowed("GET, HEAD"),
-        ["engines", _, "cleanup"] | ["events", "stream_started"] | ["events", "stream_ended"] => {
-            method_not_allowed("POST")
-        }
-        _ => error(
+        Route::Cleanups(key) => history(&key, state).await,
+        Route::Cleanup(key) => match write(&req) {
+            Err(r) => r,
+            Ok(()) => manual_cleanup(&key, state).await,
+        },
+        Route::StreamStarted => match write(&req) {
+            Err(r) => r,
+            Ok(()) => stream_started(req, state).await,
+        },
+        Route::StreamEnded => match write(&req) {
+            Err(r) => r,
+            Ok(()) => stream_ended(req, state).await,
+        },
+        Route::Streams => list_streams(query.as_deref(), state).await,
+        Route::MethodNotAllowed(allow) => method_not_allowed(allow),
+        Route::BadPath => error(StatusCode::BAD_REQUEST, "invalid percent-encoding in path"),
+        Route::NotFound => error(
             StatusCode::NOT_FOUND,
             format!("no route for {}", short_path(&path)),
         ),
     }
+}
+
+/// An id as echoed in an error: at most 64 characters.
+fn short(key: &str) -> String {
+    short_path(key)
 }
 
 /// Echoes at most a short prefix of an unknown path, so a huge path is not mirrored back.
@@ -569,6 +712,200 @@ mod tests {
         assert!(is_loopback("[::1]:1".parse().unwrap()));
         assert!(is_loopback("[::ffff:127.0.0.1]:1".parse().unwrap()));
         assert!(!is_loopback("10.0.0.1:1".parse().unwrap()));
+    }
+
+    #[test]
+    fn routes() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(route(&get, "/"), Route::StatusPage);
+        assert_eq!(route(&Method::HEAD, "/healthz"), Route::Healthz);
+        assert_eq!(
+            route(&get, "/engines/abc%2Fdef"),
+            Route::Engine("abc/def".into())
+        );
+        assert_eq!(route(&get, "/engines/%2e%2e"), Route::Engine("..".into()));
+        assert_eq!(
+            route(&get, "/engines/x/cleanups"),
+            Route::Cleanups("x".into())
+        );
+        assert_eq!(
+            route(&post, "/engines/x/cleanup"),
+            Route::Cleanup("x".into())
+        );
+        assert_eq!(
+            route(&get, "/engines/x/cleanup"),
+            Route::MethodNotAllowed("POST")
+        );
+        assert_eq!(
+            route(&post, "/engines"),
+            Route::MethodNotAllowed("GET, HEAD")
+        );
+        assert_eq!(route(&post, "/events/stream_started"), Route::StreamStarted);
+        assert_eq!(
+            route(&Method::PUT, "/events/stream_ended"),
+            Route::MethodNotAllowed("POST")
+        );
+        assert_eq!(route(&get, "/engines/%ff"), Route::BadPath);
+        assert_eq!(route(&get, "/engines/%"), Route::BadPath);
+        assert_eq!(route(&get, "/../etc/passwd"), Route::NotFound);
+        let brew = Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(
+            route(&brew, "/healthz"),
+            Route::MethodNotAllowed("GET, HEAD")
+        );
+        assert_eq!(route(&brew, "/nope"), Route::NotFound);
+    }
+
+    fn started_json(id: &str) -> String {
+        json!({
+            "engine": {"host": "h", "port": 6878},
+            "stream": {"key_type": "content_id", "key": "k"},
+            "session": {"playback_session_id": "s", "stat_url": "", "command_url": "", "is_live": 1},
+            "labels": {"stream_id": id}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn started_bodies() {
+        let s = parse_started(started_json("k|s").as_bytes()).unwrap();
+        assert_eq!(
+            (s.stream_id.as_str(), s.port, s.is_live),
+            ("k|s", 6878, true)
+        );
+        // Without labels the id is key|session; a string port and a boolean is_live are fine.
+        let s = parse_started(
+            br#"{"engine":{"host":"h","port":" 81 "},"stream":{"key":"k"},"session":{"playback_session_id":"p","is_live":false}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.stream_id.as_str(), s.port, s.is_live),
+            ("k|p", 81, false)
+        );
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"null",
+            br#"{"engine":{"host":"h","port":6878}}"#,
+            br#"{"engine":{"host":"h","port":-1},"stream":{"key":"k"}}"#,
+            br#"{"engine":{"host":"h","port":70000},"stream":{"key":"k"}}"#,
+            br#"{"engine":{"host":"h","port":"x"},"stream":{"key":"k"}}"#,
+            br#"{"engine":{"host":1,"port":1},"stream":{"key":"k"}}"#,
+            br#"{"engine":{"host":"h","port":1},"stream":{"key":""}}"#,
+            br#"{"engine":{"host":"h","port":1},"stream":{"key":"k"},"session":{"is_live":"yes"}}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(
+                parse_started(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        let e = parse_started(started_json(&long).as_bytes()).unwrap_err();
+        assert!(e.contains("stream id is longer than 512 bytes"), "{e}");
+        assert!(parse_started(started_json(&"x".repeat(MAX_ID_LEN)).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn ended_bodies() {
+        let e = parse_ended(br#"{"stream_id":"a","container_id":""}"#).unwrap();
+        assert_eq!((e.stream_id.as_deref(), e.container_id), (Some("a"), None));
+        assert!(parse_ended(br#"{"stream_id":5}"#).is_err());
+        assert!(parse_ended(b"{\"stream_id\":\"a\"").is_err());
+    }
+
+    // Bounded fuzzing of the pure request edge: the router and the two event-body parsers
+    // never panic, and what they accept is what was sent. `PROPTEST_CASES` raises the count for
+    // a longer run (see RELIABILITY.md).
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                ".{0,20}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            Just("engine".to_string()),
+                            Just("host".to_string()),
+                            Just("port".to_string()),
+                            Just("stream".to_string()),
+                            Just("key".to_string()),
+                            Just("key_type".to_string()),
+                            Just("session".to_string()),
+                            Just("is_live".to_string()),
+                            Just("labels".to_string()),
+                            Just("stream_id".to_string()),
+                            Just("container_id".to_string()),
+                            ".{0,8}",
+                        ],
+                        inner,
+                        0..8
+                    )
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn router_never_panics(path in "(/|%|[a-z]{1,8}|%[0-9a-fA-F]{2}|%[^/]{0,2}|\\.\\.|[^/%]{0,4}){0,12}",
+                                   m in prop_oneof![Just("GET"), Just("POST"), Just("HEAD"), Just("PUT"), Just("DELETE"), Just("BREW"), Just("OPTIONS")]) {
+                let method = Method::from_bytes(m.as_bytes()).unwrap();
+                let _ = route(&method, &path);
+            }
+
+            #[test]
+            fn any_engine_id_routes_to_itself(id in "[^/]{1,80}") {
+                let enc: String = id.bytes().map(|b| format!("%{b:02X}")).collect();
+                prop_assert_eq!(route(&Method::GET, &format!("/engines/{enc}")), Route::Engine(id.clone()));
+                prop_assert_eq!(route(&Method::GET, &format!("/engines/{enc}/cleanups")), Route::Cleanups(id.clone()));
+                prop_assert_eq!(route(&Method::POST, &format!("/engines/{enc}/cleanup")), Route::Cleanup(id));
+            }
+
+            #[test]
+            fn parsers_never_panic_on_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_started(&body);
+                let _ = parse_ended(&body);
+            }
+
+            #[test]
+            fn parsers_never_panic_on_json(v in json_value()) {
+                let body = serde_json::to_vec(&v).unwrap();
+                let _ = parse_started(&body);
+                let _ = parse_ended(&body);
+            }
+
+            #[test]
+            fn accepted_started_bodies_keep_what_was_sent(
+                key in ".{1,40}", session in ".{0,40}", host in ".{0,40}", port in any::<u16>(),
+                live in prop_oneof![Just(json!(1)), Just(json!(0)), Just(json!(true)), Just(json!(false))],
+            ) {
+                let body = json!({
+                    "engine": {"host": host, "port": port},
+                    "stream": {"key_type": "content_id", "key": key},
+                    "session": {"playback_session_id": session, "is_live": live},
+                });
+                let s = parse_started(body.to_string().as_bytes()).unwrap();
+                prop_assert_eq!(s.stream_id, format!("{key}|{session}"));
+                prop_assert_eq!(s.port, port);
+                prop_assert_eq!(s.host, host);
+                prop_assert_eq!(s.is_live, live == json!(1) || live == json!(true));
+            }
+        }
     }
 
     #[test]

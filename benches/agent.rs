@@ -1,0 +1,1522 @@
+//! Benchmark harness for issue 6: what the agent costs the host and how quickly it reacts.
+//!
+//! ```sh
+//! cargo bench --bench agent                          # full run (several minutes), prints the table
+//! ACESTREAM_BENCH_SMOKE=1 cargo bench --bench agent  # tiny run: 2 engines, 1 s loads, 2 files
+//! ```
+//!
+//! Real Docker, fake engines (tests/fixtures/fake-engine, built by tests/common/mod.rs), the
+//! release binary for everything a host pays for (HTTP serving, idle CPU and RSS, reactions),
+//! and the library for what needs a clock around one call (the sweep, the store). Needs `wrk`
+//! and `nginx` (Debian packages `wrk`, `nginx-light`): nginx serving the very same bytes is the
+//! yardstick for reads, measured in the same run. Every figure is the median of several runs;
+//! the sweep is reported as ratios to its baselines measured in the same run.
+//!
+//! `tests/bench_smoke.rs` runs this file in smoke mode so the harness cannot rot.
+#![allow(dead_code)] // also compiled as a module of tests/bench_smoke.rs, without `main`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use acestream_agent::config::Config;
+use acestream_agent::docker::DockerClient;
+use acestream_agent::janitor::{Janitor, JanitorConfig};
+use acestream_agent::metrics::Metrics;
+use acestream_agent::model::{
+    CleanupRecord, Engine, EngineState, HealthStatus, Runtime, Snapshot, Trigger, TriggerCounters,
+};
+use acestream_agent::store::{Batch, PersistedEngine, Store};
+use acestream_agent::Agent;
+use common::*;
+use serde_json::{json, Value};
+
+/// Label that puts an engine in the set the HTTP/reaction agent discovers.
+const BENCH_LABEL: &str = "acestream-agent.bench";
+/// Label of the subset the idle-cost and sweep agents discover.
+const IDLE_LABEL: &str = "acestream-agent.bench.idle";
+
+/// Sizes of one run.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub smoke: bool,
+    /// Repetitions of each measurement (the table shows the median).
+    pub runs: usize,
+    /// Engines behind `/engines` and `/metrics` under load.
+    pub http_engines: usize,
+    /// Idle engines for the idle-cost window and the sweep.
+    pub idle_engines: usize,
+    pub load: Duration,
+    pub connections: usize,
+    pub idle_window: Duration,
+    pub files_per_engine: usize,
+    pub file_bytes: usize,
+    pub store_engines: usize,
+    pub store_history: usize,
+    pub reaction_runs: usize,
+    /// `cleanup.idle_grace` of the reaction agent (the default in a full run).
+    pub idle_grace: Duration,
+}
+
+impl Params {
+    pub fn full() -> Params {
+        Params {
+            smoke: false,
+            runs: 3,
+            http_engines: 50,
+            idle_engines: 20,
+            load: Duration::from_secs(10),
+            connections: 32,
+            idle_window: Duration::from_secs(60),
+            files_per_engine: 200,
+            file_bytes: (20 << 20) / 200,
+            store_engines: 1000,
+            store_history: 100,
+            reaction_runs: 5,
+            idle_grace: Config::default()
+                .cleanup
+                .idle_grace
+                .expect("idle_grace on by default"),
+        }
+    }
+
+    pub fn smoke() -> Params {
+        Params {
+            smoke: true,
+            runs: 1,
+            http_engines: 2,
+            idle_engines: 2,
+            load: Duration::from_secs(1),
+            connections: 4,
+            idle_window: Duration::from_secs(1),
+            files_per_engine: 2,
+            file_bytes: 4096,
+            store_engines: 10,
+            store_history: 5,
+            reaction_runs: 1,
+            idle_grace: Duration::from_secs(1),
+        }
+    }
+
+    /// `ACESTREAM_BENCH_SMOKE=1` → smoke; `ACESTREAM_BENCH_RUNS=N` overrides the repetitions.
+    pub fn from_env() -> Params {
+        let smoke = std::env::var("ACESTREAM_BENCH_SMOKE").is_ok_and(|v| v != "0" && !v.is_empty());
+        let mut p = if smoke {
+            Params::smoke()
+        } else {
+            Params::full()
+        };
+        if let Some(n) = std::env::var("ACESTREAM_BENCH_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            p.runs = n;
+        }
+        p
+    }
+}
+
+/// Row names, in table order; the smoke test checks every one is printed.
+pub const ROWS: &[&str] = &[
+    "/engines req/s",
+    "/engines p99",
+    "/metrics req/s",
+    "/metrics p99",
+    "/metrics load: Docker API calls",
+    "sweep vs docker CLI du+rm",
+    "sweep vs host rm -rf",
+    "start -> in /engines",
+    "last stream end -> cleanup recorded",
+    "idle agent CPU",
+    "idle added dockerd+containerd CPU",
+    "idle agent RSS",
+    "store open (+load)",
+    "/engines render, store engines",
+    "GET /engines, store engines",
+];
+
+struct Row {
+    what: String,
+    measured: String,
+    baseline: String,
+    target: String,
+    met: String,
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Table {
+    fn row(
+        &mut self,
+        what: &str,
+        measured: String,
+        baseline: String,
+        target: &str,
+        met: Option<bool>,
+    ) {
+        let met = match met {
+            Some(true) => "yes".to_string(),
+            Some(false) => "**no**".to_string(),
+            None => "n/a".to_string(),
+        };
+        let row = Row {
+            what: what.to_string(),
+            measured,
+            baseline,
+            target: target.to_string(),
+            met,
+        };
+        eprintln!(
+            "bench: {} | {} | {} | {} | {}",
+            row.what, row.measured, row.baseline, row.target, row.met
+        );
+        self.rows.push(row);
+    }
+
+    fn render(&self, p: &Params) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "| what | measured (median of {}) | baseline (same run) | target | met? |",
+            p.runs
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                r.what, r.measured, r.baseline, r.target, r.met
+            );
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "\n- {n}");
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------
+// small helpers
+// ---------------------------------------------------------------------------
+
+fn median(mut v: Vec<f64>) -> f64 {
+    assert!(!v.is_empty(), "median of nothing");
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free port")
+        .port()
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn require_tool(name: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "the benchmark needs `{name}` (Debian package {package}): apt-get install {package}"
+    );
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// (comm, utime+stime+cutime+cstime in ticks) of /proc/<pid>/stat.
+fn proc_cpu(pid: u32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    // Fields after the comm: state is field 3; utime..cstime are fields 14..17.
+    let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let f = |i: usize| {
+        rest.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some((comm, f(14) + f(15) + f(16) + f(17)))
+}
+
+/// CPU ticks used so far by dockerd, containerd, the shims (which reap runc, so exec costs
+/// land in their cutime/cstime), runc and docker-proxy: pid -> (start time, ticks).
+#[derive(Default)]
+struct DockerCpu(std::collections::HashMap<u32, (u64, u64)>);
+
+impl DockerCpu {
+    fn now() -> DockerCpu {
+        let mut m = std::collections::HashMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if let Some((comm, start, t)) = proc_cpu_start(pid) {
+                    if comm == "dockerd"
+                        || comm == "containerd"
+                        || comm.starts_with("containerd-shim")
+                        || comm == "docker-proxy"
+                        || comm == "runc"
+                    {
+                        m.insert(pid, (start, t));
+                    }
+                }
+            }
+        }
+        DockerCpu(m)
+    }
+
+    /// CPU seconds used since `self` by the processes alive now (a process that exited in
+    /// between is lost; one started in between counts in full).
+    fn seconds_since(&self) -> f64 {
+        let now = DockerCpu::now();
+        let ticks: u64 = now
+            .0
+            .iter()
+            .map(|(pid, (start, t))| match self.0.get(pid) {
+                Some((s0, t0)) if s0 == start => t.saturating_sub(*t0),
+                _ => *t,
+            })
+            .sum();
+        ticks as f64 / clock_ticks()
+    }
+}
+
+/// (comm, start time, CPU ticks) of a process.
+fn proc_cpu_start(pid: u32) -> Option<(String, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    let start: u64 = stat[close + 2..]
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()?;
+    let (comm, t) = proc_cpu(pid)?;
+    Some((comm, start, t))
+}
+
+fn process_cpu_seconds(pid: u32) -> f64 {
+    proc_cpu(pid).map(|(_, t)| t).unwrap_or(0) as f64 / clock_ticks()
+}
+
+/// (VmRSS, VmHWM) in KiB.
+fn process_rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let get = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+// ---------------------------------------------------------------------------
+// wrk and nginx
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    rps: f64,
+    p99_ms: f64,
+    errors: u64,
+    requests: u64,
+}
+
+fn wrk_duration_ms(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, factor) = if let Some(v) = s.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('m') {
+        (v, 60_000.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().map(|n| n * factor).unwrap_or(f64::NAN)
+}
+
+fn wrk(url: &str, p: &Params) -> Load {
+    // One wrk thread: on 2 cores a second one only takes CPU from the server under test.
+    let threads = std::env::var("ACESTREAM_BENCH_WRK_THREADS").unwrap_or_else(|_| "1".into());
+    let out = run_ok(Command::new("wrk").args([
+        &format!("-t{threads}"),
+        &format!("-c{}", p.connections),
+        &format!("-d{}s", p.load.as_secs().max(1)),
+        "--latency",
+        url,
+    ]));
+    let mut load = Load {
+        rps: f64::NAN,
+        p99_ms: f64::NAN,
+        errors: 0,
+        requests: 0,
+    };
+    for line in out.lines() {
+        let line = line.trim();
+        if line.contains(" requests in ") {
+            load.requests = line
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            load.rps = v.trim().parse().unwrap_or(f64::NAN);
+        } else if let Some(v) = line.strip_prefix("99%") {
+            load.p99_ms = wrk_duration_ms(v);
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            load.errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            load.errors += v
+                .split(',')
+                .filter_map(|kv| kv.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    assert!(
+        load.rps.is_finite() && load.p99_ms.is_finite(),
+        "unexpected wrk output for {url}:\n{out}"
+    );
+    load
+}
+
+/// nginx serving files from a temp dir: the physical yardstick for reads.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(files: &[(&str, &[u8])]) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).expect("nginx root");
+        for (name, bytes) in files {
+            std::fs::write(root.join(name), bytes).expect("nginx file");
+        }
+        let port = free_port();
+        // SAFETY: geteuid has no preconditions.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root;"
+        } else {
+            ""
+        };
+        let d = dir.path().display();
+        let conf = format!(
+            "{user}\nworker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  types {{ }}\n  default_type application/octet-stream;\n\
+             keepalive_requests 1000000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}\n}}\n",
+            root = root.display()
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start nginx");
+        let n = Nginx {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid; QUIT is nginx's graceful stop.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Docker API proxy: counts what the agent asks Docker
+// ---------------------------------------------------------------------------
+
+/// A Unix socket in front of /var/run/docker.sock that counts the agent's Docker API
+/// requests (and exec creations): the proof that a scrape never calls Docker, and what an
+/// idle agent asks of Docker per minute.
+struct DockerProxy {
+    path: PathBuf,
+    requests: Arc<std::sync::atomic::AtomicU64>,
+    execs: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl DockerProxy {
+    fn start(rt: &tokio::runtime::Runtime) -> DockerProxy {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docker.sock");
+        let requests = Arc::new(AtomicU64::new(0));
+        let execs = Arc::new(AtomicU64::new(0));
+        let listener = {
+            let _guard = rt.enter();
+            tokio::net::UnixListener::bind(&path).expect("proxy socket")
+        };
+        let (rq, ex) = (requests.clone(), execs.clone());
+        let task = rt.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (rq, ex) = (rq.clone(), ex.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let chunk = &buf[..n];
+                            let count = |pat: &[u8]| {
+                                chunk.windows(pat.len()).filter(|w| *w == pat).count() as u64
+                            };
+                            rq.fetch_add(count(b" HTTP/1.1\r\n"), Ordering::Relaxed);
+                            ex.fetch_add(count(b"/exec HTTP/1.1\r\n"), Ordering::Relaxed);
+                            if sw.write_all(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        DockerProxy {
+            path,
+            requests,
+            execs,
+            task,
+            _dir: dir,
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// (requests, exec creations) so far.
+    fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.execs.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the agent as a process (what a host runs)
+// ---------------------------------------------------------------------------
+
+struct AgentProc {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl AgentProc {
+    fn start(label: &str, extra_env: &[(&str, String)]) -> AgentProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("config.toml");
+        std::fs::write(&empty, "").expect("config file");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("agent log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_acestream-agent"));
+        cmd.arg("--config")
+            .arg(&empty)
+            .env("ACESTREAM_AGENT_HTTP__LISTEN", addr.to_string())
+            .env("ACESTREAM_AGENT_DISCOVERY__LABELS", format!("[{label}]"))
+            .env("ACESTREAM_AGENT_DISCOVERY__IMAGES", "[]")
+            .env("ACESTREAM_AGENT_STORE__PATH", dir.path().join("state.redb"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("cannot start the agent binary");
+        AgentProc {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn engines_json(addr: SocketAddr) -> Vec<Value> {
+    match try_http_get(addr, "/engines").await {
+        Ok((200, body)) => serde_json::from_str::<Vec<Value>>(&body).unwrap_or_default(),
+        _ => vec![],
+    }
+}
+
+async fn wait_engines(addr: SocketAddr, ids: &[String], what: &str) {
+    eventually(Duration::from_secs(30), what, || async move {
+        let listed = engines_json(addr).await;
+        let missing = ids
+            .iter()
+            .filter(|id| !listed.iter().any(|e| e["container_id"] == id.as_str()))
+            .count();
+        if missing == 0 {
+            Ok(())
+        } else {
+            Err(format!("{missing} of {} not listed yet", ids.len()))
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// engines
+// ---------------------------------------------------------------------------
+
+fn start_engines(run: &str, n: usize, idle: usize) -> Vec<TestEngine> {
+    // Protect against the harness's stale-container sweep of concurrent test processes (it
+    // removes test containers older than 10 minutes; a full run takes longer).
+    let created = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 30 * 60)
+        .to_string();
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let run = run.to_string();
+            let created = created.clone();
+            (i, run, created)
+        })
+        .collect::<Vec<_>>()
+        .chunks(4)
+        .map(|c| c.to_vec())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|chunk| {
+            std::thread::spawn(move || {
+                chunk
+                    .into_iter()
+                    .map(|(i, run, created)| {
+                        let mut b = TestEngine::builder()
+                            .name_prefix("ace-bench")
+                            .publish(false)
+                            .label(TEST_CREATED_LABEL, &created)
+                            .label(BENCH_LABEL, &run);
+                        if i < idle {
+                            b = b.label(IDLE_LABEL, &run);
+                        }
+                        (i, b.start())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut engines: Vec<(usize, TestEngine)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("engine start thread"))
+        .collect();
+    engines.sort_by_key(|(i, _)| *i);
+    engines.into_iter().map(|(_, e)| e).collect()
+}
+
+// ---------------------------------------------------------------------------
+// sections
+// ---------------------------------------------------------------------------
+
+fn bench_http(
+    p: &Params,
+    agent: &AgentProc,
+    proxy: &DockerProxy,
+    table: &mut Table,
+    rt: &tokio::runtime::Runtime,
+) {
+    let base = format!("http://{}", agent.addr);
+    // The bytes the agent serves now, for nginx to serve the same.
+    let (engines_body, metrics_body) = rt.block_on(async {
+        let (_, e) = http_get(agent.addr, "/engines").await;
+        let (_, m) = http_get(agent.addr, "/metrics").await;
+        (e, m)
+    });
+    let nginx = Nginx::start(&[
+        ("engines", engines_body.as_bytes()),
+        ("metrics", metrics_body.as_bytes()),
+    ]);
+    let nbase = format!("http://127.0.0.1:{}", nginx.port);
+    // Warm-up.
+    let warm = Params {
+        load: Duration::from_secs(1),
+        ..p.clone()
+    };
+    wrk(&format!("{base}/engines"), &warm);
+    wrk(&format!("{nbase}/engines"), &warm);
+
+    let mut ag_e = vec![];
+    let mut ng_e = vec![];
+    let mut ag_m = vec![];
+    let mut ng_m = vec![];
+    let mut dock_m = vec![];
+    let mut dock_idle = vec![];
+    let (mut api_load, mut api_idle, mut scrapes) = (0, 0, 0);
+    let mut errors = 0;
+    for _ in 0..p.runs {
+        let a = wrk(&format!("{base}/engines"), p);
+        let n = wrk(&format!("{nbase}/engines"), p);
+        // Docker's CPU over a window as long as the load, agent idle, then under the load.
+        // Docker API requests too (through the counting proxy).
+        let (r0, _) = proxy.counts();
+        let d0 = DockerCpu::now();
+        let t0 = Instant::now();
+        std::thread::sleep(p.load);
+        dock_idle.push(d0.seconds_since() / t0.elapsed().as_secs_f64() * 100.0);
+        let (r1, _) = proxy.counts();
+        let d0 = DockerCpu::now();
+        let t0 = Instant::now();
+        let am = wrk(&format!("{base}/metrics"), p);
+        dock_m.push(d0.seconds_since() / t0.elapsed().as_secs_f64() * 100.0);
+        let (r2, _) = proxy.counts();
+        api_idle += r1 - r0;
+        api_load += r2 - r1;
+        scrapes += am.requests;
+        let nm = wrk(&format!("{nbase}/metrics"), p);
+        errors += a.errors + am.errors;
+        ag_e.push(a);
+        ng_e.push(n);
+        ag_m.push(am);
+        ng_m.push(nm);
+    }
+    drop(nginx);
+    let rps = |v: &[Load]| median(v.iter().map(|l| l.rps).collect());
+    let p99 = |v: &[Load]| median(v.iter().map(|l| l.p99_ms).collect());
+    let n = p.http_engines;
+    let (ae, ne) = (rps(&ag_e), rps(&ng_e));
+    table.row(
+        &format!("/engines req/s ({n} engines, {} conns)", p.connections),
+        format!("{ae:.0} ({:.0} % of nginx)", ae / ne * 100.0),
+        format!("nginx same bytes: {ne:.0}"),
+        "≥ 10,000 and ≥ 50 % of nginx",
+        Some(ae >= 10_000.0 && ae >= ne / 2.0),
+    );
+    let (ap, np) = (p99(&ag_e), p99(&ng_e));
+    table.row(
+        &format!("/engines p99 ({n} engines)"),
+        format!("{ap:.2} ms"),
+        format!("nginx: {np:.2} ms"),
+        "< 10 ms",
+        Some(ap < 10.0),
+    );
+    let (am, nm) = (rps(&ag_m), rps(&ng_m));
+    table.row(
+        &format!("/metrics req/s ({n} engines, {} conns)", p.connections),
+        format!("{am:.0} ({:.0} % of nginx)", am / nm * 100.0),
+        format!("nginx same bytes: {nm:.0}"),
+        "≥ 5,000",
+        Some(am >= 5_000.0),
+    );
+    let (amp, nmp) = (p99(&ag_m), p99(&ng_m));
+    table.row(
+        &format!("/metrics p99 ({n} engines)"),
+        format!("{amp:.2} ms"),
+        format!("nginx: {nmp:.2} ms"),
+        "< 10 ms",
+        Some(amp < 10.0),
+    );
+    let (dm, di) = (median(dock_m), median(dock_idle));
+    table.row(
+        "/metrics load: Docker API calls",
+        format!(
+            "{api_load} API requests in {scrapes} scrapes; dockerd+containerd {dm:.2} % of a core"
+        ),
+        format!("equal windows without load: {api_idle} requests, {di:.2} %"),
+        "a scrape never calls Docker",
+        Some((api_load as f64) < (scrapes as f64) / 1000.0),
+    );
+    table.notes.push(format!(
+        "HTTP: wrk -t{} -c{} -d{}s --latency (load client on the same 2 cores), agent = release \
+         binary, {} non-2xx/socket errors; /engines body {} bytes, /metrics body {} bytes",
+        std::env::var("ACESTREAM_BENCH_WRK_THREADS").unwrap_or_else(|_| "1".into()),
+        p.connections,
+        p.load.as_secs(),
+        errors,
+        engines_body.len(),
+        metrics_body.len()
+    ));
+}
+
+fn bench_reaction(
+    p: &Params,
+    run: &str,
+    agent: &AgentProc,
+    engines: &[TestEngine],
+    table: &mut Table,
+    rt: &tokio::runtime::Runtime,
+) {
+    let image = fake_engine_image();
+    // Container start -> listed in /engines.
+    let mut listed = vec![];
+    let mut docker_start = vec![];
+    for _ in 0..p.reaction_runs {
+        let name = unique_name("ace-bench-react");
+        let id = run_ok(Command::new("docker").args([
+            "create",
+            "--name",
+            &name,
+            "--label",
+            &format!("{TEST_LABEL}={}", run_id()),
+            "--label",
+            &format!("{BENCH_LABEL}={run}"),
+            &image,
+        ]))
+        .trim()
+        .to_string();
+        let t0 = Instant::now();
+        run_ok(Command::new("docker").args(["start", &id]));
+        let started = t0.elapsed();
+        let seen = rt.block_on(async {
+            loop {
+                if engines_json(agent.addr)
+                    .await
+                    .iter()
+                    .any(|e| e["container_id"] == id.as_str())
+                {
+                    return t0.elapsed();
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "engine {id} never listed"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        listed.push(ms(seen));
+        docker_start.push(ms(started));
+    }
+    let l = median(listed);
+    table.row(
+        "start -> in /engines",
+        format!("{l:.0} ms"),
+        format!("`docker start` itself: {:.0} ms", median(docker_start)),
+        "≤ 1 s",
+        Some(l <= 1000.0),
+    );
+
+    // Last stream end (event API) -> cleanup recorded.
+    let mut after = vec![];
+    for engine in engines.iter().take(p.reaction_runs.min(engines.len())) {
+        let waited = rt.block_on(async {
+            let e = engines_json(agent.addr)
+                .await
+                .into_iter()
+                .find(|e| e["container_id"] == engine.id.as_str())
+                .expect("engine listed");
+            let host = e["host"].as_str().expect("host").to_string();
+            let port = e["port"].as_u64().expect("port");
+            let before = e["cleanups_total"].as_u64().unwrap_or(0);
+            let key = unique_name("k");
+            let body = json!({
+                "engine": {"host": host, "port": port},
+                "stream": {"key_type": "content_id", "key": key},
+                "session": {
+                    "playback_session_id": "s",
+                    "stat_url": format!("http://{host}:{port}/ace/stat/{key}/s"),
+                    "command_url": format!("http://{host}:{port}/ace/cmd/{key}/s"),
+                    "is_live": 1
+                },
+                "labels": {"stream_id": format!("{key}|s")}
+            });
+            let hdr = [("content-type", "application/json")];
+            let (st, text) = http_post(
+                agent.addr,
+                "/events/stream_started",
+                &body.to_string(),
+                &hdr,
+            )
+            .await;
+            assert_eq!(st, 200, "stream_started: {text}");
+            let t0 = Instant::now();
+            let end = json!({"stream_id": format!("{key}|s"), "reason": "bench"});
+            let (st, text) =
+                http_post(agent.addr, "/events/stream_ended", &end.to_string(), &hdr).await;
+            assert_eq!(st, 200, "stream_ended: {text}");
+            loop {
+                let done = engines_json(agent.addr).await.iter().any(|e| {
+                    e["container_id"] == engine.id.as_str()
+                        && e["cleanups_total"].as_u64().unwrap_or(0) > before
+                });
+                if done {
+                    return t0.elapsed();
+                }
+                assert!(
+                    t0.elapsed() < p.idle_grace + Duration::from_secs(30),
+                    "no cleanup recorded for {}",
+                    engine.name
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        after.push(ms(waited));
+    }
+    let a = median(after);
+    let grace = ms(p.idle_grace);
+    table.row(
+        "last stream end -> cleanup recorded",
+        format!("{a:.0} ms (idle_grace + {:.0} ms)", a - grace),
+        format!("idle_grace {grace:.0} ms"),
+        "≤ idle_grace + 1 s",
+        Some(a <= grace + 1000.0),
+    );
+}
+
+fn bench_idle(
+    p: &Params,
+    run: &str,
+    engines: &[TestEngine],
+    table: &mut Table,
+    rt: &tokio::runtime::Runtime,
+) {
+    let n = p.idle_engines;
+    let window = p.idle_window;
+    // Baseline: the same engines, no agent.
+    let mut base = vec![];
+    for _ in 0..p.runs.min(2) {
+        let d0 = DockerCpu::now();
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        base.push(d0.seconds_since() / t0.elapsed().as_secs_f64() * 100.0);
+    }
+    let base = median(base);
+
+    let proxy = DockerProxy::start(rt);
+    let agent = AgentProc::start(
+        &format!("{IDLE_LABEL}={run}"),
+        &[("ACESTREAM_AGENT_DOCKER__HOST", proxy.host())],
+    );
+    let ids: Vec<String> = engines.iter().take(n).map(|e| e.id.clone()).collect();
+    rt.block_on(wait_engines(
+        agent.addr,
+        &ids,
+        "the idle engines to be listed",
+    ));
+    let pid = agent.pid();
+    let mut agent_cpu = vec![];
+    let mut docker_cpu = vec![];
+    let (q0, x0) = proxy.counts();
+    let t_all = Instant::now();
+    for _ in 0..p.runs {
+        let a0 = process_cpu_seconds(pid);
+        let d0 = DockerCpu::now();
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        let secs = t0.elapsed().as_secs_f64();
+        agent_cpu.push((process_cpu_seconds(pid) - a0) / secs * 100.0);
+        docker_cpu.push(d0.seconds_since() / secs * 100.0);
+    }
+    let (q1, x1) = proxy.counts();
+    let minutes = t_all.elapsed().as_secs_f64() / 60.0;
+    let (rss, hwm) = process_rss_kib(pid);
+    agent.stop();
+    drop(proxy);
+    let a = median(agent_cpu);
+    let d = median(docker_cpu);
+    table.row(
+        &format!(
+            "idle agent CPU ({n} engines, default intervals, {}s windows)",
+            window.as_secs()
+        ),
+        format!("{a:.3} % of a core"),
+        "-".into(),
+        "≤ 1 %",
+        Some(a <= 1.0),
+    );
+    table.row(
+        "idle added dockerd+containerd CPU",
+        format!(
+            "{:.3} % of a core ({d:.3} % with agent; the agent asked Docker {:.0} requests/min, \
+             {:.0} execs/min)",
+            d - base,
+            (q1 - q0) as f64 / minutes,
+            (x1 - x0) as f64 / minutes
+        ),
+        format!("no agent: {base:.3} %"),
+        "≤ 1 %",
+        Some(d - base <= 1.0),
+    );
+    let mib = |k: u64| k as f64 / 1024.0;
+    table.row(
+        "idle agent RSS",
+        format!("{:.1} MiB (peak {:.1} MiB)", mib(rss), mib(hwm)),
+        "-".into(),
+        "≤ 20 MiB",
+        Some(mib(hwm) <= 20.0),
+    );
+}
+
+/// One exec per engine that writes `files` files of `bytes` zero bytes into the cache.
+fn fill_caches(engines: &[TestEngine], p: &Params) {
+    let script =
+        r#"i=0; while [ $i -lt "$2" ]; do head -c "$3" /dev/zero > "$1/f$i"; i=$((i+1)); done"#;
+    std::thread::scope(|s| {
+        for chunk in engines.chunks(engines.len().div_ceil(4).max(1)) {
+            s.spawn(move || {
+                for e in chunk {
+                    e.exec(&[
+                        "sh",
+                        "-c",
+                        script,
+                        "sh",
+                        &e.cache_dir,
+                        &p.files_per_engine.to_string(),
+                        &p.file_bytes.to_string(),
+                    ]);
+                }
+            });
+        }
+    });
+}
+
+fn fill_host(dir: &Path, engines: usize, p: &Params) -> Vec<PathBuf> {
+    let zeros = vec![0u8; p.file_bytes];
+    (0..engines)
+        .map(|i| {
+            let d = dir.join(format!("engine{i}"));
+            std::fs::create_dir_all(&d).expect("host dir");
+            for f in 0..p.files_per_engine {
+                std::fs::write(d.join(format!("f{f}")), &zeros).expect("host file");
+            }
+            d
+        })
+        .collect()
+}
+
+fn bench_sweep(
+    p: &Params,
+    run: &str,
+    engines: &[TestEngine],
+    table: &mut Table,
+    rt: &tokio::runtime::Runtime,
+) {
+    let engines = &engines[..p.idle_engines];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = Config::default();
+    cfg.discovery.labels = vec![format!("{IDLE_LABEL}={run}").parse().expect("label")];
+    cfg.discovery.images = vec![];
+    cfg.store.path = dir.path().join("state.redb");
+    cfg.cleanup.interval = None;
+    cfg.cleanup.idle_grace = None;
+    cfg.cleanup.measure_interval = None;
+    let concurrency = cfg.cleanup.concurrency;
+    let exec_timeout = cfg.cleanup.exec_timeout;
+    let agent = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Agent::start(cfg, listener).await.expect("agent starts")
+    });
+    let ids: Vec<String> = engines.iter().map(|e| e.id.clone()).collect();
+    rt.block_on(wait_engines(
+        agent.addr,
+        &ids,
+        "the sweep engines to be listed",
+    ));
+    let docker = DockerClient::new(None);
+    rt.block_on(docker.reconnect()).expect("docker connects");
+    let janitor = Janitor::new(
+        agent.registry.clone(),
+        docker,
+        JanitorConfig {
+            exec_timeout,
+            concurrency,
+            min_bytes: 0,
+        },
+        Arc::new(Metrics::new()),
+    );
+    let total = |snap: &Snapshot| -> (u64, u64) {
+        snap.engines
+            .iter()
+            .filter(|e| ids.contains(&e.engine.container_id))
+            .fold((0, 0), |(n, b), e| {
+                (
+                    n + e.engine.cleanups_total,
+                    b + e.engine.cache_freed_bytes_total,
+                )
+            })
+    };
+    let host_dir = tempfile::tempdir_in("/var/tmp").expect("host tempdir");
+    let mut sweep = vec![];
+    let mut cli = vec![];
+    let mut host = vec![];
+    let mut freed = 0;
+    for _ in 0..p.runs {
+        // The agent's sweep: start -> all recorded.
+        fill_caches(engines, p);
+        let (n0, b0) = total(&agent.snapshot());
+        let t0 = Instant::now();
+        rt.block_on(janitor.sweep());
+        let took = t0.elapsed();
+        let (n1, b1) = total(&agent.snapshot());
+        if n1 - n0 != engines.len() as u64 {
+            let snap = agent.snapshot();
+            let states: Vec<String> = snap
+                .engines
+                .iter()
+                .filter(|e| ids.contains(&e.engine.container_id))
+                .map(|e| {
+                    format!(
+                        "{} running={} idle={} cleaning={} err={:?} last={:?}",
+                        e.engine.container_name,
+                        e.running,
+                        e.is_idle(),
+                        e.cleaning,
+                        e.cache_path_error,
+                        e.engine.last_cleanup_error
+                    )
+                })
+                .collect();
+            let one = rt.block_on(janitor.cleanup(&ids[0], Trigger::Manual));
+            panic!(
+                "sweep recorded {} of {}: {states:#?}; a manual cleanup: {one:?}",
+                n1 - n0,
+                engines.len()
+            );
+        }
+        assert_eq!(
+            n1 - n0,
+            engines.len() as u64,
+            "the sweep did not record every engine"
+        );
+        freed = b1 - b0;
+        sweep.push(ms(took));
+
+        // The docker CLI, sequentially: du, then rm, per engine.
+        fill_caches(engines, p);
+        let t0 = Instant::now();
+        for e in engines {
+            run_ok(Command::new("docker").args(["exec", &e.id, "du", "-sk", &e.cache_dir]));
+            run_ok(Command::new("docker").args([
+                "exec",
+                &e.id,
+                "sh",
+                "-c",
+                r#"rm -rf "$1"/*"#,
+                "sh",
+                &e.cache_dir,
+            ]));
+        }
+        cli.push(ms(t0.elapsed()));
+        assert!(
+            engines[0].list_cache().is_empty(),
+            "the CLI baseline did not delete"
+        );
+
+        // The same files deleted directly on the host.
+        let dirs = fill_host(host_dir.path(), engines.len(), p);
+        let t0 = Instant::now();
+        run_ok(Command::new("rm").arg("-rf").args(&dirs));
+        host.push(ms(t0.elapsed()));
+    }
+    rt.block_on(agent.stop());
+    let (s, c, h) = (median(sweep), median(cli), median(host));
+    let mib = (p.files_per_engine * p.file_bytes) as f64 / (1 << 20) as f64;
+    let n = engines.len();
+    table.row(
+        &format!(
+            "sweep vs docker CLI du+rm ({n} idle engines × {mib:.1} MiB in {} files)",
+            p.files_per_engine
+        ),
+        format!("{:.2} × ({s:.0} ms)", s / c),
+        format!("CLI du -sk + rm -rf per engine: {c:.0} ms"),
+        "≤ 0.4 ×",
+        Some(s / c <= 0.4),
+    );
+    table.row(
+        "sweep vs host rm -rf",
+        format!("{:.2} × ({s:.0} ms)", s / h),
+        format!("host rm -rf same files: {h:.0} ms"),
+        "≤ 2 ×",
+        Some(s / h <= 2.0),
+    );
+    table.notes.push(format!(
+        "sweep: Janitor::sweep() of the library with cleanup.concurrency = {concurrency}, \
+         freed {:.1} MiB per sweep; busybox du has no -b, so the CLI baseline runs du -sk; \
+         host files in /var/tmp (same filesystem as /var/lib/docker)",
+        freed as f64 / (1 << 20) as f64
+    ));
+}
+
+fn fake_engine(i: usize) -> Engine {
+    let now = chrono::Utc::now();
+    let id = format!("{i:064x}");
+    Engine {
+        container_id: id,
+        container_name: format!("acestream-engine-{i}"),
+        host: "10.0.0.1".into(),
+        port: 40000 + (i % 20000) as u16,
+        streams: vec![],
+        health_status: HealthStatus::Healthy,
+        last_health_check: Some(now),
+        last_stream_usage: Some(now),
+        last_cache_cleanup: Some(now),
+        cache_size_bytes: Some(123_456_789),
+        image: "ghcr.io/example/acestream:latest".into(),
+        labels: [
+            ("acestream.engine".to_string(), "true".to_string()),
+            ("orchestrator.managed".to_string(), "acestream".to_string()),
+        ]
+        .into_iter()
+        .collect(),
+        version: Some("3.1.75".into()),
+        first_seen: now,
+        last_seen: now,
+        cache_current_bytes: Some(1_234_567),
+        cache_measured_at: Some(now),
+        cleanups_total: 100,
+        cleanup_failures_total: 1,
+        cache_freed_bytes_total: 9_876_543_210,
+        last_cleanup_error: None,
+        cache_path: "/home/appuser/.ACEStream/.acestream_cache".into(),
+        cache_mountpoint: None,
+    }
+}
+
+fn bench_store(p: &Params, table: &mut Table, rt: &tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let n = p.store_engines;
+    let h = p.store_history;
+    {
+        let store = Store::open(&path, h).expect("store opens");
+        let engines: Vec<Engine> = (0..n).map(fake_engine).collect();
+        for chunk in engines.chunks(50) {
+            let mut batch = Batch::default();
+            for e in chunk {
+                batch.engines.push(PersistedEngine {
+                    engine: e.clone(),
+                    counters: TriggerCounters::default(),
+                    gone_at: None,
+                });
+                for k in 0..h {
+                    let at = chrono::Utc::now() - chrono::Duration::minutes((h - k) as i64);
+                    batch.records.push(CleanupRecord {
+                        container_id: e.container_id.clone(),
+                        container_name: e.container_name.clone(),
+                        trigger: Trigger::Sweep,
+                        started_at: at,
+                        finished_at: at,
+                        duration_seconds: 0.25,
+                        success: true,
+                        size_before_bytes: Some(20 << 20),
+                        freed_bytes: 20 << 20,
+                        remaining_bytes: Some(0),
+                        skipped_below_min: false,
+                        error: None,
+                    });
+                }
+            }
+            store.apply(&batch).expect("store write");
+        }
+    }
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut open = vec![];
+    let mut open_load = vec![];
+    let mut loaded = None;
+    for _ in 0..p.runs.max(3) {
+        let t0 = Instant::now();
+        let store = Store::open(&path, h).expect("store reopens");
+        let t1 = t0.elapsed();
+        let l = store.load().expect("store loads");
+        open_load.push(ms(t0.elapsed()));
+        open.push(ms(t1));
+        assert_eq!(l.engines.len(), n, "store lost engines");
+        loaded = Some(l);
+        drop(store);
+    }
+    let (o, ol) = (median(open), median(open_load));
+    table.row(
+        &format!("store open (+load), {n} engines × {h} records"),
+        format!("{o:.1} ms (+load {ol:.1} ms)"),
+        format!("file {:.1} MiB", size as f64 / (1 << 20) as f64),
+        "≤ 200 ms",
+        Some(ol <= 200.0),
+    );
+
+    let snap = Snapshot {
+        engines: loaded
+            .expect("loaded")
+            .engines
+            .into_iter()
+            .map(|pe| EngineState {
+                engine: pe.engine,
+                counters: pe.counters,
+                runtime: Runtime::default(),
+                cache_path_error: None,
+                cleaning: false,
+                running: true,
+            })
+            .collect(),
+        docker_up: true,
+        store_error: None,
+        last_sweep: None,
+        // Fields the benchmark does not need (filesystems) stay empty.
+        ..Default::default()
+    };
+    let mut render = vec![];
+    let mut bytes = 0;
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        bytes = acestream_agent::http::views::engines_json(&snap).len();
+        render.push(ms(t0.elapsed()));
+    }
+    let r = median(render);
+    table.row(
+        &format!("/engines render, store engines ({n})"),
+        format!("{r:.2} ms ({bytes} bytes, once per change)"),
+        "-".into(),
+        "≤ 20 ms",
+        Some(r <= 20.0),
+    );
+
+    // The whole agent on that store: Docker unreachable, so it serves the stored engines.
+    let mut cfg = Config::default();
+    cfg.store.path = path.clone();
+    cfg.store.history_per_engine = h;
+    cfg.docker.host = Some(format!("unix://{}/no-docker.sock", dir.path().display()));
+    cfg.discovery.labels = vec!["acestream-agent.bench.none=1".parse().expect("label")];
+    cfg.discovery.images = vec![];
+    let (start, get, listed) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let t0 = Instant::now();
+        let agent = Agent::start(cfg, listener)
+            .await
+            .expect("agent starts on the store");
+        let start = t0.elapsed();
+        let mut get = vec![];
+        let mut listed = 0;
+        for _ in 0..20 {
+            let t0 = Instant::now();
+            let (status, body) = http_get(agent.addr, "/engines").await;
+            get.push(ms(t0.elapsed()));
+            assert_eq!(status, 200);
+            listed = serde_json::from_str::<Vec<Value>>(&body)
+                .map(|v| v.len())
+                .unwrap_or(0);
+        }
+        agent.stop().await;
+        (start, median(get), listed)
+    });
+    table.row(
+        &format!("GET /engines, store engines ({listed} listed)"),
+        format!("{get:.2} ms (new connection, whole body)"),
+        format!("Agent::start on the store: {:.0} ms", ms(start)),
+        "≤ 20 ms",
+        Some(get <= 20.0),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// entry points
+// ---------------------------------------------------------------------------
+
+/// Runs every section and returns the Markdown table.
+pub fn run(p: &Params) -> String {
+    require_tool("wrk", "wrk");
+    require_tool("nginx", "nginx-light");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut table = Table::default();
+    let t_all = Instant::now();
+    let run = unique_name("bench");
+    eprintln!("bench: params {p:?}");
+
+    bench_store(p, &mut table, &rt);
+
+    eprintln!(
+        "bench: starting {} engines",
+        p.http_engines.max(p.idle_engines)
+    );
+    let engines = start_engines(&run, p.http_engines.max(p.idle_engines), p.idle_engines);
+    rt.block_on(async {
+        for e in &engines {
+            let ip = e.ip();
+            eventually(Duration::from_secs(20), "engine HTTP", || async move {
+                try_http_get(SocketAddr::new(ip, ENGINE_PORT), STATUS_PATH).await
+            })
+            .await;
+        }
+    });
+
+    // HTTP serving and reactions: one agent over every engine, sweep off (the stream-end
+    // trigger is under test), idle_grace the default.
+    let proxy = DockerProxy::start(&rt);
+    let agent = AgentProc::start(
+        &format!("{BENCH_LABEL}={run}"),
+        &[
+            ("ACESTREAM_AGENT_DOCKER__HOST", proxy.host()),
+            ("ACESTREAM_AGENT_CLEANUP__INTERVAL", "off".into()),
+            (
+                "ACESTREAM_AGENT_CLEANUP__IDLE_GRACE",
+                format!("{}ms", p.idle_grace.as_millis()),
+            ),
+        ],
+    );
+    let ids: Vec<String> = engines.iter().map(|e| e.id.clone()).collect();
+    rt.block_on(wait_engines(agent.addr, &ids, "every engine to be listed"));
+    // Health results in, so the bodies are the steady-state ones.
+    rt.block_on(eventually(
+        Duration::from_secs(30),
+        "health checks",
+        || async {
+            let listed = engines_json(agent.addr).await;
+            listed
+                .iter()
+                .all(|e| e["health_status"] == "healthy")
+                .then_some(())
+        },
+    ));
+    eprintln!("bench: HTTP");
+    bench_http(p, &agent, &proxy, &mut table, &rt);
+    eprintln!("bench: reactions");
+    bench_reaction(p, &run, &agent, &engines, &mut table, &rt);
+    agent.stop();
+
+    eprintln!("bench: idle cost");
+    bench_idle(p, &run, &engines, &mut table, &rt);
+    eprintln!("bench: sweep");
+    bench_sweep(p, &run, &engines, &mut table, &rt);
+    drop(engines);
+
+    table.notes.push(format!(
+        "machine: {} cores, load average before/after: {}; total bench time {:.0} s",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim(),
+        t_all.elapsed().as_secs_f64()
+    ));
+    table.render(p)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`. `cargo test --all-targets` runs this binary without it
+    // and `cargo nextest` asks it to `--list` its tests: there are none, so say nothing and
+    // exit (the smoke run is tests/bench_smoke.rs).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        if !args.iter().any(|a| a == "--list") {
+            eprintln!("benchmarks run with `cargo bench --bench agent` (see BENCHMARKS.md)");
+        }
+        return;
+    }
+    let p = Params::from_env();
+    let table = run(&p);
+    println!("{table}");
+}

@@ -1,0 +1,1068 @@
+//! Disk pressure (SPEC §7): which host filesystem each engine's cache lives on, its free space
+//! every `pressure.interval`, and, below `pressure.min_free`, cleanups of the idle engines on it,
+//! largest cache first, re-reading free space after each, until it is back above the threshold
+//! or no idle engine with something to free is left.
+//!
+//! Owns the mount resolution and the episode state of each filesystem. Never decides idleness
+//! (the registry does, and re-checks it inside the janitor's cleanup right before deleting) and
+//! never runs an exec itself (the janitor measures and cleans, within `cleanup.concurrency`).
+//! Reports to the registry with `RegistryCmd::Filesystems`.
+//!
+//! Where a cache lives: the host source of the container mount (bind or volume) that holds the
+//! cache path, else Docker's root directory; a tmpfs mount (and `/dev`, which Docker gives every
+//! container as tmpfs) is memory, not disk, and is not watched. The filesystem of that host path
+//! is the longest mount in `/proc/self/mountinfo` that holds it, named by where that filesystem
+//! itself is mounted, so two bind mounts of one disk count once.
+//!
+//! Every call that touches a filesystem (statvfs, canonicalize) runs in `spawn_blocking` with a
+//! deadline, because a hung mount (NFS, FUSE) blocks in the kernel: a path whose call timed out
+//! is marked stuck and skipped until that call returns, so blocked threads do not pile up one per
+//! tick (node_exporter's `stuckMountWatcher`).
+//!
+//! Exec cost: a pass measures the idle engines on the filesystem (one exec each) and cleans them
+//! one at a time (one exec each) until free space is back. An engine idle ever since its last
+//! cleanup has nothing to free and costs nothing; one handled in an episode (cleaned, or measured
+//! with nothing to free) is not measured again in that episode unless it has streamed since. So
+//! pressure that persists with nothing idle left costs no exec per tick.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::config::MinFree;
+use crate::docker::DockerClient;
+use crate::janitor::{CleanupError, Janitor};
+use crate::logging;
+use crate::model::{id12, EngineState, Filesystem, Mount, MountKind, Snapshot, Timestamp, Trigger};
+use crate::registry::{RegistryCmd, RegistryHandle};
+use crate::shutdown::Shutdown;
+
+/// Deadline of one statvfs or canonicalize (node_exporter's default mount timeout).
+pub const FS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+// ---------------------------------------------------------------------------------------------
+// Pure parts: mount resolution, threshold, plan
+// ---------------------------------------------------------------------------------------------
+
+/// The part of `path` below `prefix`, component-wise (`/a/b` is below `/a`, `/ab` is not);
+/// `""` when they are equal.
+fn below<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return path.strip_prefix('/');
+    }
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        Some("")
+    } else {
+        rest.strip_prefix('/')
+    }
+}
+
+fn join(base: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{}/{rest}", base.trim_end_matches('/'))
+    }
+}
+
+/// Where on the host an engine's cache lives: the host source of the mount holding
+/// `cache_path` (the one with the longest destination) plus the rest of the path, else Docker's
+/// root directory. `None` when the cache is memory (a tmpfs mount, or `/dev`, a tmpfs in every
+/// container) or on no host path the agent can read (a volume without a host directory).
+pub fn host_path(cache_path: &str, mounts: &[Mount], docker_root: Option<&str>) -> Option<String> {
+    let best = mounts
+        .iter()
+        .filter_map(|m| below(cache_path, &m.destination).map(|rest| (m, rest)))
+        .max_by_key(|(m, _)| m.destination.trim_end_matches('/').len());
+    match best {
+        Some((m, rest)) => match m.kind {
+            MountKind::Bind | MountKind::Volume if m.source.starts_with('/') => {
+                Some(join(&m.source, rest))
+            }
+            _ => None,
+        },
+        None if below(cache_path, "/dev").is_some() => None,
+        None => docker_root.map(str::to_string),
+    }
+}
+
+/// One line of `/proc/self/mountinfo`: the fields the resolution needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `major:minor` of the filesystem.
+    pub dev: String,
+    /// The directory of the filesystem mounted here (`/` for the whole filesystem).
+    pub root: String,
+    pub mountpoint: String,
+}
+
+/// Parses mountinfo (proc(5)); paths have space, tab, newline and backslash as octal escapes.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (_id, _parent) = (f.next()?, f.next()?);
+            let (dev, root, mountpoint) = (f.next()?, f.next()?, f.next()?);
+            Some(MountEntry {
+                dev: dev.to_string(),
+                root: unescape(root),
+                mountpoint: unescape(mountpoint),
+            })
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The filesystem holding `path` (absolute, symlinks resolved): the mount with the longest
+/// mountpoint containing it (of equal ones the last, which hides the others). Returns its name,
+/// the mountpoint of the same device where the whole filesystem is mounted (root `/`, the
+/// shortest if several) so that bind mounts of one disk count once, and the path to statvfs
+/// (the visible mount itself). `None` if no mount holds it.
+pub fn filesystem_of(path: &str, entries: &[MountEntry]) -> Option<(String, String)> {
+    let (_, e) = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| below(path, &e.mountpoint).is_some())
+        .max_by_key(|(i, e)| (e.mountpoint.trim_end_matches('/').len(), *i))?;
+    let name = entries
+        .iter()
+        .filter(|o| o.dev == e.dev)
+        .min_by_key(|o| (o.root != "/", o.mountpoint.len(), o.mountpoint.as_str()))
+        .map_or(&e.mountpoint, |o| &o.mountpoint);
+    Some((name.clone(), e.mountpoint.clone()))
+}
+
+/// `pressure.min_free` in bytes for a filesystem of `size` bytes.
+pub fn threshold_bytes(min_free: MinFree, size: u64) -> u64 {
+    match min_free {
+        MinFree::Percent(p) => (size as f64 * p / 100.0).ceil() as u64,
+        MinFree::Bytes(b) => b,
+    }
+}
+
+/// One measured idle engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: String,
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// The cleaning order: largest cache first. Empty caches (nothing to free) and caches below
+/// `cleanup.min_bytes` (never deleted) are left out; ties go by name, so the order is stable.
+pub fn plan(mut measured: Vec<Candidate>, min_bytes: u64) -> Vec<Candidate> {
+    measured.retain(|c| c.bytes > 0 && c.bytes >= min_bytes);
+    measured.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    measured
+}
+
+/// The engines a pass on `mountpoint` may measure: running, idle, not being cleaned, with a
+/// valid cache path, on that filesystem (`on`: engine id → filesystem), with something to free:
+/// not idle ever since its last cleanup (an idle engine writes nothing; what is left is the
+/// empty directory, which `du` counts as a few bytes), and not already handled in this episode
+/// (`done`: id → when) unless it has streamed since.
+pub fn eligible<'a>(
+    snapshot: &'a Snapshot,
+    on: &HashMap<String, String>,
+    mountpoint: &str,
+    done: &HashMap<String, Timestamp>,
+) -> Vec<&'a EngineState> {
+    snapshot
+        .engines
+        .iter()
+        .filter(|e| e.running && e.is_idle() && !e.cleaning && e.cache_path_error.is_none())
+        .filter(|e| on.get(&e.engine.container_id).map(String::as_str) == Some(mountpoint))
+        .filter(
+            |e| match (e.engine.last_cache_cleanup, e.engine.last_stream_usage) {
+                (Some(cleaned), Some(used)) => used > cleaned,
+                (Some(_), None) => false,
+                (None, _) => true,
+            },
+        )
+        .filter(|e| match done.get(&e.engine.container_id) {
+            None => true,
+            Some(at) => e.engine.last_stream_usage.is_some_and(|u| u > *at),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filesystem calls with a deadline
+// ---------------------------------------------------------------------------------------------
+
+/// Space available to unprivileged users and size of the filesystem holding `path`, in bytes.
+#[allow(clippy::unnecessary_cast)] // the statvfs field types differ between targets
+pub fn statvfs(path: &str) -> std::io::Result<(u64, u64)> {
+    let c = CString::new(path)?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct; the call fills it
+    // and reads only the NUL-terminated path.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let unit = if s.f_frsize > 0 {
+        s.f_frsize
+    } else {
+        s.f_bsize
+    } as u64;
+    Ok((
+        (s.f_bavail as u64).saturating_mul(unit),
+        (s.f_blocks as u64).saturating_mul(unit),
+    ))
+}
+
+/// `path` with symlinks resolved as far as the agent may look (a directory it cannot search
+/// keeps the rest of the path as written).
+fn canonical(path: &str) -> String {
+    let mut base = std::path::PathBuf::from(path);
+    let mut rest: Vec<std::ffi::OsString> = vec![];
+    loop {
+        if let Ok(c) = std::fs::canonicalize(&base) {
+            let mut c = c;
+            for r in rest.iter().rev() {
+                c.push(r);
+            }
+            return c.to_string_lossy().into_owned();
+        }
+        match (base.file_name().map(|n| n.to_owned()), base.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                base = parent.to_path_buf();
+            }
+            _ => return path.to_string(),
+        }
+    }
+}
+
+enum Call<T> {
+    Done(T),
+    /// Timed out now, or still stuck from an earlier call.
+    Unavailable,
+}
+
+/// Runs filesystem calls off the async threads with a deadline. A key (path) whose call timed
+/// out is skipped until that call returns. std `Mutex`: held to test or change the set only.
+#[derive(Clone)]
+struct Guarded {
+    stuck: Arc<Mutex<HashSet<String>>>,
+    timeout: Duration,
+}
+
+impl Guarded {
+    fn new(timeout: Duration) -> Guarded {
+        Guarded {
+            stuck: Arc::new(Mutex::new(HashSet::new())),
+            timeout,
+        }
+    }
+
+    fn is_stuck(&self, key: &str) -> bool {
+        self.stuck
+            .lock()
+            .expect("stuck lock poisoned")
+            .contains(key)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        key: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Call<T> {
+        if self.is_stuck(key) {
+            return Call::Unavailable;
+        }
+        let finished = Arc::new(AtomicBool::new(false));
+        let (stuck, k, fin) = (self.stuck.clone(), key.to_string(), finished.clone());
+        let handle = tokio::task::spawn_blocking(move || {
+            let r = f();
+            // Under the lock, so the timeout path below either sees this call finished or
+            // marks it stuck before this removes the mark.
+            let mut s = stuck.lock().expect("stuck lock poisoned");
+            fin.store(true, Ordering::SeqCst);
+            if s.remove(&k) {
+                logging::filesystem_recovered(&k);
+            }
+            r
+        });
+        match tokio::time::timeout(self.timeout, handle).await {
+            Ok(Ok(r)) => Call::Done(r),
+            Ok(Err(_)) => Call::Unavailable,
+            Err(_) => {
+                let mut s = self.stuck.lock().expect("stuck lock poisoned");
+                if !finished.load(Ordering::SeqCst) && s.insert(key.to_string()) {
+                    logging::filesystem_stuck(key, self.timeout.as_secs_f64());
+                }
+                Call::Unavailable
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The task
+// ---------------------------------------------------------------------------------------------
+
+/// The pressure task's settings and handles; `run` starts it.
+pub struct Pressure {
+    pub registry: RegistryHandle,
+    pub janitor: Janitor,
+    pub docker: DockerClient,
+    /// `pressure.interval`.
+    pub interval: Duration,
+    /// `pressure.min_free`; `None` ("off"): filesystems are still read and reported, never
+    /// relieved.
+    pub min_free: Option<MinFree>,
+    /// `pressure.docker_root`; `None`: Docker's `DockerRootDir`.
+    pub docker_root: Option<String>,
+    /// Deadline of each statvfs or canonicalize (`FS_CALL_TIMEOUT`).
+    pub fs_timeout: Duration,
+}
+
+/// One watched filesystem.
+struct FsState {
+    /// A visible mountpoint of it, for statvfs.
+    stat_path: String,
+    /// Last reading (avail, size); `None` until read once.
+    last: Option<(u64, u64)>,
+    /// The last statvfs failed (logged once, on the transition).
+    unreadable: bool,
+    episode: Option<Episode>,
+}
+
+/// A disk-pressure episode on one filesystem: from free space falling below the threshold to
+/// it being back at or above it.
+#[derive(Default)]
+struct Episode {
+    persists_warned: bool,
+    /// Engines handled in this episode (cleaned, or with nothing to free), and when.
+    done: HashMap<String, Timestamp>,
+}
+
+struct Worker {
+    p: Pressure,
+    guarded: Guarded,
+    docker_root: Option<String>,
+    docker_was_up: bool,
+    /// Host path → the same with symlinks resolved.
+    canonical: HashMap<String, String>,
+    /// Last good mount table.
+    mounts: Vec<MountEntry>,
+    /// Engine id → filesystem name, for engines whose cache is on a watched filesystem.
+    engine_fs: HashMap<String, String>,
+    filesystems: BTreeMap<String, FsState>,
+    /// What the last resolution was based on; a change triggers a round at once.
+    fingerprint: Vec<(String, String)>,
+}
+
+impl Pressure {
+    /// Runs until shutdown: a round every `pressure.interval`, and one as soon as the set of
+    /// engines (or Docker's reachability) changes, so a new engine gets its `cache_mountpoint`
+    /// without waiting for the tick.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let mut snapshots = self.registry.subscribe();
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut w = Worker {
+            guarded: Guarded::new(self.fs_timeout),
+            docker_root: self.docker_root.clone(),
+            p: self,
+            docker_was_up: false,
+            canonical: HashMap::new(),
+            mounts: Vec::new(),
+            engine_fs: HashMap::new(),
+            filesystems: BTreeMap::new(),
+            fingerprint: Vec::new(),
+        };
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = snapshots.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let snap = snapshots.borrow_and_update().clone();
+                    if fingerprint(&snap) == w.fingerprint {
+                        continue;
+                    }
+                }
+                _ = shutdown.recv() => return,
+            }
+            w.round(&shutdown).await;
+        }
+    }
+}
+
+/// Running engines and their cache paths, plus Docker's reachability.
+fn fingerprint(snap: &Snapshot) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = snap
+        .engines
+        .iter()
+        .filter(|e| e.running)
+        .map(|e| (e.engine.container_id.clone(), e.engine.cache_path.clone()))
+        .collect();
+    v.push(("docker_up".into(), snap.docker_up.to_string()));
+    v
+}
+
+impl Worker {
+    async fn round(&mut self, shutdown: &Shutdown) {
+        let snap = self.p.registry.snapshot();
+        self.fingerprint = fingerprint(&snap);
+        self.refresh_docker_root(&snap).await;
+        let mountpoints = self.resolve(&snap).await;
+        let names: Vec<String> = self.filesystems.keys().cloned().collect();
+        for name in &names {
+            self.read(name).await;
+        }
+        self.publish(Some(mountpoints)).await;
+        for name in names {
+            if shutdown.is_shutdown() {
+                return;
+            }
+            if self
+                .filesystems
+                .get(&name)
+                .is_some_and(|f| f.episode.is_some())
+            {
+                self.relieve(&name, shutdown).await;
+            }
+        }
+    }
+
+    /// Asks Docker for its root directory once, and again after each reconnect (a restarted
+    /// daemon may have moved it), unless `pressure.docker_root` is set.
+    async fn refresh_docker_root(&mut self, snap: &Snapshot) {
+        let reconnected = snap.docker_up && !self.docker_was_up;
+        self.docker_was_up = snap.docker_up;
+        if self.p.docker_root.is_some() || !snap.docker_up {
+            return;
+        }
+        if self.docker_root.is_none() || reconnected {
+            match self.p.docker.root_dir().await {
+                Ok(Some(root)) => self.docker_root = Some(root),
+                Ok(None) => debug!("Docker reports no root directory"),
+                Err(e) => debug!(error = %e, "cannot read Docker's root directory"),
+            }
+        }
+    }
+
+    /// Finds each running engine's filesystem; adds newly seen filesystems and drops those no
+    /// engine is on any more. Returns every running engine's `cache_mountpoint`.
+    async fn resolve(&mut self, snap: &Snapshot) -> Vec<(String, Option<String>)> {
+        let hosts: Vec<(String, Option<String>)> = snap
+            .engines
+            .iter()
+            .filter(|e| e.running)
+            .map(|e| {
+                let host = match &e.cache_path_error {
+                    Some(_) => None,
+                    None => host_path(
+                        &e.engine.cache_path,
+                        &e.runtime.mounts,
+                        self.docker_root.as_deref(),
+                    ),
+                };
+                (e.engine.container_id.clone(), host)
+            })
+            .collect();
+        // Only paths in use are kept: engines come and go, each with its own bind source.
+        let in_use: HashSet<&String> = hosts.iter().filter_map(|(_, h)| h.as_ref()).collect();
+        self.canonical.retain(|h, _| in_use.contains(h));
+        let new: HashSet<&String> = in_use
+            .into_iter()
+            .filter(|h| !self.canonical.contains_key(*h))
+            .collect();
+        for h in new {
+            let p = h.clone();
+            if let Call::Done(c) = self.guarded.run(h, move || canonical(&p)).await {
+                self.canonical.insert(h.clone(), c);
+            }
+        }
+        if let Call::Done(Ok(text)) = self
+            .guarded
+            .run(MOUNTINFO, || std::fs::read_to_string(MOUNTINFO))
+            .await
+        {
+            self.mounts = parse_mountinfo(&text);
+        }
+        let mut out = Vec::with_capacity(hosts.len());
+        let mut engine_fs = HashMap::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (id, host) in hosts {
+            // A path not yet canonicalized (its call is stuck) waits for a later round.
+            let fs = host
+                .and_then(|h| self.canonical.get(&h).cloned())
+                .map(|c| filesystem_of(&c, &self.mounts).unwrap_or_else(|| (c.clone(), c)));
+            match fs {
+                Some((name, stat_path)) => {
+                    seen.insert(name.clone(), stat_path);
+                    engine_fs.insert(id.clone(), name.clone());
+                    out.push((id, Some(name)));
+                }
+                None => out.push((id, None)),
+            }
+        }
+        self.filesystems.retain(|name, _| seen.contains_key(name));
+        for (name, stat_path) in seen {
+            self.filesystems
+                .entry(name)
+                .and_modify(|f| f.stat_path.clone_from(&stat_path))
+                .or_insert(FsState {
+                    stat_path,
+                    last: None,
+                    unreadable: false,
+                    episode: None,
+                });
+        }
+        self.engine_fs = engine_fs;
+        out
+    }
+
+    /// Reads one filesystem's free space and starts or ends its episode.
+    async fn read(&mut self, name: &str) {
+        let Some(fs) = self.filesystems.get_mut(name) else {
+            return;
+        };
+        let path = fs.stat_path.clone();
+        match self
+            .guarded
+            .run(&fs.stat_path, move || statvfs(&path))
+            .await
+        {
+            Call::Done(Ok(v)) => {
+                fs.last = Some(v);
+                fs.unreadable = false;
+            }
+            Call::Done(Err(e)) => {
+                if !fs.unreadable {
+                    logging::filesystem_unreadable(name, &e.to_string());
+                }
+                fs.unreadable = true;
+                return;
+            }
+            Call::Unavailable => return,
+        }
+        let (Some(min_free), Some((avail, size))) = (self.p.min_free, fs.last) else {
+            return;
+        };
+        let threshold = threshold_bytes(min_free, size);
+        if avail < threshold {
+            if fs.episode.is_none() {
+                logging::pressure_started(name, avail, threshold, &min_free.to_string());
+                fs.episode = Some(Episode::default());
+            }
+        } else if fs.episode.take().is_some() {
+            logging::pressure_resolved(name, avail, threshold);
+        }
+    }
+
+    /// Tells the registry what was read (and, after a resolution, every engine's filesystem).
+    async fn publish(&self, mountpoints: Option<Vec<(String, Option<String>)>>) {
+        let filesystems = self
+            .filesystems
+            .iter()
+            .filter_map(|(name, f)| {
+                let (avail, size) = f.last?;
+                Some(Filesystem {
+                    mountpoint: name.clone(),
+                    avail_bytes: avail,
+                    size_bytes: size,
+                    min_free_bytes: self.p.min_free.map(|m| threshold_bytes(m, size)),
+                    pressure: f.episode.is_some(),
+                })
+            })
+            .collect();
+        self.p
+            .registry
+            .send(RegistryCmd::Filesystems {
+                filesystems,
+                mountpoints,
+            })
+            .await;
+    }
+
+    fn episode(&mut self, name: &str) -> Option<&mut Episode> {
+        self.filesystems.get_mut(name)?.episode.as_mut()
+    }
+
+    /// One pass over a filesystem under pressure: measure its idle engines, clean them largest
+    /// first, re-reading free space after each, and stop once it is back above the threshold.
+    async fn relieve(&mut self, name: &str, shutdown: &Shutdown) {
+        let snap = self.p.registry.snapshot();
+        // Nothing can be measured or cleaned while Docker is away; the episode goes on and the
+        // next round after the reconnect picks it up.
+        if !snap.docker_up {
+            return;
+        }
+        let Some(ep) = self.filesystems.get(name).and_then(|f| f.episode.as_ref()) else {
+            return;
+        };
+        let engines: Vec<EngineState> = eligible(&snap, &self.engine_fs, name, &ep.done)
+            .into_iter()
+            .cloned()
+            .collect();
+        // Set when an idle engine could not be handled now (another exec of it was running):
+        // then something may still be freed, and "persists" would be premature.
+        let mut pending = false;
+        let mut measured = vec![];
+        let mut set = JoinSet::new();
+        for e in engines {
+            let j = self.p.janitor.clone();
+            set.spawn(async move {
+                let bytes = j.measure(&e).await;
+                (e, bytes)
+            });
+        }
+        let now = Utc::now();
+        while let Some(r) = set.join_next().await {
+            let Ok((e, bytes)) = r else { continue };
+            let id = e.engine.container_id.clone();
+            match bytes {
+                Some(bytes) => measured.push(Candidate {
+                    id,
+                    name: e.engine.container_name.clone(),
+                    bytes,
+                }),
+                None if self.p.janitor.in_flight(&id) => pending = true,
+                // Cannot be measured (refused path, hung exec): nothing to do for it here.
+                None => {
+                    if let Some(ep) = self.episode(name) {
+                        ep.done.insert(id, now);
+                    }
+                }
+            }
+        }
+        let order = plan(measured.clone(), self.p.janitor.min_bytes());
+        if let Some(ep) = self.episode(name) {
+            for c in measured.iter().filter(|c| !order.contains(c)) {
+                ep.done.insert(c.id.clone(), now);
+            }
+        }
+        for c in order {
+            if shutdown.is_shutdown() {
+                return;
+            }
+            match self.p.janitor.cleanup(&c.id, Trigger::Pressure).await {
+                Ok(_) => {
+                    if let Some(ep) = self.episode(name) {
+                        ep.done.insert(c.id.clone(), Utc::now());
+                    }
+                }
+                // A stream started (busy now: not idle, not a candidate) or another cleanup of
+                // it is running (it is being cleaned anyway; look again next round).
+                Err(CleanupError::HasStreams(_)) => continue,
+                Err(CleanupError::Busy(_)) => {
+                    pending = true;
+                    continue;
+                }
+                Err(CleanupError::Closed) | Err(CleanupError::DockerDown(_)) => return,
+                Err(e) => {
+                    debug!(container_id = %id12(&c.id), error = %e, "pressure cleanup not run");
+                    if let Some(ep) = self.episode(name) {
+                        ep.done.insert(c.id.clone(), Utc::now());
+                    }
+                    continue;
+                }
+            }
+            self.read(name).await;
+            self.publish(None).await;
+            if self.episode(name).is_none() {
+                return;
+            }
+        }
+        if pending {
+            return;
+        }
+        let last = self.filesystems.get(name).and_then(|f| f.last);
+        let threshold = self
+            .p
+            .min_free
+            .zip(last)
+            .map(|(m, (_, size))| threshold_bytes(m, size));
+        if let (Some(ep), Some((avail, _)), Some(threshold)) = (self.episode(name), last, threshold)
+        {
+            if !ep.persists_warned {
+                ep.persists_warned = true;
+                logging::pressure_persists(name, avail, threshold);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::testing::{engine, ts, T0};
+
+    fn bind(src: &str, dst: &str) -> Mount {
+        Mount {
+            kind: MountKind::Bind,
+            source: src.into(),
+            destination: dst.into(),
+        }
+    }
+
+    fn mount(kind: MountKind, src: &str, dst: &str) -> Mount {
+        Mount {
+            kind,
+            source: src.into(),
+            destination: dst.into(),
+        }
+    }
+
+    const CACHE: &str = "/home/appuser/.ACEStream/.acestream_cache";
+
+    #[test]
+    fn below_is_component_wise() {
+        assert_eq!(below("/a/b", "/a"), Some("b"));
+        assert_eq!(below("/a/b", "/a/"), Some("b"));
+        assert_eq!(below("/a", "/a"), Some(""));
+        assert_eq!(below("/ab", "/a"), None);
+        assert_eq!(below("/a/b", "/"), Some("a/b"));
+        assert_eq!(below("/a/b/c", "/a/b"), Some("c"));
+    }
+
+    #[test]
+    fn cache_on_a_bind_mount_is_on_its_host_source() {
+        let m = [bind("/srv/e1", CACHE)];
+        assert_eq!(
+            host_path(CACHE, &m, Some("/var/lib/docker")).as_deref(),
+            Some("/srv/e1")
+        );
+        // A mount of a parent directory: the rest of the path follows the source.
+        let m = [bind("/srv/home", "/home/appuser")];
+        assert_eq!(
+            host_path(CACHE, &m, None).as_deref(),
+            Some("/srv/home/.ACEStream/.acestream_cache")
+        );
+        // The longest destination wins, whatever the order.
+        let m = [
+            bind("/srv/cache", "/data/ace/cache"),
+            bind("/srv/data", "/data"),
+        ];
+        assert_eq!(
+            host_path("/data/ace/cache", &m, None).as_deref(),
+            Some("/srv/cache")
+        );
+        assert_eq!(
+            host_path("/data/other", &m, None).as_deref(),
+            Some("/srv/data/other")
+        );
+        // `/dat` is no prefix of `/data/...`.
+        let m = [bind("/srv/x", "/dat")];
+        assert_eq!(host_path("/data/c", &m, Some("/d")).as_deref(), Some("/d"));
+    }
+
+    #[test]
+    fn cache_on_a_volume_is_in_the_volume_directory() {
+        let m = [mount(
+            MountKind::Volume,
+            "/var/lib/docker/volumes/v/_data",
+            "/home/appuser/.ACEStream",
+        )];
+        assert_eq!(
+            host_path(CACHE, &m, None).as_deref(),
+            Some("/var/lib/docker/volumes/v/_data/.acestream_cache")
+        );
+        // A volume driver without a host directory: not watched.
+        let m = [mount(MountKind::Volume, "", CACHE)];
+        assert_eq!(host_path(CACHE, &m, Some("/var/lib/docker")), None);
+    }
+
+    #[test]
+    fn tmpfs_caches_are_not_watched() {
+        let m = [mount(MountKind::Tmpfs, "", CACHE)];
+        assert_eq!(host_path(CACHE, &m, Some("/var/lib/docker")), None);
+        // A tmpfs over a parent, under a bind: the longer one (tmpfs) holds the cache.
+        let m = [
+            bind("/srv/home", "/home"),
+            mount(MountKind::Tmpfs, "", "/home/appuser/.ACEStream"),
+        ];
+        assert_eq!(host_path(CACHE, &m, Some("/var/lib/docker")), None);
+        // /dev and /dev/shm are tmpfs in every container, mounted or not.
+        assert_eq!(
+            host_path(
+                "/dev/shm/.ACEStream/.acestream_cache",
+                &[],
+                Some("/var/lib/docker")
+            ),
+            None
+        );
+        // Unless the operator bind-mounts disk there.
+        let m = [bind("/srv/shm", "/dev/shm")];
+        assert_eq!(
+            host_path("/dev/shm/c", &m, None).as_deref(),
+            Some("/srv/shm/c")
+        );
+        let m = [mount(MountKind::Other, "", CACHE)];
+        assert_eq!(host_path(CACHE, &m, Some("/var/lib/docker")), None);
+    }
+
+    #[test]
+    fn cache_without_a_mount_is_under_docker_root() {
+        let m = [bind("/srv/logs", "/var/log")];
+        assert_eq!(
+            host_path(CACHE, &m, Some("/var/lib/docker")).as_deref(),
+            Some("/var/lib/docker")
+        );
+        // Docker's root not known yet: not resolvable for now.
+        assert_eq!(host_path(CACHE, &[], None), None);
+    }
+
+    const MOUNTINFO_TEXT: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+42 27 254:0 /var/lib/docker /var/lib/docker rw,relatime shared:1 - ext4 /dev/vda rw
+50 27 8:17 / /srv/disk\\040two rw,relatime - ext4 /dev/sdb1 rw
+51 27 0:60 / /tmp/t rw - tmpfs tmpfs rw,size=65536k
+52 51 0:61 / /tmp/t rw - tmpfs tmpfs rw,size=1024k
+53 27 8:17 /sub /mnt/sub rw - ext4 /dev/sdb1 rw
+";
+
+    #[test]
+    fn mountinfo_is_parsed_with_escapes() {
+        let e = parse_mountinfo(MOUNTINFO_TEXT);
+        assert_eq!(e.len(), 8);
+        assert_eq!(
+            e[3],
+            MountEntry {
+                dev: "254:0".into(),
+                root: "/var/lib/docker".into(),
+                mountpoint: "/var/lib/docker".into()
+            }
+        );
+        assert_eq!(e[4].mountpoint, "/srv/disk two");
+        assert_eq!(unescape("a\\134b\\011c\\012"), "a\\b\tc\n");
+        assert_eq!(unescape("trailing\\04"), "trailing\\04");
+    }
+
+    #[test]
+    fn filesystem_is_the_longest_mount_named_by_where_the_disk_is_mounted() {
+        let e = parse_mountinfo(MOUNTINFO_TEXT);
+        let fs = |p: &str| filesystem_of(p, &e);
+        // A bind of a subdirectory of the root disk is the root disk.
+        assert_eq!(
+            fs("/var/lib/docker/volumes/v/_data"),
+            Some(("/".into(), "/var/lib/docker".into()))
+        );
+        assert_eq!(fs("/home/x"), Some(("/".into(), "/".into())));
+        assert_eq!(
+            fs("/srv/disk two/e1"),
+            Some(("/srv/disk two".into(), "/srv/disk two".into()))
+        );
+        // A subdirectory of the second disk mounted elsewhere is that disk.
+        assert_eq!(
+            fs("/mnt/sub/c"),
+            Some(("/srv/disk two".into(), "/mnt/sub".into()))
+        );
+        // Of two mounts on one path, the last hides the first.
+        let (name, stat) = fs("/tmp/t/e1").unwrap();
+        assert_eq!((name.as_str(), stat.as_str()), ("/tmp/t", "/tmp/t"));
+        assert_eq!(
+            e.iter()
+                .rev()
+                .find(|m| m.mountpoint == "/tmp/t")
+                .unwrap()
+                .dev,
+            "0:61"
+        );
+        assert_eq!(filesystem_of("/x", &[]), None);
+    }
+
+    #[test]
+    fn threshold_is_a_share_of_the_size_or_a_size() {
+        assert_eq!(threshold_bytes(MinFree::Percent(10.0), 1000), 100);
+        assert_eq!(threshold_bytes(MinFree::Percent(12.5), 1001), 126);
+        assert_eq!(threshold_bytes(MinFree::Bytes(5 << 30), 1 << 40), 5 << 30);
+    }
+
+    fn cand(id: &str, bytes: u64) -> Candidate {
+        Candidate {
+            id: id.into(),
+            name: format!("n-{id}"),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn plan_is_largest_first_without_empty_or_small_caches() {
+        let got = plan(
+            vec![
+                cand("a", 10),
+                cand("b", 300),
+                cand("c", 0),
+                cand("d", 50),
+                cand("e", 300),
+                cand("f", 4),
+            ],
+            5,
+        );
+        let ids: Vec<&str> = got.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["b", "e", "d", "a"]);
+        let ids: Vec<String> = plan(vec![cand("z", 1), cand("y", 0)], 0)
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, ["z"]);
+    }
+
+    #[test]
+    fn only_idle_engines_on_the_filesystem_are_eligible() {
+        let mut snap = Snapshot::default();
+        let full = |name: &str| format!("{name}-0123456789abcdef");
+        let mk = |id: &str| {
+            let mut e = engine(&full(id), id);
+            e.engine.last_stream_usage = Some(ts(T0 - 100, 0));
+            e
+        };
+        let idle = mk("idle");
+        let mut busy = mk("busy");
+        busy.engine.streams = vec!["s".into()];
+        let mut cleaning = mk("cleaning");
+        cleaning.cleaning = true;
+        let mut refused = mk("refused");
+        refused.cache_path_error = Some("bad label".into());
+        let mut gone = mk("gone");
+        gone.running = false;
+        let elsewhere = mk("elsewhere");
+        let done_quiet = mk("donequiet");
+        let mut done_streamed = mk("donestreamed");
+        done_streamed.engine.last_stream_usage = Some(ts(T0, 0));
+        let unresolved = mk("unresolved");
+        let mut cleaned = mk("cleaned");
+        cleaned.engine.last_cache_cleanup = Some(ts(T0 - 10, 0));
+        let mut cleaned_unused = mk("cleanedunused");
+        cleaned_unused.engine.last_stream_usage = None;
+        cleaned_unused.engine.last_cache_cleanup = Some(ts(T0 - 10, 0));
+        let mut used_since = mk("usedsince");
+        used_since.engine.last_cache_cleanup = Some(ts(T0 - 200, 0));
+        let never_used = {
+            let mut e = mk("neverused");
+            e.engine.last_stream_usage = None;
+            e
+        };
+        snap.engines = vec![
+            idle,
+            busy,
+            cleaning,
+            refused,
+            gone,
+            elsewhere,
+            done_quiet,
+            done_streamed,
+            unresolved,
+            cleaned,
+            cleaned_unused,
+            used_since,
+            never_used,
+        ];
+        let mut on: HashMap<String, String> = snap
+            .engines
+            .iter()
+            .map(|e| (e.engine.container_id.clone(), "/fs".to_string()))
+            .collect();
+        on.insert(full("elsewhere"), "/other".into());
+        on.remove(&full("unresolved"));
+        let done = HashMap::from([
+            (full("donequiet"), ts(T0 - 50, 0)),
+            (full("donestreamed"), ts(T0 - 50, 0)),
+        ]);
+        let names: Vec<&str> = eligible(&snap, &on, "/fs", &done)
+            .iter()
+            .map(|e| e.engine.container_name.as_str())
+            .collect();
+        assert_eq!(names, ["idle", "donestreamed", "usedsince", "neverused"]);
+    }
+
+    #[test]
+    fn statvfs_reads_a_real_filesystem() {
+        let (avail, size) = statvfs("/").unwrap();
+        assert!(size > 0 && avail <= size, "{avail} of {size}");
+        assert!(statvfs("/no/such/path").is_err());
+        assert!(statvfs("a\0b").is_err());
+    }
+
+    #[test]
+    fn canonical_resolves_symlinks_of_existing_ancestors() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let real = std::fs::canonicalize(&real).unwrap();
+        let link = dir.path().join("link/missing/deeper");
+        assert_eq!(
+            canonical(link.to_str().unwrap()),
+            format!("{}/missing/deeper", real.display())
+        );
+        assert_eq!(canonical("relative/path"), "relative/path");
+    }
+
+    #[tokio::test]
+    async fn a_hung_call_marks_its_path_stuck_until_it_returns() {
+        let g = Guarded::new(Duration::from_millis(50));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let r = g
+            .run("/hung", move || {
+                let _ = rx.recv();
+                1
+            })
+            .await;
+        assert!(matches!(r, Call::Unavailable));
+        assert!(g.is_stuck("/hung"));
+        // Skipped without a new thread while stuck; other paths are unaffected.
+        let ran = Arc::new(AtomicBool::new(false));
+        let r2 = ran.clone();
+        let r = g
+            .run("/hung", move || r2.store(true, Ordering::SeqCst))
+            .await;
+        assert!(matches!(r, Call::Unavailable));
+        assert!(!ran.load(Ordering::SeqCst));
+        assert!(matches!(g.run("/fine", || 2).await, Call::Done(2)));
+        // The hung call returns: the path is usable again.
+        tx.send(()).unwrap();
+        for _ in 0..200 {
+            if !g.is_stuck("/hung") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!g.is_stuck("/hung"));
+        assert!(matches!(g.run("/hung", || 3).await, Call::Done(3)));
+    }
+}

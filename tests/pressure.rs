@@ -1,0 +1,913 @@
+//! Live sizes' sibling, disk pressure (SPEC §7), against real Docker and a real small
+//! filesystem: each test mounts its own tmpfs (the tests run as root), bind-mounts per-engine
+//! directories of it into fake engines as their caches, fills them from the host, and then pushes
+//! the free space of that filesystem below `pressure.min_free` in steps, asserting exactly which
+//! engines the agent cleans at each step.
+//!
+//! The tmpfs is a *host* filesystem here: what the agent must not watch are caches on a tmpfs
+//! *container* mount (`--tmpfs`, `--mount type=tmpfs`), which are memory inside the container.
+//!
+//! Every test runs its own agent in-process, restricted to engines carrying a label unique to
+//! the test, with the sweep and stream-end cleanups off (a pressure-only host).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use acestream_agent::config::{Config, MinFree};
+use acestream_agent::Agent;
+use chrono::{DateTime, Utc};
+use common::*;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const CASE_LABEL: &str = "acestream-agent.test.case";
+const MIB: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// A real small filesystem
+// ---------------------------------------------------------------------------------------------
+
+/// A tmpfs mounted for one test, unmounted on drop (also when the test panics). Declare it
+/// before the engines that bind-mount it, so they are removed first.
+struct Tmpfs {
+    path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size_mib: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        // Canonical, so it is exactly the mountpoint the kernel (and the agent) reports.
+        let path = std::fs::canonicalize(dir.path()).unwrap().join("fs");
+        std::fs::create_dir(&path).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m,mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "these tests mount a tmpfs and need root: mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { path, _dir: dir }
+    }
+
+    /// The mountpoint as the agent names it (`cache_mountpoint`, the `mountpoint` label).
+    fn mountpoint(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// A directory on the filesystem (created).
+    fn dir(&self, name: &str) -> PathBuf {
+        let d = self.path.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// (available to unprivileged users, size), straight from statvfs.
+    fn space(&self) -> (u64, u64) {
+        statvfs(&self.path)
+    }
+
+    fn avail(&self) -> u64 {
+        self.space().0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Something still holds it (a container not yet gone): detach it now, the kernel
+            // frees it when the last user leaves.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+fn statvfs(path: &Path) -> (u64, u64) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: plain C struct filled by the call.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0, "statvfs");
+    (s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize)
+}
+
+/// Writes a file of `bytes` (non-zero pattern; tmpfs stores every written page).
+fn fill(path: &Path, bytes: u64) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; MIB as usize];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        f.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+}
+
+/// A measured size: the data written plus what `du` counts for directories (tmpfs: a few
+/// dozen bytes per entry).
+#[track_caller]
+fn assert_near(v: &Value, bytes: u64) {
+    let got = v.as_u64().unwrap_or_else(|| panic!("not a size: {v}"));
+    assert!(
+        got >= bytes && got - bytes <= 4096,
+        "{got} is not {bytes} plus directory entries"
+    );
+}
+
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent and its views
+// ---------------------------------------------------------------------------------------------
+
+/// Pressure-only config: no sweep, no stream-end cleanup, no periodic measuring; only this
+/// test's engines; free space read every 200 ms.
+fn config(case: &str, dir: &TempDir, min_free: Option<MinFree>) -> Config {
+    let mut cfg = Config::default();
+    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}").parse().unwrap()];
+    cfg.discovery.images = vec![];
+    cfg.store.path = dir.path().join("state.redb");
+    cfg.activity.interval = Duration::from_millis(200);
+    // Health checks once, right after discovery (tests wait for it, `wait_checked`): a check
+    // connected at the moment of a delete makes the cache script's live-stream guard see a
+    // client and skip that engine, which would make "exactly these engines" depend on timing.
+    cfg.health.interval = Duration::from_secs(600);
+    cfg.cleanup.interval = None;
+    cfg.cleanup.idle_grace = None;
+    cfg.cleanup.measure_interval = None;
+    cfg.cleanup.exec_timeout = Duration::from_secs(10);
+    cfg.pressure.interval = Duration::from_millis(200);
+    cfg.pressure.min_free = min_free;
+    cfg
+}
+
+async fn start_agent(cfg: Config) -> Agent {
+    logs();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Agent::start(cfg, listener).await.unwrap()
+}
+
+fn engine_for(case: &str, prefix: &str) -> TestEngineBuilder {
+    TestEngine::builder()
+        .name_prefix(prefix)
+        .label(CASE_LABEL, case)
+}
+
+/// `-v host:dest` on `docker run`.
+fn bind(b: TestEngineBuilder, host: &Path, dest: &str) -> TestEngineBuilder {
+    b.docker_arg("-v")
+        .docker_arg(&format!("{}:{dest}", host.display()))
+}
+
+async fn engines(agent: &Agent) -> Vec<Value> {
+    let (status, v) = http_get_json(agent.addr, "/engines").await;
+    assert_eq!(status, 200, "{v}");
+    v.as_array().unwrap().clone()
+}
+
+/// Waits until `/engines` lists exactly `want` engines (by id) with these `cache_mountpoint`s.
+async fn wait_mountpoints(agent: &Agent, want: &[(&TestEngine, Option<&str>)]) {
+    let want: BTreeMap<String, Value> = want
+        .iter()
+        .map(|(e, m)| (e.id.clone(), m.map_or(Value::Null, Value::from)))
+        .collect();
+    let addr = agent.addr;
+    let want = &want;
+    eventually(
+        Duration::from_secs(10),
+        "every engine listed with its cache_mountpoint",
+        || async move {
+            let (_, body) = try_http_get(addr, "/engines").await?;
+            let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let got: BTreeMap<String, Value> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    (
+                        e["container_id"].as_str().unwrap_or("").to_string(),
+                        e["cache_mountpoint"].clone(),
+                    )
+                })
+                .collect();
+            if &got == want {
+                Ok(())
+            } else {
+                Err(format!("got {got:?}, want {want:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until every engine has had its first health check (within a second of discovery), so
+/// none is in progress during an episode: see `config`.
+async fn wait_checked(agent: &Agent, n: usize) {
+    eventually(Duration::from_secs(10), "first health checks", || async {
+        let list = engines(agent).await;
+        let checked = list
+            .iter()
+            .filter(|e| e["last_health_check"].is_string())
+            .count();
+        (list.len() == n && checked == n)
+            .then_some(())
+            .ok_or(checked)
+    })
+    .await;
+}
+
+/// The engine's cleanup records with trigger `pressure`, oldest first.
+async fn pressure_records(agent: &Agent, e: &TestEngine) -> Vec<Value> {
+    let (status, v) = http_get_json(agent.addr, &format!("/engines/{}/cleanups", e.id)).await;
+    assert_eq!(status, 200, "{v}");
+    let all = v.as_array().unwrap();
+    assert!(
+        all.iter().all(|r| r["trigger"] == "pressure"),
+        "{}: a cleanup that pressure did not start on a pressure-only host: {v}",
+        e.name
+    );
+    all.iter().rev().cloned().collect()
+}
+
+/// Waits until engine `e` has `n` pressure records; returns them.
+async fn wait_records(agent: &Agent, e: &TestEngine, n: usize, what: &str) -> Vec<Value> {
+    eventually(Duration::from_secs(10), what, || async {
+        let r = pressure_records(agent, e).await;
+        if r.len() >= n {
+            Ok(r)
+        } else {
+            Err(format!("{} records", r.len()))
+        }
+    })
+    .await
+}
+
+async fn metrics(agent: &Agent) -> String {
+    let (status, body) = http_get(agent.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// Value of the sample `name{labels}` (exact label set as rendered), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn fs_series(name: &str, mountpoint: &str) -> String {
+    format!("{name}{{mountpoint=\"{mountpoint}\"}}")
+}
+
+async fn wait_disk_pressure(agent: &Agent, mountpoint: &str, want: f64) {
+    let series = fs_series("acestream_disk_pressure", mountpoint);
+    let series = &series;
+    eventually(
+        Duration::from_secs(10),
+        &format!("{series} = {want}"),
+        || async move {
+            let m = metrics(agent).await;
+            match sample(&m, series) {
+                Some(v) if v == want => Ok(()),
+                v => Err(format!("{v:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+fn started_at(record: &Value) -> DateTime<Utc> {
+    record["started_at"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no started_at in {record}"))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Container ids of the `exec_create` events of this case's engines in [since, until].
+fn exec_creates(case: &str, since: f64, until: f64) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "events",
+            "--since",
+            &format!("{since:.3}"),
+            "--until",
+            &format!("{until:.3}"),
+            "--filter",
+            "event=exec_create",
+            "--filter",
+            &format!("label={CASE_LABEL}={case}"),
+            "--format",
+            "{{.Actor.ID}}",
+        ])
+        .output()
+        .expect("docker events");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Captured logs (one subscriber per test process; lines are told apart by their mountpoint)
+// ---------------------------------------------------------------------------------------------
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let w = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter(
+                std::env::var("PRESSURE_TEST_LOG")
+                    .unwrap_or_else(|_| "acestream_agent=info".into()),
+            )
+            .with_writer(move || Sink(w.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+/// Captured log lines that contain every one of `parts`.
+fn log_lines(parts: &[&str]) -> Vec<String> {
+    let buf = logs();
+    let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    text.lines()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Polls statvfs every 2 ms from a thread and notes the first moment free space is below
+/// `threshold`: when the disk crossed it, as precisely as the test can see.
+struct CrossingWatch {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Option<DateTime<Utc>>>>,
+}
+
+impl CrossingWatch {
+    fn start(path: &Path, threshold: u64) -> CrossingWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, p) = (stop.clone(), path.to_path_buf());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                if statvfs(&p).0 < threshold {
+                    return Some(Utc::now());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            None
+        });
+        CrossingWatch {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn crossed_at(mut self) -> DateTime<Utc> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .take()
+            .unwrap()
+            .join()
+            .unwrap()
+            .expect("free space never went below the threshold")
+    }
+}
+
+impl Drop for CrossingWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// SPEC §7 on a 128 MiB filesystem with `min_free = "32MiB"` and the sweep and the
+/// stream-end cleanup off. Idle engines A (30 MiB), B (20 MiB, its cache at a label path on a
+/// mount of a parent directory) and C (10 MiB), and D, streaming, all on the tmpfs; E idle with
+/// 5 MiB on Docker's disk, which has plenty of room.
+///
+/// 1. D's stream writes free space below the threshold: A alone is cleaned (largest first, and
+///    one is enough).
+/// 2. A file written on the host: B alone is cleaned (A is empty now).
+/// 3. A larger file: C is cleaned, free space stays below, nothing idle is left: the pressure
+///    persists (one warning), `acestream_disk_pressure` stays 1, and the ticks that follow cost
+///    no exec.
+/// 4. The host files go: the episode ends.
+///
+/// D (busy) and E (another filesystem) are never touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pressure_cleans_idle_engines_largest_first_until_free_space_is_back() {
+    let case = unique_name("pressure-steps");
+    let tmp = Tmpfs::mount(128);
+    let mp = tmp.mountpoint().to_string();
+    let (a_dir, b_dir, c_dir, d_dir, host_dir) = (
+        tmp.dir("a"),
+        tmp.dir("b"),
+        tmp.dir("c"),
+        tmp.dir("d"),
+        tmp.dir("host"),
+    );
+    let b_cache = b_dir.join("ace/cache");
+    std::fs::create_dir_all(&b_cache).unwrap();
+    fill(&a_dir.join("a.bin"), 30 * MIB);
+    fill(&b_cache.join("b.bin"), 20 * MIB);
+    fill(&c_dir.join("c.bin"), 10 * MIB);
+    fill(&d_dir.join("d.bin"), MIB);
+
+    let a = bind(engine_for(&case, "prs-a"), &a_dir, DEFAULT_CACHE_DIR).start();
+    let b = bind(engine_for(&case, "prs-b"), &b_dir, "/data")
+        .label("acestream.cache_path", "/data/ace/cache")
+        .env("CACHE_DIR", "/data/ace/cache")
+        .start();
+    let c = bind(engine_for(&case, "prs-c"), &c_dir, DEFAULT_CACHE_DIR).start();
+    let d = bind(engine_for(&case, "prs-d"), &d_dir, DEFAULT_CACHE_DIR).start();
+    let e = engine_for(&case, "prs-e").start();
+    e.write_cache_file("e.bin", 5 * MIB);
+    d.wait_http_ready().await;
+    let docker_fs = docker_root_filesystem();
+
+    let dir = tempfile::tempdir().unwrap();
+    // A size, not a percentage: the threshold applies to every watched filesystem, and E's (the
+    // host's disk, shared with everything else running here) must stay well above it.
+    let agent = start_agent(config(&case, &dir, Some(MinFree::Bytes(32 * MIB)))).await;
+    wait_mountpoints(
+        &agent,
+        &[
+            (&a, Some(&mp)),
+            (&b, Some(&mp)),
+            (&c, Some(&mp)),
+            (&d, Some(&mp)),
+            (&e, Some(&docker_fs)),
+        ],
+    )
+    .await;
+    wait_checked(&agent, 5).await;
+    let (avail, size) = tmp.space();
+    assert_eq!(size, 128 * MIB);
+    let threshold = 32 * MIB;
+    println!("tmpfs {mp}: {} MiB free of {}", avail / MIB, size / MIB);
+    assert!(avail > threshold + 30 * MIB, "{avail}");
+    let m = metrics(&agent).await;
+    assert_eq!(
+        sample(&m, &fs_series("acestream_filesystem_size_bytes", &mp)),
+        Some(size as f64)
+    );
+    assert_eq!(
+        sample(&m, &fs_series("acestream_filesystem_min_free_bytes", &mp)),
+        Some(threshold as f64)
+    );
+    assert_eq!(
+        sample(&m, &fs_series("acestream_disk_pressure", &mp)),
+        Some(0.0)
+    );
+    let reported = sample(&m, &fs_series("acestream_filesystem_avail_bytes", &mp)).unwrap();
+    assert!(
+        (reported - avail as f64).abs() <= 2.0 * MIB as f64,
+        "reported {reported}, statvfs {avail}"
+    );
+
+    // D streams; the agent sees it busy.
+    let viewer = d.stream_client();
+    let d_name = d.name.clone();
+    eventually(Duration::from_secs(10), "D busy", || async {
+        let list = engines(&agent).await;
+        list.iter()
+            .any(|x| {
+                x["container_name"] == d_name.as_str()
+                    && x["streams"].as_array().is_some_and(|s| !s.is_empty())
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Step 1: 2 MiB above the threshold; D's stream (640 KiB/s) takes it below.
+    fill(&host_dir.join("fill-1"), tmp.avail() - threshold - 2 * MIB);
+    let watch = CrossingWatch::start(&tmp.path, threshold);
+    let ra = wait_records(&agent, &a, 1, "A cleaned by pressure").await;
+    let crossed = watch.crossed_at();
+    let latency = started_at(&ra[0]) - crossed;
+    println!(
+        "step 1: free space crossed the threshold at {crossed}; first pressure cleanup started {} ms later",
+        latency.num_milliseconds()
+    );
+    assert!(
+        latency.num_milliseconds() >= 0 && latency.num_milliseconds() < 2_000,
+        "{latency}"
+    );
+    wait_disk_pressure(&agent, &mp, 0.0).await;
+    assert!(
+        tmp.avail() >= threshold,
+        "free space back above the threshold"
+    );
+    assert_eq!(ra.len(), 1);
+    assert_eq!(ra[0]["success"], true, "{}", ra[0]);
+    assert_near(&ra[0]["size_before_bytes"], 30 * MIB);
+    assert_near(&ra[0]["freed_bytes"], 30 * MIB);
+    for (x, what) in [(&b, "B"), (&c, "C"), (&d, "D (busy)"), (&e, "E (other fs)")] {
+        assert!(
+            pressure_records(&agent, x).await.is_empty(),
+            "step 1 cleaned {what}"
+        );
+    }
+    assert_eq!(files_in(&a_dir), 0);
+    assert!(b_cache.join("b.bin").exists() && c_dir.join("c.bin").exists());
+
+    // Step 2: a file on the host takes free space 10 MiB below; B (20 MiB) is enough.
+    fill(&host_dir.join("fill-2"), tmp.avail() - threshold + 10 * MIB);
+    let rb = wait_records(&agent, &b, 1, "B cleaned by pressure").await;
+    wait_disk_pressure(&agent, &mp, 0.0).await;
+    assert!(
+        tmp.avail() >= threshold,
+        "free space back above the threshold"
+    );
+    assert_near(&rb[0]["freed_bytes"], 20 * MIB);
+    assert!(!b_cache.join("b.bin").exists());
+    assert!(b_cache.is_dir(), "the cache directory itself is kept");
+    assert_eq!(pressure_records(&agent, &a).await.len(), 1, "A again");
+    for (x, what) in [(&c, "C"), (&d, "D (busy)"), (&e, "E (other fs)")] {
+        assert!(
+            pressure_records(&agent, x).await.is_empty(),
+            "step 2 cleaned {what}"
+        );
+    }
+
+    // Step 3: 20 MiB below; C frees 10 MiB, and nothing idle is left.
+    fill(&host_dir.join("fill-3"), tmp.avail() - threshold + 20 * MIB);
+    let rc = wait_records(&agent, &c, 1, "C cleaned by pressure").await;
+    assert_near(&rc[0]["freed_bytes"], 10 * MIB);
+    let persists = format!("Disk pressure on {mp} persists: no idle engine left to clean");
+    eventually(Duration::from_secs(5), "the persists warning", || async {
+        (!log_lines(&[&persists]).is_empty()).then_some(())
+    })
+    .await;
+    // A few more ticks while the pressure persists: no exec, no cleanup, still 1.
+    let quiet_from = unix_now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let quiet_to = unix_now();
+    assert!(tmp.avail() < threshold);
+    let m = metrics(&agent).await;
+    assert_eq!(
+        sample(&m, &fs_series("acestream_disk_pressure", &mp)),
+        Some(1.0)
+    );
+    let execs = exec_creates(&case, quiet_from, quiet_to);
+    assert!(
+        execs.is_empty(),
+        "persisting pressure with nothing idle left ran {} execs: {execs:?}",
+        execs.len()
+    );
+    let warned = log_lines(&[&persists]);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("WARN"), "{}", warned[0]);
+    for (x, n, what) in [(&a, 1, "A"), (&b, 1, "B"), (&c, 1, "C")] {
+        assert_eq!(pressure_records(&agent, x).await.len(), n, "{what}");
+    }
+    // The busy engine: never cleaned, its cache only grew.
+    assert!(pressure_records(&agent, &d).await.is_empty());
+    assert!(d_dir.join("d.bin").exists());
+    assert!(files_in(&d_dir) > 10, "D's stream chunks are all there");
+    assert!(viewer.bytes_read() > 0 && !viewer.is_closed());
+    assert!(pressure_records(&agent, &e).await.is_empty());
+    let m = metrics(&agent).await;
+    let series = |x: &TestEngine, t: &str| {
+        format!(
+            "acestream_cache_cleanups_total{{container_name=\"{}\",container_id=\"{}\",trigger=\"{t}\"}}",
+            x.name,
+            &x.id[..12]
+        )
+    };
+    for x in [&a, &b, &c] {
+        assert_eq!(sample(&m, &series(x, "pressure")), Some(1.0), "{}", x.name);
+        assert_eq!(sample(&m, &series(x, "sweep")), Some(0.0), "{}", x.name);
+    }
+    assert_eq!(sample(&m, &series(&d, "pressure")), Some(0.0));
+
+    // Step 4: the host files go; the episode ends.
+    for f in ["fill-1", "fill-2", "fill-3"] {
+        std::fs::remove_file(host_dir.join(f)).unwrap();
+    }
+    wait_disk_pressure(&agent, &mp, 0.0).await;
+
+    let started = log_lines(&[
+        &format!("Disk pressure on {mp}: "),
+        "below 32.00 MB; cleaning idle engines largest first",
+    ]);
+    assert_eq!(started.len(), 3, "one line per episode: {started:?}");
+    let resolved = log_lines(&[&format!("Disk pressure on {mp} resolved")]);
+    assert_eq!(resolved.len(), 3, "{resolved:?}");
+    drop(viewer);
+    agent.stop().await;
+}
+
+/// The mountpoint of the filesystem holding Docker's root directory, as `stat` names it.
+fn docker_root_filesystem() -> String {
+    let out = Command::new("docker")
+        .args(["info", "--format", "{{.DockerRootDir}}"])
+        .output()
+        .unwrap();
+    let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    mount_of(&root)
+}
+
+fn mount_of(path: &str) -> String {
+    let out = Command::new("stat")
+        .args(["-c", "%m", path])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stat {path}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// SPEC §7 "which disk": a bind mount is on its host source's filesystem, an anonymous volume
+/// on the filesystem of its directory under Docker's root, a cache with no mount on Docker's
+/// root filesystem; a tmpfs container mount (`--tmpfs` or `--mount type=tmpfs`) and `/dev/shm`
+/// are memory: `cache_mountpoint` null, no filesystem series for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_mountpoint_is_the_host_filesystem_and_tmpfs_mounts_are_not_watched() {
+    let case = unique_name("pressure-which-disk");
+    let tmp = Tmpfs::mount(16);
+    let bound = bind(
+        engine_for(&case, "prs-bind"),
+        &tmp.dir("e"),
+        DEFAULT_CACHE_DIR,
+    )
+    .start();
+    let plain = engine_for(&case, "prs-plain").start();
+    let volume = engine_for(&case, "prs-vol")
+        .docker_arg("-v")
+        .docker_arg(DEFAULT_CACHE_DIR)
+        .start();
+    let tmpfs_flag = engine_for(&case, "prs-tmpfs")
+        .docker_arg("--tmpfs")
+        .docker_arg(DEFAULT_CACHE_DIR)
+        .start();
+    let tmpfs_mount = engine_for(&case, "prs-tmpfsm")
+        .docker_arg("--mount")
+        .docker_arg(&format!("type=tmpfs,destination={DEFAULT_CACHE_DIR}"))
+        .start();
+    let shm = engine_for(&case, "prs-shm")
+        .label(
+            "acestream.cache_path",
+            "/dev/shm/.ACEStream/.acestream_cache",
+        )
+        .env("CACHE_DIR", "/dev/shm/.ACEStream/.acestream_cache")
+        .start();
+    let docker_fs = docker_root_filesystem();
+    let volume_dir = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Source}}{{end}}",
+            &volume.id,
+        ])
+        .output()
+        .unwrap();
+    let volume_fs = mount_of(String::from_utf8_lossy(&volume_dir.stdout).trim());
+    let mp = tmp.mountpoint().to_string();
+    println!("Docker's root filesystem: {docker_fs}; volume: {volume_fs}; tmpfs: {mp}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(config(&case, &dir, Some(MinFree::Percent(1.0)))).await;
+    wait_mountpoints(
+        &agent,
+        &[
+            (&bound, Some(&mp)),
+            (&plain, Some(&docker_fs)),
+            (&volume, Some(&volume_fs)),
+            (&tmpfs_flag, None),
+            (&tmpfs_mount, None),
+            (&shm, None),
+        ],
+    )
+    .await;
+    let list = engines(&agent).await;
+    let shm_json = list
+        .iter()
+        .find(|x| x["container_id"] == shm.id.as_str())
+        .unwrap();
+    assert_eq!(
+        shm_json["cache_path"],
+        "/dev/shm/.ACEStream/.acestream_cache"
+    );
+
+    // One series per watched filesystem, none for memory.
+    let m = eventually(Duration::from_secs(5), "filesystem series", || async {
+        let m = metrics(&agent).await;
+        sample(&m, &fs_series("acestream_filesystem_avail_bytes", &mp))
+            .is_some()
+            .then_some(m)
+    })
+    .await;
+    let mut want = vec![mp.clone(), docker_fs.clone(), volume_fs.clone()];
+    want.sort();
+    want.dedup();
+    for family in [
+        "acestream_filesystem_avail_bytes",
+        "acestream_filesystem_size_bytes",
+        "acestream_filesystem_min_free_bytes",
+        "acestream_disk_pressure",
+    ] {
+        let mut got: Vec<String> = m
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{family}{{mountpoint=\"")))
+            .map(|l| l.split('"').next().unwrap().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{family}");
+    }
+    let (_, size) = tmp.space();
+    assert_eq!(
+        sample(&m, &fs_series("acestream_filesystem_size_bytes", &mp)),
+        Some(size as f64)
+    );
+    // "1%" in bytes, per filesystem.
+    assert_eq!(
+        sample(&m, &fs_series("acestream_filesystem_min_free_bytes", &mp)),
+        Some((size as f64 / 100.0).ceil())
+    );
+    let (_, docker_size) = statvfs(Path::new(&docker_fs));
+    assert_eq!(
+        sample(
+            &m,
+            &fs_series("acestream_filesystem_size_bytes", &docker_fs)
+        ),
+        Some(docker_size as f64)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &fs_series("acestream_filesystem_min_free_bytes", &docker_fs)
+        ),
+        Some((docker_size as f64 / 100.0).ceil())
+    );
+    agent.stop().await;
+}
+
+/// The cost of one episode (SPEC §7 measures the idle engines, then cleans largest first): ten
+/// idle engines of 2..20 MiB on one filesystem, free space 45 MiB below the threshold. The three
+/// largest (20 + 18 + 16 MiB) are enough: one measuring exec per idle engine plus one exec per
+/// cleanup, 13 in all, counted from Docker's own `exec_create` events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pressure_episode_with_ten_idle_engines_costs_one_exec_each_plus_one_per_cleanup() {
+    let case = unique_name("pressure-cost");
+    let tmp = Tmpfs::mount(256);
+    let host_dir = tmp.dir("host");
+    let mut list = vec![];
+    for i in 1..=10u64 {
+        let d = tmp.dir(&format!("e{i:02}"));
+        fill(&d.join("cache.bin"), 2 * i * MIB);
+        let e = bind(
+            engine_for(&case, &format!("prs-cost{i:02}")),
+            &d,
+            DEFAULT_CACHE_DIR,
+        )
+        .start();
+        list.push((i, e, d));
+    }
+    let threshold = 64 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(config(&case, &dir, Some(MinFree::Bytes(threshold)))).await;
+    let mp = tmp.mountpoint().to_string();
+    let want: Vec<(&TestEngine, Option<&str>)> = list
+        .iter()
+        .map(|(_, e, _)| (e, Some(mp.as_str())))
+        .collect();
+    wait_mountpoints(&agent, &want).await;
+    wait_checked(&agent, 10).await;
+
+    let since = unix_now();
+    let watch = CrossingWatch::start(&tmp.path, threshold);
+    fill(&host_dir.join("fill"), tmp.avail() - threshold + 45 * MIB);
+    let crossed = watch.crossed_at();
+    wait_disk_pressure(&agent, &mp, 1.0).await;
+    wait_disk_pressure(&agent, &mp, 0.0).await;
+    let until = unix_now();
+    assert!(tmp.avail() >= threshold);
+
+    let mut first_start: Option<DateTime<Utc>> = None;
+    let mut cleaned = vec![];
+    for (i, e, d) in &list {
+        let r = pressure_records(&agent, e).await;
+        if let Some(rec) = r.first() {
+            cleaned.push(*i);
+            println!("engine {i}: {rec}");
+            assert_eq!(r.len(), 1, "{}", e.name);
+            assert_near(&rec["freed_bytes"], 2 * i * MIB);
+            assert_eq!(files_in(d), 0);
+            let s = started_at(rec);
+            first_start = Some(first_start.map_or(s, |f| f.min(s)));
+        } else {
+            assert!(d.join("cache.bin").exists(), "{}", e.name);
+        }
+    }
+    assert_eq!(cleaned, [8, 9, 10], "the three largest, no more");
+    let latency = first_start.unwrap() - crossed;
+    println!(
+        "10 idle engines: first pressure cleanup started {} ms after free space crossed the threshold",
+        latency.num_milliseconds()
+    );
+    // Let Docker's event log catch up with the last exec before reading it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let execs = exec_creates(&case, since, until + 0.3);
+    let mut per_engine: BTreeMap<u64, usize> = BTreeMap::new();
+    for id in &execs {
+        let (i, _, _) = list
+            .iter()
+            .find(|(_, e, _)| &e.id == id)
+            .unwrap_or_else(|| panic!("exec in an unknown container {id}"));
+        *per_engine.entry(*i).or_default() += 1;
+    }
+    println!(
+        "one pressure episode, 10 idle engines, 3 cleanups: {} execs ({per_engine:?})",
+        execs.len()
+    );
+    let want: BTreeMap<u64, usize> = (1..=10).map(|i| (i, if i >= 8 { 2 } else { 1 })).collect();
+    assert_eq!(per_engine, want);
+    assert_eq!(execs.len(), 13);
+    agent.stop().await;
+}
+
+/// `pressure.min_free = "off"`: free space is still read and exported (no threshold), and a
+/// full filesystem gets no cleanup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pressure_off_reports_free_space_and_never_cleans() {
+    let case = unique_name("pressure-off");
+    let tmp = Tmpfs::mount(16);
+    let d = tmp.dir("e");
+    fill(&d.join("cache.bin"), 4 * MIB);
+    let e = bind(engine_for(&case, "prs-off"), &d, DEFAULT_CACHE_DIR).start();
+    fill(&tmp.dir("host").join("fill"), tmp.avail() - 256 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(config(&case, &dir, None)).await;
+    let mp = tmp.mountpoint().to_string();
+    wait_mountpoints(&agent, &[(&e, Some(&mp))]).await;
+    let m = eventually(Duration::from_secs(5), "filesystem series", || async {
+        let m = metrics(&agent).await;
+        sample(&m, &fs_series("acestream_filesystem_avail_bytes", &mp))
+            .is_some()
+            .then_some(m)
+    })
+    .await;
+    let avail = sample(&m, &fs_series("acestream_filesystem_avail_bytes", &mp)).unwrap();
+    assert!(avail <= 512.0 * 1024.0, "{avail}");
+    assert_eq!(
+        sample(&m, &fs_series("acestream_disk_pressure", &mp)),
+        Some(0.0)
+    );
+    assert!(!m.contains("acestream_filesystem_min_free_bytes"));
+    // Several pressure intervals: nothing cleaned.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pressure_records(&agent, &e).await.is_empty());
+    assert!(d.join("cache.bin").exists());
+    agent.stop().await;
+}
