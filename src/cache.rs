@@ -190,6 +190,20 @@ pub fn parse(exit_code: i64, stdout: &str, stderr: &str) -> Outcome {
 mod tests {
     use super::*;
 
+    /// Runs the script with the host's `sh` (the same POSIX shell features as in containers)
+    /// and parses its output as the janitor does.
+    fn run_on_host(argv: &[String]) -> Outcome {
+        let o = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap();
+        parse(
+            o.status.code().unwrap_or(-1) as i64,
+            &String::from_utf8_lossy(&o.stdout),
+            &String::from_utf8_lossy(&o.stderr),
+        )
+    }
+
     #[test]
     fn path_is_an_argument_never_part_of_the_script() {
         let evil = "/cache/$(touch /pwned)\"; rm -rf / #";
@@ -290,15 +304,7 @@ mod tests {
         let path = path.to_str().unwrap();
         let run = |mode| {
             let a = argv(path, mode);
-            let o = std::process::Command::new(&a[0])
-                .args(&a[1..])
-                .output()
-                .unwrap();
-            parse(
-                o.status.code().unwrap_or(-1) as i64,
-                &String::from_utf8_lossy(&o.stdout),
-                &String::from_utf8_lossy(&o.stderr),
-            )
+            run_on_host(&a)
         };
         match run(Mode::Measure) {
             Outcome::Done(Sizes {
@@ -348,15 +354,7 @@ mod tests {
                 port,
                 own,
             );
-            let o = std::process::Command::new(&a[0])
-                .args(&a[1..])
-                .output()
-                .unwrap();
-            parse(
-                o.status.code().unwrap_or(-1) as i64,
-                &String::from_utf8_lossy(&o.stdout),
-                &String::from_utf8_lossy(&o.stderr),
-            )
+            run_on_host(&a)
         };
         let run = |port| run_ignoring(port, &[]);
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -391,15 +389,7 @@ mod tests {
         let path = tmp.path().canonicalize().unwrap().join("nope");
         let run = |mode| {
             let a = argv(path.to_str().unwrap(), mode);
-            let o = std::process::Command::new(&a[0])
-                .args(&a[1..])
-                .output()
-                .unwrap();
-            parse(
-                o.status.code().unwrap_or(-1) as i64,
-                &String::from_utf8_lossy(&o.stdout),
-                &String::from_utf8_lossy(&o.stderr),
-            )
+            run_on_host(&a)
         };
         let done = |before, after| Outcome::Done(Sizes { before, after });
         assert_eq!(run(Mode::Measure), done(0, None));
@@ -417,15 +407,7 @@ mod tests {
         let link = tmp.path().canonicalize().unwrap().join("cache");
         std::os::unix::fs::symlink(&outside, &link).unwrap();
         let a = argv(link.to_str().unwrap(), Mode::Clear { min_bytes: 0 });
-        let o = std::process::Command::new(&a[0])
-            .args(&a[1..])
-            .output()
-            .unwrap();
-        let out = parse(
-            o.status.code().unwrap_or(-1) as i64,
-            &String::from_utf8_lossy(&o.stdout),
-            &String::from_utf8_lossy(&o.stderr),
-        );
+        let out = run_on_host(&a);
         assert!(
             matches!(out, Outcome::Failed { ref reason, .. } if reason.contains("symlink")),
             "{out:?}"
