@@ -9,94 +9,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use acestream_agent::config::Config;
-use acestream_agent::Agent;
 use common::*;
 use serde_json::Value;
-use tempfile::TempDir;
 
-/// Label that ties engines to the one test (and agent) that owns them.
-const CASE_LABEL: &str = "acestream-agent.test.case";
 /// Slack per file (and per directory) when comparing a measured size with what was written:
 /// `du` counts whole blocks or directory entries, never less than the data.
 const BLOCK: u64 = 4096;
 
-/// An agent that sees only this test's engines.
-struct Case {
-    agent: Agent,
-    _dir: TempDir,
-}
-
-/// Config for one test: discovery limited to the case label, a temp store, fast activity
-/// probe, and nothing running on a timer that the test does not ask for (no sweep, no
-/// stream-end cleanup, no periodic measuring, no disk pressure).
-fn config(case: &str, dir: &TempDir) -> Config {
-    let mut cfg = Config::default();
-    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}").parse().unwrap()];
-    cfg.discovery.images = vec![];
-    cfg.store.path = dir.path().join("state.redb");
-    cfg.activity.interval = Duration::from_millis(200);
-    cfg.health.interval = Duration::from_secs(1);
-    cfg.cleanup.interval = None;
-    cfg.cleanup.idle_grace = None;
-    cfg.cleanup.measure_interval = None;
-    cfg.pressure.min_free = None;
-    cfg
-}
-
-/// A unique case name (the label value), its temp dir and its config.
-fn new_case(prefix: &str) -> (String, TempDir, Config) {
-    let name = unique_name(prefix);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&name, &dir);
-    (name, dir, cfg)
-}
-
 impl Case {
-    async fn start(dir: TempDir, cfg: Config) -> Case {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = Agent::start(cfg, listener).await.unwrap();
-        Case { agent, _dir: dir }
-    }
-
-    /// `GET /engines/{key}`; panics unless 200.
-    async fn engine_json(&self, key: &str) -> Value {
-        let (status, v) = http_get_json(self.agent.addr, &format!("/engines/{key}")).await;
-        assert_eq!(status, 200, "GET /engines/{key}: {v}");
-        v
-    }
-
-    /// Polls `GET /engines/{key}` until `pred` holds; returns that engine JSON.
-    async fn wait_engine(
-        &self,
-        key: &str,
-        deadline: Duration,
-        what: &str,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let addr = self.agent.addr;
-        let pred = &pred;
-        eventually(deadline, what, || async move {
-            let (status, v) = try_http_get(addr, &format!("/engines/{key}")).await?;
-            let v: Value = serde_json::from_str(&v).map_err(|e| format!("{e}: {v}"))?;
-            if status == 200 && pred(&v) {
-                Ok(v)
-            } else {
-                Err(format!("HTTP {status}: {v}"))
-            }
-        })
-        .await
-    }
-
-    /// `GET /engines/{key}/cleanups`, newest first.
-    async fn history(&self, key: &str) -> Vec<Value> {
-        let (status, v) = http_get_json(self.agent.addr, &format!("/engines/{key}/cleanups")).await;
-        assert_eq!(status, 200, "GET /engines/{key}/cleanups: {v}");
-        v.as_array()
-            .unwrap_or_else(|| panic!("cleanup history is not an array: {v}"))
-            .clone()
-    }
-
     /// `POST /engines/{key}/cleanup` from loopback (no token configured): status and JSON.
     async fn manual_cleanup(&self, key: &str) -> (u16, Value) {
         let (status, body) =

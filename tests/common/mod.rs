@@ -14,6 +14,11 @@
 //! itself by also breaking the harness.
 #![allow(dead_code)] // each test file uses a different subset of the harness
 
+mod case;
+// Not every test binary uses the in-process agent.
+#[allow(unused_imports)]
+pub use case::*;
+
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
