@@ -45,9 +45,7 @@ impl Case {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port for the agent");
-        let agent = Agent::start(cfg, listener)
-            .await
-            .expect("the agent starts");
+        let agent = Agent::start(cfg, listener).await.expect("the agent starts");
         Case { agent, _dir: dir }
     }
 
