@@ -215,21 +215,28 @@ impl RegistryHandle {
 
 /// Finds an engine in a snapshot by full id, unique id prefix, or name (SPEC §6 `{id}`).
 pub fn find<'a>(snapshot: &'a Snapshot, key: &str) -> Option<&'a EngineState> {
+    lookup(snapshot.engines.iter(), key)
+}
+
+/// The one rule for naming an engine: exact full id or name, else a unique id prefix of at
+/// least 4 characters; a leading `/` (Docker's name form) is ignored. Shared by the HTTP
+/// lookups (on a snapshot) and the registry's own (stream events).
+fn lookup<'a>(
+    engines: impl Iterator<Item = &'a EngineState> + Clone,
+    key: &str,
+) -> Option<&'a EngineState> {
     let key = key.trim_start_matches('/');
     if key.is_empty() {
         return None;
     }
-    if let Some(e) = snapshot
-        .engines
-        .iter()
+    if let Some(e) = engines
+        .clone()
         .find(|e| e.engine.container_id == key || e.engine.container_name == key)
     {
         return Some(e);
     }
-    let mut by_prefix = snapshot
-        .engines
-        .iter()
-        .filter(|e| key.len() >= 4 && e.engine.container_id.starts_with(key));
+    let mut by_prefix =
+        engines.filter(|e| key.len() >= 4 && e.engine.container_id.starts_with(key));
     match (by_prefix.next(), by_prefix.next()) {
         (Some(e), None) => Some(e),
         _ => None,
@@ -818,22 +825,7 @@ impl Registry {
     }
 
     fn resolve_id(&self, key: &str) -> Option<&str> {
-        let key = key.trim_start_matches('/');
-        if let Some(e) = self
-            .engines
-            .values()
-            .find(|e| e.engine.container_id == key || e.engine.container_name == key)
-        {
-            return Some(&e.engine.container_id);
-        }
-        let mut m = self
-            .engines
-            .keys()
-            .filter(|id| key.len() >= 4 && id.starts_with(key));
-        match (m.next(), m.next()) {
-            (Some(id), None) => Some(id),
-            _ => None,
-        }
+        lookup(self.engines.values(), key).map(|e| e.engine.container_id.as_str())
     }
 
     /// Finds the engine a proxy means by `engine.host:engine.port` (SPEC "Stream events").
