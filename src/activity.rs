@@ -25,20 +25,14 @@ pub struct Activity {
     pub ports: ProbePorts,
 }
 
-/// Both tables of one network namespace, from the host's /proc; empty without reading them
-/// when the namespace has no established connection at all (`procnet::curr_estab`).
+/// Both tables of one network namespace, from the host's /proc (`procnet::read_tables`), off
+/// the async threads.
 async fn read_proc(pid: u32) -> std::io::Result<String> {
-    let snmp = tokio::fs::read_to_string(format!("/proc/{pid}/net/snmp")).await?;
-    if procnet::curr_estab(&snmp) == Some(0) {
-        return Ok(String::new());
-    }
-    let mut text = tokio::fs::read_to_string(format!("/proc/{pid}/net/tcp")).await?;
-    // A kernel without IPv6 has no tcp6; that is not an error.
-    if let Ok(t6) = tokio::fs::read_to_string(format!("/proc/{pid}/net/tcp6")).await {
-        text.push('\n');
-        text.push_str(&t6);
-    }
-    Ok(text)
+    tokio::task::spawn_blocking(move || {
+        procnet::read_tables(|f| std::fs::read_to_string(format!("/proc/{pid}/{f}")))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 impl Activity {

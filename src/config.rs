@@ -129,6 +129,28 @@ pub struct CleanupConfig {
     pub min_bytes: u64,
     /// Live size measurement; `None` = `"off"`.
     pub measure_interval: Option<Duration>,
+    /// How caches are reached: from the host where the agent may, else `docker exec`.
+    pub method: CacheMethod,
+}
+
+/// `cleanup.method`: how the janitor reaches a container's cache directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMethod {
+    /// Through `/proc/<pid>/root` from the host (no exec, no cost to Docker) where the agent
+    /// has access (root, or `CAP_SYS_PTRACE` and the DAC capabilities), else `docker exec`.
+    #[default]
+    Auto,
+    /// Always `docker exec` of the fixed cache script inside the container.
+    Exec,
+}
+
+impl CacheMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMethod::Auto => "auto",
+            CacheMethod::Exec => "exec",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -179,7 +201,7 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 
 impl Config {
     /// Layers: built-in defaults < the file (`file` if Some — must exist —, else
-    /// /etc/acestream-agent/config.toml if it exists) < env ACESTREAM_AGENT_<SECTION>__<KEY> <
+    /// /etc/acestream-agent/config.toml if it exists) < env `ACESTREAM_AGENT_<SECTION>__<KEY>` <
     /// AUTOSCALE_INTERVAL_S (seconds, sets cleanup.interval).
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         // Non-UTF-8 names cannot be ours; values are taken lossily so a stray byte in one of
@@ -283,6 +305,7 @@ impl Config {
             "measure_interval = {}",
             quote_opt_duration(c.cleanup.measure_interval)
         ));
+        line(format!("method = {}", quote(c.cleanup.method.as_str())));
 
         line(String::new());
         line("[pressure]".into());
@@ -366,6 +389,7 @@ fn defaults(env: &EnvView<'_>) -> Config {
             concurrency: 4,
             min_bytes: 0,
             measure_interval: Some(Duration::from_secs(5 * 60)),
+            method: CacheMethod::Auto,
         },
         pressure: PressureConfig {
             interval: Duration::from_secs(10),
@@ -673,6 +697,7 @@ struct RawCleanup {
     concurrency: Option<Scalar>,
     min_bytes: Option<Scalar>,
     measure_interval: Option<Scalar>,
+    method: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -893,6 +918,10 @@ fn resolve(raw: RawConfig, env: &EnvView<'_>) -> Result<Config, ConfigError> {
             raw.cleanup.measure_interval,
             d.cleanup.measure_interval,
         )?,
+        method: match raw.cleanup.method {
+            None => d.cleanup.method,
+            Some(v) => cache_method(v)?,
+        },
     };
     if let Some(value) = env.get(AUTOSCALE_ENV) {
         // An empty value (`AUTOSCALE_INTERVAL_S=` from a compose file's `${X:-}`) means unset.
@@ -1054,6 +1083,16 @@ fn size(key: &str, value: Scalar) -> Result<u64, ConfigError> {
         )),
     }
     .map_err(|m| invalid(key, m))
+}
+
+fn cache_method(value: Scalar) -> Result<CacheMethod, ConfigError> {
+    match value {
+        Scalar::Text(s) if s.trim() == "auto" => Ok(CacheMethod::Auto),
+        Scalar::Text(s) if s.trim() == "exec" => Ok(CacheMethod::Exec),
+        Scalar::Text(s) => Err(format!("expected \"auto\" or \"exec\", got {s:?}")),
+        _ => Err("expected \"auto\" or \"exec\"".to_owned()),
+    }
+    .map_err(|m| invalid("cleanup.method", m))
 }
 
 fn min_free(value: Scalar) -> Result<Option<MinFree>, ConfigError> {
@@ -1492,6 +1531,7 @@ mod tests {
         assert_eq!(c.cleanup.concurrency, 4);
         assert_eq!(c.cleanup.min_bytes, 0);
         assert_eq!(c.cleanup.measure_interval, Some(Duration::from_secs(300)));
+        assert_eq!(c.cleanup.method, CacheMethod::Auto);
         assert_eq!(c.pressure.interval, Duration::from_secs(10));
         assert_eq!(c.pressure.min_free, Some(MinFree::Percent(10.0)));
         assert_eq!(c.pressure.docker_root, None);
@@ -1629,6 +1669,22 @@ mod tests {
     fn integer_durations_in_toml_are_seconds() {
         let c = load_toml("[discovery]\nresync_interval = 120\n").unwrap();
         assert_eq!(c.discovery.resync_interval, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn cleanup_method_is_auto_or_exec() {
+        let c = load_toml("[cleanup]\nmethod = \"exec\"\n").unwrap();
+        assert_eq!(c.cleanup.method, CacheMethod::Exec);
+        let c = load_toml("[cleanup]\nmethod = \"auto\"\n").unwrap();
+        assert_eq!(c.cleanup.method, CacheMethod::Auto);
+        match load_toml("[cleanup]\nmethod = \"host\"\n") {
+            Err(e) => assert!(
+                e.to_string()
+                    .contains(r#"expected "auto" or "exec", got "host""#),
+                "{e}"
+            ),
+            Ok(c) => panic!("accepted {c:?}"),
+        }
     }
 
     #[test]
@@ -1827,6 +1883,8 @@ mod tests {
             ("[cleanup]\nconcurrency = 0", "cleanup.concurrency"),
             ("[cleanup]\nconcurrency = 65", "cleanup.concurrency"),
             ("[cleanup]\nmin_bytes = -1", "cleanup.min_bytes"),
+            ("[cleanup]\nmethod = \"host\"", "cleanup.method"),
+            ("[cleanup]\nmethod = 1", "cleanup.method"),
             ("[cleanup]\nmin_bytes = \"5 parsecs\"", "cleanup.min_bytes"),
             ("[cleanup]\ncache_path = \"relative\"", "cleanup.cache_path"),
             ("[cleanup]\ncache_path = \"/etc\"", "cleanup.cache_path"),

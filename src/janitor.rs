@@ -3,22 +3,31 @@
 //!
 //! Rules in code: one cleanup at a time per engine (`inflight`, a guard that frees the id on
 //! drop; failing to take it is the 409 of a manual cleanup), at most `cleanup.concurrency` at
-//! once (`limit`), every exec bounded by `cleanup.exec_timeout`, and no new exec on an engine
-//! whose previous exec timed out and is still running inside the container, so a hung `du`
-//! cannot pile up one more process per sweep.
+//! once (`limit`), every measurement or cleanup bounded by `cleanup.exec_timeout`, and none
+//! started on an engine whose previous one timed out and is still running (inside the
+//! container, or as a host thread stuck in the filesystem), so a hung `du` cannot pile up one
+//! more process per sweep.
+//!
+//! How a cache is reached (`cleanup.method`): from the host through `/proc/<pid>/root`
+//! (`hostfs`, no exec: Docker's daemons spend nothing on a sweep that finds empty caches),
+//! else, per cache and whenever the host cannot (no privilege, pid not verifiable), the fixed
+//! script of `cache.rs` by `docker exec`. Both give the same [`Outcome`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{broadcast, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::{self, Mode, Outcome, Sizes};
+use crate::config::CacheMethod;
 use crate::docker::{DockerClient, DockerError};
 use crate::health::ProbePorts;
+use crate::hostfs;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::model::{id12, CleanupRecord, EngineState, Trigger};
@@ -57,13 +66,35 @@ struct Inner {
     docker: DockerClient,
     /// std `Mutex`: held to insert or remove an id, never across an `.await`.
     inflight: Mutex<HashSet<String>>,
-    /// Exec ids of commands that timed out, per engine, until they are seen finished.
-    hung: Mutex<HashMap<String, String>>,
+    /// Work that timed out, per engine, until it is seen finished.
+    hung: Mutex<HashMap<String, Hung>>,
     limit: Arc<Semaphore>,
     exec_timeout: Duration,
     min_bytes: u64,
     metrics: Arc<Metrics>,
     probes: ProbePorts,
+    method: CacheMethod,
+    /// Engines whose first fallback from the host path to exec has been logged (once each,
+    /// at info: a fallback brings Docker's per-exec CPU cost back).
+    fallback_logged: Mutex<HashSet<String>>,
+}
+
+/// Sets its flag when dropped: a host walk's "finished" mark (dropped by the walk however it
+/// ends) and its "cancel" flag (dropped by the janitor when it stops waiting).
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A measurement or cleanup that outlived its deadline.
+enum Hung {
+    /// Docker's id of the exec, still running in the container.
+    Exec(String),
+    /// Set by the blocking host walk when it finally returns.
+    Host(Arc<AtomicBool>),
 }
 
 struct InflightGuard {
@@ -94,6 +125,7 @@ pub struct JanitorConfig {
     pub exec_timeout: Duration,
     pub concurrency: usize,
     pub min_bytes: u64,
+    pub method: CacheMethod,
 }
 
 impl Janitor {
@@ -114,6 +146,8 @@ impl Janitor {
                 min_bytes: cfg.min_bytes,
                 metrics,
                 probes: ProbePorts::default(),
+                method: cfg.method,
+                fallback_logged: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -135,15 +169,36 @@ impl Janitor {
         })
     }
 
-    /// Runs one script mode in the container; a timeout remembers the exec as hung.
+    /// Measures (and clears) one cache: from the host where it can, else by exec. A timeout
+    /// remembers the work as hung.
     async fn run_script(&self, e: &EngineState, mode: Mode) -> Outcome {
         let id = &e.engine.container_id;
-        // The engine's port arms the script's live-stream guard: no delete while a client is
-        // connected to it inside the container.
         // While deleting, no new health check of this engine starts, and the ones already
-        // running are named to the script (see `health::ProbePorts`).
+        // running are named to the live-stream guard (see `health::ProbePorts`): the engine's
+        // port arms it, no delete while a client is connected to it inside the container.
         let _pause = matches!(mode, Mode::Clear { .. }).then(|| self.inner.probes.pause(id));
         let own = self.inner.probes.recent_ports();
+        if self.inner.method == CacheMethod::Auto {
+            match self.run_on_host(e, mode, own.clone()).await {
+                Ok(outcome) => return outcome,
+                Err(hostfs::Unavailable(why)) => {
+                    let first = self
+                        .inner
+                        .fallback_logged
+                        .lock()
+                        .expect("fallback_logged lock poisoned")
+                        .insert(id.clone());
+                    if first {
+                        info!(
+                            container_id = %e.id12(),
+                            "Cannot reach this engine's cache from the host ({why}); using docker exec"
+                        );
+                    } else {
+                        debug!(container_id = %e.id12(), reason = %why, "host path unavailable; using docker exec");
+                    }
+                }
+            }
+        }
         let argv = cache::guarded_argv(&e.engine.cache_path, mode, e.runtime.container_port, &own);
         let mut exec_id = None;
         let r = self
@@ -161,7 +216,7 @@ impl Janitor {
                         .hung
                         .lock()
                         .expect("hung lock poisoned")
-                        .insert(id.clone(), x);
+                        .insert(id.clone(), Hung::Exec(x));
                 }
                 Outcome::Failed {
                     before: None,
@@ -171,28 +226,87 @@ impl Janitor {
         }
     }
 
-    /// Whether an earlier timed-out exec still runs in this container.
-    async fn previous_exec_hung(&self, id: &str) -> bool {
-        let exec = self
-            .inner
-            .hung
-            .lock()
-            .expect("hung lock poisoned")
-            .get(id)
-            .cloned();
-        let Some(exec) = exec else { return false };
-        match self.inner.docker.exec_running(&exec).await {
-            Ok(true) => true,
-            // Finished, or unknown to Docker (container restarted): free to try again.
-            _ => {
+    /// The host path (`hostfs`) off the async threads, bounded by the same deadline as an
+    /// exec. `Unavailable` means nothing was done and the exec should run instead.
+    async fn run_on_host(
+        &self,
+        e: &EngineState,
+        mode: Mode,
+        own: Vec<u16>,
+    ) -> Result<Outcome, hostfs::Unavailable> {
+        let finished = Arc::new(AtomicBool::new(false));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (pid, id, path, port) = (
+            e.runtime.pid,
+            e.engine.container_id.clone(),
+            e.engine.cache_path.clone(),
+            e.runtime.container_port,
+        );
+        // Marks the walk finished however it ends (a panic included), so the engine is not
+        // left "hung" for good.
+        let (done, stop) = (SetOnDrop(finished.clone()), cancel.clone());
+        let work = tokio::task::spawn_blocking(move || {
+            let _done = done;
+            let t = hostfs::Target {
+                pid,
+                container_id: &id,
+                cache_path: &path,
+                engine_port: port,
+                own_ports: &own,
+                cancel: &stop,
+            };
+            hostfs::run(&t, mode)
+        });
+        // Past the deadline the walk is told to stop: nothing is deleted after the janitor
+        // has given up on it (its re-check and its record would be stale).
+        // (Also when this future itself is dropped, at shutdown.)
+        let _cancel_on_drop = SetOnDrop(cancel);
+        match tokio::time::timeout(self.inner.exec_timeout, work).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(join)) => Ok(Outcome::Failed {
+                before: None,
+                reason: format!("cache walk failed: {join}"),
+            }),
+            Err(_) => {
                 self.inner
                     .hung
                     .lock()
                     .expect("hung lock poisoned")
-                    .remove(id);
-                false
+                    .insert(e.engine.container_id.clone(), Hung::Host(finished));
+                Ok(Outcome::Failed {
+                    before: None,
+                    reason: format!(
+                        "the cache walk did not finish within {:?} (filesystem not answering?)",
+                        self.inner.exec_timeout
+                    ),
+                })
             }
         }
+    }
+
+    /// Whether earlier timed-out work still runs for this engine.
+    async fn previous_exec_hung(&self, id: &str) -> bool {
+        let exec = {
+            let hung = self.inner.hung.lock().expect("hung lock poisoned");
+            match hung.get(id) {
+                None => return false,
+                Some(Hung::Host(done)) => Err(done.load(Ordering::Acquire)),
+                Some(Hung::Exec(x)) => Ok(x.clone()),
+            }
+        };
+        let running = match exec {
+            Err(finished) => !finished,
+            Ok(exec) => matches!(self.inner.docker.exec_running(&exec).await, Ok(true)),
+        };
+        if !running {
+            // Finished, or unknown to Docker (container restarted): free to try again.
+            self.inner
+                .hung
+                .lock()
+                .expect("hung lock poisoned")
+                .remove(id);
+        }
+        running
     }
 
     /// One cleanup of one engine (SPEC §4): measure, re-check idle, delete, record.

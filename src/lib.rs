@@ -4,7 +4,8 @@
 //!  Docker API ──► discovery ──┐                       ┌──► views (render on change) ──► /engines, /metrics
 //!  engine HTTP ─► health ─────┤                       │
 //!  /proc/<pid>/net ► activity ┼──► registry (owner) ──┼──► janitor ◄── idle events, sweep tick, POST cleanup
-//!  POST /events/* ────────────┘      │  persist        │       │ docker exec (measure, re-check, delete)
+//!  POST /events/* ────────────┘      │  persist        │       │ re-check idle, then measure + delete:
+//!                                    │                 │       │ /proc/<pid>/root (hostfs) or docker exec
 //!                                    ▼                 │       └──► registry (record)
 //!                                  store (redb) ◄──────┤
 //!  statvfs, mountinfo ──► pressure ◄── snapshots ──────┘
@@ -25,17 +26,20 @@ pub mod config;
 pub mod discovery;
 pub mod docker;
 pub mod health;
+pub mod hostfs;
 pub mod http;
 pub mod janitor;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod mountinfo;
 pub mod notify;
 pub mod pressure;
 pub mod procnet;
 pub mod registry;
 pub mod shutdown;
 pub mod store;
+pub mod streams;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -155,6 +159,7 @@ impl Agent {
                 exec_timeout: cfg.cleanup.exec_timeout,
                 concurrency: cfg.cleanup.concurrency,
                 min_bytes: cfg.cleanup.min_bytes,
+                method: cfg.cleanup.method,
             },
             metrics.clone(),
         )

@@ -43,7 +43,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(serve(cfg, listener)) {
+    let result = rt.block_on(serve(cfg, listener));
+    // Dropping the runtime would wait without limit for blocking work still running: a host
+    // walk stuck in a filesystem that stopped answering would keep the agent from exiting
+    // until systemd kills it. Such work has been told to stop; it gets a moment, no more.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

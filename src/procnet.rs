@@ -1,7 +1,7 @@
 //! Parser for `/proc/<pid>/net/tcp` and `/proc/<pid>/net/tcp6` (SPEC §3, connection probe).
 //!
-//! Pure: takes the file text, returns established connections. Reading the files is the
-//! activity module's job. Addresses are kernel-formatted hex: IPv4 as one little-endian
+//! Pure: takes the file text, returns established connections; [`read_tables`] is given the
+//! reading by its caller. Addresses are kernel-formatted hex: IPv4 as one little-endian
 //! 32-bit word, IPv6 as four of them; IPv4-mapped IPv6 addresses (what a dual-stack listener
 //! such as busybox `nc` on `::` sees for IPv4 clients) are turned back into IPv4 so one client
 //! has one name whichever table it shows up in.
@@ -40,6 +40,25 @@ pub fn clients_of(text: &str, port: u16) -> Vec<SocketAddr> {
         .filter(|c| c.local.port() == port)
         .map(|c| c.remote)
         .collect()
+}
+
+/// The established-connection tables of one network namespace, as one text for
+/// [`clients_of`]. `read` reads a file of `/proc/<pid>/` (`net/snmp`, `net/tcp`, `net/tcp6`),
+/// so the activity probe and the janitor's live-connection guard share one rule: the
+/// namespace's `CurrEstab` first, and no table read at all when it is 0; a kernel without IPv6
+/// has no `tcp6`, which is not an error.
+pub fn read_tables(
+    mut read: impl FnMut(&str) -> std::io::Result<String>,
+) -> std::io::Result<String> {
+    if curr_estab(&read("net/snmp")?) == Some(0) {
+        return Ok(String::new());
+    }
+    let mut text = read("net/tcp")?;
+    if let Ok(t6) = read("net/tcp6") {
+        text.push('\n');
+        text.push_str(&t6);
+    }
+    Ok(text)
 }
 
 /// `CurrEstab` of the `Tcp:` lines of `/proc/<pid>/net/snmp`: the established TCP connections
@@ -132,6 +151,33 @@ mod tests {
         assert_eq!(curr_estab("Tcp: CurrEstab\nTcp: 0\n"), Some(0));
         assert_eq!(curr_estab("garbage"), None);
         assert_eq!(curr_estab("Tcp: CurrEstab\n"), None);
+    }
+
+    /// No table read when nothing is established; tcp6 optional; snmp or tcp unreadable is an
+    /// error (the guard must not take an unreadable namespace for an idle one).
+    #[test]
+    fn read_tables_reads_only_what_it_needs() {
+        use std::io::{Error, ErrorKind};
+        let files = |estab: u32, tcp6: bool| {
+            move |f: &str| -> std::io::Result<String> {
+                match f {
+                    "net/snmp" => Ok(format!("Tcp: CurrEstab\nTcp: {estab}\n")),
+                    "net/tcp" => Ok("tcp\n".into()),
+                    "net/tcp6" if tcp6 => Ok("tcp6\n".into()),
+                    _ => Err(Error::from(ErrorKind::NotFound)),
+                }
+            }
+        };
+        let mut asked = vec![];
+        let text = read_tables(|f| {
+            asked.push(f.to_string());
+            files(0, true)(f)
+        })
+        .unwrap();
+        assert_eq!((text.as_str(), asked), ("", vec!["net/snmp".to_string()]));
+        assert_eq!(read_tables(files(2, true)).unwrap(), "tcp\n\ntcp6\n");
+        assert_eq!(read_tables(files(2, false)).unwrap(), "tcp\n");
+        assert!(read_tables(|_| Err(Error::from(ErrorKind::NotFound))).is_err());
     }
 
     #[test]

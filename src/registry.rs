@@ -21,6 +21,7 @@ use crate::model::{
 };
 use crate::shutdown::Shutdown;
 use crate::store::{Batch, PersistedEngine, Store};
+use crate::streams::StreamTable;
 
 /// Label that overrides `cleanup.cache_path` for one container (SPEC §4).
 pub const CACHE_PATH_LABEL: &str = "acestream.cache_path";
@@ -249,7 +250,7 @@ pub struct Registry {
     /// Engines Docker no longer runs, kept so a restarted container (same id) keeps its
     /// counters and history, and pruned after `store.retention`.
     gone: HashMap<String, PersistedEngine>,
-    streams: HashMap<String, StreamRecord>,
+    streams: StreamTable,
     conns: HashMap<String, Vec<String>>,
     store: Store,
     pending: Pending,
@@ -325,11 +326,7 @@ impl Registry {
                 );
             }
         }
-        let streams = loaded
-            .streams
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect();
+        let streams = StreamTable::new(loaded.streams);
         let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
         let (events_tx, _) = broadcast::channel(1024);
         let (tx, rx) = mpsc::channel(1024);
@@ -497,7 +494,7 @@ impl Registry {
         self.gone
             .retain(|_, g| g.gone_at.is_none_or(|at| at >= cutoff));
         self.streams
-            .retain(|_, s| s.ended_at.is_none_or(|at| at >= cutoff));
+            .retain(|s| s.ended_at.is_none_or(|at| at >= cutoff));
         let store = self.store.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.prune(now, retention)).await {
             warn!(error = %e, "pruning the store failed");
@@ -763,11 +760,9 @@ impl Registry {
             "Engine gone: {} ({})", e.engine.container_name, id12(id));
         self.conns.remove(id);
         // Streams die with their container; nobody will send their `ended`.
-        for s in self.streams.values_mut() {
-            if s.container_id == id && s.status == StreamStatus::Started {
-                s.status = StreamStatus::Ended;
-                s.ended_at = Some(now);
-                self.pending.streams.insert(s.id.clone());
+        for sid in self.streams.started_ids(id) {
+            if self.streams.end(&sid, now).is_some() {
+                self.pending.streams.insert(sid);
             }
         }
         let mut engine = e.engine;
@@ -791,12 +786,7 @@ impl Registry {
 
     /// Recomputes `streams` from both sources and emits idle/busy transitions.
     fn refresh_streams(&mut self, id: &str, now: Timestamp) -> bool {
-        let mut streams: Vec<String> = self
-            .streams
-            .values()
-            .filter(|s| s.container_id == id && s.status == StreamStatus::Started)
-            .map(|s| s.id.clone())
-            .collect();
+        let mut streams = self.streams.started_ids(id);
         if let Some(c) = self.conns.get(id) {
             streams.extend(c.iter().cloned());
         }
@@ -878,11 +868,7 @@ impl Registry {
                 })?
                 .to_string(),
         };
-        let active = self
-            .streams
-            .values()
-            .filter(|r| r.container_id == id && r.status == StreamStatus::Started)
-            .count();
+        let active = self.streams.started_count(&id);
         let exists = self
             .streams
             .get(&s.stream_id)
@@ -904,7 +890,7 @@ impl Registry {
             status: StreamStatus::Started,
         };
         // A stream id moving to another engine ends where it was.
-        let previous = self.streams.insert(s.stream_id.clone(), record.clone());
+        let previous = self.streams.insert(record.clone());
         self.pending.streams.insert(s.stream_id.clone());
         self.pending.delete_streams.remove(&s.stream_id);
         if let Some(p) = previous.filter(|p| p.container_id != id) {
@@ -952,12 +938,7 @@ impl Registry {
                 }
                 vec![sid.clone()]
             }
-            (None, Some(c)) => self
-                .streams
-                .values()
-                .filter(|r| &r.container_id == c && r.status == StreamStatus::Started)
-                .map(|r| r.id.clone())
-                .collect(),
+            (None, Some(c)) => self.streams.started_ids(c),
             (None, None) => {
                 return Err(RegistryError::BadRequest(
                     "stream_ended needs a stream_id or a container_id".into(),
@@ -967,11 +948,9 @@ impl Registry {
         let mut ended = vec![];
         let mut engines = HashSet::new();
         for sid in ids {
-            if let Some(r) = self.streams.get_mut(&sid) {
-                r.status = StreamStatus::Ended;
-                r.ended_at = Some(now);
+            if let Some(r) = self.streams.end(&sid, now) {
                 engines.insert(r.container_id.clone());
-                ended.push(r.clone());
+                ended.push(r);
                 self.pending.streams.insert(sid);
             }
         }
@@ -986,23 +965,10 @@ impl Registry {
     /// Keeps the newest `MAX_ENDED_STREAMS` ended records so 100,000 distinct stream ids cannot
     /// grow memory without bound.
     fn cap_ended_streams(&mut self) {
-        let ended = self
-            .streams
-            .values()
-            .filter(|s| s.status == StreamStatus::Ended)
-            .count();
-        if ended <= MAX_ENDED_STREAMS {
-            return;
-        }
-        let mut v: Vec<(Timestamp, String)> = self
-            .streams
-            .values()
-            .filter(|s| s.status == StreamStatus::Ended)
-            .map(|s| (s.ended_at.unwrap_or(s.started_at), s.id.clone()))
-            .collect();
-        v.sort();
-        for (_, id) in v.into_iter().take(ended - MAX_ENDED_STREAMS) {
-            self.streams.remove(&id);
+        while self.streams.ended_count() > MAX_ENDED_STREAMS {
+            let Some(id) = self.streams.pop_oldest_ended() else {
+                break;
+            };
             self.pending.streams.remove(&id);
             self.pending.delete_streams.insert(id);
         }

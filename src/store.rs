@@ -125,7 +125,8 @@ pub enum StoreError {
     },
 }
 
-type Opener = dyn Fn() -> Result<Database, DatabaseError> + Send + Sync;
+/// Opens the database file; `true`: create it when missing (the first open only).
+type Opener = dyn Fn(bool) -> Result<Database, DatabaseError> + Send + Sync;
 
 /// Handle to the open store; clones share one `Database`.
 #[derive(Clone)]
@@ -148,14 +149,18 @@ impl Store {
     /// Opens the store at `path`, creating the file (and its directory) if missing.
     pub fn open(path: &Path, history_per_engine: usize) -> Result<Store, StoreError> {
         let file = path.to_path_buf();
-        let opener = move || {
-            Database::builder()
-                .set_cache_size(CACHE_BYTES)
+        let opener = move |create: bool| {
+            let mut b = Database::builder();
+            b.set_cache_size(CACHE_BYTES)
                 // Without it redb trusts a file that was closed cleanly and may panic on one
                 // damaged since; with it damage is reported as `Corrupted` before anything is
                 // written. It reads the whole file, which is a few MiB at most.
-                .set_check_integrity_on_open(true)
-                .create(&file)
+                .set_check_integrity_on_open(true);
+            if create {
+                b.create(&file)
+            } else {
+                b.open(&file)
+            }
         };
         Store::open_with(path, history_per_engine, Box::new(opener))
     }
@@ -183,7 +188,7 @@ impl Store {
             open_db,
             db: Mutex::new(None),
         };
-        let db = inner.connect()?;
+        let db = inner.connect(true)?;
         *inner.slot() = Some(db);
         Ok(Store {
             inner: Arc::new(inner),
@@ -360,10 +365,10 @@ impl Inner {
     }
 
     /// Opens the file and checks (or sets up) the schema.
-    fn connect(&self) -> Result<Arc<Database>, StoreError> {
+    fn connect(&self, create: bool) -> Result<Arc<Database>, StoreError> {
         // redb may panic on damage its checks do not catch; that is a corrupt file, not a bug
         // worth taking the agent down without naming the file.
-        let opened = panic::catch_unwind(AssertUnwindSafe(|| (self.open_db)()));
+        let opened = panic::catch_unwind(AssertUnwindSafe(|| (self.open_db)(create)));
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return Err(database_error(&self.path, e)),
@@ -396,7 +401,10 @@ impl Inner {
             match &*slot {
                 Some(db) => db.clone(),
                 None => {
-                    let db = self.connect().map_err(|e| {
+                    // Never `create` here: a store whose file is gone (its filesystem
+                    // unmounted under the agent, the file removed) is not silently replaced
+                    // by an empty one; the agent keeps its changes and retries.
+                    let db = self.connect(false).map_err(|e| {
                         let reason = match e {
                             StoreError::Open { reason, .. } => reason,
                             other => other.to_string(),
@@ -570,6 +578,12 @@ fn io_reason(e: &io::Error) -> (OpenErrorKind, String) {
         io::ErrorKind::StorageFull => (
             OpenErrorKind::Io,
             "no space left on the device holding it".to_string(),
+        ),
+        io::ErrorKind::NotFound => (
+            OpenErrorKind::Io,
+            "the file is gone (its file system unmounted, or the file removed); an empty store \
+             is not created in its place"
+                .to_string(),
         ),
         _ => (OpenErrorKind::Io, format!("I/O error: {e}")),
     }
@@ -764,6 +778,29 @@ mod tests {
                 StreamStatus::Started
             },
         }
+    }
+
+    /// After an error the store reopens its file, and never creates an empty one in its place:
+    /// a file system unmounted under the agent uncovers the mount point's directory, where a
+    /// `create` would quietly start a new store that the remounted disk then hides (found by
+    /// `faults::state_disk_read_only_is_reported_and_recovered_from`).
+    #[test]
+    fn a_reopen_never_creates_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let store = Store::open(&path, 10).unwrap();
+        store.apply(&records_batch("aaa", 1..2)).unwrap();
+        // As after a failed commit: the handle is dropped, the next call reopens.
+        *store.inner.slot() = None;
+        let moved = dir.path().join("elsewhere.redb");
+        std::fs::rename(&path, &moved).unwrap();
+        let err = store.apply(&records_batch("aaa", 2..3)).unwrap_err();
+        assert!(err.to_string().contains("the file is gone"), "{err}");
+        assert!(!path.exists(), "no empty store created in its place");
+        // Back in place: the next call reopens it and goes on.
+        std::fs::rename(&moved, &path).unwrap();
+        store.apply(&records_batch("aaa", 2..3)).unwrap();
+        assert_eq!(freed(&store.history("aaa", 10).unwrap()), [2, 1]);
     }
 
     fn records_batch(id: &str, ns: std::ops::Range<i64>) -> Batch {
@@ -1288,7 +1325,7 @@ mod tests {
         let path = dir.path().join("s.redb");
         let full = Arc::new(AtomicBool::new(false));
         let (file_path, flag) = (path.clone(), full.clone());
-        let opener = move || {
+        let opener = move |_create: bool| {
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)

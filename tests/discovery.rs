@@ -21,7 +21,7 @@ use acestream_agent::Agent;
 use chrono::{DateTime, Utc};
 use common::*;
 use serde_json::Value;
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 /// Label key that ties engines to the one test that started them.
@@ -39,23 +39,10 @@ const EVENT_BOUND: Duration = Duration::from_secs(1);
 /// Agent config that sees only containers labelled `CASE_LABEL=<case>`, with a temp store and
 /// no cleanups (discovery is what is under test).
 fn config(case: &str, store: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}").parse().unwrap()];
-    cfg.discovery.images = vec![];
+    let mut cfg = case_config(case, store);
     cfg.discovery.advertise_host = ADVERTISE_HOST.to_string();
-    cfg.store.path = store.to_path_buf();
-    cfg.cleanup.interval = None;
-    cfg.cleanup.idle_grace = None;
-    cfg.cleanup.measure_interval = None;
-    cfg.activity.interval = Duration::from_millis(200);
-    cfg.health.interval = Duration::from_secs(1);
     cfg.health.timeout = Duration::from_secs(1);
     cfg
-}
-
-async fn start_agent(cfg: Config) -> Agent {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Agent::start(cfg, listener).await.expect("agent starts")
 }
 
 fn engine(case: &str, prefix: &str) -> TestEngine {

@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use acestream_agent::config::Config;
-use acestream_agent::Agent;
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const CASE_LABEL: &str = "acestream-agent.test.case";
 const BIN: &str = env!("CARGO_BIN_EXE_acestream-agent");
@@ -28,22 +27,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_acestream-agent");
 // ---------------------------------------------------------------------------------------------
 
 fn config(case: &str, store: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}").parse().unwrap()];
-    cfg.discovery.images = vec![];
-    cfg.store.path = store.to_path_buf();
-    cfg.activity.interval = Duration::from_millis(200);
-    cfg.health.interval = Duration::from_secs(1);
-    cfg.cleanup.interval = None;
-    cfg.cleanup.idle_grace = None;
-    cfg.cleanup.measure_interval = None;
-    cfg.pressure.min_free = None;
-    cfg
-}
-
-async fn start_agent(cfg: Config) -> Agent {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Agent::start(cfg, listener).await.expect("agent starts")
+    case_config(case, store)
 }
 
 fn engine_for(case: &str, prefix: &str) -> TestEngineBuilder {
@@ -85,7 +69,30 @@ async fn raw_status(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Option<
 /// slowest answer and how many failed.
 struct HealthProbe {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(Duration, usize, usize)>,
+    task: tokio::task::JoinHandle<(Duration, Duration, usize, usize)>,
+}
+
+/// One `/healthz` over a new connection: (time to connect, time from connected to the whole
+/// answer), or why it failed. Timed apart so a slow probe tells a TCP connect that waited
+/// (a SYN retransmitted after 1 s) from an agent that answered late.
+async fn healthz_timed(addr: SocketAddr) -> Result<(Duration, Duration), String> {
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let connected = t0.elapsed();
+    let t1 = Instant::now();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    if !buf.starts_with(b"HTTP/1.1 200") {
+        return Err(String::from_utf8_lossy(&buf).into_owned());
+    }
+    Ok((connected, t1.elapsed()))
 }
 
 impl HealthProbe {
@@ -93,31 +100,41 @@ impl HealthProbe {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
-            let (mut worst, mut failed, mut n) = (Duration::ZERO, 0, 0);
+            let (mut connect, mut answer, mut failed, mut n) =
+                (Duration::ZERO, Duration::ZERO, 0, 0);
             while !flag.load(Ordering::SeqCst) {
                 let t = Instant::now();
-                match tokio::time::timeout(Duration::from_secs(5), try_http_get(addr, "/healthz"))
-                    .await
-                {
-                    Ok(Ok((200, _))) => {}
-                    _ => failed += 1,
+                match tokio::time::timeout(Duration::from_secs(5), healthz_timed(addr)).await {
+                    Ok(Ok((c, a))) => {
+                        connect = connect.max(c);
+                        answer = answer.max(a);
+                    }
+                    _ => {
+                        failed += 1;
+                        answer = answer.max(t.elapsed());
+                    }
                 }
-                worst = worst.max(t.elapsed());
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            (worst, failed, n)
+            (connect, answer, failed, n)
         });
         HealthProbe { stop, task }
     }
 
     async fn stop(self, what: &str) -> Duration {
         self.stop.store(true, Ordering::SeqCst);
-        let (worst, failed, n) = self.task.await.unwrap();
-        println!("{what}: {n} /healthz probes, slowest {worst:?}, {failed} failed");
+        let (connect, answer, failed, n) = self.task.await.unwrap();
+        println!(
+            "{what}: {n} /healthz probes, slowest answer {answer:?} (once connected), slowest \
+             connect {connect:?}, {failed} failed"
+        );
         assert_eq!(failed, 0, "{what}: /healthz failed {failed} of {n} times");
         assert!(n >= 1);
-        worst
+        // The agent's part. A connect that waited is the kernel's (on 2 cores shared with
+        // the rest of the suite, a SYN retransmitted after 1 s was seen once in CI); printed
+        // above, not judged.
+        answer
     }
 }
 

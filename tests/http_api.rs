@@ -8,13 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use acestream_agent::config::{Config, LabelMatch};
+use acestream_agent::config::{CacheMethod, Config};
 use acestream_agent::Agent;
 use common::*;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpSocket;
 
 /// The label that restricts an agent's discovery to one test's engines.
 const CASE_LABEL: &str = "acestream-agent.test.case";
@@ -81,25 +81,13 @@ impl TestAgent {
     }
 }
 
+/// Nothing cleans on its own (every cleanup in these tests is a manual one), and streams come
+/// from the event API only.
 fn test_config(case: &str, dir: &TempDir) -> Config {
-    let mut cfg = Config::default();
-    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}")
-        .parse::<LabelMatch>()
-        .expect("valid label matcher")];
-    cfg.discovery.images = vec![];
+    let mut cfg = case_config(case, &dir.path().join("state.redb"));
     cfg.discovery.advertise_host = ADVERTISE_HOST.into();
-    cfg.store.path = dir.path().join("state.redb");
-    // Nothing cleans on its own: every cleanup in these tests is a manual one.
-    cfg.cleanup.interval = None;
-    cfg.cleanup.idle_grace = None;
     cfg.cleanup.exec_timeout = Duration::from_secs(10);
-    // The connection probe runs once at start (no engines yet) and not again during a test:
-    // streams here come from the event API only. A probe running concurrently with the
-    // agent's own health checks can count a health-check connection as a stream for one
-    // interval (reported as an agent bug), which would make engines look busy at random.
-    cfg.activity.interval = Duration::from_secs(600);
-    cfg.health.interval = Duration::from_secs(1);
-    cfg.health.timeout = Duration::from_secs(2);
+    events_only(&mut cfg);
     cfg
 }
 
@@ -108,8 +96,7 @@ async fn start_agent_with(prefix: &str, bind: &str, tweak: impl FnOnce(&mut Conf
     let dir = tempfile::tempdir().expect("temp dir for the store");
     let mut cfg = test_config(&case, &dir);
     tweak(&mut cfg);
-    let listener = TcpListener::bind(bind).await.expect("bind the agent");
-    let agent = Agent::start(cfg, listener).await.expect("agent starts");
+    let agent = start_agent_on(cfg, bind).await;
     TestAgent {
         agent,
         case,
@@ -681,7 +668,8 @@ async fn manual_cleanup_of_a_streaming_engine_is_409() {
 async fn manual_cleanup_while_one_runs_is_409() {
     let exec_timeout = Duration::from_secs(3);
     let agent = start_agent_with("api-409-busy", "127.0.0.1:0", |c| {
-        c.cleanup.exec_timeout = exec_timeout
+        c.cleanup.exec_timeout = exec_timeout;
+        c.cleanup.method = CacheMethod::Exec;
     })
     .await;
     // HANG_DU: the agent's measuring `du -s` never returns, so a cleanup stays running until

@@ -9,6 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use acestream_agent::config::CacheMethod;
 use common::*;
 use serde_json::Value;
 
@@ -122,10 +123,7 @@ async fn sweep_records_sizes_that_match_what_was_written() {
         ("sub/.d", 10_001),
         ("sub/deeper/e", 1),
     ];
-    for (f, n) in files {
-        engine.write_cache_file(f, *n);
-    }
-    let written: u64 = files.iter().map(|(_, n)| n).sum();
+    let written = write_files(&engine, files);
     // The cache dir, sub and sub/deeper count as entries too.
     let slack = BLOCK * (files.len() as u64 + 3);
     assert_eq!(engine.list_cache().len(), files.len());
@@ -173,6 +171,150 @@ async fn sweep_records_sizes_that_match_what_was_written() {
     assert_eq!(first["container_id"], engine.id.as_str(), "{first}");
     assert_eq!(first["size_before_bytes"], size, "{first}");
     assert_eq!(first["freed_bytes"], freed, "{first}");
+    case.agent.stop().await;
+}
+
+/// Writes `(path, bytes)` files into the cache; returns the bytes written.
+fn write_files(engine: &TestEngine, files: &[(&str, u64)]) -> u64 {
+    for (f, n) in files {
+        engine.write_cache_file(f, *n);
+    }
+    files.iter().map(|(_, n)| n).sum()
+}
+
+/// Fills the cache with the same tree every time (sizes, dotfiles, subdirectories).
+fn fill_tree(engine: &TestEngine) -> u64 {
+    write_files(
+        engine,
+        &[
+            ("a.chunk", 300_000),
+            (".hidden", 50_000),
+            ("sub/c.chunk", 200_000),
+            ("sub/deeper/e", 1),
+        ],
+    )
+}
+
+/// `cleanup.method = "exec"` (the container's own `du -sb` and `rm`) and the default host path
+/// (`/proc/<pid>/root`) record the very same sizes for the same tree, and both leave the
+/// directory empty and in place.
+#[tokio::test]
+async fn host_path_and_exec_record_the_same_sizes() {
+    let (name, dir, mut cfg) = new_case("jan-methods");
+    let engine = engine_for(&name).start();
+    engine.wait_http_ready().await;
+    let mut records = Vec::new();
+    // Each run gets its own store; the case's first one is not used.
+    drop(dir);
+    for method in [CacheMethod::Exec, CacheMethod::Auto] {
+        let dir = tempfile::tempdir().unwrap();
+        cfg.store.path = dir.path().join("state.redb");
+        cfg.cleanup.method = method;
+        let written = fill_tree(&engine);
+        let case = Case::start(dir, cfg.clone()).await;
+        case.wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)
+            .await;
+        let (status, record) = case.manual_cleanup(&engine.name).await;
+        assert_eq!(status, 200, "{method:?}: {record}");
+        assert_eq!(record["success"], true, "{method:?}: {record}");
+        let before = u64_of(&record, "size_before_bytes");
+        assert!(
+            before > written && before - written <= 4 * BLOCK,
+            "{method:?}: {before} measured for {written} written"
+        );
+        assert_eq!(engine.list_cache(), Vec::<String>::new(), "{method:?}");
+        assert!(is_dir(&engine, &engine.cache_dir), "{method:?}");
+        records.push(record);
+        case.agent.stop().await;
+    }
+    for key in ["size_before_bytes", "freed_bytes", "remaining_bytes"] {
+        assert_eq!(
+            records[0][key], records[1][key],
+            "{key}: exec {} vs host {}",
+            records[0], records[1]
+        );
+    }
+}
+
+/// The host path needs no exec: an engine whose `du` and shell hang (HANG_DU) would time out
+/// under `cleanup.method = "exec"`, and is cleaned at once by the default method.
+#[tokio::test]
+async fn host_path_cleans_where_an_exec_would_hang() {
+    let (name, dir, mut cfg) = new_case("jan-host-nohang");
+    cfg.cleanup.exec_timeout = Duration::from_secs(3);
+    let engine = engine_for(&name).env("HANG_DU", "1").start();
+    engine.wait_http_ready().await;
+    let written = fill_tree(&engine);
+    let case = Case::start(dir, cfg).await;
+    case.wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)
+        .await;
+    let (status, record) = case.manual_cleanup(&engine.name).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["success"], true, "{record}");
+    assert_eq!(record["error"], Value::Null, "{record}");
+    assert!(u64_of(&record, "freed_bytes") >= written, "{record}");
+    assert!(
+        record["duration_seconds"].as_f64() < Some(3.0),
+        "not through a hung exec: {record}"
+    );
+    assert_eq!(engine.list_cache(), Vec::<String>::new());
+    case.agent.stop().await;
+}
+
+/// Volumes mounted *inside* the cache directory (a directory and a single file): the host
+/// path runs in another mount namespace, where unlinking a mount point would detach it from the
+/// container. They are left alone (contents, and the mounts themselves), everything else is
+/// deleted, and the cleanup says why it is incomplete.
+#[tokio::test]
+async fn mounts_inside_the_cache_are_left_in_place() {
+    let (name, dir, cfg) = new_case("jan-mounts");
+    let host = tempfile::tempdir().unwrap();
+    let (cache, inner, conf) = (
+        host.path().join("cache"),
+        host.path().join("other-volume"),
+        host.path().join("engine.conf"),
+    );
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::write(inner.join("keep"), b"another volume's data").unwrap();
+    std::fs::write(&conf, b"setting=1").unwrap();
+    let v = |src: &std::path::Path, dst: &str| format!("{}:{dst}", src.display());
+    let engine = engine_for(&name)
+        .docker_arg("-v")
+        .docker_arg(&v(&cache, DEFAULT_CACHE_DIR))
+        .docker_arg("-v")
+        .docker_arg(&v(&inner, &format!("{DEFAULT_CACHE_DIR}/inner")))
+        .docker_arg("-v")
+        .docker_arg(&v(&conf, &format!("{DEFAULT_CACHE_DIR}/engine.conf")))
+        .start();
+    engine.wait_http_ready().await;
+    engine.write_cache_file("chunk", 100_000);
+    let mounts = || {
+        engine
+            .exec(&["/usr/bin/busybox", "cat", "/proc/1/mountinfo"])
+            .lines()
+            .filter(|l| l.contains(DEFAULT_CACHE_DIR))
+            .count()
+    };
+    assert_eq!(mounts(), 3);
+    let case = Case::start(dir, cfg).await;
+    case.wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)
+        .await;
+    let (status, record) = case.manual_cleanup(&engine.name).await;
+    assert_eq!(status, 500, "{record}");
+    assert_eq!(record["success"], false, "{record}");
+    let error = record["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("a mount point inside the cache directory"),
+        "{record}"
+    );
+    assert_eq!(mounts(), 3, "the container keeps all its mounts");
+    assert_eq!(
+        std::fs::read(inner.join("keep")).unwrap(),
+        b"another volume's data"
+    );
+    assert_eq!(std::fs::read(&conf).unwrap(), b"setting=1");
+    assert!(!cache.join("chunk").exists(), "the rest is deleted");
     case.agent.stop().await;
 }
 
@@ -251,8 +393,10 @@ async fn manual_cleanup_of_unknown_engine_is_404() {
 #[tokio::test]
 async fn second_cleanup_while_one_runs_is_409() {
     let (name, dir, mut cfg) = new_case("jan-409");
-    // The hung du keeps the first cleanup running for exactly exec_timeout.
+    // The hung du keeps the first cleanup running for exactly exec_timeout (through the exec:
+    // the host path has no du to hang).
     cfg.cleanup.exec_timeout = Duration::from_secs(3);
+    cfg.cleanup.method = CacheMethod::Exec;
     let engine = engine_for(&name).env("HANG_DU", "1").start();
     engine.wait_http_ready().await;
     let case = Case::start(dir, cfg).await;
@@ -394,6 +538,7 @@ async fn hung_exec_times_out_and_is_recorded_without_blocking_others() {
     let exec_timeout = Duration::from_secs(2);
     cfg.cleanup.interval = Some(Duration::from_secs(1));
     cfg.cleanup.exec_timeout = exec_timeout;
+    cfg.cleanup.method = CacheMethod::Exec;
     // One at a time: the hung engine holds the only slot, the other must still get it.
     cfg.cleanup.concurrency = 1;
     let hung = engine_for(&name).env("HANG_DU", "1").start();

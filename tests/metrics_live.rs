@@ -11,12 +11,10 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use acestream_agent::config::{Config, LabelMatch};
 use acestream_agent::Agent;
 use common::*;
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tokio::net::TcpListener;
 
 const CASE_LABEL: &str = "acestream-agent.test.case";
 const ADVERTISE_HOST: &str = "metrics-host.example";
@@ -70,23 +68,12 @@ async fn listening_engine(case: &str, builder: TestEngineBuilder) -> TestEngine 
 /// so `/metrics`, changes only when the test changes it.
 async fn start_agent(case: &str) -> TestAgent {
     let dir = tempfile::tempdir().expect("temp dir for the store");
-    let mut cfg = Config::default();
-    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}")
-        .parse::<LabelMatch>()
-        .expect("valid label matcher")];
-    cfg.discovery.images = vec![];
+    let mut cfg = case_config(case, &dir.path().join("state.redb"));
     cfg.discovery.advertise_host = ADVERTISE_HOST.into();
-    cfg.store.path = dir.path().join("state.redb");
-    cfg.cleanup.interval = None;
-    cfg.cleanup.idle_grace = None;
     cfg.cleanup.exec_timeout = Duration::from_secs(10);
-    cfg.activity.interval = Duration::from_millis(200);
     cfg.health.interval = Duration::from_secs(60);
     cfg.health.timeout = Duration::from_secs(3);
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the agent");
-    let agent = Agent::start(cfg, listener).await.expect("agent starts");
+    let agent = common::start_agent(cfg).await;
     TestAgent { agent, _dir: dir }
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use acestream_agent::config::{Config, MinFree};
+use acestream_agent::config::{CacheMethod, Config, MinFree};
 use acestream_agent::Agent;
 use chrono::{DateTime, Utc};
 use common::*;
@@ -144,18 +144,11 @@ fn files_in(dir: &Path) -> usize {
 /// Pressure-only config: no sweep, no stream-end cleanup, no periodic measuring; only this
 /// test's engines; free space read every 200 ms.
 fn config(case: &str, dir: &TempDir, min_free: Option<MinFree>) -> Config {
-    let mut cfg = Config::default();
-    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}").parse().unwrap()];
-    cfg.discovery.images = vec![];
-    cfg.store.path = dir.path().join("state.redb");
-    cfg.activity.interval = Duration::from_millis(200);
+    let mut cfg = case_config(case, &dir.path().join("state.redb"));
     // Health checks once, right after discovery (tests wait for it, `wait_checked`): a check
     // connected at the moment of a delete makes the cache script's live-stream guard see a
     // client and skip that engine, which would make "exactly these engines" depend on timing.
     cfg.health.interval = Duration::from_secs(600);
-    cfg.cleanup.interval = None;
-    cfg.cleanup.idle_grace = None;
-    cfg.cleanup.measure_interval = None;
     cfg.cleanup.exec_timeout = Duration::from_secs(10);
     cfg.pressure.interval = Duration::from_millis(200);
     cfg.pressure.min_free = min_free;
@@ -164,8 +157,7 @@ fn config(case: &str, dir: &TempDir, min_free: Option<MinFree>) -> Config {
 
 async fn start_agent(cfg: Config) -> Agent {
     logs();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Agent::start(cfg, listener).await.unwrap()
+    common::start_agent(cfg).await
 }
 
 fn engine_for(case: &str, prefix: &str) -> TestEngineBuilder {
@@ -796,10 +788,27 @@ async fn cache_mountpoint_is_the_host_filesystem_and_tmpfs_mounts_are_not_watche
 /// The cost of one episode (SPEC §7 measures the idle engines, then cleans largest first): ten
 /// idle engines of 2..20 MiB on one filesystem, free space 45 MiB below the threshold. The three
 /// largest (20 + 18 + 16 MiB) are enough: one measuring exec per idle engine plus one exec per
-/// cleanup, 13 in all, counted from Docker's own `exec_create` events.
+/// cleanup, 13 in all, counted from Docker's own `exec_create` events. With
+/// `cleanup.method = "exec"`: the default reaches caches from the host and costs no exec at all
+/// (`pressure_episode_from_the_host_costs_no_exec`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pressure_episode_with_ten_idle_engines_costs_one_exec_each_plus_one_per_cleanup() {
-    let case = unique_name("pressure-cost");
+    let per_engine = ten_engine_episode("pressure-cost", CacheMethod::Exec).await;
+    let want: BTreeMap<u64, usize> = (1..=10).map(|i| (i, if i >= 8 { 2 } else { 1 })).collect();
+    assert_eq!(per_engine, want);
+}
+
+/// The same episode with the default `cleanup.method`: the same three engines cleaned, and not
+/// one exec (measured and cleaned from the host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pressure_episode_from_the_host_costs_no_exec() {
+    let per_engine = ten_engine_episode("pressure-cost-host", CacheMethod::Auto).await;
+    assert_eq!(per_engine, BTreeMap::new());
+}
+
+/// Runs the episode described above; returns the execs Docker saw per engine (1..=10).
+async fn ten_engine_episode(prefix: &str, method: CacheMethod) -> BTreeMap<u64, usize> {
+    let case = unique_name(prefix);
     let tmp = Tmpfs::mount(256);
     let host_dir = tmp.dir("host");
     let mut list = vec![];
@@ -816,7 +825,9 @@ async fn pressure_episode_with_ten_idle_engines_costs_one_exec_each_plus_one_per
     }
     let threshold = 64 * MIB;
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(config(&case, &dir, Some(MinFree::Bytes(threshold)))).await;
+    let mut cfg = config(&case, &dir, Some(MinFree::Bytes(threshold)));
+    cfg.cleanup.method = method;
+    let agent = start_agent(cfg).await;
     let mp = tmp.mountpoint().to_string();
     let want: Vec<(&TestEngine, Option<&str>)> = list
         .iter()
@@ -868,13 +879,12 @@ async fn pressure_episode_with_ten_idle_engines_costs_one_exec_each_plus_one_per
         *per_engine.entry(*i).or_default() += 1;
     }
     println!(
-        "one pressure episode, 10 idle engines, 3 cleanups: {} execs ({per_engine:?})",
+        "one pressure episode ({method:?}), 10 idle engines, 3 cleanups: {} execs \
+         ({per_engine:?})",
         execs.len()
     );
-    let want: BTreeMap<u64, usize> = (1..=10).map(|i| (i, if i >= 8 { 2 } else { 1 })).collect();
-    assert_eq!(per_engine, want);
-    assert_eq!(execs.len(), 13);
     agent.stop().await;
+    per_engine
 }
 
 /// `pressure.min_free = "off"`: free space is still read and exported (no threshold), and a

@@ -10,12 +10,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use acestream_agent::config::{Config, LabelMatch};
 use acestream_agent::Agent;
 use common::*;
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tokio::net::TcpListener;
 
 const CASE_LABEL: &str = "acestream-agent.test.case";
 const ADVERTISE_HOST: &str = "status-page-host.example";
@@ -36,27 +34,11 @@ struct TestAgent {
 async fn start_agent(prefix: &str) -> TestAgent {
     let case = unique_name(prefix);
     let dir = tempfile::tempdir().expect("temp dir for the store");
-    let mut cfg = Config::default();
-    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}")
-        .parse::<LabelMatch>()
-        .expect("valid label matcher")];
-    cfg.discovery.images = vec![];
+    let mut cfg = case_config(&case, &dir.path().join("state.redb"));
     cfg.discovery.advertise_host = ADVERTISE_HOST.into();
-    cfg.store.path = dir.path().join("state.redb");
-    cfg.cleanup.interval = None;
-    cfg.cleanup.idle_grace = None;
     cfg.cleanup.exec_timeout = Duration::from_secs(10);
-    // The connection probe runs once at start (no engines yet) and not again during a test:
-    // streams here come from the event API only. A probe running concurrently with the
-    // agent's own health checks can count a health-check connection as a stream for one
-    // interval (reported as an agent bug), which would make engines look busy at random.
-    cfg.activity.interval = Duration::from_secs(600);
-    cfg.health.interval = Duration::from_secs(1);
-    cfg.health.timeout = Duration::from_secs(2);
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the agent");
-    let agent = Agent::start(cfg, listener).await.expect("agent starts");
+    events_only(&mut cfg);
+    let agent = common::start_agent(cfg).await;
     TestAgent {
         agent,
         case,

@@ -1,6 +1,8 @@
 //! An in-process agent that sees only one test's engines, and the requests most tests make
 //! of it. Test files add their own methods with further `impl Case` blocks.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use acestream_agent::config::Config;
@@ -25,27 +27,57 @@ pub struct Case {
 pub fn new_case(prefix: &str) -> (String, TempDir, Config) {
     let name = unique_name(prefix);
     let dir = tempfile::tempdir().expect("temp dir for the case's store");
+    let cfg = case_config(&name, &dir.path().join("state.redb"));
+    (name, dir, cfg)
+}
+
+/// The config every in-process test agent starts from: it sees only the engines labelled
+/// `CASE_LABEL=<case>`, keeps its store at `store`, probes connections every 200 ms and health
+/// every second, and does nothing on a timer the test does not ask for (no sweep, no
+/// stream-end cleanup, no periodic measuring, no disk pressure: the host's own disk may be
+/// fuller than the default threshold).
+pub fn case_config(case: &str, store: &Path) -> Config {
     let mut cfg = Config::default();
-    cfg.discovery.labels = vec![format!("{CASE_LABEL}={name}")
+    cfg.discovery.labels = vec![format!("{CASE_LABEL}={case}")
         .parse()
         .expect("a case label is a valid label match")];
     cfg.discovery.images = vec![];
-    cfg.store.path = dir.path().join("state.redb");
+    cfg.store.path = store.to_path_buf();
     cfg.activity.interval = Duration::from_millis(200);
     cfg.health.interval = Duration::from_secs(1);
     cfg.cleanup.interval = None;
     cfg.cleanup.idle_grace = None;
     cfg.cleanup.measure_interval = None;
     cfg.pressure.min_free = None;
-    (name, dir, cfg)
+    cfg
+}
+
+/// For tests whose streams come from the event API only: the connection probe runs once at
+/// start (no engines yet) and not again during the test. A probe running concurrently with the
+/// agent's own health checks can count a health-check connection as a stream for one interval,
+/// which would make engines look busy at random.
+pub fn events_only(cfg: &mut Config) {
+    cfg.activity.interval = Duration::from_secs(600);
+    cfg.health.interval = Duration::from_secs(1);
+    cfg.health.timeout = Duration::from_secs(2);
+}
+
+/// An in-process agent with `cfg` on a free loopback port.
+pub async fn start_agent(cfg: Config) -> Agent {
+    start_agent_on(cfg, "127.0.0.1:0").await
+}
+
+/// An in-process agent with `cfg` listening on `bind`.
+pub async fn start_agent_on(cfg: Config, bind: &str) -> Agent {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .unwrap_or_else(|e| panic!("bind the agent on {bind}: {e}"));
+    Agent::start(cfg, listener).await.expect("the agent starts")
 }
 
 impl Case {
     pub async fn start(dir: TempDir, cfg: Config) -> Case {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port for the agent");
-        let agent = Agent::start(cfg, listener).await.expect("the agent starts");
+        let agent = start_agent(cfg).await;
         Case { agent, _dir: dir }
     }
 
@@ -64,26 +96,41 @@ impl Case {
         what: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let addr = self.agent.addr;
-        let pred = &pred;
-        eventually(deadline, what, || async move {
-            let (status, v) = try_http_get(addr, &format!("/engines/{key}")).await?;
-            let v: Value = serde_json::from_str(&v).map_err(|e| format!("{e}: {v}"))?;
-            if status == 200 && pred(&v) {
-                Ok(v)
-            } else {
-                Err(format!("HTTP {status}: {v}"))
-            }
-        })
-        .await
+        wait_engine(self.agent.addr, key, deadline, what, pred).await
     }
 
     /// `GET /engines/{key}/cleanups`, newest first.
     pub async fn history(&self, key: &str) -> Vec<Value> {
-        let (status, v) = http_get_json(self.agent.addr, &format!("/engines/{key}/cleanups")).await;
-        assert_eq!(status, 200, "GET /engines/{key}/cleanups: {v}");
-        v.as_array()
-            .unwrap_or_else(|| panic!("cleanup history is not an array: {v}"))
-            .clone()
+        history(self.agent.addr, key).await
     }
+}
+
+/// Polls `GET /engines/{key}` of the agent at `addr` until `pred` holds; returns that engine.
+pub async fn wait_engine(
+    addr: SocketAddr,
+    key: &str,
+    deadline: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let pred = &pred;
+    eventually(deadline, what, || async move {
+        let (status, v) = try_http_get(addr, &format!("/engines/{key}")).await?;
+        let v: Value = serde_json::from_str(&v).map_err(|e| format!("{e}: {v}"))?;
+        if status == 200 && pred(&v) {
+            Ok(v)
+        } else {
+            Err(format!("HTTP {status}: {v}"))
+        }
+    })
+    .await
+}
+
+/// `GET /engines/{key}/cleanups` of the agent at `addr`, newest first.
+pub async fn history(addr: SocketAddr, key: &str) -> Vec<Value> {
+    let (status, v) = http_get_json(addr, &format!("/engines/{key}/cleanups")).await;
+    assert_eq!(status, 200, "GET /engines/{key}/cleanups: {v}");
+    v.as_array()
+        .unwrap_or_else(|| panic!("cleanup history is not an array: {v}"))
+        .clone()
 }

@@ -15,9 +15,12 @@
 #![allow(dead_code)] // each test file uses a different subset of the harness
 
 mod case;
-// Not every test binary uses the in-process agent.
+mod process;
+// Not every test binary uses the in-process agent or a child process.
 #[allow(unused_imports)]
 pub use case::*;
+#[allow(unused_imports)]
+pub use process::*;
 
 use std::future::Future;
 use std::io::{Read, Write};
