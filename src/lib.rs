@@ -76,6 +76,10 @@ pub enum AgentError {
 pub struct Agent {
     pub addr: SocketAddr,
     pub registry: RegistryHandle,
+    /// The health checker's connections to engines. Another `Janitor` over `registry` (the
+    /// benchmark's) needs them, or its live-connection guard takes a health check that
+    /// happens to be connected for a viewer and deletes nothing.
+    pub probes: ProbePorts,
     trigger: shutdown::Trigger,
     tasks: JoinSet<()>,
 }
@@ -201,7 +205,7 @@ impl Agent {
                 docker: docker.clone(),
                 interval: cfg.activity.interval,
                 exec_timeout: cfg.cleanup.exec_timeout,
-                ports,
+                ports: ports.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -247,6 +251,7 @@ impl Agent {
         Ok(Agent {
             addr,
             registry: parts.handle,
+            probes: ports,
             trigger,
             tasks,
         })
