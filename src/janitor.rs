@@ -29,7 +29,7 @@ use crate::docker::{DockerClient, DockerError};
 use crate::health::ProbePorts;
 use crate::hostfs;
 use crate::logging;
-use crate::metrics::Metrics;
+use crate::metrics::{CacheAccess, Metrics};
 use crate::model::{id12, CleanupRecord, EngineState, Trigger};
 use crate::registry::{RegistryCmd, RegistryError, RegistryEvent, RegistryHandle};
 use crate::shutdown::Shutdown;
@@ -180,7 +180,10 @@ impl Janitor {
         let own = self.inner.probes.recent_ports();
         if self.inner.method == CacheMethod::Auto {
             match self.run_on_host(e, mode, own.clone()).await {
-                Ok(outcome) => return outcome,
+                Ok(outcome) => {
+                    self.inner.metrics.count_cache_access(CacheAccess::Host);
+                    return outcome;
+                }
                 Err(hostfs::Unavailable(why)) => {
                     let first = self
                         .inner
@@ -208,6 +211,7 @@ impl Janitor {
                 exec_id = Some(x.to_string())
             })
             .await;
+        self.inner.metrics.count_cache_access(CacheAccess::Exec);
         match r {
             Ok(out) => cache::parse(out.exit_code, &out.stdout, &out.stderr),
             Err(err) => {

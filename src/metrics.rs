@@ -1,7 +1,7 @@
 //! Prometheus exposition for `/metrics` (SPEC "Metrics"), text format 0.0.4.
 //!
-//! Owns the one process-wide instrument, the cleanup-duration histogram, in a
-//! `prometheus::Registry`. Everything else (per-engine gauges and counters, agent state) is
+//! Owns the process-wide instruments, the cleanup-duration histogram and the cache-access
+//! counter, in a `prometheus::Registry`. Everything else (per-engine gauges and counters, agent state) is
 //! built from a `Snapshot` at render time by `SnapshotCollector`, a `prometheus::core::Collector`
 //! over it, as node_exporter builds const metrics inside `Update`: a gone container drops out on
 //! its own, and a moment that never happened is simply not emitted (absent, never 0).
@@ -16,10 +16,12 @@
 //! protobuf one (`set_name`, `set_field_type`, `Metric::from_label`, `set_gauge`, ...).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
-use prometheus::{HistogramOpts, HistogramVec, Registry, TextEncoder};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use tokio::sync::Notify;
 
 use crate::model::{Counters, EngineState, Filesystem, HealthStatus, Snapshot, Timestamp, Trigger};
 
@@ -196,12 +198,39 @@ const CLEANUP_DURATION_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
 ];
 
-/// The agent's metrics: the process-wide histogram plus the descriptors of the families built
-/// from snapshots. Cheap to clone (the histogram and registry are shared), `Send + Sync`.
+const CACHE_OPERATIONS_NAME: &str = "acestream_agent_cache_operations_total";
+const CACHE_OPERATIONS_HELP: &str = "Cache measurements and cleanups by how the agent reached the \
+     cache: host (through the container's root in /proc, no Docker call) or exec (one docker \
+     exec each, which costs dockerd CPU).";
+
+/// How one cache measurement or cleanup reached the cache (`cleanup.method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheAccess {
+    Host,
+    Exec,
+}
+
+impl CacheAccess {
+    pub const ALL: [CacheAccess; 2] = [CacheAccess::Host, CacheAccess::Exec];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheAccess::Host => "host",
+            CacheAccess::Exec => "exec",
+        }
+    }
+}
+
+/// The agent's metrics: the process-wide instruments plus the descriptors of the families
+/// built from snapshots. Cheap to clone (instruments and registry are shared), `Send + Sync`.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
     cleanup_duration: HistogramVec,
+    cache_operations: IntCounterVec,
+    /// Raised when an instrument changes on its own (not with a snapshot), so the views
+    /// render again: a measurement that finds the same size publishes no new snapshot.
+    changed: Arc<Notify>,
     descs: Vec<Desc>,
 }
 
@@ -223,10 +252,21 @@ impl Metrics {
         for trigger in Trigger::ALL {
             cleanup_duration.with_label_values(&[trigger.as_str()]);
         }
+        let cache_operations = IntCounterVec::new(
+            Opts::new(CACHE_OPERATIONS_NAME, CACHE_OPERATIONS_HELP),
+            &["method"],
+        )
+        .expect("constant counter definition is valid (tested)");
+        for method in CacheAccess::ALL {
+            cache_operations.with_label_values(&[method.as_str()]);
+        }
         let registry = Registry::new();
         registry
             .register(Box::new(cleanup_duration.clone()))
             .expect("a fresh registry holds no other collector");
+        registry
+            .register(Box::new(cache_operations.clone()))
+            .expect("the two instruments have different names");
         let descs = SNAPSHOT_FAMILIES
             .iter()
             .map(|f| {
@@ -242,8 +282,23 @@ impl Metrics {
         Metrics {
             registry,
             cleanup_duration,
+            cache_operations,
+            changed: Arc::new(Notify::new()),
             descs,
         }
+    }
+
+    /// Called once per cache measurement or cleanup that reached the cache, by the way it did.
+    pub fn count_cache_access(&self, method: CacheAccess) {
+        self.cache_operations
+            .with_label_values(&[method.as_str()])
+            .inc();
+        self.changed.notify_one();
+    }
+
+    /// Completes once an instrument has changed since the last call (changes coalesce).
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// Called once per finished cleanup (success or failure).
@@ -635,6 +690,9 @@ mod tests {
         m.observe_cleanup(Trigger::Sweep, 0.375);
         m.observe_cleanup(Trigger::Sweep, 1.5);
         m.observe_cleanup(Trigger::StreamEnd, 0.03125);
+        m.count_cache_access(CacheAccess::Host);
+        m.count_cache_access(CacheAccess::Host);
+        m.count_cache_access(CacheAccess::Exec);
         m.render(&golden_snapshot(), "0.0.0-golden")
     }
 
@@ -734,6 +792,30 @@ mod tests {
         let out = m.render(&Snapshot::default(), "1.2.3");
         assert!(out
             .contains("acestream_cache_cleanup_duration_seconds_count{trigger=\"pressure\"} 1\n"));
+    }
+
+    #[tokio::test]
+    async fn cache_access_is_counted_by_method_and_wakes_the_views() {
+        let m = Metrics::new();
+        let fresh = m.render(&Snapshot::default(), "1.2.3");
+        // Both methods from the start, so rate() sees the first operation.
+        assert!(fresh.contains("acestream_agent_cache_operations_total{method=\"host\"} 0\n"));
+        assert!(fresh.contains("acestream_agent_cache_operations_total{method=\"exec\"} 0\n"));
+        // Nothing changed yet: no wake-up pending.
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(20), m.changed()).await;
+        assert!(idle.is_err(), "woke up without a change");
+        m.count_cache_access(CacheAccess::Exec);
+        m.clone().count_cache_access(CacheAccess::Exec);
+        m.count_cache_access(CacheAccess::Host);
+        // Three changes, one wake-up (they coalesce), and the render has all three.
+        tokio::time::timeout(std::time::Duration::from_secs(1), m.changed())
+            .await
+            .expect("a change wakes the views");
+        let again = tokio::time::timeout(std::time::Duration::from_millis(20), m.changed()).await;
+        assert!(again.is_err(), "changes did not coalesce");
+        let out = m.render(&Snapshot::default(), "1.2.3");
+        assert!(out.contains("acestream_agent_cache_operations_total{method=\"host\"} 1\n"));
+        assert!(out.contains("acestream_agent_cache_operations_total{method=\"exec\"} 2\n"));
     }
 
     #[test]

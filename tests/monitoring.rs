@@ -859,6 +859,10 @@ fn dashboard_has_the_panels_operators_need() {
             "Cleanups per hour, by trigger",
             vec!["acestream_cache_cleanups_total"],
         ),
+        (
+            "Cache operations per hour, by method",
+            vec!["acestream_agent_cache_operations_total"],
+        ),
     ] {
         let got = metric_of(t);
         for m in metrics {
@@ -1404,6 +1408,20 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
         ),
         ("Cleanup duration quantiles, by trigger/A", sweep_quantile()),
         ("Cleanup duration quantiles, by trigger/B", sweep_quantile()),
+        (
+            // The agent runs as root here: every cache is reached from the host.
+            "Cache operations per hour, by method/A",
+            check(|r, _| {
+                let got: BTreeMap<&str, f64> =
+                    r.iter().map(|s| (s.label("method"), s.value)).collect();
+                ensure(got.keys().copied().eq(["exec", "host"]), || {
+                    format!("methods {got:?}")
+                })?;
+                ensure(got["host"] > 0.0 && got["exec"] == 0.0, || {
+                    format!("host only: {got:?}")
+                })
+            }),
+        ),
         (
             "Cleanups per hour, by trigger/A",
             check(|r, _| {

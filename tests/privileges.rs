@@ -132,10 +132,25 @@ fn log_text(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
+/// `acestream_agent_cache_operations_total` by method: (host, exec).
+async fn cache_operations(agent: &Unprivileged) -> (u64, u64) {
+    let (status, text) = try_http_get(agent.addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let count = |method: &str| -> u64 {
+        let head = format!("acestream_agent_cache_operations_total{{method=\"{method}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(head.as_str()))
+            .unwrap_or_else(|| panic!("no {head} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    (count("host"), count("exec"))
+}
+
 /// An engine (its `du` and shell hanging with `hang`) with root-owned files in its cache, an
 /// agent as nobody with `caps`, one manual cleanup: it must succeed and empty the cache.
-/// Returns the agent's log.
-async fn cleaned_by_nobody(prefix: &str, hang: bool, caps: &[String]) -> String {
+/// Returns the agent's log and its cache operations by method, (host, exec).
+async fn cleaned_by_nobody(prefix: &str, hang: bool, caps: &[String]) -> (String, (u64, u64)) {
     let case = unique_name(prefix);
     let engine = engine_for(&case, hang);
     engine.wait_http_ready().await;
@@ -149,7 +164,7 @@ async fn cleaned_by_nobody(prefix: &str, hang: bool, caps: &[String]) -> String 
         "{record}\n{log}"
     );
     assert_eq!(engine.list_cache(), Vec::<String>::new(), "{log}");
-    log
+    (log, cache_operations(&agent).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,13 +176,18 @@ async fn with_the_units_capabilities_caches_are_cleaned_from_the_host() {
         "bounding = ambient"
     );
     // Its du and shell hang: only the host path can clean it within the 5 s exec timeout.
-    let log = cleaned_by_nobody("priv-caps", true, &caps).await;
+    let (log, (host, exec)) = cleaned_by_nobody("priv-caps", true, &caps).await;
     assert!(!log.contains("Cannot reach"), "{log}");
+    assert!(host >= 1, "the cleanup counted as host: {host}");
+    assert_eq!(exec, 0, "no exec at all");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_capabilities_the_agent_says_so_and_cleans_through_exec() {
-    let log = cleaned_by_nobody("priv-none", false, &[]).await;
+    let (log, (host, exec)) = cleaned_by_nobody("priv-none", false, &[]).await;
+    // Operators see the fallback on /metrics too (every exec costs dockerd CPU).
+    assert_eq!(host, 0, "nothing reached from the host");
+    assert!(exec >= 1, "the cleanup counted as exec: {exec}");
     let said: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("Cannot reach this engine's cache from the host"))

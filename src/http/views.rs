@@ -46,6 +46,7 @@ pub async fn run(
         tx.send_replace(Arc::new(render(snap, &metrics)));
         tokio::select! {
             r = snapshots.changed() => if r.is_err() { return },
+            _ = metrics.changed() => {}
             _ = shutdown.recv() => return,
         }
     }
