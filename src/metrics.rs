@@ -229,7 +229,7 @@ pub struct Metrics {
     cleanup_duration: HistogramVec,
     cache_operations: IntCounterVec,
     /// Raised when an instrument changes on its own (not with a snapshot), so the views
-    /// render again: a measurement that finds the same size publishes no new snapshot.
+    /// render again: a measurement that fails publishes no new snapshot, yet was counted.
     changed: Arc<Notify>,
     descs: Vec<Desc>,
 }
