@@ -145,13 +145,24 @@ async fn cache_never_deleted_after_a_stream_started_event_was_accepted() {
     wait_engine(addr, &e.id, Duration::from_secs(10), "discovery", |_| true).await;
     let cache = host_cache_dir(&e);
     let mut rng = Rng::new();
-    let (mut both_ok, mut cleanup_first_refused) = (0, 0);
-    for round in 0..ROUNDS {
-        // Some bulk so the script has something to measure and delete.
-        for f in 0..20 {
+    // Some bulk so the cleanup has something to measure and delete.
+    let fill = |round: usize| {
+        for f in 0..100 {
             std::fs::write(cache.join(format!("fill-{round}-{f}")), vec![7u8; 4096]).unwrap();
         }
-        let delay = Duration::from_millis(rng.below(60));
+    };
+    // The stream's delay is drawn below a quarter of one cleanup's length here (see
+    // `cache_never_deleted_under_a_live_connection`; a quarter, as accepting a stream takes a
+    // store commit of its own), so that it lands while the cleanup runs.
+    fill(ROUNDS);
+    let t0 = Instant::now();
+    let (status, body) = manual_cleanup(addr, &e.id).await;
+    assert_eq!(status, 200, "warm-up cleanup: {body}");
+    let span = t0.elapsed();
+    let (mut both_ok, mut cleanup_first_refused, mut raced) = (0, 0, 0);
+    for round in 0..ROUNDS {
+        fill(round);
+        let delay = Duration::from_micros(rng.below((span.as_micros() / 4).max(1_000) as u64));
         let marker = cache.join(format!("live-{round}"));
         let id = e.id.clone();
         let cleanup = manual_cleanup(addr, &id);
@@ -167,9 +178,17 @@ async fn cache_never_deleted_after_a_stream_started_event_was_accepted() {
                 // What the live stream writes from the moment the agent knows of it.
                 std::fs::write(&marker, b"live").unwrap();
             }
-            (status, v)
+            (status, v, Instant::now())
         };
-        let ((c_status, c_body), (s_status, s_body)) = tokio::join!(cleanup, stream);
+        let cleanup = async {
+            let r = cleanup.await;
+            (r, Instant::now())
+        };
+        let (((c_status, c_body), answered), (s_status, s_body, written)) =
+            tokio::join!(cleanup, stream);
+        if written < answered {
+            raced += 1;
+        }
         assert_eq!(s_status, 200, "round {round}: stream_started: {s_body}");
         assert!(
             c_status == 200 || c_status == 409,
@@ -204,11 +223,17 @@ async fn cache_never_deleted_after_a_stream_started_event_was_accepted() {
     }
     println!(
         "{ROUNDS} rounds: {both_ok} cleanups ran with the stream racing them, \
-         {cleanup_first_refused} refused because the stream came first"
+         {cleanup_first_refused} refused because the stream came first (streams sent \
+         up to a quarter of {span:?} after the cleanup request; in {raced} the marker was \
+         written before the cleanup answered)"
     );
     assert!(
         both_ok >= 5,
         "too few rounds where the cleanup ran for the race to mean anything"
+    );
+    assert!(
+        raced >= 3,
+        "too few rounds where the stream's writes met a running cleanup to mean anything"
     );
     agent.stop().await;
 }
@@ -250,13 +275,25 @@ async fn cache_never_deleted_under_a_live_connection() {
     let cache = host_cache_dir(&e);
     let engine_addr = e.addr();
     let mut rng = Rng::new();
-    let (mut cleaned, mut raced) = (0, 0);
-    for round in 0..ROUNDS {
-        for f in 0..20 {
+    let fill = |round: usize| {
+        for f in 0..100 {
             std::fs::write(cache.join(format!("fill-{round}-{f}")), vec![7u8; 4096]).unwrap();
         }
+    };
+    // How long one round's cleanup takes here, request to answer. The viewer's delay is drawn
+    // below it, so that it lands inside the cleanup whatever reaches the cache (from the host
+    // a few ms, through an exec ~100 ms) and however loaded the machine is.
+    fill(ROUNDS);
+    let t0 = Instant::now();
+    let (status, body) = manual_cleanup(addr, &e.id).await;
+    assert_eq!(status, 200, "warm-up cleanup: {body}");
+    let mut span = t0.elapsed();
+    let (mut cleaned, mut raced) = (0, 0);
+    for round in 0..ROUNDS {
+        fill(round);
         let sid = format!("r{round}");
-        let delay = Duration::from_millis(rng.below(80));
+        let delay = Duration::from_micros(rng.below(span.as_micros().max(1_000) as u64));
+        let started = Instant::now();
         let cleanup = async {
             let r = manual_cleanup(addr, &e.id).await;
             (r, Instant::now())
@@ -273,6 +310,9 @@ async fn cache_never_deleted_under_a_live_connection() {
         let (((c_status, c_body), answered), (client, connected)) = tokio::join!(cleanup, viewer);
         if connected < answered {
             raced += 1;
+        } else if c_status == 200 {
+            // A cleanup the viewer did not meet: its length is the next window.
+            span = answered - started;
         }
         assert!(
             c_status == 200 || c_status == 409,
@@ -307,7 +347,8 @@ async fn cache_never_deleted_under_a_live_connection() {
     }
     println!(
         "{ROUNDS} rounds: the viewer connected before the cleanup answered in {raced}; \
-         {cleaned} cleanups deleted (the others found the viewer and deleted nothing)"
+         {cleaned} cleanups deleted (the others found the viewer and deleted nothing); \
+         last clean cleanup took {span:?}"
     );
     assert!(
         raced >= 3,
