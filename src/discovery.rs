@@ -289,6 +289,9 @@ impl Discovery {
     pub async fn run(self, mut shutdown: Shutdown) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut up = false;
+        // Whether this outage was already reported: the first failure is a warning (an agent
+        // that never reached Docker must say why on a default log level), the retries debug.
+        let mut reported = false;
         loop {
             let err = tokio::select! {
                 e = self.session(&mut backoff, &mut up) => e,
@@ -296,9 +299,12 @@ impl Discovery {
             };
             if up {
                 warn!(error = %err, "lost Docker; serving last known state, reconnecting");
+            } else if !reported {
+                warn!(error = %err, "Docker unreachable; serving the last known state, retrying with backoff");
             } else {
                 debug!(error = %err, "Docker still unreachable");
             }
+            reported = true;
             up = false;
             self.registry.send(RegistryCmd::DockerUp(false)).await;
             let delay = backoff.next_delay();

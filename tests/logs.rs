@@ -115,3 +115,52 @@ async fn sweep_logs_the_seed_lines_to_stderr() {
     // Not a terminal: no colour codes in a file.
     assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file");
 }
+
+/// An agent that cannot reach Docker from the start says so once, as a warning (on the default
+/// log level), naming the endpoint and the reason; the retries behind it stay at debug.
+#[tokio::test]
+async fn docker_unreachable_at_start_is_a_warning_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let port = free_port();
+    let mut env = case_env(
+        &unique_name("logs-nodocker"),
+        port,
+        &dir.path().join("state.redb"),
+    );
+    let socket = dir.path().join("no-docker.sock");
+    env.push((
+        "ACESTREAM_AGENT_DOCKER__HOST",
+        format!("unix://{}", socket.display()),
+    ));
+    let _agent = Running(
+        agent_command(dir.path(), &env, &log)
+            .spawn()
+            .expect("start the agent binary"),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // Not ready (Docker down), yet answering, and retrying: /readyz names Docker.
+    let body = eventually(Duration::from_secs(10), "/readyz 503", || async {
+        let (status, body) = try_http_get(addr, "/readyz").await?;
+        (status == 503).then_some(body).ok_or(format!("{status}"))
+    })
+    .await;
+    assert!(body.contains("docker"), "{body}");
+    // Several retries (backoff from 200 ms) happen in 2 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let said: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Docker unreachable"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once:\n{text}");
+    assert!(said[0].contains("WARN"), "a warning: {}", said[0]);
+    assert!(
+        said[0].contains(&format!(
+            "cannot connect to docker at unix://{}",
+            socket.display()
+        )),
+        "names the endpoint: {}",
+        said[0]
+    );
+}
