@@ -153,7 +153,7 @@ impl Agent {
             cfg.store.retention,
         )?;
         let (trigger, shutdown) = shutdown::channel();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().with_sweep_interval(cfg.cleanup.interval));
         let docker = DockerClient::new(cfg.docker.host.clone());
         let ports = ProbePorts::default();
         let janitor = Janitor::new(

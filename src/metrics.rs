@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tokio::sync::Notify;
 
 use crate::model::{Counters, EngineState, Filesystem, HealthStatus, Snapshot, Timestamp, Trigger};
@@ -203,6 +203,10 @@ const CACHE_OPERATIONS_HELP: &str = "Cache measurements and cleanups by how the 
      cache: host (through the container's root in /proc, no Docker call) or exec (one docker \
      exec each, which costs dockerd CPU).";
 
+const CLEANUP_INTERVAL_NAME: &str = "acestream_agent_cleanup_interval_seconds";
+const CLEANUP_INTERVAL_HELP: &str = "cleanup.interval: seconds between periodic sweeps of idle \
+     engines; absent when the periodic sweep is off.";
+
 /// How one cache measurement or cleanup reached the cache (`cleanup.method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheAccess {
@@ -286,6 +290,20 @@ impl Metrics {
             changed: Arc::new(Notify::new()),
             descs,
         }
+    }
+
+    /// Exports `cleanup.interval` (nothing when the sweep is off), so that an alert on stalled
+    /// sweeps can scale with it and stays quiet on a host that never sweeps.
+    pub fn with_sweep_interval(self, every: Option<std::time::Duration>) -> Metrics {
+        if let Some(every) = every {
+            let g = Gauge::new(CLEANUP_INTERVAL_NAME, CLEANUP_INTERVAL_HELP)
+                .expect("constant gauge definition is valid (tested)");
+            g.set(every.as_secs_f64());
+            self.registry
+                .register(Box::new(g))
+                .expect("registered once, at start-up");
+        }
+        self
     }
 
     /// Called once per cache measurement or cleanup that reached the cache, by the way it did.
@@ -686,7 +704,7 @@ mod tests {
 
     /// The golden rendering: the fixed snapshot plus a few histogram observations.
     fn golden_render() -> String {
-        let m = Metrics::new();
+        let m = Metrics::new().with_sweep_interval(Some(std::time::Duration::from_secs(30)));
         m.observe_cleanup(Trigger::Sweep, 0.375);
         m.observe_cleanup(Trigger::Sweep, 1.5);
         m.observe_cleanup(Trigger::StreamEnd, 0.03125);
@@ -816,6 +834,25 @@ mod tests {
         let out = m.render(&Snapshot::default(), "1.2.3");
         assert!(out.contains("acestream_agent_cache_operations_total{method=\"host\"} 1\n"));
         assert!(out.contains("acestream_agent_cache_operations_total{method=\"exec\"} 2\n"));
+    }
+
+    #[test]
+    fn sweep_interval_is_exported_only_when_the_sweep_is_on() {
+        let on = Metrics::new()
+            .with_sweep_interval(Some(std::time::Duration::from_millis(90_500)))
+            .render(&Snapshot::default(), "1.2.3");
+        assert!(
+            on.lines()
+                .any(|l| l == "acestream_agent_cleanup_interval_seconds 90.5"),
+            "{on}"
+        );
+        let off = Metrics::new()
+            .with_sweep_interval(None)
+            .render(&Snapshot::default(), "1.2.3");
+        assert!(
+            !off.contains("acestream_agent_cleanup_interval_seconds"),
+            "{off}"
+        );
     }
 
     #[test]

@@ -1637,6 +1637,18 @@ async fn every_panel_and_alert_query_returns_engine_series_from_real_prometheus(
     )
     .await;
     println!("3 scrapes after {:?}", started.elapsed());
+    // The sweep's interval, which AcestreamCleanupSweepStalled scales with (2 s here).
+    let r = prom
+        .query(
+            &format!(r#"acestream_agent_cleanup_interval_seconds{{job="{JOB}"}}"#),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.as_slice(), [s] if s.value == 2.0),
+        "cleanup interval: {r:?}"
+    );
 
     // Now, with Prometheus watching, the idle engine gets 1 MiB of cache for a sweep to free.
     let freed_before = freed_total(agent.addr, &idle.name).await;
