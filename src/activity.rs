@@ -4,9 +4,10 @@
 //! itself in a container), falls back to `docker exec cat /proc/net/tcp /proc/net/tcp6`.
 //! Sends `RegistryCmd::Connections` only when an engine's set changed.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::docker::DockerClient;
 use crate::health::ProbePorts;
@@ -37,6 +38,8 @@ async fn read_proc(pid: u32) -> std::io::Result<String> {
 
 impl Activity {
     pub async fn run(self, mut shutdown: Shutdown) {
+        // Engines whose fallback to exec was logged at info.
+        let mut told: HashSet<String> = HashSet::new();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -50,26 +53,40 @@ impl Activity {
                 .iter()
                 .filter(|e| e.running)
                 .map(|e| self.probe(e));
-            for cmd in futures_util::future::join_all(probes)
-                .await
-                .into_iter()
-                .flatten()
-            {
-                self.registry.send(cmd).await;
+            for (cmd, fallback) in futures_util::future::join_all(probes).await {
+                if let Some((id, why)) = fallback {
+                    // Once per engine at info: every probe through exec costs dockerd CPU
+                    // (one exec per engine per activity.interval); the repeats stay at debug.
+                    if told.insert(id.clone()) {
+                        info!(container_id = %id12(&id),
+                            "Cannot read this engine's connections from the host ({why}); using docker exec");
+                    } else {
+                        debug!(container_id = %id12(&id), error = %why, "host /proc not readable; using exec");
+                    }
+                }
+                if let Some(cmd) = cmd {
+                    self.registry.send(cmd).await;
+                }
+            }
+            if !told.is_empty() {
+                told.retain(|id| snap.engines.iter().any(|e| e.engine.container_id == *id));
             }
         }
     }
 
-    async fn probe(&self, e: &EngineState) -> Option<RegistryCmd> {
+    /// The engine's change of connections, if any, and why the host's /proc could not be
+    /// used when the probe fell back to exec.
+    async fn probe(&self, e: &EngineState) -> (Option<RegistryCmd>, Option<(String, String)>) {
         let id = &e.engine.container_id;
         // Taken before reading: a health check that ends while the table is read is still in
         // it, and must still be recognised as the agent's own (`ProbePorts::held_since`).
         let since = Instant::now();
+        let mut fallback = None;
         let text = match (e.runtime.pid > 0).then_some(()) {
             Some(()) => match read_proc(e.runtime.pid).await {
                 Ok(t) => Some(t),
                 Err(err) => {
-                    debug!(container_id = %id12(id), error = %err, "host /proc not readable; using exec");
+                    fallback = Some((id.clone(), format!("/proc/{}/net: {err}", e.runtime.pid)));
                     None
                 }
             },
@@ -86,7 +103,7 @@ impl Activity {
                     Ok(out) => out.stdout,
                     Err(err) => {
                         debug!(container_id = %id12(id), error = %err, "connection probe failed");
-                        return None;
+                        return (None, fallback);
                     }
                 }
             }
@@ -106,9 +123,10 @@ impl Activity {
             .collect();
         let same =
             current.len() == streams.len() && current.iter().zip(&streams).all(|(a, b)| *a == b);
-        (!same).then(|| RegistryCmd::Connections {
+        let cmd = (!same).then(|| RegistryCmd::Connections {
             id: id.clone(),
             streams,
-        })
+        });
+        (cmd, fallback)
     }
 }

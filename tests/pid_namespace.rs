@@ -1,0 +1,121 @@
+//! The agent in a pid namespace of its own, as in a container run without `--pid=host`: the
+//! host's engine pids that Docker reports are not in its /proc (or belong to another process
+//! there). It must notice, say so once per engine for the connection probe and for the cache,
+//! and do both through `docker exec`: a viewer is still seen, a cache still cleaned, and nothing
+//! is read or deleted through a process that is not the engine.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// `unshare` gives the agent a new pid namespace with its own /proc, and kills it when the
+/// test's handle on `unshare` is dropped.
+const UNSHARE: [&str; 5] = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"];
+
+fn log_lines<'a>(log: &'a str, what: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(what)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_its_own_pid_namespace_the_agent_probes_and_cleans_through_exec() {
+    let case = unique_name("pidns");
+    let engine = TestEngine::builder()
+        .name_prefix("pidns")
+        .label(CASE_LABEL, &case)
+        .start();
+    engine.wait_http_ready().await;
+    engine.write_cache_file("a.chunk", 200_000);
+    let viewer = engine.stream_client();
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let port = free_port();
+    let mut env = case_env(&case, port, &dir.path().join("state.redb"));
+    env.extend([
+        ("ACESTREAM_AGENT_CLEANUP__INTERVAL", "off".to_string()),
+        ("ACESTREAM_AGENT_ACTIVITY__INTERVAL", "300ms".to_string()),
+    ]);
+    let _agent = Running(
+        agent_command_via(&UNSHARE, dir.path(), &env, &log)
+            .spawn()
+            .expect("unshare (util-linux) runs the agent"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let engine_json = |addr: SocketAddr, id: String| async move {
+        let (status, body) = try_http_get(addr, &format!("/engines/{id}")).await?;
+        if status != 200 {
+            return Err(format!("HTTP {status}: {body}"));
+        }
+        serde_json::from_str::<Value>(&body).map_err(|e| e.to_string())
+    };
+
+    // The viewer, seen through the exec probe.
+    let v = eventually(Duration::from_secs(15), "the viewer seen", || async {
+        let v = engine_json(addr, engine.id.clone()).await?;
+        let streams = v["streams"].as_array().cloned().unwrap_or_default();
+        streams
+            .iter()
+            .any(|s| s.as_str().is_some_and(|s| s.starts_with("conn:")))
+            .then_some(v.clone())
+            .ok_or(format!("{v}"))
+    })
+    .await;
+    // A cleanup while it watches is refused: the engine is busy.
+    let (status, body) = http_post(addr, &format!("/engines/{}/cleanup", engine.id), "", &[]).await;
+    assert_eq!(status, 409, "busy engine: {body}; engine {v}");
+    let left = engine.list_cache();
+    assert!(left.contains(&"a.chunk".to_string()), "{left:?}");
+
+    // Gone: idle again, and then cleaned through the exec.
+    drop(viewer);
+    eventually(Duration::from_secs(15), "the engine idle", || async {
+        let v = engine_json(addr, engine.id.clone()).await?;
+        v["streams"]
+            .as_array()
+            .is_some_and(|s| s.is_empty())
+            .then_some(())
+            .ok_or(format!("{v}"))
+    })
+    .await;
+    let (status, body) = http_post(addr, &format!("/engines/{}/cleanup", engine.id), "", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let record: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(record["success"], true, "{record}");
+    assert!(record["freed_bytes"].as_u64() >= Some(200_000), "{record}");
+    // (The fake engine may still write a last chunk of the closed stream after the cleanup.)
+    let left = engine.list_cache();
+    assert!(
+        !left.contains(&"a.chunk".to_string()),
+        "a.chunk deleted: {left:?}"
+    );
+
+    // Said once each, naming what the host could not show.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let probe = log_lines(&text, "Cannot read this engine's connections from the host");
+    assert_eq!(probe.len(), 1, "probe fallback said once:\n{text}");
+    assert!(probe[0].contains("INFO"), "{}", probe[0]);
+    assert!(probe[0].contains(&engine.id[..12]), "{}", probe[0]);
+    let cache = log_lines(&text, "Cannot reach this engine's cache from the host");
+    assert_eq!(cache.len(), 1, "cache fallback said once:\n{text}");
+    let (status, metrics) = try_http_get(addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for (method, ok) in [("host", "0"), ("exec", "")] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "acestream_agent_cache_operations_total{{method=\"{method}\"}} "
+                ))
+            })
+            .unwrap_or_else(|| panic!("no {method} series in:\n{metrics}"));
+        if ok == "0" {
+            assert!(line.ends_with(" 0"), "nothing from the host: {line}");
+        } else {
+            assert!(!line.ends_with(" 0"), "the cleanup through exec: {line}");
+        }
+    }
+}
