@@ -1,7 +1,9 @@
 //! Connection probe (SPEC §3): every `activity.interval`, the established client connections
 //! of each engine's HTTP port, read from the host as `/proc/<pid>/net/tcp{,6}` (no exec, no
-//! cost to Docker). Where the host's /proc does not show the container's process (the agent
-//! itself in a container), falls back to `docker exec cat /proc/net/tcp /proc/net/tcp6`.
+//! cost to Docker), once `/proc/<pid>` is known to be the container's (its cgroup). Where the
+//! host's /proc does not show the container's process (the agent itself in a container without
+//! `--pid=host`), falls back to `docker exec cat /proc/net/tcp /proc/net/tcp6`, said once per
+//! engine at info.
 //! Sends `RegistryCmd::Connections` only when an engine's set changed.
 
 use std::collections::HashSet;
@@ -12,9 +14,9 @@ use tracing::{debug, info};
 use crate::docker::DockerClient;
 use crate::health::ProbePorts;
 use crate::model::{id12, EngineState};
-use crate::procnet;
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
+use crate::{hostfs, procnet};
 
 pub const CONN_PREFIX: &str = "conn:";
 
@@ -26,14 +28,12 @@ pub struct Activity {
     pub ports: ProbePorts,
 }
 
-/// Both tables of one network namespace, from the host's /proc (`procnet::read_tables`), off
-/// the async threads.
-async fn read_proc(pid: u32) -> std::io::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        procnet::read_tables(|f| std::fs::read_to_string(format!("/proc/{pid}/{f}")))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+/// Both tables of the container's network namespace, from the host's /proc once the pid is
+/// known to be the container's (`hostfs::connection_tables`), off the async threads.
+async fn read_proc(pid: u32, container_id: String) -> std::io::Result<String> {
+    tokio::task::spawn_blocking(move || hostfs::connection_tables(pid, &container_id))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 impl Activity {
@@ -83,7 +83,7 @@ impl Activity {
         let since = Instant::now();
         let mut fallback = None;
         let text = match (e.runtime.pid > 0).then_some(()) {
-            Some(()) => match read_proc(e.runtime.pid).await {
+            Some(()) => match read_proc(e.runtime.pid, id.clone()).await {
                 Ok(t) => Some(t),
                 Err(err) => {
                     fallback = Some((id.clone(), format!("/proc/{}/net: {err}", e.runtime.pid)));

@@ -141,6 +141,33 @@ pub fn run(t: &Target, mode: Mode) -> Result<Outcome, Unavailable> {
 
 /// Whether a cgroup file names the container: a path component that is the id, or systemd's
 /// `docker-<id>.scope` (not merely a string containing it: nested containers' paths do).
+/// The connection tables of a container's network namespace (`procnet::read_tables`), read
+/// from the host through one pinned `/proc/<pid>` whose cgroup must name the container: a pid
+/// that is not the container's (the agent in a pid namespace of its own, a pid reused after
+/// the container stopped) is an error, never another process's connections.
+pub fn connection_tables(pid: u32, container_id: &str) -> io::Result<String> {
+    if pid == 0 {
+        return Err(io::Error::other("the container's process id is not known"));
+    }
+    let proc_dir = open_dir_at(libc::AT_FDCWD, format!("/proc/{pid}").as_bytes(), 0)?;
+    let read = |name: &str| -> io::Result<String> {
+        let mut text = String::new();
+        File::from(open_at(
+            proc_dir.as_raw_fd(),
+            name.as_bytes(),
+            libc::O_RDONLY,
+        )?)
+        .read_to_string(&mut text)?;
+        Ok(text)
+    };
+    if !in_cgroup_of(&read("cgroup")?, container_id) {
+        return Err(io::Error::other(format!(
+            "process {pid} is not in the container's cgroup"
+        )));
+    }
+    procnet::read_tables(read)
+}
+
 fn in_cgroup_of(cgroup: &str, container_id: &str) -> bool {
     container_id.len() >= 12
         && cgroup.lines().any(|l| {
@@ -759,6 +786,21 @@ mod tests {
         symlink(r.join("outside"), cache.join("abs-link")).unwrap();
         symlink("../outside", cache.join("rel-link")).unwrap();
         tmp
+    }
+
+    #[test]
+    fn connection_tables_refuse_a_process_that_is_not_the_containers() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        // This test's own process: readable, but not in that container's cgroup.
+        let err = connection_tables(std::process::id(), id).unwrap_err();
+        assert!(
+            err.to_string().contains("not in the container's cgroup"),
+            "{err}"
+        );
+        assert!(connection_tables(0, id).is_err());
+        // A pid that does not exist.
+        let err = connection_tables(u32::MAX - 1, id).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
     #[test]
