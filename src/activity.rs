@@ -86,7 +86,7 @@ impl Activity {
             Some(()) => match read_proc(e.runtime.pid, id.clone()).await {
                 Ok(t) => Some(t),
                 Err(err) => {
-                    fallback = Some((id.clone(), format!("/proc/{}/net: {err}", e.runtime.pid)));
+                    fallback = Some((id.clone(), err.to_string()));
                     None
                 }
             },

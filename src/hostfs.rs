@@ -85,42 +85,56 @@ pub struct Checks<'a> {
     pub mounts_below: bool,
 }
 
+/// One container's `/proc/<pid>`, opened once and checked to be the container's (its cgroup
+/// names it). Every later read goes through this handle: a pid reused meanwhile cannot
+/// substitute another process, and once the process is gone the reads fail.
+struct ContainerProc {
+    dir: OwnedFd,
+    pid: u32,
+}
+
+impl ContainerProc {
+    fn open(pid: u32, container_id: &str) -> io::Result<ContainerProc> {
+        if pid == 0 {
+            return Err(io::Error::other("the container's process id is not known"));
+        }
+        let dir = open_dir_at(libc::AT_FDCWD, format!("/proc/{pid}").as_bytes(), 0)
+            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{pid}: {e}")))?;
+        let proc = ContainerProc { dir, pid };
+        if !in_cgroup_of(&proc.read("cgroup")?, container_id) {
+            return Err(io::Error::other(format!(
+                "process {pid} is not in the container's cgroup"
+            )));
+        }
+        Ok(proc)
+    }
+
+    /// A file of `/proc/<pid>/`; errors name it and keep their kind.
+    fn read(&self, name: &str) -> io::Result<String> {
+        let mut text = String::new();
+        open_at(self.dir.as_raw_fd(), name.as_bytes(), libc::O_RDONLY)
+            .and_then(|fd| File::from(fd).read_to_string(&mut text))
+            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.pid)))?;
+        Ok(text)
+    }
+}
+
 /// Measures (and with [`Mode::Clear`] clears) the cache of a running container from the host.
 pub fn run(t: &Target, mode: Mode) -> Result<Outcome, Unavailable> {
-    if t.pid == 0 {
-        return Err(Unavailable(
-            "the container's process id is not known".into(),
-        ));
-    }
-    let proc_dir = open_dir_at(libc::AT_FDCWD, format!("/proc/{}", t.pid).as_bytes(), 0)
-        .map_err(|e| Unavailable(format!("/proc/{}: {e}", t.pid)))?;
-    let read = |name: &[u8]| -> io::Result<String> {
-        let mut text = String::new();
-        File::from(open_at(proc_dir.as_raw_fd(), name, libc::O_RDONLY)?)
-            .read_to_string(&mut text)?;
-        Ok(text)
-    };
-    let cgroup =
-        read(b"cgroup").map_err(|e| Unavailable(format!("/proc/{}/cgroup: {e}", t.pid)))?;
-    if !in_cgroup_of(&cgroup, t.container_id) {
-        return Err(Unavailable(format!(
-            "process {} is not in the container's cgroup",
-            t.pid
-        )));
-    }
+    let unavailable = |e: io::Error| Unavailable(e.to_string());
+    let proc = ContainerProc::open(t.pid, t.container_id).map_err(unavailable)?;
     // Following the magic link needs ptrace access to the process (root, or CAP_SYS_PTRACE).
     let root = open_at(
-        proc_dir.as_raw_fd(),
+        proc.dir.as_raw_fd(),
         b"root",
         libc::O_PATH | libc::O_DIRECTORY,
     )
     .map_err(|e| Unavailable(format!("/proc/{}/root: {e}", t.pid)))?;
-    let mountinfo =
-        read(b"mountinfo").map_err(|e| Unavailable(format!("/proc/{}/mountinfo: {e}", t.pid)))?;
+    let mountinfo = proc.read("mountinfo").map_err(unavailable)?;
     let busy = || -> Result<bool, Unavailable> {
         // The container's network namespace, seen through the same pinned /proc/<pid>. Read
         // even without an engine port: it also proves the process still runs.
-        let text = procnet::read_tables(|f| read(f.as_bytes()))
+        let text = procnet::read_tables(|f| proc.read(f))
             .map_err(|e| Unavailable(format!("reading the container's connections: {e}")))?;
         if t.engine_port == 0 {
             return Ok(false);
@@ -129,7 +143,7 @@ pub fn run(t: &Target, mode: Mode) -> Result<Outcome, Unavailable> {
             .iter()
             .any(|c| !t.own_ports.contains(&c.port())))
     };
-    let alive = || open_at(proc_dir.as_raw_fd(), b"stat", libc::O_RDONLY).is_ok();
+    let alive = || open_at(proc.dir.as_raw_fd(), b"stat", libc::O_RDONLY).is_ok();
     let checks = Checks {
         busy: &busy,
         alive: &alive,
@@ -139,35 +153,17 @@ pub fn run(t: &Target, mode: Mode) -> Result<Outcome, Unavailable> {
     run_in_root(&root, t.cache_path, mode, &checks)
 }
 
-/// Whether a cgroup file names the container: a path component that is the id, or systemd's
-/// `docker-<id>.scope` (not merely a string containing it: nested containers' paths do).
 /// The connection tables of a container's network namespace (`procnet::read_tables`), read
-/// from the host through one pinned `/proc/<pid>` whose cgroup must name the container: a pid
-/// that is not the container's (the agent in a pid namespace of its own, a pid reused after
-/// the container stopped) is an error, never another process's connections.
+/// from the host through its checked `/proc/<pid>` ([`ContainerProc`]): a pid that is not the
+/// container's (the agent in a pid namespace of its own, a pid reused after the container
+/// stopped) is an error, never another process's connections.
 pub fn connection_tables(pid: u32, container_id: &str) -> io::Result<String> {
-    if pid == 0 {
-        return Err(io::Error::other("the container's process id is not known"));
-    }
-    let proc_dir = open_dir_at(libc::AT_FDCWD, format!("/proc/{pid}").as_bytes(), 0)?;
-    let read = |name: &str| -> io::Result<String> {
-        let mut text = String::new();
-        File::from(open_at(
-            proc_dir.as_raw_fd(),
-            name.as_bytes(),
-            libc::O_RDONLY,
-        )?)
-        .read_to_string(&mut text)?;
-        Ok(text)
-    };
-    if !in_cgroup_of(&read("cgroup")?, container_id) {
-        return Err(io::Error::other(format!(
-            "process {pid} is not in the container's cgroup"
-        )));
-    }
-    procnet::read_tables(read)
+    let proc = ContainerProc::open(pid, container_id)?;
+    procnet::read_tables(|f| proc.read(f))
 }
 
+/// Whether a cgroup file names the container: a path component that is the id, or systemd's
+/// `docker-<id>.scope` (not merely a string containing it: nested containers' paths do).
 fn in_cgroup_of(cgroup: &str, container_id: &str) -> bool {
     container_id.len() >= 12
         && cgroup.lines().any(|l| {
