@@ -75,41 +75,6 @@ fn cleanups_total(v: &Value) -> u64 {
         .unwrap_or_else(|| panic!("cleanups_total missing in {v}"))
 }
 
-/// The commands of the connection probe's execs (`cat /proc/net/tcp …`) Docker saw for this
-/// case's engines since `since` (Unix seconds).
-fn probe_execs(case: &str, since: f64) -> Vec<String> {
-    let until = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let out = std::process::Command::new("docker")
-        .args([
-            "events",
-            "--since",
-            &format!("{since:.3}"),
-            "--until",
-            &format!("{until:.3}"),
-            "--filter",
-            "event=exec_create",
-            "--filter",
-            &format!("label={CASE_LABEL}={case}"),
-            "--format",
-            "{{.Action}}",
-        ])
-        .output()
-        .expect("docker events");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("/proc/net/tcp"))
-        .map(str::to_string)
-        .collect()
-}
-
 #[tokio::test]
 async fn open_stream_is_listed_and_never_cleaned_while_it_reads() {
     let (name, dir, mut cfg) = new_case("act-open-stream");
@@ -117,10 +82,7 @@ async fn open_stream_is_listed_and_never_cleaned_while_it_reads() {
     cfg.cleanup.idle_grace = Some(Duration::from_secs(1));
     let engine = engine_for(&name).start();
     engine.wait_http_ready().await;
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let since = unix_time();
     let case = Case::start(dir, cfg).await;
     case.wait_engine(&engine.id, Duration::from_secs(5), "discovery", |_| true)
         .await;
@@ -176,7 +138,11 @@ async fn open_stream_is_listed_and_never_cleaned_while_it_reads() {
     drop(client);
     case.agent.stop().await;
     // Every probe (every 200 ms) read the connections from the host: no exec at all.
-    let execs = probe_execs(&name, since);
+    let execs: Vec<String> = exec_creates(&name, since, unix_time())
+        .into_iter()
+        .map(|(_, action)| action)
+        .filter(|a| a.contains("/proc/net/tcp"))
+        .collect();
     assert!(execs.is_empty(), "the probe ran execs: {execs:?}");
 }
 

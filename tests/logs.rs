@@ -149,10 +149,7 @@ async fn docker_unreachable_at_start_is_a_warning_said_once() {
     // Several retries (backoff from 200 ms) happen in 2 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let text = std::fs::read_to_string(&log).unwrap();
-    let said: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("Docker unreachable"))
-        .collect();
+    let said = lines_with(&text, "Docker unreachable");
     assert_eq!(said.len(), 1, "said once:\n{text}");
     assert!(said[0].contains("WARN"), "a warning: {}", said[0]);
     assert!(

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use acestream_agent::config::{CacheMethod, Config, MinFree};
 use acestream_agent::Agent;
@@ -295,43 +295,6 @@ fn started_at(record: &Value) -> DateTime<Utc> {
         .unwrap_or_else(|| panic!("no started_at in {record}"))
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// Container ids of the `exec_create` events of this case's engines in [since, until].
-fn exec_creates(case: &str, since: f64, until: f64) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "events",
-            "--since",
-            &format!("{since:.3}"),
-            "--until",
-            &format!("{until:.3}"),
-            "--filter",
-            "event=exec_create",
-            "--filter",
-            &format!("label={CASE_LABEL}={case}"),
-            "--format",
-            "{{.Actor.ID}}",
-        ])
-        .output()
-        .expect("docker events");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Captured logs (one subscriber per test process; lines are told apart by their mountpoint)
 // ---------------------------------------------------------------------------------------------
@@ -583,16 +546,19 @@ async fn pressure_cleans_idle_engines_largest_first_until_free_space_is_back() {
     })
     .await;
     // A few more ticks while the pressure persists: no exec, no cleanup, still 1.
-    let quiet_from = unix_now();
+    let quiet_from = unix_time();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let quiet_to = unix_now();
+    let quiet_to = unix_time();
     assert!(tmp.avail() < threshold);
     let m = metrics(&agent).await;
     assert_eq!(
         sample(&m, &fs_series("acestream_disk_pressure", &mp)),
         Some(1.0)
     );
-    let execs = exec_creates(&case, quiet_from, quiet_to);
+    let execs: Vec<String> = exec_creates(&case, quiet_from, quiet_to)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert!(
         execs.is_empty(),
         "persisting pressure with nothing idle left ran {} execs: {execs:?}",
@@ -836,13 +802,13 @@ async fn ten_engine_episode(prefix: &str, method: CacheMethod) -> BTreeMap<u64, 
     wait_mountpoints(&agent, &want).await;
     wait_checked(&agent, 10).await;
 
-    let since = unix_now();
+    let since = unix_time();
     let watch = CrossingWatch::start(&tmp.path, threshold);
     fill(&host_dir.join("fill"), tmp.avail() - threshold + 45 * MIB);
     let crossed = watch.crossed_at();
     wait_disk_pressure(&agent, &mp, 1.0).await;
     wait_disk_pressure(&agent, &mp, 0.0).await;
-    let until = unix_now();
+    let until = unix_time();
     assert!(tmp.avail() >= threshold);
 
     let mut first_start: Option<DateTime<Utc>> = None;
@@ -869,7 +835,10 @@ async fn ten_engine_episode(prefix: &str, method: CacheMethod) -> BTreeMap<u64, 
     );
     // Let Docker's event log catch up with the last exec before reading it.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let execs = exec_creates(&case, since, until + 0.3);
+    let execs: Vec<String> = exec_creates(&case, since, until + 0.3)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let mut per_engine: BTreeMap<u64, usize> = BTreeMap::new();
     for id in &execs {
         let (i, _, _) = list

@@ -132,21 +132,6 @@ fn log_text(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// `acestream_agent_cache_operations_total` by method: (host, exec).
-async fn cache_operations(agent: &Unprivileged) -> (u64, u64) {
-    let (status, text) = try_http_get(agent.addr, "/metrics").await.unwrap();
-    assert_eq!(status, 200, "{text}");
-    let count = |method: &str| -> u64 {
-        let head = format!("acestream_agent_cache_operations_total{{method=\"{method}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(head.as_str()))
-            .unwrap_or_else(|| panic!("no {head} in:\n{text}"))
-            .parse()
-            .unwrap()
-    };
-    (count("host"), count("exec"))
-}
-
 /// An engine (its `du` and shell hanging with `hang`) with root-owned files in its cache, an
 /// agent as nobody with `caps`, one manual cleanup: it must succeed and empty the cache.
 /// Returns the agent's log and its cache operations by method, (host, exec).
@@ -164,7 +149,7 @@ async fn cleaned_by_nobody(prefix: &str, hang: bool, caps: &[String]) -> (String
         "{record}\n{log}"
     );
     assert_eq!(engine.list_cache(), Vec::<String>::new(), "{log}");
-    (log, cache_operations(&agent).await)
+    (log, cache_operations(agent.addr).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,10 +173,7 @@ async fn without_capabilities_the_agent_says_so_and_cleans_through_exec() {
     // Operators see the fallback on /metrics too (every exec costs dockerd CPU).
     assert_eq!(host, 0, "nothing reached from the host");
     assert!(exec >= 1, "the cleanup counted as exec: {exec}");
-    let said: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("Cannot reach this engine's cache from the host"))
-        .collect();
+    let said = lines_with(&log, "Cannot reach this engine's cache from the host");
     assert_eq!(said.len(), 1, "said once: {log}");
     assert!(said[0].contains("/root: Permission denied"), "{}", said[0]);
 }

@@ -129,6 +129,51 @@ pub fn run_id() -> &'static str {
     })
 }
 
+/// Unix time now, in seconds with a fraction (what `docker events --since/--until` take).
+pub fn unix_time() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("system clock before 1970")
+        .as_secs_f64()
+}
+
+/// The `exec_create` events Docker saw for this case's engines in [since, until]: (container
+/// id, action, which names the command: `exec_create: cat /proc/net/tcp …`).
+pub fn exec_creates(case: &str, since: f64, until: f64) -> Vec<(String, String)> {
+    let out = Command::new("docker")
+        .args([
+            "events",
+            "--since",
+            &format!("{since:.3}"),
+            "--until",
+            &format!("{until:.3}"),
+            "--filter",
+            "event=exec_create",
+            "--filter",
+            &format!("label={CASE_LABEL}={case}"),
+            "--format",
+            // One JSON object a line: an action's command may span lines (the cache script).
+            "{{json .}}",
+        ])
+        .output()
+        .expect("docker events");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("docker event {l:?}: {e}"));
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            (text(&v["Actor"]["ID"]), text(&v["Action"]))
+        })
+        .collect()
+}
+
 /// A name no other test, thread or process uses: `<prefix>-<run id>-<n>`.
 /// Also usable for per-test label values.
 pub fn unique_name(prefix: &str) -> String {
@@ -763,6 +808,21 @@ pub async fn try_http_request(
 /// GET that reports failure as `Err`, for use inside [`eventually`].
 pub async fn try_http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     try_http_request("GET", addr, path, "", &[]).await
+}
+
+/// `acestream_agent_cache_operations_total` of a running agent by method: (host, exec).
+pub async fn cache_operations(addr: SocketAddr) -> (u64, u64) {
+    let (status, text) = try_http_get(addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let count = |method: &str| -> u64 {
+        let head = format!("acestream_agent_cache_operations_total{{method=\"{method}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(head.as_str()))
+            .unwrap_or_else(|| panic!("no {head} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    (count("host"), count("exec"))
 }
 
 /// GET that must get an answer (any status); panics if none comes.

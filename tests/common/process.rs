@@ -87,3 +87,8 @@ impl Drop for Running {
         let _ = self.0.wait();
     }
 }
+
+/// The lines of an agent's log that contain `needle`.
+pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(needle)).collect()
+}
