@@ -129,6 +129,25 @@ fn agent_command(dir: &Path, env: &[(&str, String)], log: &Path) -> Command {
 // A stream that starts while a cleanup is being decided
 // ---------------------------------------------------------------------------------------------
 
+/// One race round's bulk in the cache: 100 files of 4 KiB, named by round.
+fn fill_round(cache: &Path, round: usize) {
+    for f in 0..100 {
+        std::fs::write(cache.join(format!("fill-{round}-{f}")), vec![7u8; 4096]).unwrap();
+    }
+}
+
+/// How long one round's cleanup takes here, request to answer (a warm-up round, cleaned). The
+/// race tests draw their delays below it, so that they land inside a cleanup whatever reaches
+/// the cache (from the host a few ms, through an exec ~100 ms) and however loaded the machine
+/// is.
+async fn cleanup_length(addr: SocketAddr, engine: &str, cache: &Path) -> Duration {
+    fill_round(cache, usize::MAX);
+    let t0 = Instant::now();
+    let (status, body) = manual_cleanup(addr, engine).await;
+    assert_eq!(status, 200, "warm-up cleanup: {body}");
+    t0.elapsed()
+}
+
 /// Event API, many rounds: a manual cleanup and a `stream_started` race, the stream a random
 /// few milliseconds later. Once the agent has answered 200 to `stream_started`, whatever the
 /// stream writes into the cache must stay: the test writes a marker through the host's view
@@ -146,22 +165,13 @@ async fn cache_never_deleted_after_a_stream_started_event_was_accepted() {
     let cache = host_cache_dir(&e);
     let mut rng = Rng::new();
     // Some bulk so the cleanup has something to measure and delete.
-    let fill = |round: usize| {
-        for f in 0..100 {
-            std::fs::write(cache.join(format!("fill-{round}-{f}")), vec![7u8; 4096]).unwrap();
-        }
-    };
-    // The stream's delay is drawn below a quarter of one cleanup's length here (see
-    // `cache_never_deleted_under_a_live_connection`; a quarter, as accepting a stream takes a
-    // store commit of its own), so that it lands while the cleanup runs.
-    fill(ROUNDS);
-    let t0 = Instant::now();
-    let (status, body) = manual_cleanup(addr, &e.id).await;
-    assert_eq!(status, 200, "warm-up cleanup: {body}");
-    let span = t0.elapsed();
+    // The stream's delay is drawn below a quarter of one cleanup's length (`cleanup_length`;
+    // a quarter, as accepting a stream takes a store commit of its own), so that it lands
+    // while the cleanup runs.
+    let span = cleanup_length(addr, &e.id, &cache).await;
     let (mut both_ok, mut cleanup_first_refused, mut raced) = (0, 0, 0);
     for round in 0..ROUNDS {
-        fill(round);
+        fill_round(&cache, round);
         let delay = Duration::from_micros(rng.below((span.as_micros() / 4).max(1_000) as u64));
         let marker = cache.join(format!("live-{round}"));
         let id = e.id.clone();
@@ -275,22 +285,12 @@ async fn cache_never_deleted_under_a_live_connection() {
     let cache = host_cache_dir(&e);
     let engine_addr = e.addr();
     let mut rng = Rng::new();
-    let fill = |round: usize| {
-        for f in 0..100 {
-            std::fs::write(cache.join(format!("fill-{round}-{f}")), vec![7u8; 4096]).unwrap();
-        }
-    };
-    // How long one round's cleanup takes here, request to answer. The viewer's delay is drawn
-    // below it, so that it lands inside the cleanup whatever reaches the cache (from the host
-    // a few ms, through an exec ~100 ms) and however loaded the machine is.
-    fill(ROUNDS);
-    let t0 = Instant::now();
-    let (status, body) = manual_cleanup(addr, &e.id).await;
-    assert_eq!(status, 200, "warm-up cleanup: {body}");
-    let mut span = t0.elapsed();
+    // The viewer's delay is drawn below one cleanup's length (`cleanup_length`), adapted
+    // after every round the viewer did not meet.
+    let mut span = cleanup_length(addr, &e.id, &cache).await;
     let (mut cleaned, mut raced) = (0, 0);
     for round in 0..ROUNDS {
-        fill(round);
+        fill_round(&cache, round);
         let sid = format!("r{round}");
         let delay = Duration::from_micros(rng.below(span.as_micros().max(1_000) as u64));
         let started = Instant::now();
