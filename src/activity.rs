@@ -6,17 +6,16 @@
 //! engine at info.
 //! Sends `RegistryCmd::Connections` only when an engine's set changed.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::docker::DockerClient;
 use crate::health::ProbePorts;
 use crate::model::{id12, EngineState};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
-use crate::{hostfs, procnet};
+use crate::{hostfs, logging, procnet};
 
 pub const CONN_PREFIX: &str = "conn:";
 
@@ -38,8 +37,7 @@ async fn read_proc(pid: u32, container_id: String) -> std::io::Result<String> {
 
 impl Activity {
     pub async fn run(self, mut shutdown: Shutdown) {
-        // Engines whose fallback to exec was logged at info.
-        let mut told: HashSet<String> = HashSet::new();
+        let said = logging::SaidOnce::default();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -48,35 +46,26 @@ impl Activity {
                 _ = shutdown.recv() => return,
             }
             let snap = self.registry.snapshot();
-            let probes = snap
-                .engines
-                .iter()
-                .filter(|e| e.running)
-                .map(|e| self.probe(e));
-            for (cmd, fallback) in futures_util::future::join_all(probes).await {
-                if let Some((id, why)) = fallback {
-                    // Once per engine at info: every probe through exec costs dockerd CPU
-                    // (one exec per engine per activity.interval); the repeats stay at debug.
-                    if told.insert(id.clone()) {
-                        info!(container_id = %id12(&id),
-                            "Cannot read this engine's connections from the host ({why}); using docker exec");
-                    } else {
-                        debug!(container_id = %id12(&id), error = %why, "host /proc not readable; using exec");
-                    }
+            let running: Vec<&EngineState> = snap.engines.iter().filter(|e| e.running).collect();
+            let probes = running.iter().map(|e| self.probe(e));
+            let results = futures_util::future::join_all(probes).await;
+            for (e, (cmd, fallback)) in running.iter().zip(results) {
+                if let Some(why) = fallback {
+                    // One exec per engine per activity.interval from now on.
+                    let id = &e.engine.container_id;
+                    logging::host_fallback(&said, id, "read this engine's connections", &why);
                 }
                 if let Some(cmd) = cmd {
                     self.registry.send(cmd).await;
                 }
             }
-            if !told.is_empty() {
-                told.retain(|id| snap.engines.iter().any(|e| e.engine.container_id == *id));
-            }
+            said.retain(|id| snap.engines.iter().any(|e| e.engine.container_id == id));
         }
     }
 
     /// The engine's change of connections, if any, and why the host's /proc could not be
     /// used when the probe fell back to exec.
-    async fn probe(&self, e: &EngineState) -> (Option<RegistryCmd>, Option<(String, String)>) {
+    async fn probe(&self, e: &EngineState) -> (Option<RegistryCmd>, Option<String>) {
         let id = &e.engine.container_id;
         // Taken before reading: a health check that ends while the table is read is still in
         // it, and must still be recognised as the agent's own (`ProbePorts::held_since`).
@@ -86,7 +75,7 @@ impl Activity {
             Some(()) => match read_proc(e.runtime.pid, id.clone()).await {
                 Ok(t) => Some(t),
                 Err(err) => {
-                    fallback = Some((id.clone(), err.to_string()));
+                    fallback = Some(err.to_string());
                     None
                 }
             },

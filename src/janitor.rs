@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::{broadcast, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::cache::{self, Mode, Outcome, Sizes};
 use crate::config::CacheMethod;
@@ -74,9 +74,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     probes: ProbePorts,
     method: CacheMethod,
-    /// Engines whose first fallback from the host path to exec has been logged (once each,
-    /// at info: a fallback brings Docker's per-exec CPU cost back).
-    fallback_logged: Mutex<HashSet<String>>,
+    /// Engines whose fallback from the host path to exec has been logged.
+    fallback_said: logging::SaidOnce,
 }
 
 /// Sets its flag when dropped: a host walk's "finished" mark (dropped by the walk however it
@@ -147,7 +146,7 @@ impl Janitor {
                 metrics,
                 probes: ProbePorts::default(),
                 method: cfg.method,
-                fallback_logged: Mutex::new(HashSet::new()),
+                fallback_said: logging::SaidOnce::default(),
             }),
         }
     }
@@ -184,22 +183,12 @@ impl Janitor {
                     self.inner.metrics.count_cache_access(CacheAccess::Host);
                     return outcome;
                 }
-                Err(hostfs::Unavailable(why)) => {
-                    let first = self
-                        .inner
-                        .fallback_logged
-                        .lock()
-                        .expect("fallback_logged lock poisoned")
-                        .insert(id.clone());
-                    if first {
-                        info!(
-                            container_id = %e.id12(),
-                            "Cannot reach this engine's cache from the host ({why}); using docker exec"
-                        );
-                    } else {
-                        debug!(container_id = %e.id12(), reason = %why, "host path unavailable; using docker exec");
-                    }
-                }
+                Err(hostfs::Unavailable(why)) => logging::host_fallback(
+                    &self.inner.fallback_said,
+                    id,
+                    "reach this engine's cache",
+                    &why,
+                ),
             }
         }
         let argv = cache::guarded_argv(&e.engine.cache_path, mode, e.runtime.container_port, &own);

@@ -1,7 +1,10 @@
 //! Logging: journald when systemd started us, stderr otherwise (SPEC "Logs"), and the seed's
 //! four cleanup lines, each emitted from exactly one function so text and fields cannot drift.
 
-use tracing::info;
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use tracing::{debug, info};
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
 use crate::model::{format_gb, format_mb, id12, Trigger};
@@ -147,4 +150,37 @@ pub fn filesystem_unreadable(mountpoint: &str, error: &str) {
         error,
         "Cannot read free space on {mountpoint}: {error}"
     );
+}
+
+/// Engines a fallback was already reported for (see [`host_fallback`]).
+#[derive(Debug, Default)]
+pub struct SaidOnce(Mutex<HashSet<String>>);
+
+impl SaidOnce {
+    /// True the first time for `id`.
+    fn first(&self, id: &str) -> bool {
+        self.0
+            .lock()
+            .expect("SaidOnce lock poisoned")
+            .insert(id.to_string())
+    }
+
+    /// Forgets the engines `keep` rejects (gone containers).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.0
+            .lock()
+            .expect("SaidOnce lock poisoned")
+            .retain(|id| keep(id));
+    }
+}
+
+/// "Cannot <what> from the host (<why>); using docker exec": once per engine at info (every
+/// exec costs dockerd CPU, which an operator should know of), the repeats at debug. One line
+/// shape for the cache janitor and the connection probe.
+pub fn host_fallback(said: &SaidOnce, id: &str, what: &str, why: &str) {
+    if said.first(id) {
+        info!(container_id = %id12(id), "Cannot {what} from the host ({why}); using docker exec");
+    } else {
+        debug!(container_id = %id12(id), reason = %why, "Cannot {what} from the host; using docker exec");
+    }
 }
