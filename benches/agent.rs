@@ -30,7 +30,7 @@ use acestream_agent::docker::DockerClient;
 use acestream_agent::janitor::{Janitor, JanitorConfig};
 use acestream_agent::metrics::Metrics;
 use acestream_agent::model::{
-    CleanupRecord, Engine, EngineState, HealthStatus, Runtime, Snapshot, Trigger, TriggerCounters,
+    CleanupRecord, Engine, EngineState, HealthStatus, Snapshot, Trigger, TriggerCounters,
 };
 use acestream_agent::store::{Batch, PersistedEngine, Store};
 use acestream_agent::Agent;
@@ -914,6 +914,8 @@ fn bench_reaction(
     // Last stream end (event API) -> cleanup recorded.
     let mut after = vec![];
     for engine in engines.iter().take(p.reaction_runs.min(engines.len())) {
+        // What the stream left in the cache: an empty one is nothing to clean, never recorded.
+        engine.write_cache_file("react.chunk", 64 * 1024);
         let waited = rt.block_on(async {
             let e = engines_json(agent.addr)
                 .await
@@ -1227,9 +1229,19 @@ fn bench_sweep(
     let mut cli = vec![];
     let mut host = vec![];
     let mut freed = 0;
+    // What a stream does besides filling the cache: without one since a cache was found
+    // empty, the sweep does not look at it again (SPEC §4).
+    let streamed = || {
+        rt.block_on(async {
+            for id in &ids {
+                stream_visit(agent.addr, id).await;
+            }
+        })
+    };
     for _ in 0..p.runs {
         // The agent's sweep: start -> all recorded.
         fill_caches(engines, p);
+        streamed();
         let (n0, b0) = total(&agent.snapshot());
         let t0 = Instant::now();
         rt.block_on(janitor.sweep());
@@ -1269,6 +1281,7 @@ fn bench_sweep(
 
         // The same sweep through `docker exec` (cleanup.method = "exec").
         fill_caches(engines, p);
+        streamed();
         let (n0, _) = total(&agent.snapshot());
         let t0 = Instant::now();
         rt.block_on(exec_janitor.sweep());
@@ -1440,6 +1453,7 @@ fn bench_store(p: &Params, table: &mut Table, rt: &tokio::runtime::Runtime) {
                         freed_bytes: 20 << 20,
                         remaining_bytes: Some(0),
                         skipped_below_min: false,
+                        nothing_to_clean: false,
                         error: None,
                     });
                 }
@@ -1477,12 +1491,8 @@ fn bench_store(p: &Params, table: &mut Table, rt: &tokio::runtime::Runtime) {
             .engines
             .into_iter()
             .map(|pe| EngineState {
-                engine: pe.engine,
-                counters: pe.counters,
-                runtime: Runtime::default(),
-                cache_path_error: None,
-                cleaning: false,
                 running: true,
+                ..EngineState::remembered(pe.engine, pe.counters)
             })
             .collect(),
         docker_up: true,

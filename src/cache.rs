@@ -16,23 +16,22 @@
 /// `$1` path, `$2` mode (`measure` | `clear`), `$3` min bytes: a cache smaller than that is
 /// measured but kept, `$4` the engine's HTTP port inside the container (0: no guard), `$5` the
 /// remote ports (space-separated) of the agent's own health checks, which are no client. Output
-/// lines: `before <bytes>`, `after <bytes>` (absent when nothing was deleted), `kept`, `busy`.
-/// A missing directory is size 0 and, when clearing, counts as cleared. Exit codes name the
-/// refusal so failures carry a reason an operator can act on.
+/// lines: `before <bytes>`, `after <bytes>` (absent when nothing was deleted), `kept`, `busy`,
+/// `empty`. A directory that is missing (size 0) or holds no entries is `empty` in both modes
+/// and nothing is deleted from it (SPEC §4: nothing to clean is not a cleanup). Exit codes name
+/// the refusal so failures carry a reason an operator can act on.
 ///
 /// After the checks the directory is entered (`cd -P`) and everything else is relative to it:
-/// a directory swapped for a symlink after the checks is not followed. Right before deleting,
-/// the entries to delete are listed first, then the container's own connection table
-/// (`/proc/net/tcp{,6}`, the exec runs in the container's network namespace) is read: a client
+/// a directory swapped for a symlink after the checks is not followed. The entries to delete
+/// are listed first (before measuring), then, right before deleting, the container's own
+/// connection table (`/proc/net/tcp{,6}`, the exec runs in the container's network namespace)
+/// is read: a client
 /// connected to the engine's port means a stream the agent may not know of yet, and nothing is
 /// deleted (`busy`). Whatever a stream writes was written while its connection was open, so
 /// every listed entry is either older than that connection (which the check then sees) or
 /// belongs to no live stream.
 const SCRIPT: &str = r#"d="$1"; mode="$2"; min="${3:-0}"; port="${4:-0}"; ign=" ${5:-} "
-if [ ! -e "$d" ] && [ ! -L "$d" ]; then
-  echo "before 0"; [ "$mode" = clear ] || exit 0
-  if [ 0 -lt "$min" ]; then echo kept; else echo "after 0"; fi; exit 0
-fi
+if [ ! -e "$d" ] && [ ! -L "$d" ]; then echo "before 0"; echo empty; exit 0; fi
 if [ -L "$d" ]; then echo "cache directory is a symlink; refusing to follow it" >&2; exit 10; fi
 if [ ! -d "$d" ]; then echo "cache path is not a directory" >&2; exit 11; fi
 r=$(readlink -f "$d" 2>/dev/null) || r="$d"
@@ -62,11 +61,14 @@ busy() {
   done
   return 1
 }
+set -- ./* ./.[!.]* ./..?*
 b=$(size) || { echo "du failed" >&2; exit 14; }
 echo "before $b"
+e=empty
+for f in "$@"; do if [ -e "$f" ] || [ -L "$f" ]; then e=; break; fi; done
+if [ -n "$e" ]; then echo empty; exit 0; fi
 [ "$mode" = clear ] || exit 0
 if [ "$b" -lt "$min" ]; then echo kept; exit 0; fi
-set -- ./* ./.[!.]* ./..?*
 if [ "$port" -gt 0 ] && busy "$port"; then echo busy; exit 0; fi
 rc=0
 # One rm for all entries (a pattern that matched nothing is a missing path, which -f ignores).
@@ -123,6 +125,11 @@ pub struct Sizes {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Done(Sizes),
+    /// Nothing to clean: the directory is missing (`before` 0) or holds no entries (`before`
+    /// is the directory's own size). Nothing was deleted, in either mode.
+    Empty {
+        before: u64,
+    },
     /// Measured (`before`), then nothing deleted: a client was connected to the engine's port
     /// right before the delete. The engine is busy, not failing.
     Busy {
@@ -140,10 +147,10 @@ pub fn parse(exit_code: i64, stdout: &str, stderr: &str) -> Outcome {
     let mut before = None;
     let mut after = None;
     let mut busy = false;
+    let mut empty = false;
     for l in stdout.lines().map(str::trim) {
-        if l == "busy" {
-            busy = true;
-        }
+        busy |= l == "busy";
+        empty |= l == "empty";
         match l.split_once(' ') {
             Some(("before", n)) => before = n.trim().parse::<u64>().ok(),
             Some(("after", n)) => after = n.trim().parse::<u64>().ok(),
@@ -168,6 +175,9 @@ pub fn parse(exit_code: i64, stdout: &str, stderr: &str) -> Outcome {
         }
     };
     match exit_code {
+        0 if empty && before.is_some() => Outcome::Empty {
+            before: before.unwrap_or(0),
+        },
         0 if busy && before.is_some() => Outcome::Busy {
             before: before.unwrap_or(0),
         },
@@ -228,6 +238,10 @@ mod tests {
         );
         assert_eq!(parse(0, "before 100\nkept\n", ""), done(100, None));
         assert_eq!(parse(0, "before 0\nafter 0\n", ""), done(0, Some(0)));
+        assert_eq!(
+            parse(0, "before 4096\nempty\n", ""),
+            Outcome::Empty { before: 4096 }
+        );
         assert_eq!(
             parse(0, "before 300\nbusy\n", ""),
             Outcome::Busy { before: 300 }
@@ -391,11 +405,35 @@ mod tests {
             let a = argv(path.to_str().unwrap(), mode);
             run_on_host(&a)
         };
-        let done = |before, after| Outcome::Done(Sizes { before, after });
-        assert_eq!(run(Mode::Measure), done(0, None));
-        assert_eq!(run(Mode::Clear { min_bytes: 0 }), done(0, Some(0)));
-        assert_eq!(run(Mode::Clear { min_bytes: 1 }), done(0, None));
+        let empty = Outcome::Empty { before: 0 };
+        assert_eq!(run(Mode::Measure), empty);
+        assert_eq!(run(Mode::Clear { min_bytes: 0 }), empty);
+        assert_eq!(run(Mode::Clear { min_bytes: 1 }), empty);
         assert!(!path.exists(), "a missing directory is not created");
+    }
+
+    /// A directory without entries is nothing to clean: measured (its own size), not deleted
+    /// from, in both modes; one dotfile is an entry.
+    #[test]
+    fn script_reports_an_empty_directory_as_nothing_to_clean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().canonicalize().unwrap().join("cache");
+        std::fs::create_dir(&path).unwrap();
+        let own = std::fs::metadata(&path).unwrap().len();
+        let run = |mode| run_on_host(&argv(path.to_str().unwrap(), mode));
+        assert_eq!(run(Mode::Measure), Outcome::Empty { before: own });
+        assert_eq!(
+            run(Mode::Clear { min_bytes: 0 }),
+            Outcome::Empty { before: own }
+        );
+        assert!(path.is_dir());
+        std::fs::write(path.join(".x"), b"x").unwrap();
+        assert!(matches!(run(Mode::Measure), Outcome::Done(_)));
+        assert!(matches!(
+            run(Mode::Clear { min_bytes: 0 }),
+            Outcome::Done(Sizes { after: Some(_), .. })
+        ));
+        assert_eq!(run(Mode::Measure), Outcome::Empty { before: own });
     }
 
     #[test]

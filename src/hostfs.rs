@@ -202,13 +202,8 @@ pub fn run_in_root(
     let rel = cache_path.trim_start_matches('/');
     let dir = match resolve_in_root(root.as_raw_fd(), rel) {
         Ok(fd) => fd,
-        Err(Resolve::Missing) => {
-            return Ok(match mode {
-                Mode::Measure => done(0, None),
-                Mode::Clear { min_bytes } if min_bytes > 0 => done(0, None),
-                Mode::Clear { .. } => done(0, Some(0)),
-            })
-        }
+        // Nothing to clean (SPEC §4), whatever the mode.
+        Err(Resolve::Missing) => return Ok(Outcome::Empty { before: 0 }),
         Err(Resolve::Refused(reason)) => return Ok(failed(None, &reason)),
         Err(Resolve::Unavailable(u)) => return Err(u),
     };
@@ -229,6 +224,15 @@ pub fn run_in_root(
         stop: None,
         first_error: None,
     };
+    // Listed before measuring and before the connection check, as in the script: whatever a
+    // stream writes is written while its connection is open, so every listed entry is older
+    // than a connection the check then sees, or belongs to no live stream.
+    let entries = list(dir.as_raw_fd()).map_err(|e| Unavailable(format!("listing: {e}")))?;
+    if entries.is_empty() {
+        return Ok(Outcome::Empty {
+            before: st.st_size.max(0) as u64,
+        });
+    }
     let before = match walk.measure(&dir) {
         Ok(b) => b,
         Err(_) if checks.cancel.load(Ordering::Relaxed) => return Ok(failed(None, CANCELLED)),
@@ -241,10 +245,6 @@ pub fn run_in_root(
     if before < min_bytes {
         return Ok(done(before, None));
     }
-    // Listed before the connection check, as in the script: whatever a stream writes is
-    // written while its connection is open, so every listed entry is older than a connection
-    // the check then sees, or belongs to no live stream.
-    let entries = list(dir.as_raw_fd()).map_err(|e| Unavailable(format!("listing: {e}")))?;
     if checks.cancel.load(Ordering::Relaxed) {
         return Ok(failed(Some(before), CANCELLED));
     }
@@ -835,21 +835,36 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_directory_is_zero_and_is_not_created() {
+    fn a_missing_directory_is_nothing_to_clean_and_is_not_created() {
         let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(
-            run_at(tmp.path(), "/nope/cache", Mode::Measure),
-            done(0, None)
-        );
-        assert_eq!(
-            run_at(tmp.path(), "/nope/cache", Mode::Clear { min_bytes: 0 }),
-            done(0, Some(0))
-        );
-        assert_eq!(
-            run_at(tmp.path(), "/nope/cache", Mode::Clear { min_bytes: 1 }),
-            done(0, None)
-        );
+        for mode in [
+            Mode::Measure,
+            Mode::Clear { min_bytes: 0 },
+            Mode::Clear { min_bytes: 1 },
+        ] {
+            assert_eq!(
+                run_at(tmp.path(), "/nope/cache", mode),
+                Outcome::Empty { before: 0 }
+            );
+        }
         assert!(!tmp.path().join("nope").exists());
+    }
+
+    /// A directory without entries: its own size, nothing deleted, in both modes (the same
+    /// verdict as the script's).
+    #[test]
+    fn an_empty_directory_is_nothing_to_clean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        let own = std::fs::metadata(&cache).unwrap().len();
+        for mode in [Mode::Measure, Mode::Clear { min_bytes: 0 }] {
+            assert_eq!(
+                run_at(tmp.path(), "/cache", mode),
+                Outcome::Empty { before: own }
+            );
+        }
+        assert!(cache.is_dir());
     }
 
     #[test]
@@ -884,7 +899,7 @@ mod tests {
         // A file on the way: missing, as the script's `[ -e ]` has it.
         assert_eq!(
             run_at(r, "/file/below", Mode::Clear { min_bytes: 0 }),
-            done(0, Some(0))
+            Outcome::Empty { before: 0 }
         );
         for bad in ["/", "/.", "/cache/..", "/cache/../outside"] {
             assert!(
@@ -905,7 +920,7 @@ mod tests {
         let root = root_of(&tmp.path().join("cache"));
         assert_eq!(
             run_in_root(&root, "/outside", Mode::Clear { min_bytes: 0 }, &quiet()),
-            Ok(done(0, Some(0)))
+            Ok(Outcome::Empty { before: 0 })
         );
         assert_eq!(
             std::fs::read(tmp.path().join("outside/canary")).unwrap(),

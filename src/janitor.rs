@@ -109,6 +109,14 @@ impl Drop for InflightGuard {
     }
 }
 
+/// One read-only measurement of a cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measurement {
+    pub bytes: u64,
+    /// Missing, or no entries: nothing to clean.
+    pub empty: bool,
+}
+
 /// When the janitor acts on its own; `None` is "off".
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Triggers {
@@ -340,7 +348,8 @@ impl Janitor {
             .await
             .map_err(|_| CleanupError::Closed)?;
         let name = e.engine.container_name.clone();
-        logging::cleanup_started(id, &name, trigger);
+        // The seed's lines wait for the outcome: a cache with nothing in it leaves no info line.
+        debug!(container_id = %short, trigger = %trigger, "cache cleanup starting");
         let started_at = Utc::now();
         let t0 = Instant::now();
         let mut record = CleanupRecord {
@@ -355,6 +364,7 @@ impl Janitor {
             freed_bytes: 0,
             remaining_bytes: None,
             skipped_below_min: false,
+            nothing_to_clean: false,
             error: None,
         };
         // The idle re-check, inside the registry task, right before the one exec that
@@ -370,7 +380,15 @@ impl Janitor {
         }
         let min_bytes = self.inner.min_bytes;
         match self.run_script(&e, Mode::Clear { min_bytes }).await {
+            Outcome::Empty { before } => {
+                debug!(container_id = %short, bytes = before, "cache empty; nothing to clean");
+                record.success = true;
+                record.nothing_to_clean = true;
+                record.size_before_bytes = Some(before);
+                record.remaining_bytes = Some(before);
+            }
             Outcome::Done(Sizes { before, after }) => {
+                logging::cleanup_started(id, &name, trigger);
                 logging::cache_size(id, &name, before);
                 record.size_before_bytes = Some(before);
                 match after {
@@ -406,6 +424,7 @@ impl Janitor {
                 return Err(CleanupError::HasStreams(short));
             }
             Outcome::Failed { before, reason } => {
+                logging::cleanup_started(id, &name, trigger);
                 if let Some(b) = before {
                     logging::cache_size(id, &name, b);
                 }
@@ -430,7 +449,7 @@ impl Janitor {
         let (id, name) = (&record.container_id, &record.container_name);
         match (&record.error, record.success) {
             // Measured, nothing deleted: not a cleanup, only a new current size.
-            (None, true) if record.skipped_below_min => {}
+            (None, true) if record.skipped_below_min || record.nothing_to_clean => {}
             (None, true) => logging::cleared(
                 id,
                 name,
@@ -446,7 +465,7 @@ impl Janitor {
                 record.duration_seconds,
             ),
         }
-        if !record.skipped_below_min {
+        if !record.skipped_below_min && !record.nothing_to_clean {
             self.inner
                 .metrics
                 .observe_cleanup(record.trigger, record.duration_seconds);
@@ -569,10 +588,10 @@ impl Janitor {
         while set.join_next().await.is_some() {}
     }
 
-    /// Measures one engine's cache read-only (one exec) and records it as its current size.
+    /// Measures one engine's cache read-only and records it as its current size.
     /// `None` when it could not be measured now: another exec of this engine is in flight (a
     /// cleanup reports the size itself), a previous one hangs, or the script failed.
-    pub async fn measure(&self, e: &EngineState) -> Option<u64> {
+    pub async fn measure(&self, e: &EngineState) -> Option<Measurement> {
         let id = &e.engine.container_id;
         // One exec per engine at a time, whatever it does.
         let _busy = self.try_acquire(id)?;
@@ -580,23 +599,25 @@ impl Janitor {
             return None;
         }
         let _permit = self.inner.limit.clone().acquire_owned().await.ok()?;
-        match self.run_script(e, Mode::Measure).await {
-            Outcome::Done(Sizes { before, .. }) | Outcome::Busy { before } => {
-                self.inner
-                    .registry
-                    .send(RegistryCmd::Measured {
-                        id: id.clone(),
-                        bytes: before,
-                        at: Utc::now(),
-                    })
-                    .await;
-                Some(before)
-            }
+        let at = Utc::now();
+        let (bytes, empty) = match self.run_script(e, Mode::Measure).await {
+            Outcome::Empty { before } => (before, true),
+            Outcome::Done(Sizes { before, .. }) | Outcome::Busy { before } => (before, false),
             Outcome::Failed { reason, .. } => {
                 debug!(container_id = %e.id12(), error = %reason, "measuring the cache failed");
-                None
+                return None;
             }
-        }
+        };
+        self.inner
+            .registry
+            .send(RegistryCmd::Measured {
+                id: id.clone(),
+                bytes,
+                at,
+                empty,
+            })
+            .await;
+        Some(Measurement { bytes, empty })
     }
 
     /// `cleanup.min_bytes`: caches smaller than this are measured but never deleted.
@@ -613,7 +634,7 @@ impl Janitor {
             .contains(id)
     }
 
-    /// One periodic sweep over every idle engine, then `SweepDone`.
+    /// One periodic sweep over every idle engine not known to be empty, then `SweepDone`.
     pub async fn sweep(&self) {
         let snap = self.inner.registry.snapshot();
         let mut set = JoinSet::new();
@@ -621,6 +642,8 @@ impl Janitor {
             .engines
             .iter()
             .filter(|e| e.running && e.is_idle() && !e.cleaning && e.cache_path_error.is_none())
+            // Found empty with no stream since: nothing can have been written to it.
+            .filter(|e| !e.known_empty())
         {
             let j = self.clone();
             let id = e.engine.container_id.clone();

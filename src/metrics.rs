@@ -587,6 +587,7 @@ pub mod testing {
             runtime: Runtime::default(),
             cache_path_error: None,
             cleaning: false,
+            cache_empty_since: None,
             running: true,
         }
     }

@@ -194,17 +194,42 @@ pub struct EngineState {
     pub cache_path_error: Option<String>,
     /// A cleanup passed its idle re-check and is deleting; see `registry::begin_delete`.
     pub cleaning: bool,
+    /// When a measurement or cleanup last began that found the cache with no entries (or
+    /// left it so); `None` once one finds entries. An engine empty since before its last
+    /// stream activity is not looked at by the sweep (SPEC §4).
+    pub cache_empty_since: Option<Timestamp>,
     /// Docker no longer lists it (kept from the store until discovery has re-listed).
     pub running: bool,
 }
 
 impl EngineState {
+    /// An engine as the store remembers it: not (yet) seen running, nothing known of its
+    /// container.
+    pub fn remembered(engine: Engine, counters: TriggerCounters) -> EngineState {
+        EngineState {
+            engine,
+            counters,
+            runtime: Runtime::default(),
+            cache_path_error: None,
+            cleaning: false,
+            cache_empty_since: None,
+            running: false,
+        }
+    }
+
     pub fn is_idle(&self) -> bool {
         self.engine.streams.is_empty()
     }
 
     pub fn id12(&self) -> &str {
         id12(&self.engine.container_id)
+    }
+
+    /// Whether the cache is known to hold nothing: it was found empty (or cleaned) and the
+    /// engine has had no stream since, so nothing can have been written to it.
+    pub fn known_empty(&self) -> bool {
+        self.cache_empty_since
+            .is_some_and(|t| self.engine.last_stream_usage.is_none_or(|u| u < t))
     }
 }
 
@@ -239,6 +264,11 @@ pub struct CleanupRecord {
     /// Nothing was deleted because the cache was below `cleanup.min_bytes`.
     #[serde(default)]
     pub skipped_below_min: bool,
+    /// The cache directory was missing or held no entries: nothing to clean, which is not a
+    /// cleanup (SPEC §4). Such a record is only the answer to a manual cleanup; it is never
+    /// kept in the history nor counted.
+    #[serde(default)]
+    pub nothing_to_clean: bool,
     pub error: Option<String>,
 }
 

@@ -160,6 +160,7 @@ pub fn eligible<'a>(
         .iter()
         .filter(|e| e.running && e.is_idle() && !e.cleaning && e.cache_path_error.is_none())
         .filter(|e| on.get(&e.engine.container_id).map(String::as_str) == Some(mountpoint))
+        .filter(|e| !e.known_empty())
         .filter(
             |e| match (e.engine.last_cache_cleanup, e.engine.last_stream_usage) {
                 (Some(cleaned), Some(used)) => used > cleaned,
@@ -606,10 +607,16 @@ impl Worker {
             let Ok((e, bytes)) = r else { continue };
             let id = e.engine.container_id.clone();
             match bytes {
-                Some(bytes) => measured.push(Candidate {
+                // Nothing to free in it.
+                Some(m) if m.empty => {
+                    if let Some(ep) = self.episode(name) {
+                        ep.done.insert(id, now);
+                    }
+                }
+                Some(m) => measured.push(Candidate {
                     id,
                     name: e.engine.container_name.clone(),
-                    bytes,
+                    bytes: m.bytes,
                 }),
                 None if self.p.janitor.in_flight(&id) => pending = true,
                 // Cannot be measured (refused path, hung exec): nothing to do for it here.

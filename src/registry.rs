@@ -106,7 +106,10 @@ pub enum RegistryCmd {
     Measured {
         id: String,
         bytes: u64,
+        /// When the measurement began.
         at: Timestamp,
+        /// The directory was missing or held no entries.
+        empty: bool,
     },
     StreamStarted(
         StreamStart,
@@ -313,17 +316,7 @@ impl Registry {
                 gone.insert(p.engine.container_id.clone(), p);
             } else {
                 let id = p.engine.container_id.clone();
-                engines.insert(
-                    id,
-                    EngineState {
-                        engine: p.engine,
-                        counters: p.counters,
-                        runtime: Default::default(),
-                        cache_path_error: None,
-                        cleaning: false,
-                        running: false,
-                    },
-                );
+                engines.insert(id, EngineState::remembered(p.engine, p.counters));
             }
         }
         let streams = StreamTable::new(loaded.streams);
@@ -565,12 +558,18 @@ impl Registry {
                 }
                 self.refresh_streams(&id, now)
             }
-            RegistryCmd::Measured { id, bytes, at } => {
+            RegistryCmd::Measured {
+                id,
+                bytes,
+                at,
+                empty,
+            } => {
                 let Some(e) = self.engines.get_mut(&id) else {
                     return false;
                 };
                 e.engine.cache_current_bytes = Some(bytes);
                 e.engine.cache_measured_at = Some(at);
+                e.cache_empty_since = empty.then_some(at);
                 self.pending.engines.insert(id);
                 true
             }
@@ -716,12 +715,8 @@ impl Registry {
                 info!(container_id = %id12(&id), container_name = %d.container_name,
                     "Engine discovered: {} ({})", d.container_name, id12(&id));
                 EngineState {
-                    engine,
-                    counters,
-                    runtime: Default::default(),
-                    cache_path_error: None,
-                    cleaning: false,
                     running: true,
+                    ..EngineState::remembered(engine, counters)
                 }
             }
         };
@@ -978,6 +973,11 @@ impl Registry {
         let id = record.container_id.clone();
         let (engine, counters) = if let Some(e) = self.engines.get_mut(&id) {
             e.cleaning = false;
+            // Found empty, or emptied: empty since the work began (a stream that wrote
+            // meanwhile has a later `last_stream_usage`, so `known_empty` stays false).
+            e.cache_empty_since = (record.nothing_to_clean
+                || (record.success && !record.skipped_below_min))
+                .then_some(record.started_at);
             (&mut e.engine, &mut e.counters)
         } else if let Some(g) = self.gone.get_mut(&id) {
             (&mut g.engine, &mut g.counters)
@@ -987,6 +987,12 @@ impl Registry {
         if let Some(b) = current_bytes {
             engine.cache_current_bytes = Some(b);
             engine.cache_measured_at = Some(record.finished_at);
+        }
+        if record.nothing_to_clean {
+            // Not a cleanup (SPEC §4): no record, no counter, and the seed's fields keep
+            // describing the last cleanup that freed something.
+            self.pending.engines.insert(id);
+            return;
         }
         if record.skipped_below_min {
             // Measured but kept: a new current size, not a cleanup.

@@ -756,6 +756,7 @@ mod tests {
             freed_bytes: n as u64,
             remaining_bytes: Some(0),
             skipped_below_min: false,
+            nothing_to_clean: false,
             error: None,
         }
     }

@@ -468,6 +468,7 @@ async fn docker_loss_serves_last_state_and_cleans_nothing_until_resynced() {
     wait_docker(addr, true, Duration::from_secs(10)).await;
     for e in [&stays, &removed] {
         e.write_cache_file("before", 10_000);
+        stream_visit(addr, &e.id).await;
         wait_engine(
             addr,
             &e.id,
@@ -494,6 +495,7 @@ async fn docker_loss_serves_last_state_and_cleans_nothing_until_resynced() {
     removed.write_cache_file("during", 10_000);
     removed.remove();
     let started = engine_for(&case, "fault-docker-started").start();
+    started.write_cache_file("during", 10_000);
     // Several sweep periods without Docker: nothing is attempted, nothing recorded.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, during) = http_get_json(addr, "/engines").await;
@@ -527,6 +529,8 @@ async fn docker_loss_serves_last_state_and_cleans_nothing_until_resynced() {
     })
     .await;
     println!("resynced {:?} after the socket came back", back.elapsed());
+    // "during" was written behind the agent's back; a stream is what writes a real cache.
+    stream_visit(addr, &stays.id).await;
     let first_seen = |list: &Value, id: &str| {
         list.as_array()
             .unwrap()

@@ -161,3 +161,167 @@ async fn docker_unreachable_at_start_is_a_warning_said_once() {
         said[0]
     );
 }
+
+/// One sample of `name` (a series without labels, or the first one matching `labels`) in a
+/// /metrics text.
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(&format!("{name}{labels}")) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Nothing to clean is not a cleanup (SPEC §4): after a real cleanup, sweep after sweep over
+/// the now empty cache adds no record, no counter, no info line and leaves the seed's fields
+/// (the size before the last real cleanup, its time) as they were; the sweep does not even
+/// look at the cache (no cache operation) until the engine has streamed again, and then it
+/// looks once and still leaves no trace.
+#[tokio::test]
+async fn an_empty_cache_leaves_no_trace_sweep_after_sweep() {
+    let case = unique_name("logs-empty");
+    let engine = TestEngine::builder()
+        .name_prefix("logs-empty")
+        .label(CASE_LABEL, &case)
+        .start();
+    engine.wait_http_ready().await;
+    engine.write_cache_file("live.1", 3 * 1024 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let port = free_port();
+    let mut env = case_env(&case, port, &dir.path().join("state.redb"));
+    env.extend([
+        ("ACESTREAM_AGENT_CLEANUP__INTERVAL", "300ms".to_string()),
+        // Streams come from the event API only in this test.
+        ("ACESTREAM_AGENT_ACTIVITY__INTERVAL", "10m".to_string()),
+    ]);
+    let _agent = Running(
+        agent_command(dir.path(), &env, &log)
+            .spawn()
+            .expect("start the agent binary"),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let id = engine.id.clone();
+    let cleaned = wait_engine(
+        addr,
+        &id,
+        Duration::from_secs(15),
+        "the real cleanup",
+        |v| v["cleanups_total"] == 1,
+    )
+    .await;
+    assert!(
+        cleaned["cache_size_bytes"].as_u64() >= Some(3 * 1024 * 1024),
+        "{cleaned}"
+    );
+    assert!(engine.list_cache().is_empty());
+    let metrics = || async {
+        let (status, text) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        text
+    };
+    let id12 = &id[..12];
+    let cleanups = format!(
+        "{{container_name=\"{}\",container_id=\"{id12}\",trigger=\"sweep\"}}",
+        engine.name
+    );
+    let last_sweep = |t: &str| sample(t, "acestream_agent_last_sweep_timestamp_seconds", "");
+    let seed_lines = [
+        format!("Running periodic cache cleanup for idle engine {id12}"),
+        format!("Cache size for container {id12}: "),
+        format!("Clearing AceStream cache for container {id12}"),
+        format!("Successfully cleared AceStream cache for container {id12} (freed "),
+    ];
+    let seed_counts = || {
+        let text = std::fs::read_to_string(&log).unwrap();
+        seed_lines
+            .iter()
+            .map(|l| lines_with(&text, l).len())
+            .collect::<Vec<_>>()
+    };
+    // Sweeps begin every 300 ms; wait for several after the cleanup, counting them by the
+    // last-sweep timestamp.
+    let sweeps_after = |n: usize| {
+        let metrics = &metrics;
+        async move {
+            let mut seen = last_sweep(&metrics().await);
+            for i in 0..n {
+                seen = Some(
+                    eventually(Duration::from_secs(5), &format!("sweep {i}"), || async {
+                        let now = last_sweep(&metrics().await);
+                        (now > seen).then_some(now.unwrap_or(0.0))
+                    })
+                    .await,
+                );
+            }
+        }
+    };
+    sweeps_after(1).await;
+    let before_text = metrics().await;
+    let ops = cache_operations(addr).await;
+    assert_eq!(
+        seed_counts(),
+        vec![1, 1, 1, 1],
+        "the real cleanup's four lines"
+    );
+    sweeps_after(5).await;
+
+    let after = http_get_json(addr, &format!("/engines/{id}")).await.1;
+    for field in [
+        "cleanups_total",
+        "cache_size_bytes",
+        "last_cache_cleanup",
+        "cleanup_failures_total",
+        "cache_freed_bytes_total",
+    ] {
+        assert_eq!(after[field], cleaned[field], "{field}: {after}");
+    }
+    assert_eq!(
+        history(addr, &id).await.len(),
+        1,
+        "one record: the real cleanup"
+    );
+    let after_text = metrics().await;
+    assert_eq!(
+        sample(&after_text, "acestream_cache_cleanups_total", &cleanups),
+        sample(&before_text, "acestream_cache_cleanups_total", &cleanups),
+    );
+    assert_eq!(
+        seed_counts(),
+        vec![1, 1, 1, 1],
+        "no line for an empty cache"
+    );
+    assert_eq!(
+        cache_operations(addr).await,
+        ops,
+        "the sweep does not look at a cache known empty"
+    );
+
+    // A stream comes and goes without writing: the next sweep looks once, finds it empty, and
+    // still leaves no trace.
+    let started = serde_json::json!({
+        "container_id": id,
+        "engine": {"host": "127.0.0.1", "port": engine.host_port},
+        "stream": {"key_type": "content_id", "key": "k"},
+        "session": {"playback_session_id": "s", "stat_url": "http://x/ace/stat/a/s",
+                    "command_url": "http://x/cmd", "is_live": 1}
+    });
+    let (status, body) = http_post(addr, "/events/stream_started", &started.to_string(), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let ended = serde_json::json!({"container_id": id});
+    let (status, body) = http_post(addr, "/events/stream_ended", &ended.to_string(), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    sweeps_after(3).await;
+    let (host, exec) = cache_operations(addr).await;
+    assert_eq!(
+        (host, exec),
+        (ops.0 + 1, ops.1),
+        "looked once after the stream"
+    );
+    let last = http_get_json(addr, &format!("/engines/{id}")).await.1;
+    for field in ["cleanups_total", "cache_size_bytes", "last_cache_cleanup"] {
+        assert_eq!(last[field], cleaned[field], "{field}: {last}");
+    }
+    assert_eq!(history(addr, &id).await.len(), 1);
+    assert_eq!(seed_counts(), vec![1, 1, 1, 1]);
+}

@@ -1342,10 +1342,11 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
                 Who::Streaming => ensure(s.value >= 1.0, || format!("{} streams", s.value)),
             }),
         ),
-        // Never used: no series, so the idle engine's "Last Used" shows "Never".
+        // Both used: the idle engine had a short stream (the one that left the 1 MiB behind).
+        // "Never" is the streaming engine's "Cache Cleanup" below, by the same rule (no series).
         (
             "Engine details/C",
-            per_engine(&[Who::Streaming], None, |_, s, ctx| recent_ms(s, ctx)),
+            per_engine(both(), None, |_, s, ctx| recent_ms(s, ctx)),
         ),
         (
             "Engine details/D",
@@ -1672,6 +1673,9 @@ async fn every_panel_and_alert_query_returns_engine_series_from_real_prometheus(
             "/home/appuser/.ACEStream/monitoring",
             &idle.cache_dir,
         ]);
+        // As a stream would have written it (the sweep does not look again at a cache it
+        // found empty unless the engine has streamed since).
+        stream_visit(agent.addr, &idle.id).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline
             && freed_total(agent.addr, &idle.name).await < freed_before + 1_000_000

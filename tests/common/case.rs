@@ -134,3 +134,27 @@ pub async fn history(addr: SocketAddr, key: &str) -> Vec<Value> {
         .unwrap_or_else(|| panic!("cleanup history is not an array: {v}"))
         .clone()
 }
+
+/// A short stream on the engine `container_id`, through the event API: started, then ended.
+/// What a test does after writing into a cache behind the agent's back, as a real stream
+/// would: the sweep does not look again at a cache it found empty unless the engine has
+/// streamed since (SPEC §4).
+pub async fn stream_visit(addr: SocketAddr, container_id: &str) {
+    let stream_id = unique_name("visit");
+    let started = serde_json::json!({
+        "container_id": container_id,
+        "engine": {"host": "127.0.0.1", "port": 1},
+        "stream": {"key_type": "content_id", "key": "visit"},
+        "session": {"playback_session_id": stream_id, "stat_url": "http://x/ace/stat/a/s",
+                    "command_url": "http://x/cmd", "is_live": 1},
+        "labels": {"stream_id": stream_id}
+    });
+    let ended = serde_json::json!({ "stream_id": stream_id });
+    for (path, body) in [
+        ("/events/stream_started", started),
+        ("/events/stream_ended", ended),
+    ] {
+        let (status, reply) = super::http_post(addr, path, &body.to_string(), &[]).await;
+        assert_eq!(status, 200, "{path}: {reply}");
+    }
+}
