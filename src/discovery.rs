@@ -8,7 +8,8 @@
 //! retries, and the registry keeps the last known engines while Docker is away.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::models::ContainerInspectResponse;
@@ -18,7 +19,8 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::config::{Config, LabelMatch};
 use crate::docker::{DockerClient, DockerError};
-use crate::model::{DiscoveredEngine, Mount, MountKind, Runtime};
+use crate::logging;
+use crate::model::{DiscoveredEngine, Mount, MountKind, NetMode, Runtime};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
 
@@ -53,19 +55,24 @@ impl Matcher {
             || self.images.iter().any(|g| glob_match(g, image))
     }
 
+    /// Whether the container is an engine by its labels and image (inspect data).
+    pub fn is_engine_container(&self, c: &ContainerInspectResponse) -> bool {
+        let (image, labels) = image_and_labels(c);
+        self.is_engine(&image, &labels)
+    }
+
     /// Builds the engine view of a container, or `None` if it is not an engine or not running.
-    pub fn engine_from(&self, c: &ContainerInspectResponse) -> Option<DiscoveredEngine> {
+    /// `owner` is the namespace owner of a container in another container's network
+    /// namespace (`network_of` says whose), as `Owner::of` read it; `port` the engine's HTTP
+    /// port from its command line, when it names one (the label wins over it).
+    pub fn engine_from(
+        &self,
+        c: &ContainerInspectResponse,
+        owner: Option<&Owner>,
+        port: Option<u16>,
+    ) -> Option<DiscoveredEngine> {
         let id = c.id.clone()?;
-        let config = c.config.as_ref();
-        let labels: BTreeMap<String, String> = config
-            .and_then(|c| c.labels.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let image = config
-            .and_then(|c| c.image.clone())
-            .or_else(|| c.image.clone())
-            .unwrap_or_default();
+        let (image, labels) = image_and_labels(c);
         if !self.is_engine(&image, &labels) {
             return None;
         }
@@ -86,50 +93,61 @@ impl Matcher {
         let container_port = labels
             .get(PORT_LABEL)
             .and_then(|p| p.parse().ok())
+            .or(port)
             .unwrap_or(self.engine_port);
-        let net = c.network_settings.as_ref();
-        let published = net
-            .and_then(|n| n.ports.as_ref())
-            .and_then(|p| p.get(&format!("{container_port}/tcp")))
-            .and_then(|b| b.as_ref())
-            .and_then(|b| {
-                b.iter()
-                    .filter_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())
-                    .next()
-            });
-        let host_port = labels
-            .get(HOST_PORT_LABEL)
-            .and_then(|p| p.parse().ok())
-            .or(published);
-        let mut ips: Vec<IpAddr> = vec![];
-        let mut aliases: Vec<String> = vec![];
-        if let Some(nets) = net.and_then(|n| n.networks.as_ref()) {
-            let mut nets: Vec<_> = nets.iter().collect();
-            nets.sort_by(|a, b| a.0.cmp(b.0));
-            for (_, ep) in nets {
-                if let Some(ip) = ep.ip_address.as_deref().and_then(|s| s.parse().ok()) {
-                    ips.push(ip);
-                }
-                for a in ep
-                    .aliases
-                    .iter()
-                    .flatten()
-                    .chain(ep.dns_names.iter().flatten())
-                {
-                    aliases.push(a.clone());
-                }
+        let label_host_port = labels.get(HOST_PORT_LABEL).and_then(|p| p.parse().ok());
+        let own = NetView::of(c);
+        let (net, view) = match (network_of(c), owner) {
+            (NetRef::Host, _) => (NetMode::Host, None),
+            (NetRef::Container(_), Some(o)) if o.host_network => (
+                NetMode::Container {
+                    owner: o.id.clone(),
+                },
+                None,
+            ),
+            (NetRef::Container(_), Some(o)) => (
+                NetMode::Container {
+                    owner: o.id.clone(),
+                },
+                Some(o.view.clone().unwrap_or_default()),
+            ),
+            // The owner could not be read: nothing of the namespace is known.
+            (NetRef::Container(r), None) => {
+                (NetMode::Container { owner: r }, Some(NetView::default()))
             }
-        }
-        if let Some(h) = config.and_then(|c| c.hostname.clone()) {
+            (NetRef::Own, _) => (NetMode::Own, Some(own.clone())),
+        };
+        let on_host_network = view.is_none();
+        let view = view.unwrap_or_default();
+        let host_port = label_host_port.or(if on_host_network {
+            Some(container_port)
+        } else {
+            view.published.get(&container_port).copied()
+        });
+        let ips = view.ips.clone();
+        let mut aliases = view.aliases.clone();
+        aliases.extend(own.aliases.iter().cloned());
+        if let Some(h) = c.config.as_ref().and_then(|c| c.hostname.clone()) {
             aliases.push(h);
         }
         aliases.push(id.get(..12).unwrap_or(&id).to_string());
         aliases.sort();
         aliases.dedup();
+        // `host` is always something a client on this host can dial, never a bare name.
         let (host, port) = match (host_port, ips.first()) {
             (Some(hp), _) => (self.advertise_host.clone(), hp),
             (None, Some(ip)) => (ip.to_string(), container_port),
-            (None, None) => (name.clone(), container_port),
+            (None, None) => (self.advertise_host.clone(), container_port),
+        };
+        let probe = if on_host_network {
+            Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                container_port,
+            ))
+        } else {
+            ips.first()
+                .map(|ip| SocketAddr::new(*ip, container_port))
+                .or_else(|| host_port.map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)))
         };
         let mounts = mounts_of(c);
         Some(DiscoveredEngine {
@@ -145,11 +163,118 @@ impl Matcher {
                 host_port,
                 ips,
                 aliases,
+                net,
+                probe,
                 mounts,
             },
         })
     }
 }
+
+/// The image name and labels of a container, from its inspect data.
+fn image_and_labels(c: &ContainerInspectResponse) -> (String, BTreeMap<String, String>) {
+    let config = c.config.as_ref();
+    let labels: BTreeMap<String, String> = config
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let image = config
+        .and_then(|c| c.image.clone())
+        .or_else(|| c.image.clone())
+        .unwrap_or_default();
+    (image, labels)
+}
+
+/// Whose network namespace a container uses, as `HostConfig.NetworkMode` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetRef {
+    Own,
+    Host,
+    /// `container:<id or name>` (compose's `service:<name>` arrives as this, with the id).
+    Container(String),
+}
+
+pub fn network_of(c: &ContainerInspectResponse) -> NetRef {
+    match c
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.as_deref())
+    {
+        Some("host") => NetRef::Host,
+        Some(m) => match m.strip_prefix("container:") {
+            Some(r) if !r.is_empty() => NetRef::Container(r.to_string()),
+            _ => NetRef::Own,
+        },
+        None => NetRef::Own,
+    }
+}
+
+/// What a network namespace shows of itself in its owner's inspect data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetView {
+    /// On Docker's networks, sorted by network name.
+    pub ips: Vec<IpAddr>,
+    pub aliases: Vec<String>,
+    /// Container TCP port → the first host port it is published on.
+    pub published: BTreeMap<u16, u16>,
+}
+
+impl NetView {
+    pub fn of(c: &ContainerInspectResponse) -> NetView {
+        let mut v = NetView::default();
+        let Some(net) = c.network_settings.as_ref() else {
+            return v;
+        };
+        if let Some(nets) = net.networks.as_ref() {
+            let mut nets: Vec<_> = nets.iter().collect();
+            nets.sort_by(|a, b| a.0.cmp(b.0));
+            for (_, ep) in nets {
+                if let Some(ip) = ep.ip_address.as_deref().and_then(|s| s.parse().ok()) {
+                    v.ips.push(ip);
+                }
+                for a in ep
+                    .aliases
+                    .iter()
+                    .flatten()
+                    .chain(ep.dns_names.iter().flatten())
+                {
+                    v.aliases.push(a.clone());
+                }
+            }
+        }
+        for (key, bindings) in net.ports.iter().flatten() {
+            let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()) else {
+                continue;
+            };
+            let host = bindings
+                .iter()
+                .flatten()
+                .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok());
+            if let Some(h) = host {
+                v.published.insert(port, h);
+            }
+        }
+        v
+    }
+}
+
+/// The namespace owner of a container in `container:` network mode, followed to the end of a
+/// chain (an owner may itself use another's namespace), as far as the agent can read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The direct owner's full id: its events are followed.
+    pub id: String,
+    /// The chain ends in a container on the host's network.
+    pub host_network: bool,
+    /// What the namespace shows (IPs, published ports); `None` when the owner is not running.
+    pub view: Option<NetView>,
+    /// The owner's main process, 0 when not running.
+    pub pid: u32,
+}
+
+/// How many `container:` links are followed to the namespace's real owner.
+const MAX_OWNER_CHAIN: usize = 4;
 
 /// The container's mounts: inspect's `Mounts` (bind, volume, `--mount type=tmpfs`) plus
 /// `HostConfig.Tmpfs`, where `--tmpfs` mounts appear (they are not listed in `Mounts`).
@@ -222,16 +347,131 @@ pub fn glob_match(pattern: &str, s: &str) -> bool {
     pi == p.len()
 }
 
+/// Builds the full engine view of a container: its inspect data, and what it takes beyond it
+/// (the namespace owner's inspect for `container:` network mode). Shared by the discovery loop
+/// and the stream-event lookup of containers not listed yet.
+#[derive(Clone)]
+pub struct Inspector {
+    pub docker: DockerClient,
+    pub matcher: Matcher,
+    /// Engines left in a restarted owner's old namespace, already reported.
+    stranded: Arc<logging::SaidOnce>,
+}
+
+impl Inspector {
+    pub fn new(docker: DockerClient, matcher: Matcher) -> Inspector {
+        Inspector {
+            docker,
+            matcher,
+            stranded: Arc::default(),
+        }
+    }
+
+    /// The engine view of an inspected container; `None` if it is not a running engine.
+    pub async fn engine(&self, c: &ContainerInspectResponse) -> Option<DiscoveredEngine> {
+        if !self.matcher.is_engine_container(c) {
+            return None;
+        }
+        let owner = match network_of(c) {
+            NetRef::Container(r) => Some(self.owner(&r).await),
+            _ => None,
+        };
+        let d = self.matcher.engine_from(c, owner.as_ref(), None)?;
+        if let Some(o) = &owner {
+            self.check_namespace(&d, o);
+        }
+        Some(d)
+    }
+
+    /// Docker does not move a container to its namespace owner's new namespace when the owner
+    /// restarts: the engine is left in the old one, which nothing reaches. Said once per
+    /// owner process, as a warning (the engine is also unhealthy from then on).
+    fn check_namespace(&self, d: &DiscoveredEngine, o: &Owner) {
+        let netns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        if d.runtime.pid == 0 || o.pid == 0 || o.host_network {
+            return;
+        }
+        let (Some(engine), Some(owner)) = (netns(d.runtime.pid), netns(o.pid)) else {
+            return;
+        };
+        let key = format!("{}/{}", d.container_id, o.pid);
+        if engine != owner && self.stranded.first(&key) {
+            warn!(container_id = %crate::model::id12(&d.container_id), container_name = %d.container_name,
+                owner = %crate::model::id12(&o.id),
+                "Engine {} is no longer in the network namespace of {} (it restarted): nothing \
+                 can reach the engine until it is restarted too",
+                d.container_name, crate::model::id12(&o.id));
+        }
+    }
+
+    /// Inspects `id` and builds its engine view; `Ok(None)` if Docker does not have it or it is
+    /// not a running engine.
+    pub async fn engine_by_id(&self, id: &str) -> Result<Option<DiscoveredEngine>, DockerError> {
+        match self.docker.inspect(id).await {
+            Ok(c) => Ok(self.engine(&c).await),
+            Err(DockerError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The namespace owner named by `reference` (an id or a name), followed through a chain of
+    /// `container:` owners. What cannot be read (gone, Docker failing) is an owner with no view:
+    /// the engine is then reachable at no known address, which is the truth.
+    async fn owner(&self, reference: &str) -> Owner {
+        let mut next = reference.to_string();
+        let mut direct: Option<String> = None;
+        for _ in 0..MAX_OWNER_CHAIN {
+            let Ok(o) = self.docker.inspect(&next).await else {
+                break;
+            };
+            let id = o.id.clone().unwrap_or_else(|| next.clone());
+            let direct = direct.get_or_insert(id).clone();
+            let state = o.state.as_ref();
+            let running = state.and_then(|s| s.running).unwrap_or(false);
+            let pid = state
+                .and_then(|s| s.pid)
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or(0);
+            match network_of(&o) {
+                NetRef::Host => {
+                    return Owner {
+                        id: direct,
+                        host_network: true,
+                        view: None,
+                        pid,
+                    }
+                }
+                NetRef::Container(r) => next = r,
+                NetRef::Own => {
+                    return Owner {
+                        id: direct,
+                        host_network: false,
+                        view: running.then(|| NetView::of(&o)),
+                        pid,
+                    }
+                }
+            }
+        }
+        Owner {
+            id: direct.unwrap_or_else(|| reference.to_string()),
+            host_network: false,
+            view: None,
+            pid: 0,
+        }
+    }
+}
+
 pub struct Discovery {
     pub docker: DockerClient,
     pub registry: RegistryHandle,
-    pub matcher: Matcher,
+    pub inspector: Inspector,
     pub resync: Duration,
 }
 
 impl Discovery {
     async fn list(&self) -> Result<Vec<DiscoveredEngine>, DockerError> {
         let summaries = self.docker.list_running().await?;
+        let matcher = &self.inspector.matcher;
         let mut out = vec![];
         for s in summaries {
             let Some(id) = s.id else { continue };
@@ -242,13 +482,13 @@ impl Discovery {
             let labels: BTreeMap<String, String> =
                 s.labels.unwrap_or_default().into_iter().collect();
             let image = s.image.as_deref().unwrap_or("");
-            let name_unknown = !self.matcher.images.is_empty()
+            let name_unknown = !matcher.images.is_empty()
                 && (s.image_id.as_deref() == Some(image) || is_image_id(image));
-            if !name_unknown && !self.matcher.is_engine(image, &labels) {
+            if !name_unknown && !matcher.is_engine(image, &labels) {
                 continue;
             }
             match self.docker.inspect(&id).await {
-                Ok(c) => out.extend(self.matcher.engine_from(&c)),
+                Ok(c) => out.extend(self.inspector.engine(&c).await),
                 Err(DockerError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -256,30 +496,39 @@ impl Discovery {
         Ok(out)
     }
 
+    /// Re-reads one container: upserted while it is a running engine, removed otherwise.
+    async fn refresh(&self, id: &str) -> Result<(), DockerError> {
+        match self.inspector.engine_by_id(id).await? {
+            Some(d) => self.registry.send(RegistryCmd::Upsert(d)).await,
+            None => {
+                self.registry
+                    .send(RegistryCmd::Remove(id.to_string()))
+                    .await
+            }
+        }
+        Ok(())
+    }
+
     async fn on_event(&self, action: &str, id: &str) -> Result<(), DockerError> {
         match action {
-            "start" | "rename" => match self.docker.inspect(id).await {
-                Ok(c) => match self.matcher.engine_from(&c) {
-                    Some(d) => self.registry.send(RegistryCmd::Upsert(d)).await,
-                    None => {
-                        self.registry
-                            .send(RegistryCmd::Remove(id.to_string()))
-                            .await
-                    }
-                },
-                Err(DockerError::NotFound { .. }) => {
-                    self.registry
-                        .send(RegistryCmd::Remove(id.to_string()))
-                        .await
-                }
-                Err(e) => return Err(e),
-            },
+            "start" | "rename" => self.refresh(id).await?,
             "die" | "stop" | "destroy" => {
                 self.registry
                     .send(RegistryCmd::Remove(id.to_string()))
                     .await
             }
-            _ => {}
+            _ => return Ok(()),
+        }
+        // Engines in this container's network namespace: their endpoint is its IP and its
+        // published ports, which a stop or a restart changes.
+        let snap = self.registry.snapshot();
+        let dependents = snap.engines.iter().filter(|e| {
+            e.running && matches!(&e.runtime.net, NetMode::Container { owner } if owner == id)
+        });
+        for e in dependents {
+            debug!(container_id = %crate::model::id12(&e.engine.container_id),
+                owner = %crate::model::id12(id), action, "namespace owner changed; re-reading the engine");
+            self.refresh(&e.engine.container_id).await?;
         }
         Ok(())
     }
@@ -392,6 +641,166 @@ mod tests {
         assert!(!is_image_id("acestream/engine:latest"));
         assert!(!is_image_id("sha256:nothex"));
         assert!(!is_image_id("762ba2a47c9"));
+    }
+
+    fn matcher() -> Matcher {
+        Matcher {
+            labels: vec!["acestream.engine=true".parse().unwrap()],
+            images: vec![],
+            engine_port: 6878,
+            advertise_host: "engines.example.net".into(),
+        }
+    }
+
+    /// An inspect response as Docker 20.10 gives it, cut to the fields discovery reads.
+    fn inspect(
+        id: &str,
+        network_mode: &str,
+        settings: serde_json::Value,
+    ) -> ContainerInspectResponse {
+        serde_json::from_value(serde_json::json!({
+            "Id": id,
+            "Name": format!("/{id}-name"),
+            "State": {"Running": true, "Pid": 4242},
+            "Config": {"Image": "x", "Hostname": "h", "Labels": {"acestream.engine": "true"}},
+            "HostConfig": {"NetworkMode": network_mode},
+            "NetworkSettings": settings,
+        }))
+        .unwrap()
+    }
+
+    fn bridge(ip: &str, ports: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "Ports": ports,
+            "Networks": {"bridge": {"IPAddress": ip, "Aliases": null, "DNSNames": null}}
+        })
+    }
+
+    const ID: &str = "aaaaaaaaaaaa0000000000000000000000000000000000000000000000000000";
+    const OWNER: &str = "bbbbbbbbbbbb0000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn a_bridged_engine_is_its_published_port_or_its_ip() {
+        let m = matcher();
+        let c = inspect(
+            ID,
+            "default",
+            bridge(
+                "172.17.0.5",
+                serde_json::json!({
+                    "6878/tcp": [{"HostIp": "0.0.0.0", "HostPort": "32820"}]
+                }),
+            ),
+        );
+        let d = m.engine_from(&c, None, None).unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 32820));
+        assert_eq!(d.runtime.net, NetMode::Own);
+        assert_eq!(d.runtime.probe, Some("172.17.0.5:6878".parse().unwrap()));
+        // Unpublished, on a user-defined network: its IP and the engine port.
+        let c = inspect(
+            ID,
+            "acenet",
+            serde_json::json!({
+                "Ports": {},
+                "Networks": {"acenet": {"IPAddress": "10.9.0.3", "Aliases": ["engine"], "DNSNames": ["engine", "x"]}}
+            }),
+        );
+        let d = m.engine_from(&c, None, None).unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("10.9.0.3", 6878));
+        assert!(d.runtime.aliases.contains(&"engine".to_string()));
+        // No network at all: not a bare name, the host and the engine port; nowhere to probe.
+        let c = inspect(ID, "none", serde_json::json!({"Ports": {}, "Networks": {}}));
+        let d = m.engine_from(&c, None, None).unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 6878));
+        assert_eq!(d.runtime.probe, None);
+    }
+
+    #[test]
+    fn a_host_network_engine_is_the_advertised_host_and_probed_on_loopback() {
+        let mut c = inspect(
+            ID,
+            "host",
+            serde_json::json!({
+                "Ports": {},
+                "Networks": {"host": {"IPAddress": "", "Aliases": null}}
+            }),
+        );
+        c.config
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("acestream.http_port".into(), "16211".into());
+        let d = matcher().engine_from(&c, None, None).unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 16211));
+        assert_eq!(d.runtime.net, NetMode::Host);
+        assert_eq!(d.runtime.host_port, Some(16211));
+        assert_eq!(d.runtime.probe, Some("127.0.0.1:16211".parse().unwrap()));
+        assert!(d.runtime.ips.is_empty());
+        // The port from the command line when no label names it; the label wins over it.
+        let c = inspect(ID, "host", serde_json::json!({"Ports": {}, "Networks": {}}));
+        assert_eq!(
+            matcher().engine_from(&c, None, Some(16214)).unwrap().port,
+            16214
+        );
+    }
+
+    #[test]
+    fn an_engine_in_another_containers_namespace_takes_the_owners_address() {
+        let m = matcher();
+        let c = inspect(
+            ID,
+            &format!("container:{OWNER}"),
+            serde_json::json!({"Ports": {}, "Networks": {}}),
+        );
+        let owner = |view: Option<NetView>| Owner {
+            id: OWNER.into(),
+            host_network: false,
+            view,
+            pid: 0,
+        };
+        let published = NetView {
+            ips: vec!["172.17.0.9".parse().unwrap()],
+            aliases: vec!["gluetun".into()],
+            published: BTreeMap::from([(6878, 40001), (6879, 40002)]),
+        };
+        let d = m
+            .engine_from(&c, Some(&owner(Some(published.clone()))), None)
+            .unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 40001));
+        assert_eq!(
+            d.runtime.net,
+            NetMode::Container {
+                owner: OWNER.into()
+            }
+        );
+        assert_eq!(d.runtime.probe, Some("172.17.0.9:6878".parse().unwrap()));
+        assert!(d.runtime.aliases.contains(&"gluetun".to_string()));
+        // Another engine of the same namespace is told apart by its port.
+        let d = m
+            .engine_from(&c, Some(&owner(Some(published.clone()))), Some(6879))
+            .unwrap();
+        assert_eq!(d.port, 40002);
+        // Not published by the owner: the owner's IP and the engine port.
+        let d = m
+            .engine_from(&c, Some(&owner(Some(published))), Some(7000))
+            .unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("172.17.0.9", 7000));
+        // The owner stopped: no address of its own, nowhere to probe, never a bare name.
+        let d = m.engine_from(&c, Some(&owner(None)), None).unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 6878));
+        assert_eq!(d.runtime.probe, None);
+        // An owner on the host's network: as if the engine were.
+        let host = Owner {
+            id: OWNER.into(),
+            host_network: true,
+            view: None,
+            pid: 0,
+        };
+        let d = m.engine_from(&c, Some(&host), None).unwrap();
+        assert_eq!(d.runtime.probe, Some("127.0.0.1:6878".parse().unwrap()));
+        assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 6878));
     }
 
     #[test]

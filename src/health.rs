@@ -1,10 +1,11 @@
 //! Health (SPEC §2): HTTP GET `get_status` on every engine every `health.interval`, with
 //! `health.timeout`; `get_version` once per container start. Sends `RegistryCmd::Health`.
 //!
-//! Probes go to the container's own IP and port, not the published port: no docker-proxy in
-//! between, so the connection the engine sees comes from this socket's local port. Those ports
-//! are lent to the activity probe (`ProbePorts`) so the agent's own checks never count as
-//! streams.
+//! Probes go to the IP of the engine's network namespace (its own, or its namespace owner's)
+//! and the engine port, or to loopback for an engine on the host's network, never through a
+//! published port: no docker-proxy in between, so the connection the engine sees comes from
+//! this socket's local port. Those ports are lent to the activity probe (`ProbePorts`) so the
+//! agent's own checks never count as streams.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -197,14 +198,10 @@ pub async fn http_get(
         .map_err(|_| format!("timed out after {}s", timeout.as_secs_f64()))?
 }
 
-/// Where to probe an engine from this host.
+/// Where to probe an engine from this host (discovery works it out: the namespace's IP, or
+/// loopback on the host's network).
 pub fn probe_addr(e: &EngineState) -> Option<SocketAddr> {
-    if let Some(ip) = e.runtime.ips.first() {
-        return Some(SocketAddr::new(*ip, e.runtime.container_port));
-    }
-    e.runtime
-        .host_port
-        .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p))
+    e.runtime.probe
 }
 
 /// `healthy` needs a 200 whose body is JSON.

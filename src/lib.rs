@@ -155,6 +155,8 @@ impl Agent {
         let (trigger, shutdown) = shutdown::channel();
         let metrics = Arc::new(Metrics::new().with_sweep_interval(cfg.cleanup.interval));
         let docker = DockerClient::new(cfg.docker.host.clone());
+        let inspector =
+            discovery::Inspector::new(docker.clone(), discovery::Matcher::from_config(&cfg));
         let ports = ProbePorts::default();
         let janitor = Janitor::new(
             parts.handle.clone(),
@@ -185,7 +187,7 @@ impl Agent {
             discovery::Discovery {
                 docker: docker.clone(),
                 registry: parts.handle.clone(),
-                matcher: discovery::Matcher::from_config(&cfg),
+                inspector: inspector.clone(),
                 resync: cfg.discovery.resync_interval,
             }
             .run(shutdown.clone()),

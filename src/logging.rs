@@ -158,7 +158,7 @@ pub struct SaidOnce(Mutex<HashSet<String>>);
 
 impl SaidOnce {
     /// True the first time for `id`.
-    fn first(&self, id: &str) -> bool {
+    pub fn first(&self, id: &str) -> bool {
         self.0
             .lock()
             .expect("SaidOnce lock poisoned")

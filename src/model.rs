@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -125,19 +125,40 @@ pub struct Engine {
     pub cache_mountpoint: Option<String>,
 }
 
+/// Whose network namespace a container runs in (`HostConfig.NetworkMode`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NetMode {
+    /// Its own (a bridge, a user-defined network, `none`).
+    #[default]
+    Own,
+    /// The host's (`--network host`): its ports are the host's ports.
+    Host,
+    /// Another container's (`--network container:<id>`, compose `network_mode: service:<vpn>`),
+    /// by that container's full id: the namespace owner, whose IP and published ports the
+    /// engine's endpoint is.
+    Container { owner: String },
+}
+
 /// Where and how to reach a running container; refreshed by discovery, never persisted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Runtime {
     /// Main process of the container, for `/proc/<pid>/net/tcp{,6}`; 0 when not running.
     pub pid: u32,
-    /// The engine's HTTP port inside the container.
+    /// The engine's HTTP port inside the container (its network namespace).
     pub container_port: u16,
-    /// The host port published for `container_port`, if any.
+    /// The host port clients reach `container_port` at, if any: published by the container (or
+    /// by its namespace owner), or `container_port` itself on the host's network.
     pub host_port: Option<u16>,
-    /// Container IPs on its networks (health checks go here: no docker-proxy in between).
+    /// IPs of the network namespace on Docker's networks: the container's own, or its
+    /// namespace owner's.
     pub ips: Vec<IpAddr>,
     /// Network aliases and names a proxy on the same Docker network may use.
     pub aliases: Vec<String>,
+    pub net: NetMode,
+    /// Where the agent's health and version checks go: the namespace's IP and the engine port
+    /// (no docker-proxy in between), loopback on the host's network; `None`: nowhere (a
+    /// container without a network, an owner that is not running).
+    pub probe: Option<SocketAddr>,
     /// The container's mounts (inspect `Mounts`, plus `HostConfig.Tmpfs`), to find the host
     /// filesystem its cache lives on (SPEC §7).
     pub mounts: Vec<Mount>,

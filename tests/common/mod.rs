@@ -293,6 +293,49 @@ pub fn fake_engine_image() -> String {
         .clone()
 }
 
+/// An image built `FROM` the fake engine with `dockerfile_lines` after it (e.g. `RUN ...`,
+/// `ENV HOME=...`), tagged by a hash of both, built once (no context: nothing is copied).
+pub fn derived_image(dockerfile_lines: &str) -> String {
+    let base = fake_engine_image();
+    let dockerfile = format!("FROM {base}\n{dockerfile_lines}\n");
+    let tag = format!(
+        "acestream-agent-fake-engine-derived:{:016x}",
+        fnv1a(0xcbf2_9ce4_8422_2325, dockerfile.as_bytes())
+    );
+    if image_exists(&tag) {
+        return tag;
+    }
+    let mut child = Command::new("docker")
+        .args([
+            "build",
+            "--force-rm",
+            "--label",
+            &format!("{TEST_LABEL}.image=1"),
+            "-t",
+            &tag,
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dockerfile.as_bytes())
+        .expect("write the Dockerfile");
+    let out = child.wait_with_output().expect("docker build");
+    assert!(
+        out.status.success() || image_exists(&tag),
+        "building {tag} from\n{dockerfile}failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tag
+}
+
 fn image_exists(tag: &str) -> bool {
     docker_output(&["image", "inspect", "--format", "{{.Id}}", tag])
         .status
@@ -389,6 +432,9 @@ pub struct TestEngineBuilder {
     name_prefix: String,
     publish: bool,
     extra_args: Vec<String>,
+    image: Option<String>,
+    cmd: Vec<String>,
+    cache_dir: Option<String>,
 }
 
 impl TestEngineBuilder {
@@ -434,18 +480,39 @@ impl TestEngineBuilder {
         self
     }
 
+    /// Arguments after the image: the engine's own command line (`--http-port N`,
+    /// `--cache-dir D`, `@file`, ...), or a command when the entrypoint is replaced.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.cmd = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// Another image than the fake engine (one derived from it, see [`derived_image`]).
+    pub fn image(mut self, image: &str) -> Self {
+        self.image = Some(image.to_string());
+        self
+    }
+
+    /// Where the engine keeps its cache when its command line or image says so rather than
+    /// CACHE_DIR (for the cache helpers).
+    pub fn cache_dir(mut self, dir: &str) -> Self {
+        self.cache_dir = Some(dir.to_string());
+        self
+    }
+
     /// Starts the container (building the image first if needed). Returns
     /// once Docker reports it started; HTTP may need a moment more, see
     /// [`TestEngine::wait_http_ready`].
     pub fn start(self) -> TestEngine {
-        let image = fake_engine_image();
+        let image = self.image.clone().unwrap_or_else(fake_engine_image);
         let name = unique_name(&self.name_prefix);
-        let cache_dir = self
-            .env
-            .iter()
-            .find(|(k, _)| k == "CACHE_DIR")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| DEFAULT_CACHE_DIR.to_string());
+        let cache_dir = self.cache_dir.clone().unwrap_or_else(|| {
+            self.env
+                .iter()
+                .find(|(k, _)| k == "CACHE_DIR")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| DEFAULT_CACHE_DIR.to_string())
+        });
 
         let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
         args.push("--label".into());
@@ -466,6 +533,7 @@ impl TestEngineBuilder {
         }
         args.extend(self.extra_args.iter().cloned());
         args.push(image);
+        args.extend(self.cmd.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let id = docker(&args);
 
@@ -512,6 +580,9 @@ impl TestEngine {
             name_prefix: "ace-test".to_string(),
             publish: true,
             extra_args: Vec::new(),
+            image: None,
+            cmd: Vec::new(),
+            cache_dir: None,
         }
     }
 
