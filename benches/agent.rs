@@ -1419,6 +1419,8 @@ fn fake_engine(i: usize) -> Engine {
         cache_freed_bytes_total: 9_876_543_210,
         last_cleanup_error: None,
         cache_path: "/home/appuser/.ACEStream/.acestream_cache".into(),
+        cache_path_source: None,
+        cache_medium: Default::default(),
         cache_mountpoint: None,
     }
 }

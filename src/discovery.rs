@@ -7,20 +7,25 @@
 //! seen twice, which the registry's upsert makes harmless). Unlike vector, the first list also
 //! retries, and the registry keeps the last known engines while Docker is away.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::models::ContainerInspectResponse;
 use futures_util::StreamExt;
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::cachepath;
+use crate::cmdline::{self, EngineArgs};
 use crate::config::{Config, LabelMatch};
 use crate::docker::{DockerClient, DockerError};
+use crate::inside;
 use crate::logging;
-use crate::model::{DiscoveredEngine, Mount, MountKind, NetMode, Runtime};
+use crate::model::{CacheChoice, DiscoveredEngine, Mount, MountKind, NetMode, Runtime};
+use crate::registry::CACHE_PATH_LABEL;
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
 
@@ -70,6 +75,7 @@ impl Matcher {
         c: &ContainerInspectResponse,
         owner: Option<&Owner>,
         port: Option<u16>,
+        cache: CacheChoice,
     ) -> Option<DiscoveredEngine> {
         let id = c.id.clone()?;
         let (image, labels) = image_and_labels(c);
@@ -167,8 +173,54 @@ impl Matcher {
                 probe,
                 mounts,
             },
+            cache,
         })
     }
+}
+
+/// A variable of an environment list (`KEY=VALUE`), the last one set.
+fn env_value(env: &[String], key: &str) -> Option<String> {
+    env.iter().rev().find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+/// What the host sees of an engine container's command line.
+struct HostArgs {
+    /// The flags as its processes run them; `None`: no process names one.
+    process: Option<EngineArgs>,
+    /// The flags of the image's command line (`image_words`), argument files read inside.
+    image: EngineArgs,
+    /// `$HOME` of the engine process, or of the main one.
+    home: Option<String>,
+}
+
+/// Reads the container's processes and argument files from the host. Blocking.
+fn host_args(
+    pid: u32,
+    id: &str,
+    workdir: &str,
+    image_words: &[String],
+) -> Result<HostArgs, String> {
+    let procs = inside::processes(pid, id).map_err(|e| e.to_string())?;
+    let root = inside::root(pid, id).ok();
+    let mut read = |p: &str| {
+        root.as_ref()
+            .and_then(|r| inside::read_file(r, p, workdir).ok())
+    };
+    let found = cmdline::pick_engine(&procs, &mut read);
+    let home = found
+        .as_ref()
+        .and_then(|(i, _)| env_value(&procs[*i].env, "HOME"))
+        .or_else(|| procs.first().and_then(|p| env_value(&p.env, "HOME")));
+    let (words, _) = cmdline::expand_arg_files(image_words, &mut read);
+    Ok(HostArgs {
+        process: found.map(|(_, a)| a),
+        image: cmdline::parse_flags(&words),
+        home,
+    })
 }
 
 /// The image name and labels of a container, from its inspect data.
@@ -273,12 +325,15 @@ pub struct Owner {
     pub pid: u32,
 }
 
+/// When an engine whose command line or cache path was not settled at its start is read again.
+const READ_AGAIN_AFTER: Duration = Duration::from_secs(2);
+
 /// How many `container:` links are followed to the namespace's real owner.
 const MAX_OWNER_CHAIN: usize = 4;
 
 /// The container's mounts: inspect's `Mounts` (bind, volume, `--mount type=tmpfs`) plus
 /// `HostConfig.Tmpfs`, where `--tmpfs` mounts appear (they are not listed in `Mounts`).
-fn mounts_of(c: &ContainerInspectResponse) -> Vec<Mount> {
+pub fn mounts_of(c: &ContainerInspectResponse) -> Vec<Mount> {
     let mut out: Vec<Mount> = c
         .mounts
         .iter()
@@ -354,17 +409,66 @@ pub fn glob_match(pattern: &str, s: &str) -> bool {
 pub struct Inspector {
     pub docker: DockerClient,
     pub matcher: Matcher,
+    /// `cleanup.cache_path`.
+    default_cache_path: String,
+    /// Deadline of the execs that read an engine container when its /proc is not visible.
+    exec_timeout: Duration,
+    /// What was learned of each engine container's process (its command line, its cache
+    /// path), while that process runs and nothing of it may still change. std `Mutex`: held
+    /// to look up or store, never across an `.await`.
+    learned: Arc<Mutex<HashMap<String, Learned>>>,
     /// Engines left in a restarted owner's old namespace, already reported.
     stranded: Arc<logging::SaidOnce>,
 }
 
+/// What discovery learned of one engine process.
+#[derive(Clone, Debug)]
+struct Learned {
+    pid: u32,
+    args: EngineArgs,
+    cache: CacheChoice,
+    /// Nothing of it can change while the process runs: its flags came from the process
+    /// itself (or from the image, where the process cannot be seen), and what the cache
+    /// path depends on exists.
+    settled: bool,
+}
+
+/// Deadline of the host-side reads of one container (its /proc, its root).
+const HOST_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Inspector {
-    pub fn new(docker: DockerClient, matcher: Matcher) -> Inspector {
+    pub fn new(
+        docker: DockerClient,
+        matcher: Matcher,
+        default_cache_path: String,
+        exec_timeout: Duration,
+    ) -> Inspector {
         Inspector {
             docker,
             matcher,
+            default_cache_path,
+            exec_timeout: exec_timeout.min(Duration::from_secs(10)),
+            learned: Arc::default(),
             stranded: Arc::default(),
         }
+    }
+
+    /// Whether what was learned of the engine may still change without a restart (its
+    /// process had not named its flags yet, or its cache directory did not exist yet).
+    pub fn unsettled(&self, id: &str) -> bool {
+        self.learned
+            .lock()
+            .expect("learned lock poisoned")
+            .get(id)
+            .is_some_and(|l| !l.settled)
+    }
+
+    /// Forgets the containers `keep` rejects (gone ones).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.learned
+            .lock()
+            .expect("learned lock poisoned")
+            .retain(|id, _| keep(id));
     }
 
     /// The engine view of an inspected container; `None` if it is not a running engine.
@@ -372,15 +476,202 @@ impl Inspector {
         if !self.matcher.is_engine_container(c) {
             return None;
         }
+        if !c.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+            return None;
+        }
         let owner = match network_of(c) {
             NetRef::Container(r) => Some(self.owner(&r).await),
             _ => None,
         };
-        let d = self.matcher.engine_from(c, owner.as_ref(), None)?;
+        let learned = self.learn(c).await;
+        let d = self.matcher.engine_from(
+            c,
+            owner.as_ref(),
+            learned.args.http_port,
+            learned.cache.clone(),
+        )?;
         if let Some(o) = &owner {
             self.check_namespace(&d, o);
         }
         Some(d)
+    }
+
+    /// The engine's flags and cache path: remembered for its process once settled, else
+    /// learned again (SPEC §1, §4).
+    async fn learn(&self, c: &ContainerInspectResponse) -> Learned {
+        let id = c.id.clone().unwrap_or_default();
+        let pid = c
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0);
+        if let Some(l) = self
+            .learned
+            .lock()
+            .expect("learned lock poisoned")
+            .get(&id)
+            .filter(|l| l.pid == pid && l.settled)
+        {
+            return l.clone();
+        }
+        let config = c.config.as_ref();
+        let list = |v: Option<&Vec<String>>| v.cloned().unwrap_or_default();
+        let image_env = list(config.and_then(|c| c.env.as_ref()));
+        let entrypoint = list(config.and_then(|c| c.entrypoint.as_ref()));
+        let cmd = list(config.and_then(|c| c.cmd.as_ref()));
+        let workdir = config
+            .and_then(|c| c.working_dir.clone())
+            .filter(|w| w.starts_with('/'))
+            .unwrap_or_else(|| "/".into());
+        let label = config
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(CACHE_PATH_LABEL).cloned());
+        let env_home = env_value(&image_env, "HOME");
+        let user = config.and_then(|c| c.user.clone()).unwrap_or_default();
+        let root_user = matches!(user.split(':').next().unwrap_or(""), "" | "root" | "0");
+        let short = crate::model::id12(&id).to_string();
+
+        // From the host: the processes themselves, their argument files, the container's
+        // root. Not visible (the agent in a pid namespace of its own, no privilege): the image.
+        let image_words =
+            cmdline::effective_argv(&cmdline::image_argv(&entrypoint, &cmd), &image_env);
+        let host = {
+            let (id, workdir, words) = (id.clone(), workdir.clone(), image_words.clone());
+            let work = tokio::task::spawn_blocking(move || host_args(pid, &id, &workdir, &words));
+            match tokio::time::timeout(HOST_READ_TIMEOUT, work).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("reading the container's processes timed out".to_string()),
+            }
+        };
+        let (args, home, settled_args, from_host) = match host {
+            Ok(HostArgs {
+                process: Some(args),
+                home,
+                ..
+            }) => (args, home, true, true),
+            // No process names a flag (yet: a wrapper may not have started the engine).
+            Ok(HostArgs {
+                process: None,
+                image,
+                home,
+            }) => (image, home, false, true),
+            Err(why) => {
+                debug!(container_id = %short, reason = %why,
+                    "the engine's processes are not visible from the host; reading its image's command line");
+                let args = self.image_args(&id, &image_words).await;
+                (args, None, true, false)
+            }
+        };
+        let mut inputs = cachepath::Inputs {
+            label,
+            args: args.clone(),
+            config_path: self.default_cache_path.clone(),
+            home: home
+                .or(env_home)
+                .or_else(|| root_user.then(|| "/root".to_string())),
+            workdir,
+        };
+        let mut q = cachepath::questions(&inputs);
+        let facts = if from_host {
+            let (id, q2) = (id.clone(), q.clone());
+            let work = tokio::task::spawn_blocking(move || {
+                inside::root(pid, &id).map(|root| inside::survey(&root, &q2))
+            });
+            match tokio::time::timeout(HOST_READ_TIMEOUT, work).await {
+                Ok(Ok(Ok(f))) => Some(f),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let facts = match facts {
+            Some(f) => Some(f),
+            None => match self.exec_survey(&id, &q).await {
+                Some((f, exec_home)) if inputs.home.is_none() && exec_home.is_some() => {
+                    // The user's home, known only inside: the questions change with it.
+                    inputs.home = exec_home;
+                    q = cachepath::questions(&inputs);
+                    self.exec_survey(&id, &q).await.map(|(f, _)| f).or(Some(f))
+                }
+                Some((f, _)) => Some(f),
+                None => None,
+            },
+        };
+        let asked = facts.is_some();
+        let (cache, settled_cache) =
+            cachepath::choose(&inputs, &q, &facts.unwrap_or_default(), &mounts_of(c));
+        let learned = Learned {
+            pid,
+            args,
+            cache,
+            settled: settled_args && settled_cache && asked,
+        };
+        debug!(container_id = %short, port = ?learned.args.http_port, cache_path = %learned.cache.path,
+            source = learned.cache.source.as_str(), settled = learned.settled, "engine container read");
+        self.learned
+            .lock()
+            .expect("learned lock poisoned")
+            .insert(id, learned.clone());
+        learned
+    }
+
+    /// The flags of the image's `Entrypoint` + `Cmd` (`words`, variables expanded), its
+    /// argument files read inside the container by `docker exec`.
+    async fn image_args(&self, id: &str, words: &[String]) -> EngineArgs {
+        let words = words.to_vec();
+        // Argument files are fetched as they are named (a file may name another), then the
+        // words are expanded from what was fetched.
+        let mut files: HashMap<String, Option<String>> = HashMap::new();
+        for _ in 0..4 {
+            let (_, asked) =
+                cmdline::expand_arg_files(&words, &mut |p| files.get(p).cloned().flatten());
+            let new: Vec<String> = asked
+                .into_iter()
+                .filter(|p| !files.contains_key(p))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for p in new {
+                let text = self.exec_read(id, &p).await;
+                files.insert(p, text);
+            }
+        }
+        let (words, _) =
+            cmdline::expand_arg_files(&words, &mut |p| files.get(p).cloned().flatten());
+        cmdline::parse_flags(&words)
+    }
+
+    async fn exec_read(&self, id: &str, path: &str) -> Option<String> {
+        let argv = inside::read_file_argv(path);
+        match self.docker.exec(id, &argv, self.exec_timeout, |_| {}).await {
+            Ok(out) if out.exit_code == 0 => Some(out.stdout),
+            Ok(out) => {
+                debug!(container_id = %crate::model::id12(id), path, stderr = %out.stderr.trim(), "cannot read the argument file");
+                None
+            }
+            Err(e) => {
+                debug!(container_id = %crate::model::id12(id), path, error = %e, "cannot read the argument file");
+                None
+            }
+        }
+    }
+
+    async fn exec_survey(
+        &self,
+        id: &str,
+        q: &cachepath::Questions,
+    ) -> Option<(cachepath::Facts, Option<String>)> {
+        let argv = inside::survey_argv(q);
+        match self.docker.exec(id, &argv, self.exec_timeout, |_| {}).await {
+            Ok(out) => inside::parse_survey(q, &out.stdout),
+            Err(e) => {
+                debug!(container_id = %crate::model::id12(id), error = %e, "cannot look inside the engine container");
+                None
+            }
+        }
     }
 
     /// Docker does not move a container to its namespace owner's new namespace when the owner
@@ -589,6 +880,10 @@ impl Discovery {
         let mut resync = tokio::time::interval(self.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
+        // Engines read once more shortly after they started: a wrapper may not have started
+        // the engine with its flags yet, nor the engine made its cache directory.
+        let mut again: JoinSet<String> = JoinSet::new();
+        let mut pending: HashSet<String> = HashSet::new();
         loop {
             tokio::select! {
                 ev = events.next() => match ev {
@@ -599,12 +894,30 @@ impl Discovery {
                         if let Err(e) = self.on_event(&action, &id).await {
                             return e;
                         }
+                        if action == "start" && self.inspector.unsettled(&id) && pending.insert(id.clone()) {
+                            again.spawn(async move {
+                                tokio::time::sleep(READ_AGAIN_AFTER).await;
+                                id
+                            });
+                        }
                     }
                     Some(Err(e)) => return e,
                     None => return DockerError::Api { call: "events", message: "stream ended".into() },
                 },
+                Some(Ok(id)) = again.join_next(), if !again.is_empty() => {
+                    pending.remove(&id);
+                    if self.registry.snapshot().engines.iter().any(|e| e.engine.container_id == id && e.running) {
+                        if let Err(e) = self.refresh(&id).await {
+                            return e;
+                        }
+                    }
+                }
                 _ = resync.tick() => match self.list().await {
-                    Ok(l) => self.registry.send(RegistryCmd::Sync(l)).await,
+                    Ok(l) => {
+                        let ids: HashSet<&str> = l.iter().map(|d| d.container_id.as_str()).collect();
+                        self.inspector.retain(|id| ids.contains(id));
+                        self.registry.send(RegistryCmd::Sync(l)).await
+                    }
                     Err(e) => return e,
                 },
             }
@@ -641,6 +954,15 @@ mod tests {
         assert!(!is_image_id("acestream/engine:latest"));
         assert!(!is_image_id("sha256:nothex"));
         assert!(!is_image_id("762ba2a47c9"));
+    }
+
+    fn cache() -> CacheChoice {
+        CacheChoice {
+            path: "/c".into(),
+            source: crate::model::CachePathSource::Config,
+            error: None,
+            medium: crate::model::CacheMedium::Disk,
+        }
     }
 
     fn matcher() -> Matcher {
@@ -692,7 +1014,7 @@ mod tests {
                 }),
             ),
         );
-        let d = m.engine_from(&c, None, None).unwrap();
+        let d = m.engine_from(&c, None, None, cache()).unwrap();
         assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 32820));
         assert_eq!(d.runtime.net, NetMode::Own);
         assert_eq!(d.runtime.probe, Some("172.17.0.5:6878".parse().unwrap()));
@@ -705,12 +1027,12 @@ mod tests {
                 "Networks": {"acenet": {"IPAddress": "10.9.0.3", "Aliases": ["engine"], "DNSNames": ["engine", "x"]}}
             }),
         );
-        let d = m.engine_from(&c, None, None).unwrap();
+        let d = m.engine_from(&c, None, None, cache()).unwrap();
         assert_eq!((d.host.as_str(), d.port), ("10.9.0.3", 6878));
         assert!(d.runtime.aliases.contains(&"engine".to_string()));
         // No network at all: not a bare name, the host and the engine port; nowhere to probe.
         let c = inspect(ID, "none", serde_json::json!({"Ports": {}, "Networks": {}}));
-        let d = m.engine_from(&c, None, None).unwrap();
+        let d = m.engine_from(&c, None, None, cache()).unwrap();
         assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 6878));
         assert_eq!(d.runtime.probe, None);
     }
@@ -732,7 +1054,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("acestream.http_port".into(), "16211".into());
-        let d = matcher().engine_from(&c, None, None).unwrap();
+        let d = matcher().engine_from(&c, None, None, cache()).unwrap();
         assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 16211));
         assert_eq!(d.runtime.net, NetMode::Host);
         assert_eq!(d.runtime.host_port, Some(16211));
@@ -741,7 +1063,10 @@ mod tests {
         // The port from the command line when no label names it; the label wins over it.
         let c = inspect(ID, "host", serde_json::json!({"Ports": {}, "Networks": {}}));
         assert_eq!(
-            matcher().engine_from(&c, None, Some(16214)).unwrap().port,
+            matcher()
+                .engine_from(&c, None, Some(16214), cache())
+                .unwrap()
+                .port,
             16214
         );
     }
@@ -766,7 +1091,7 @@ mod tests {
             published: BTreeMap::from([(6878, 40001), (6879, 40002)]),
         };
         let d = m
-            .engine_from(&c, Some(&owner(Some(published.clone()))), None)
+            .engine_from(&c, Some(&owner(Some(published.clone()))), None, cache())
             .unwrap();
         assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 40001));
         assert_eq!(
@@ -779,16 +1104,23 @@ mod tests {
         assert!(d.runtime.aliases.contains(&"gluetun".to_string()));
         // Another engine of the same namespace is told apart by its port.
         let d = m
-            .engine_from(&c, Some(&owner(Some(published.clone()))), Some(6879))
+            .engine_from(
+                &c,
+                Some(&owner(Some(published.clone()))),
+                Some(6879),
+                cache(),
+            )
             .unwrap();
         assert_eq!(d.port, 40002);
         // Not published by the owner: the owner's IP and the engine port.
         let d = m
-            .engine_from(&c, Some(&owner(Some(published))), Some(7000))
+            .engine_from(&c, Some(&owner(Some(published))), Some(7000), cache())
             .unwrap();
         assert_eq!((d.host.as_str(), d.port), ("172.17.0.9", 7000));
         // The owner stopped: no address of its own, nowhere to probe, never a bare name.
-        let d = m.engine_from(&c, Some(&owner(None)), None).unwrap();
+        let d = m
+            .engine_from(&c, Some(&owner(None)), None, cache())
+            .unwrap();
         assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 6878));
         assert_eq!(d.runtime.probe, None);
         // An owner on the host's network: as if the engine were.
@@ -798,7 +1130,7 @@ mod tests {
             view: None,
             pid: 0,
         };
-        let d = m.engine_from(&c, Some(&host), None).unwrap();
+        let d = m.engine_from(&c, Some(&host), None, cache()).unwrap();
         assert_eq!(d.runtime.probe, Some("127.0.0.1:6878".parse().unwrap()));
         assert_eq!((d.host.as_str(), d.port), ("engines.example.net", 6878));
     }

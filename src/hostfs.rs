@@ -88,13 +88,13 @@ pub struct Checks<'a> {
 /// One container's `/proc/<pid>`, opened once and checked to be the container's (its cgroup
 /// names it). Every later read goes through this handle: a pid reused meanwhile cannot
 /// substitute another process, and once the process is gone the reads fail.
-struct ContainerProc {
+pub(crate) struct ContainerProc {
     dir: OwnedFd,
     pid: u32,
 }
 
 impl ContainerProc {
-    fn open(pid: u32, container_id: &str) -> io::Result<ContainerProc> {
+    pub(crate) fn open(pid: u32, container_id: &str) -> io::Result<ContainerProc> {
         if pid == 0 {
             return Err(io::Error::other("the container's process id is not known"));
         }
@@ -110,12 +110,54 @@ impl ContainerProc {
     }
 
     /// A file of `/proc/<pid>/`; errors name it and keep their kind.
-    fn read(&self, name: &str) -> io::Result<String> {
+    pub(crate) fn read(&self, name: &str) -> io::Result<String> {
         let mut text = String::new();
         open_at(self.dir.as_raw_fd(), name.as_bytes(), libc::O_RDONLY)
             .and_then(|fd| File::from(fd).read_to_string(&mut text))
             .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.pid)))?;
         Ok(text)
+    }
+
+    /// A file of `/proc/<pid>/` as bytes (`cmdline`, `environ`: NUL-separated), at most `max`.
+    pub(crate) fn read_bytes(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        open_at(self.dir.as_raw_fd(), name.as_bytes(), libc::O_RDONLY)
+            .and_then(|fd| File::from(fd).take(max).read_to_end(&mut out))
+            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.pid)))?;
+        Ok(out)
+    }
+
+    /// The process's root directory (the container's), for lookups inside it. Following the
+    /// magic link needs ptrace access to the process (root, or `CAP_SYS_PTRACE`).
+    pub(crate) fn root(&self) -> io::Result<OwnedFd> {
+        open_at(
+            self.dir.as_raw_fd(),
+            b"root",
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/root: {e}", self.pid)))
+    }
+
+    /// The process's children (of all its threads), from `task/<tid>/children`.
+    pub(crate) fn children(&self) -> io::Result<Vec<u32>> {
+        let task = open_dir_at(self.dir.as_raw_fd(), b"task", 0)?;
+        let mut out = vec![];
+        for t in list(task.as_raw_fd())? {
+            let name = format!("{}/children", t.name.to_string_lossy());
+            let mut text = String::new();
+            if open_at(task.as_raw_fd(), name.as_bytes(), libc::O_RDONLY)
+                .and_then(|fd| File::from(fd).read_to_string(&mut text))
+                .is_ok()
+            {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
     }
 }
 
@@ -590,11 +632,11 @@ fn mnt_id(dir: RawFd, name: &[u8], flags: libc::c_int) -> io::Result<u64> {
     Ok(stx.stx_mnt_id)
 }
 
-fn cstring(b: &[u8]) -> io::Result<CString> {
+pub(crate) fn cstring(b: &[u8]) -> io::Result<CString> {
     CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -602,7 +644,12 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn openat2(dir: RawFd, path: &str, flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
+pub(crate) fn openat2(
+    dir: RawFd,
+    path: &str,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let p = cstring(path.as_bytes())?;
     // SAFETY: open_how is plain data; zeroed is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
@@ -625,7 +672,7 @@ fn openat2(dir: RawFd, path: &str, flags: libc::c_int, resolve: u64) -> io::Resu
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
-fn open_at(dir: RawFd, path: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+pub(crate) fn open_at(dir: RawFd, path: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
     let p = cstring(path)?;
     // SAFETY: valid NUL-terminated path.
     let fd = check(unsafe { libc::openat(dir, p.as_ptr(), flags | libc::O_CLOEXEC) })?;
@@ -633,11 +680,11 @@ fn open_at(dir: RawFd, path: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn open_dir_at(dir: RawFd, path: &[u8], extra: libc::c_int) -> io::Result<OwnedFd> {
+pub(crate) fn open_dir_at(dir: RawFd, path: &[u8], extra: libc::c_int) -> io::Result<OwnedFd> {
     open_at(dir, path, libc::O_RDONLY | libc::O_DIRECTORY | extra)
 }
 
-fn stat_fd(fd: RawFd) -> io::Result<libc::stat64> {
+pub(crate) fn stat_fd(fd: RawFd) -> io::Result<libc::stat64> {
     // SAFETY: stat64 is plain data filled by the kernel.
     let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
     // SAFETY: a live descriptor and a live stat buffer.
@@ -645,7 +692,7 @@ fn stat_fd(fd: RawFd) -> io::Result<libc::stat64> {
     Ok(st)
 }
 
-fn stat_at(dir: RawFd, name: &[u8]) -> io::Result<libc::stat64> {
+pub(crate) fn stat_at(dir: RawFd, name: &[u8]) -> io::Result<libc::stat64> {
     let p = cstring(name)?;
     // SAFETY: as above.
     let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
@@ -665,13 +712,13 @@ fn unlink_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<()> {
 
 /// One directory entry: its name and readdir's `d_type` (`DT_UNKNOWN` where the filesystem
 /// does not say).
-struct Entry {
-    name: CString,
-    kind: u8,
+pub(crate) struct Entry {
+    pub(crate) name: CString,
+    pub(crate) kind: u8,
 }
 
 /// Entries of a directory, without `.` and `..`.
-fn list(dir: RawFd) -> io::Result<Vec<Entry>> {
+pub(crate) fn list(dir: RawFd) -> io::Result<Vec<Entry>> {
     // fdopendir takes ownership of the descriptor it is given: a duplicate, re-opened as "."
     // so the listing starts at the beginning whatever was read from `dir` before.
     let fd = open_dir_at(dir, b".", 0)?;

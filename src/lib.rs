@@ -21,13 +21,16 @@
 pub mod activity;
 pub mod backoff;
 pub mod cache;
+pub mod cachepath;
 pub mod cli;
+pub mod cmdline;
 pub mod config;
 pub mod discovery;
 pub mod docker;
 pub mod health;
 pub mod hostfs;
 pub mod http;
+pub mod inside;
 pub mod janitor;
 pub mod logging;
 pub mod metrics;
@@ -146,17 +149,17 @@ impl Agent {
         let store = tokio::task::spawn_blocking(move || Store::open(&path, history))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
-        let (registry, parts) = Registry::new(
-            store.clone(),
-            cfg.cleanup.cache_path.clone(),
-            host_names(&cfg),
-            cfg.store.retention,
-        )?;
+        let (registry, parts) =
+            Registry::new(store.clone(), host_names(&cfg), cfg.store.retention)?;
         let (trigger, shutdown) = shutdown::channel();
         let metrics = Arc::new(Metrics::new().with_sweep_interval(cfg.cleanup.interval));
         let docker = DockerClient::new(cfg.docker.host.clone());
-        let inspector =
-            discovery::Inspector::new(docker.clone(), discovery::Matcher::from_config(&cfg));
+        let inspector = discovery::Inspector::new(
+            docker.clone(),
+            discovery::Matcher::from_config(&cfg),
+            cfg.cleanup.cache_path.clone(),
+            cfg.cleanup.exec_timeout,
+        );
         let ports = ProbePorts::default();
         let janitor = Janitor::new(
             parts.handle.clone(),

@@ -581,6 +581,8 @@ pub mod testing {
                 cache_freed_bytes_total: 0,
                 last_cleanup_error: None,
                 cache_path: "/home/appuser/.ACEStream/.acestream_cache".to_owned(),
+                cache_path_source: None,
+                cache_medium: Default::default(),
                 cache_mountpoint: Some("/var/lib/docker".to_owned()),
             },
             counters: TriggerCounters::default(),

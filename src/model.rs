@@ -121,8 +121,73 @@ pub struct Engine {
     pub cleanup_failures_total: u64,
     pub cache_freed_bytes_total: u64,
     pub last_cleanup_error: Option<String>,
+    /// The cache directory inside the container, symlinks resolved (SPEC §4).
     pub cache_path: String,
+    /// Where `cache_path` came from; `null` until discovery has looked at the container.
+    #[serde(default)]
+    pub cache_path_source: Option<CachePathSource>,
+    #[serde(default)]
+    pub cache_medium: CacheMedium,
     pub cache_mountpoint: Option<String>,
+}
+
+/// Where an engine's cache path came from, in the order SPEC §4 tries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CachePathSource {
+    /// The container's `acestream.cache_path` label.
+    Label,
+    /// The engine's `--cache-dir` or `--state-dir`.
+    CommandLine,
+    /// `cleanup.cache_path`, which exists in the container.
+    Config,
+    /// `$HOME/.ACEStream/.acestream_cache` of the container's user.
+    Home,
+    /// A state directory public engine images keep (`/dev/shm/.ACEStream`, ...).
+    WellKnown,
+}
+
+impl CachePathSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CachePathSource::Label => "label",
+            CachePathSource::CommandLine => "command_line",
+            CachePathSource::Config => "config",
+            CachePathSource::Home => "home",
+            CachePathSource::WellKnown => "well_known",
+        }
+    }
+}
+
+/// What an engine's cache is stored on (SPEC §7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMedium {
+    #[default]
+    Disk,
+    /// A tmpfs (`--tmpfs`, `--mount type=tmpfs`, `/dev/shm`): memory, charged to the
+    /// container's memory cgroup.
+    Memory,
+}
+
+impl CacheMedium {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMedium::Disk => "disk",
+            CacheMedium::Memory => "memory",
+        }
+    }
+}
+
+/// The cache path discovery chose for an engine (SPEC §4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheChoice {
+    /// Symlinks resolved inside the container's root.
+    pub path: String,
+    pub source: CachePathSource,
+    /// Why this path is refused; such an engine is never cleaned.
+    pub error: Option<String>,
+    pub medium: CacheMedium,
 }
 
 /// Whose network namespace a container runs in (`HostConfig.NetworkMode`).
@@ -265,6 +330,7 @@ pub struct DiscoveredEngine {
     pub host: String,
     pub port: u16,
     pub runtime: Runtime,
+    pub cache: CacheChoice,
 }
 
 /// One cleanup attempt, as kept in the per-engine history and returned by the manual trigger.

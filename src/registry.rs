@@ -14,7 +14,6 @@ use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-use crate::config::validate_cache_path;
 use crate::model::{
     id12, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem, HealthStatus, Snapshot,
     StreamRecord, StreamStatus, Timestamp, TriggerCounters,
@@ -264,7 +263,6 @@ pub struct Registry {
     /// Every name and address of this host, for matching `engine.host` of stream events
     /// against published ports.
     host_names: HashSet<String>,
-    default_cache_path: String,
     retention: Duration,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     events_tx: broadcast::Sender<RegistryEvent>,
@@ -304,7 +302,6 @@ impl Registry {
     /// down), and streams started by events stay started.
     pub fn new(
         store: Store,
-        default_cache_path: String,
         host_names: HashSet<String>,
         retention: Duration,
     ) -> Result<(Registry, RegistryParts), crate::store::StoreError> {
@@ -335,7 +332,6 @@ impl Registry {
             last_sweep: loaded.last_sweep,
             filesystems: Vec::new(),
             host_names,
-            default_cache_path,
             retention,
             snapshot_tx,
             events_tx: events_tx.clone(),
@@ -664,15 +660,8 @@ impl Registry {
     }
 
     fn upsert(&mut self, d: DiscoveredEngine, now: Timestamp) {
-        let (cache_path, cache_path_error) = match d.labels.get(CACHE_PATH_LABEL) {
-            Some(p) => (
-                p.clone(),
-                validate_cache_path(p)
-                    .err()
-                    .map(|m| format!("invalid label {CACHE_PATH_LABEL}: {m}")),
-            ),
-            None => (self.default_cache_path.clone(), None),
-        };
+        let cache_path = d.cache.path.clone();
+        let cache_path_error = d.cache.error.clone();
         let id = d.container_id.clone();
         let restarted = match self.engines.get(&id) {
             Some(e) => e.runtime.pid != d.runtime.pid,
@@ -707,6 +696,8 @@ impl Registry {
                             cache_freed_bytes_total: 0,
                             last_cleanup_error: None,
                             cache_path: cache_path.clone(),
+                            cache_path_source: Some(d.cache.source),
+                            cache_medium: d.cache.medium,
                             cache_mountpoint: None,
                         },
                         TriggerCounters::default(),
@@ -731,7 +722,14 @@ impl Registry {
         e.engine.host = d.host;
         e.engine.port = d.port;
         e.engine.last_seen = now;
+        if e.engine.cache_path != cache_path || e.engine.cache_path_source != Some(d.cache.source) {
+            info!(container_id = %id12(&id), container_name = %e.engine.container_name,
+                cache_path = %cache_path, source = d.cache.source.as_str(), medium = d.cache.medium.as_str(),
+                "Cache of {} ({}): {cache_path} (from {})", e.engine.container_name, id12(&id), d.cache.source.as_str());
+        }
         e.engine.cache_path = cache_path;
+        e.engine.cache_path_source = Some(d.cache.source);
+        e.engine.cache_medium = d.cache.medium;
         if cache_path_error.is_some() && e.cache_path_error != cache_path_error {
             warn!(container_id = %id12(&id), error = cache_path_error.as_deref().unwrap_or(""),
                 "engine will not be cleaned");

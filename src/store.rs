@@ -736,6 +736,8 @@ mod tests {
                 cache_freed_bytes_total: 1234,
                 last_cleanup_error: Some("exec timed out".to_string()),
                 cache_path: "/c".to_string(),
+                cache_path_source: None,
+                cache_medium: Default::default(),
                 cache_mountpoint: Some("/".to_string()),
             },
             counters,

@@ -757,14 +757,6 @@ async fn hostile_cache_directories_touch_nothing_outside() {
         .docker_arg("-v")
         .docker_arg(&format!("{}:/hostdir", linked_host.display()))
         .start();
-    to_host.exec(&[
-        "/usr/bin/busybox",
-        "sh",
-        "-c",
-        r#"rm -rf "$1" && ln -s /hostdir "$1""#,
-        "sh",
-        cache,
-    ]);
     let ro_host = host_canary(host.path(), "readonly");
     let rw_host = host_canary(host.path(), "writable");
     let stuck = engine_for(&case, "fault-dir-stuck")
@@ -787,11 +779,39 @@ async fn hostile_cache_directories_touch_nothing_outside() {
 
     let agent = start_agent(cfg).await;
     let addr = agent.addr;
-    for (e, why) in [
-        (&to_root, "symlink"),
-        (&to_host, "symlink"),
-        (&stuck, "could not be deleted"),
-    ] {
+    // A cache path that resolves to `/` is refused before anything runs (SPEC §4), with the
+    // reason; never tried, so no failure is recorded.
+    let v = wait_engine(
+        addr,
+        &to_root.id,
+        Duration::from_secs(10),
+        "the refusal",
+        |v| v["last_cleanup_error"].is_string(),
+    )
+    .await;
+    let err = v["last_cleanup_error"].as_str().unwrap_or_default();
+    println!("{}: {err}", to_root.name);
+    assert!(err.contains("resolves to /:"), "{v}");
+    // The cache directory swapped for a link to the host directory after discovery resolved
+    // it: refused by the cleanup itself.
+    wait_engine(
+        addr,
+        &to_host.id,
+        Duration::from_secs(10),
+        "discovery",
+        |v| v["cache_path"] == cache,
+    )
+    .await;
+    to_host.exec(&[
+        "/usr/bin/busybox",
+        "sh",
+        "-c",
+        r#"rm -rf "$1" && ln -s /hostdir "$1""#,
+        "sh",
+        cache,
+    ]);
+    stream_visit(addr, &to_host.id).await;
+    for (e, why) in [(&to_host, "symlink"), (&stuck, "could not be deleted")] {
         let v = wait_engine(addr, &e.id, Duration::from_secs(10), "the refusal", |v| {
             v["cleanup_failures_total"].as_u64() >= Some(1)
         })
@@ -812,6 +832,11 @@ async fn hostile_cache_directories_touch_nothing_outside() {
     )
     .await;
     assert_eq!(normal.list_cache(), Vec::<String>::new());
+    let v = http_get_json(addr, &format!("/engines/{}", to_root.id))
+        .await
+        .1;
+    assert_eq!(v["cleanup_failures_total"], 0, "{v}");
+    assert_eq!(history(addr, &to_root.id).await, Vec::<Value>::new());
 
     // Nothing outside any cache directory was touched.
     assert_eq!(

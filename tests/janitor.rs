@@ -750,32 +750,91 @@ async fn cache_path_label_overrides_the_default() {
     case.agent.stop().await;
 }
 
+/// A cache path through a symlink (vstavrinov/acestream-engine: `~/.ACEStream ->
+/// /dev/shm/.ACEStream`) is resolved once, inside the container's root, shown resolved, and
+/// that directory is cleaned; the link and everything beside the target stay.
 #[tokio::test]
-async fn cache_dir_symlink_is_refused_and_nothing_outside_touched() {
+async fn a_symlinked_cache_path_is_resolved_inside_the_container_and_cleaned() {
+    let (name, dir, cfg) = new_case("jan-symlink-path");
+    let engine = engine_for(&name).start();
+    engine.wait_http_ready().await;
+    engine.exec(&[
+        "/usr/bin/busybox",
+        "sh",
+        "-c",
+        r#"mkdir -p /data/ace-cache && echo keep > /data/keep && head -c 50000 /dev/urandom > /data/ace-cache/live.1 && rm -rf "$1" && ln -s ../../../data/ace-cache "$1""#,
+        "sh",
+        &engine.cache_dir,
+    ]);
+    let case = Case::start(dir, cfg).await;
+    let e = case
+        .wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)
+        .await;
+    assert_eq!(e["cache_path"], "/data/ace-cache", "{e}");
+    assert_eq!(e["cache_path_source"], "config", "{e}");
+    assert_eq!(e["last_cleanup_error"], Value::Null, "{e}");
+    let (status, record) = case.manual_cleanup(&engine.name).await;
+    assert_eq!(status, 200, "{record}");
+    assert!(record["freed_bytes"].as_u64() >= Some(50_000), "{record}");
+    assert_eq!(entries(&engine, "/data/ace-cache"), Vec::<String>::new());
+    assert_eq!(read_file(&engine, "/data/keep"), "keep");
+    let link = engine.exec(&["/usr/bin/busybox", "readlink", &engine.cache_dir]);
+    assert_eq!(link, "../../../data/ace-cache", "the link itself stays");
+    case.agent.stop().await;
+}
+
+/// A link to a system directory is refused by what it resolves to, with the reason, and nothing
+/// is ever deleted; a cache directory swapped for a symlink after discovery is refused by the
+/// cleanup itself, and nothing outside is touched.
+#[tokio::test]
+async fn cache_dir_symlinks_to_system_dirs_or_swapped_in_later_are_refused() {
     let (name, dir, mut cfg) = new_case("jan-symlink-dir");
     cfg.cleanup.interval = Some(Duration::from_secs(1));
-    let linked = engine_for(&name).start();
+    let to_etc = engine_for(&name).start();
+    let swapped = engine_for(&name).start();
     let normal = engine_for(&name).start();
-    linked.wait_http_ready().await;
-    normal.wait_http_ready().await;
-    linked.exec(&[
+    for e in [&to_etc, &swapped, &normal] {
+        e.wait_http_ready().await;
+    }
+    to_etc.exec(&[
+        "/usr/bin/busybox",
+        "sh",
+        "-c",
+        "echo keep > /etc/canary && rm -rf \"$1\" && ln -s /etc \"$1\"",
+        "sh",
+        &to_etc.cache_dir,
+    ]);
+    normal.write_cache_file("gone", 10_000);
+    let case = Case::start(dir, cfg).await;
+    let e = case
+        .wait_engine(&to_etc.id, Duration::from_secs(10), "the refusal", |v| {
+            v["last_cleanup_error"].is_string()
+        })
+        .await;
+    let err = e["last_cleanup_error"].as_str().unwrap_or_default();
+    println!("cache dir linked to /etc: {err}");
+    assert!(err.contains("resolves to /etc"), "{e}");
+    assert!(err.contains("top-level system directory"), "{e}");
+    case.wait_engine(&swapped.id, Duration::from_secs(5), "discovery", |v| {
+        v["cache_path"] == DEFAULT_CACHE_DIR
+    })
+    .await;
+    swapped.exec(&[
         "/usr/bin/busybox",
         "sh",
         "-c",
         "mkdir -p /outside && echo keep > /outside/canary && rm -rf \"$1\" && ln -s /outside \"$1\"",
         "sh",
-        &linked.cache_dir,
+        &swapped.cache_dir,
     ]);
-    normal.write_cache_file("gone", 10_000);
-    let case = Case::start(dir, cfg).await;
-
+    stream_visit(case.agent.addr, &swapped.id).await;
     let e = case
-        .wait_engine(&linked.id, Duration::from_secs(10), "the refusal", |v| {
+        .wait_engine(&swapped.id, Duration::from_secs(10), "the refusal", |v| {
             v["cleanup_failures_total"].as_u64() >= Some(1)
         })
         .await;
     let err = e["last_cleanup_error"].as_str().unwrap_or_default();
-    println!("symlinked cache dir: {err}");
+    println!("cache dir swapped for a symlink: {err}");
     assert!(err.contains("symlink"), "{e}");
     assert_eq!(e["cleanups_total"], 0, "{e}");
     case.wait_engine(
@@ -786,9 +845,20 @@ async fn cache_dir_symlink_is_refused_and_nothing_outside_touched() {
     )
     .await;
     assert_eq!(normal.list_cache(), Vec::<String>::new());
-    assert_eq!(read_file(&linked, "/outside/canary"), "keep");
-    assert_eq!(entries(&linked, "/outside"), vec!["canary".to_string()]);
-    let link = linked.exec(&["/usr/bin/busybox", "readlink", &linked.cache_dir]);
+    let e = case.engine_json(&to_etc.id).await;
+    assert_eq!(
+        (
+            e["cleanups_total"].as_u64(),
+            e["cleanup_failures_total"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "never tried: {e}"
+    );
+    assert_eq!(case.history(&to_etc.id).await, Vec::<Value>::new());
+    assert_eq!(read_file(&to_etc, "/etc/canary"), "keep");
+    assert_eq!(read_file(&swapped, "/outside/canary"), "keep");
+    assert_eq!(entries(&swapped, "/outside"), vec!["canary".to_string()]);
+    let link = swapped.exec(&["/usr/bin/busybox", "readlink", &swapped.cache_dir]);
     assert_eq!(link, "/outside");
     case.agent.stop().await;
 }

@@ -101,3 +101,80 @@ async fn in_its_own_pid_namespace_the_agent_probes_and_cleans_through_exec() {
     assert_eq!(host, 0, "nothing from the host");
     assert!(exec >= 1, "the cleanup through exec: {exec}");
 }
+
+/// Where the host's /proc does not show the engine's processes, the engine's flags come from
+/// its image's `Entrypoint` + `Cmd` (`${VAR}` expanded from its `Env`, also in `sh -c`
+/// strings), its argument files and its cache directories are read through `docker exec`,
+/// and a symlinked state directory is still resolved inside the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_its_own_pid_namespace_the_agent_reads_the_image_command_line() {
+    let case = unique_name("pidns-cmd");
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        conf.path(),
+        "--client-console\n--http-port=16227\n--state-dir /srv/st\n",
+    )
+    .unwrap();
+    let link_image = derived_image(
+        "RUN [\"/bin/sh\", \"-c\", \"rm -rf /home/appuser && mkdir -p /srv/ace && ln -s /dev/shm/.ACEStream /srv/ace/.ACEStream\"]\nENV HOME=/srv/ace",
+    );
+    let builder = || {
+        TestEngine::builder()
+            .name_prefix("pidns-cmd")
+            .label(CASE_LABEL, &case)
+            .publish(false)
+    };
+    let shell = builder()
+        .docker_arg("--entrypoint")
+        .docker_arg("/bin/sh")
+        .env(
+            "ACESTREAM_ARGS",
+            "--http-port 16226 --cache-dir /srv/envcache",
+        )
+        .args(&["-c", "exec /fake-engine/engine.sh ${ACESTREAM_ARGS}"])
+        .cache_dir("/srv/envcache")
+        .start();
+    let file = builder()
+        .docker_arg("-v")
+        .docker_arg(&format!("{}:/ace.conf:ro", conf.path().display()))
+        .args(&["@/ace.conf"])
+        .cache_dir("/srv/st/.acestream_cache")
+        .start();
+    let linked = builder()
+        .image(&link_image)
+        .env("CACHE_DIR", "/dev/shm/.ACEStream/.acestream_cache")
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let port = free_port();
+    let mut env = case_env(&case, port, &dir.path().join("state.redb"));
+    env.push(("ACESTREAM_AGENT_CLEANUP__INTERVAL", "off".to_string()));
+    let _agent = Running(
+        agent_command_via(&UNSHARE, dir.path(), &env, &log)
+            .spawn()
+            .expect("unshare (util-linux) runs the agent"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for (e, want_port, path, source) in [
+        (&shell, 16226, "/srv/envcache", "command_line"),
+        (&file, 16227, "/srv/st/.acestream_cache", "command_line"),
+        (
+            &linked,
+            6878,
+            "/dev/shm/.ACEStream/.acestream_cache",
+            "home",
+        ),
+    ] {
+        let v = wait_engine(addr, &e.id, Duration::from_secs(20), "healthy", |v| {
+            v["health_status"] == "healthy"
+        })
+        .await;
+        assert_eq!(v["port"], want_port, "{}: {v}", e.name);
+        assert_eq!(v["cache_path"], path, "{}: {v}", e.name);
+        assert_eq!(v["cache_path_source"], source, "{}: {v}", e.name);
+        e.write_cache_file("live.1", 20_000);
+        let (status, body) = http_post(addr, &format!("/engines/{}/cleanup", e.id), "", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(e.list_cache(), Vec::<String>::new(), "{}", e.name);
+    }
+}

@@ -346,6 +346,19 @@ async fn status_page_shows_one_card_per_engine_with_the_seed_rows() {
             "endpoint = /engines host:port"
         );
         assert_eq!(card.row("health-check"), "Just now");
+        // Small print: where the cache is and why there.
+        assert_eq!(
+            card.row("cache-path"),
+            format!(
+                "{} ({})",
+                e["cache_path"].as_str().unwrap(),
+                e["cache_path_source"].as_str().unwrap()
+            )
+        );
+        assert_eq!(
+            card.row("cache-path"),
+            "/home/appuser/.ACEStream/.acestream_cache (config)"
+        );
     }
     let (a, b) = (&cards[0], &cards[1]);
     let (ea, eb) = (&engines[0], &engines[1]);

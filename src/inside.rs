@@ -1,0 +1,536 @@
+//! What discovery reads inside an engine container: its processes' command lines and
+//! environments, the argument files they name, and which candidate cache paths exist there,
+//! with symlinks resolved inside the container's root (SPEC §1, §4).
+//!
+//! From the host where it can: through the container's checked `/proc/<pid>` (`hostfs`), its
+//! children found from `task/<tid>/children` and each checked to be in the container's cgroup,
+//! files opened with `openat2(RESOLVE_IN_ROOT)` so no symlink leads out of the container's
+//! root. Else, with `docker exec`, one fixed script (the paths are arguments, never part of it)
+//! and `head -c` for a file. Blocking: callers run the host functions in `spawn_blocking`.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::cachepath::{Fact, Facts, Questions};
+use crate::cmdline::Process;
+use crate::hostfs::{cstring, list, open_at, openat2, stat_at, ContainerProc};
+
+/// At most this many of a container's processes are read (breadth first from its main one).
+const MAX_PROCESSES: usize = 64;
+/// An argument file larger than this is read only this far.
+pub const MAX_FILE: u64 = 64 * 1024;
+/// `cmdline` and `environ` are read this far.
+const MAX_PROC_FILE: u64 = 256 * 1024;
+/// Symlinks followed while resolving one path (Linux's own limit).
+const MAX_LINKS: usize = 40;
+
+fn nul_separated(b: &[u8]) -> Vec<String> {
+    b.split(|c| *c == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// The container's processes, its main one first, then their children breadth first, each
+/// checked to be in the container's cgroup (a child that is not, or is gone, is skipped).
+pub fn processes(pid: u32, container_id: &str) -> io::Result<Vec<Process>> {
+    let main = ContainerProc::open(pid, container_id)?;
+    let mut out = vec![];
+    let mut queue = VecDeque::from([main]);
+    let mut seen = vec![pid];
+    while let Some(p) = queue.pop_front() {
+        let argv = nul_separated(&p.read_bytes("cmdline", MAX_PROC_FILE).unwrap_or_default());
+        // Another user's environment needs ptrace access (as the root does); without it
+        // the variables of a `sh -c` script stay unknown.
+        let env = nul_separated(&p.read_bytes("environ", MAX_PROC_FILE).unwrap_or_default());
+        if !argv.is_empty() {
+            out.push(Process { argv, env });
+        }
+        for child in p.children().unwrap_or_default() {
+            if out.len() + queue.len() >= MAX_PROCESSES || seen.contains(&child) {
+                continue;
+            }
+            seen.push(child);
+            if let Ok(c) = ContainerProc::open(child, container_id) {
+                queue.push_back(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The container's root, through its checked `/proc/<pid>`.
+pub fn root(pid: u32, container_id: &str) -> io::Result<OwnedFd> {
+    ContainerProc::open(pid, container_id)?.root()
+}
+
+/// A file inside the container (an absolute path, or one relative to `workdir`), at most
+/// `MAX_FILE` bytes; symlinks are followed inside the container's root only.
+pub fn read_file(root: &OwnedFd, path: &str, workdir: &str) -> io::Result<String> {
+    let full = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{}/{path}", workdir.trim_end_matches('/'))
+    };
+    let rel = full.trim_start_matches('/');
+    let fd = openat2(
+        root.as_raw_fd(),
+        if rel.is_empty() { "." } else { rel },
+        libc::O_RDONLY | libc::O_CLOEXEC,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    )?;
+    let mut text = String::new();
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_FILE)
+        .read_to_end(&mut bytes)?;
+    text.push_str(&String::from_utf8_lossy(&bytes));
+    Ok(text)
+}
+
+fn readlink_at(dir: RawFd, name: &str) -> io::Result<String> {
+    let p = cstring(name.as_bytes())?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a valid NUL-terminated name relative to a live directory descriptor, and a buffer
+    // of the length passed.
+    let n = unsafe { libc::readlinkat(dir, p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// `path` with every symlink resolved inside `root` (an absolute link starts again at the
+/// container's root; `..` never goes above it), and whether it exists. Components that do not
+/// exist are kept as written. Never opens anything but directories, without following links.
+pub fn resolve(root: &OwnedFd, path: &str) -> Fact {
+    let mut todo: VecDeque<String> = path.split('/').map(str::to_string).collect();
+    // The directories walked into, with their names.
+    let mut stack: Vec<(String, OwnedFd)> = vec![];
+    let mut links = 0;
+    let mut tail: Vec<String> = vec![];
+    let mut exists = true;
+    while let Some(c) = todo.pop_front() {
+        match c.as_str() {
+            "" | "." => continue,
+            ".." => {
+                stack.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let dir = stack
+            .last()
+            .map_or(root.as_raw_fd(), |(_, fd)| fd.as_raw_fd());
+        let st = match stat_at(dir, c.as_bytes()) {
+            Ok(st) => st,
+            Err(_) => {
+                // Missing from here on (or not readable): the rest is as written.
+                exists = false;
+                tail.push(c);
+                tail.extend(todo.drain(..));
+                break;
+            }
+        };
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Fact {
+                        exists: false,
+                        resolved: Err("too many levels of symbolic links".into()),
+                    };
+                }
+                let target = match readlink_at(dir, &c) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Fact {
+                            exists: false,
+                            resolved: Err(format!("reading the link {c}: {e}")),
+                        }
+                    }
+                };
+                if target.starts_with('/') {
+                    stack.clear();
+                }
+                for part in target.split('/').rev() {
+                    todo.push_front(part.to_string());
+                }
+            }
+            libc::S_IFDIR => {
+                match open_at(
+                    dir,
+                    c.as_bytes(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                ) {
+                    Ok(fd) => stack.push((c, fd)),
+                    Err(_) => {
+                        exists = false;
+                        tail.push(c);
+                        tail.extend(todo.drain(..));
+                        break;
+                    }
+                }
+            }
+            _ => {
+                // A file: the path ends here, or it goes through a file (missing beyond).
+                exists = todo.iter().all(|t| t.is_empty() || t == ".");
+                tail.push(c);
+                tail.extend(todo.drain(..));
+                break;
+            }
+        }
+    }
+    let mut parts: Vec<String> = stack.into_iter().map(|(n, _)| n).collect();
+    for t in tail {
+        match t.as_str() {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            _ => parts.push(t),
+        }
+    }
+    Fact {
+        exists,
+        resolved: Ok(format!("/{}", parts.join("/"))),
+    }
+}
+
+/// Entries of a directory inside `root` (not following a final symlink), sorted.
+fn list_dir(root: &OwnedFd, dir: &str) -> Vec<String> {
+    let rel = dir.trim_start_matches('/');
+    let fd = openat2(
+        root.as_raw_fd(),
+        if rel.is_empty() { "." } else { rel },
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    );
+    let Ok(fd) = fd else { return vec![] };
+    let mut v: Vec<String> = list(fd.as_raw_fd())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The answers to `q` inside `root`: each path resolved, and each glob's existing matches (a
+/// glob has one `*` standing for one directory name).
+pub fn survey(root: &OwnedFd, q: &Questions) -> Facts {
+    let paths = q.paths.iter().map(|p| resolve(root, p)).collect();
+    let globs = q
+        .globs
+        .iter()
+        .map(|g| {
+            let Some((pre, post)) = g.split_once('*') else {
+                return vec![];
+            };
+            let (parent, prefix) = pre.rsplit_once('/').unwrap_or(("", pre));
+            list_dir(root, parent)
+                .into_iter()
+                .filter(|n| n.starts_with(prefix))
+                .filter_map(|n| {
+                    let m = format!("{parent}/{n}{post}");
+                    let f = resolve(root, &m);
+                    f.exists.then_some((m, f))
+                })
+                .collect()
+        })
+        .collect();
+    Facts { paths, globs }
+}
+
+/// The survey through `docker exec`, where the host's /proc is not visible: `$1…` are the paths,
+/// then `--`, then the globs. Prints `H <home>`, one `P <i> <e|m|x> <resolved>` per path (exists,
+/// missing, cannot be resolved) and one `G <i> <match> <resolved>` per existing glob match,
+/// tab-separated. Symlinks are resolved component by component, as `resolve` does.
+pub const SURVEY_SCRIPT: &str = r#"res() {
+  todo=${1#/}; out=; n=0
+  while [ -n "$todo" ]; do
+    c=${todo%%/*}
+    case "$todo" in */*) todo=${todo#*/} ;; *) todo= ;; esac
+    case "$c" in ''|.) continue ;; ..) out=${out%/*}; continue ;; esac
+    if [ -L "$out/$c" ]; then
+      n=$((n+1)); [ "$n" -le 40 ] || return 1
+      t=$(readlink -- "$out/$c") || return 1
+      case "$t" in /*) out= ;; esac
+      todo=${t#/}${todo:+/$todo}
+    else
+      out=$out/$c
+    fi
+  done
+  printf '%s\n' "${out:-/}"
+}
+printf 'H\t%s\n' "${HOME:-}"
+i=0; globs=
+for p in "$@"; do
+  if [ -z "$globs" ] && [ "$p" = -- ]; then globs=1; i=0; continue; fi
+  if [ -z "$globs" ]; then
+    if r=$(res "$p"); then
+      if [ -e "$r" ] || [ -L "$r" ]; then e=e; else e=m; fi
+      printf 'P\t%s\t%s\t%s\n' "$i" "$e" "$r"
+    else
+      printf 'P\t%s\tx\t\n' "$i"
+    fi
+  else
+    for m in $p; do
+      { [ -e "$m" ] || [ -L "$m" ]; } || continue
+      r=$(res "$m") && printf 'G\t%s\t%s\t%s\n' "$i" "$m" "$r"
+    done
+  fi
+  i=$((i+1))
+done
+"#;
+
+/// argv of the exec survey.
+pub fn survey_argv(q: &Questions) -> Vec<String> {
+    let mut v: Vec<String> = ["sh", "-c", SURVEY_SCRIPT, "sh"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    v.extend(q.paths.iter().cloned());
+    v.push("--".into());
+    v.extend(q.globs.iter().cloned());
+    v
+}
+
+/// The exec survey's output as `Facts` and `$HOME`; `None` when it is not the script's.
+pub fn parse_survey(q: &Questions, stdout: &str) -> Option<(Facts, Option<String>)> {
+    let mut home = None;
+    let mut paths: Vec<Option<Fact>> = vec![None; q.paths.len()];
+    let mut globs: Vec<Vec<(String, Fact)>> = vec![vec![]; q.globs.len()];
+    let mut saw_home = false;
+    for line in stdout.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f.as_slice() {
+            ["H", h] => {
+                saw_home = true;
+                home = (!h.is_empty()).then(|| h.to_string());
+            }
+            ["P", i, kind, r] => {
+                let Some(slot) = i.parse::<usize>().ok().and_then(|i| paths.get_mut(i)) else {
+                    continue;
+                };
+                *slot = Some(match *kind {
+                    "x" => Fact {
+                        exists: false,
+                        resolved: Err("too many levels of symbolic links".into()),
+                    },
+                    k => Fact {
+                        exists: k == "e",
+                        resolved: Ok(r.to_string()),
+                    },
+                });
+            }
+            ["G", i, m, r] => {
+                if let Some(g) = i.parse::<usize>().ok().and_then(|i| globs.get_mut(i)) {
+                    g.push((
+                        m.to_string(),
+                        Fact {
+                            exists: true,
+                            resolved: Ok(r.to_string()),
+                        },
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !saw_home {
+        return None;
+    }
+    for g in &mut globs {
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    let paths = paths
+        .into_iter()
+        .zip(&q.paths)
+        .map(|(f, p)| {
+            f.unwrap_or(Fact {
+                exists: false,
+                resolved: Ok(p.clone()),
+            })
+        })
+        .collect();
+    Some((Facts { paths, globs }, home))
+}
+
+/// argv of the exec that reads an argument file (at most `MAX_FILE` bytes).
+pub fn read_file_argv(path: &str) -> Vec<String> {
+    ["head", "-c", &MAX_FILE.to_string(), "--", path]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn root_of(p: &std::path::Path) -> OwnedFd {
+        open_at(
+            libc::AT_FDCWD,
+            p.to_str().unwrap().as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .unwrap()
+    }
+
+    /// A container-like tree: `/srv/ace/.ACEStream -> /dev/shm/.ACEStream` (absolute, so in
+    /// the root), a relative link, a loop, a link that tries to climb out.
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("dev/shm/.ACEStream/.acestream_cache")).unwrap();
+        std::fs::create_dir_all(r.join("srv/ace")).unwrap();
+        std::fs::create_dir_all(r.join("home/a/.ACEStream")).unwrap();
+        std::fs::create_dir_all(r.join("home/b")).unwrap();
+        symlink("/dev/shm/.ACEStream", r.join("srv/ace/.ACEStream")).unwrap();
+        symlink("../a/.ACEStream", r.join("home/b/.ACEStream")).unwrap();
+        symlink("loop2", r.join("loop1")).unwrap();
+        symlink("loop1", r.join("loop2")).unwrap();
+        symlink("../../../../../../etc", r.join("srv/up")).unwrap();
+        std::fs::write(r.join("srv/file"), b"x").unwrap();
+        t
+    }
+
+    fn ok(exists: bool, p: &str) -> Fact {
+        Fact {
+            exists,
+            resolved: Ok(p.into()),
+        }
+    }
+
+    #[test]
+    fn resolve_follows_links_inside_the_root_only() {
+        let t = tree();
+        let root = root_of(t.path());
+        assert_eq!(
+            resolve(&root, "/srv/ace/.ACEStream/.acestream_cache"),
+            ok(true, "/dev/shm/.ACEStream/.acestream_cache")
+        );
+        assert_eq!(
+            resolve(&root, "/home/b/.ACEStream"),
+            ok(true, "/home/a/.ACEStream")
+        );
+        assert_eq!(
+            resolve(&root, "/srv/ace/.ACEStream/x/y"),
+            ok(false, "/dev/shm/.ACEStream/x/y")
+        );
+        // `..` stops at the container's root: /etc of the container, never the host's.
+        assert_eq!(resolve(&root, "/srv/up"), ok(false, "/etc"));
+        assert_eq!(resolve(&root, "/srv/file"), ok(true, "/srv/file"));
+        assert_eq!(
+            resolve(&root, "/srv/file/below"),
+            ok(false, "/srv/file/below")
+        );
+        assert!(resolve(&root, "/loop1/x").resolved.is_err());
+        assert_eq!(resolve(&root, "/"), ok(true, "/"));
+    }
+
+    #[test]
+    fn survey_answers_paths_and_globs() {
+        let t = tree();
+        let root = root_of(t.path());
+        let q = Questions {
+            paths: vec!["/dev/shm/.ACEStream".into(), "/nope".into()],
+            globs: vec![
+                "/home/*/.ACEStream".into(),
+                "/srv/*/.ACEStream".into(),
+                "/x/*/y".into(),
+            ],
+        };
+        let f = survey(&root, &q);
+        assert_eq!(
+            f.paths,
+            vec![ok(true, "/dev/shm/.ACEStream"), ok(false, "/nope")]
+        );
+        assert_eq!(
+            f.globs[0],
+            vec![
+                (
+                    "/home/a/.ACEStream".to_string(),
+                    ok(true, "/home/a/.ACEStream")
+                ),
+                (
+                    "/home/b/.ACEStream".to_string(),
+                    ok(true, "/home/a/.ACEStream")
+                ),
+            ]
+        );
+        assert_eq!(
+            f.globs[1],
+            vec![(
+                "/srv/ace/.ACEStream".to_string(),
+                ok(true, "/dev/shm/.ACEStream")
+            )]
+        );
+        assert!(f.globs[2].is_empty());
+    }
+
+    /// The exec script, run by the host's sh on paths in a temp tree (the host's root standing
+    /// for the container's), answers as the host walk does on the same root.
+    #[test]
+    fn the_exec_script_answers_like_the_host_walk() {
+        let t = tree();
+        let base = t.path().canonicalize().unwrap();
+        let b = base.to_str().unwrap();
+        let q = Questions {
+            paths: vec![
+                format!("{b}/home/b/.ACEStream"),
+                format!("{b}/nope/x"),
+                format!("{b}/loop1"),
+                format!("{b}/srv/file"),
+            ],
+            globs: vec![format!("{b}/home/*/.ACEStream")],
+        };
+        let argv = survey_argv(&q);
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("HOME", "/srv/eng")
+            .output()
+            .unwrap();
+        let (facts, home) = parse_survey(&q, &String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(home.as_deref(), Some("/srv/eng"));
+        let host = survey(&root_of(std::path::Path::new("/")), &q);
+        assert_eq!(facts.paths[0], host.paths[0]);
+        assert_eq!(facts.paths[0], ok(true, &format!("{b}/home/a/.ACEStream")));
+        assert_eq!(facts.paths[1], ok(false, &format!("{b}/nope/x")));
+        assert!(facts.paths[2].resolved.is_err());
+        assert_eq!(facts.paths[3], host.paths[3]);
+        assert_eq!(facts.globs, host.globs);
+        assert_eq!(facts.globs[0].len(), 2);
+    }
+
+    #[test]
+    fn read_file_stays_in_the_root() {
+        let t = tree();
+        std::fs::write(t.path().join("srv/ace.conf"), "--http-port 7000\n").unwrap();
+        symlink("/srv/ace.conf", t.path().join("srv/link.conf")).unwrap();
+        let root = root_of(t.path());
+        assert_eq!(
+            read_file(&root, "/srv/link.conf", "/").unwrap(),
+            "--http-port 7000\n"
+        );
+        assert_eq!(
+            read_file(&root, "ace.conf", "/srv").unwrap(),
+            "--http-port 7000\n"
+        );
+        assert!(read_file(&root, "/etc/passwd", "/").is_err());
+    }
+
+    #[test]
+    fn the_processes_of_this_test_are_not_a_containers() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let e = processes(std::process::id(), id).unwrap_err();
+        assert!(
+            e.to_string().contains("not in the container's cgroup"),
+            "{e}"
+        );
+    }
+}
