@@ -759,10 +759,11 @@ pub struct Discovery {
     pub resync: Duration,
 }
 
-impl Discovery {
-    async fn list(&self) -> Result<Vec<DiscoveredEngine>, DockerError> {
+impl Inspector {
+    /// Every running engine, as Docker lists them.
+    pub async fn list(&self) -> Result<Vec<DiscoveredEngine>, DockerError> {
         let summaries = self.docker.list_running().await?;
-        let matcher = &self.inspector.matcher;
+        let matcher = &self.matcher;
         let mut out = vec![];
         for s in summaries {
             let Some(id) = s.id else { continue };
@@ -779,12 +780,100 @@ impl Discovery {
                 continue;
             }
             match self.docker.inspect(&id).await {
-                Ok(c) => out.extend(self.inspector.engine(&c).await),
+                Ok(c) => out.extend(self.engine(&c).await),
                 Err(DockerError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(out)
+    }
+}
+
+/// Looks up in Docker what a stream event names but the registry does not have yet (SPEC §1:
+/// a container seconds old, or the agent just started and its first list is not done): by
+/// container id one inspect, by address one list. At most one lookup runs at a time; a list is
+/// not repeated for a request that arrived before the last one began (it was answered by it),
+/// and an id Docker did not have as an engine is not asked again for a second, so a
+/// misbehaving proxy cannot turn its requests into a load on Docker.
+#[derive(Clone)]
+pub struct Lookup {
+    inspector: Inspector,
+    registry: RegistryHandle,
+    gate: Arc<tokio::sync::Mutex<LookupState>>,
+}
+
+#[derive(Default)]
+struct LookupState {
+    last_list: Option<std::time::Instant>,
+    misses: HashMap<String, std::time::Instant>,
+}
+
+/// How long an id that Docker did not have as an engine is not asked about again.
+const MISS_TTL: Duration = Duration::from_secs(1);
+/// Misses remembered at most.
+const MAX_MISSES: usize = 1024;
+
+impl Lookup {
+    pub fn new(inspector: Inspector, registry: RegistryHandle) -> Lookup {
+        Lookup {
+            inspector,
+            registry,
+            gate: Arc::default(),
+        }
+    }
+
+    /// Brings the engine a stream event names into the registry if Docker has it, before the
+    /// event is applied again (commands are applied in order: the upsert comes first).
+    /// `arrived` is when the request came in.
+    pub async fn find(&self, container_id: Option<&str>, arrived: std::time::Instant) {
+        let mut state = self.gate.lock().await;
+        if self.inspector.docker.ensure_connected().await.is_err() {
+            return;
+        }
+        match container_id {
+            Some(id) => {
+                let now = std::time::Instant::now();
+                state
+                    .misses
+                    .retain(|_, at| now.duration_since(*at) < MISS_TTL);
+                if state.misses.contains_key(id) {
+                    return;
+                }
+                match self.inspector.engine_by_id(id).await {
+                    Ok(Some(d)) => self.registry.send(RegistryCmd::Upsert(d)).await,
+                    Ok(None) | Err(_) => {
+                        if state.misses.len() < MAX_MISSES {
+                            state.misses.insert(id.to_string(), now);
+                        }
+                    }
+                }
+            }
+            None => {
+                if state.last_list.is_some_and(|t| t >= arrived) {
+                    return;
+                }
+                state.last_list = Some(std::time::Instant::now());
+                let Ok(list) = self.inspector.list().await else {
+                    return;
+                };
+                let snap = self.registry.snapshot();
+                for d in list {
+                    let known = snap
+                        .engines
+                        .iter()
+                        .any(|e| e.running && e.engine.container_id == d.container_id);
+                    if !known {
+                        self.registry.send(RegistryCmd::Upsert(d)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Discovery {
+    async fn list(&self) -> Result<Vec<DiscoveredEngine>, DockerError> {
+        self.inspector.list().await
     }
 
     /// Re-reads one container: upserted while it is a running engine, removed otherwise.

@@ -86,6 +86,14 @@ impl DockerClient {
         Ok(())
     }
 
+    /// Connects unless a connection is already there (discovery's, made or remade).
+    pub async fn ensure_connected(&self) -> Result<(), DockerError> {
+        if self.client().is_ok() {
+            return Ok(());
+        }
+        self.reconnect().await
+    }
+
     fn client(&self) -> Result<bollard::Docker, DockerError> {
         self.inner
             .read()

@@ -242,6 +242,7 @@ impl Agent {
         let state = Arc::new(http::AppState {
             rendered: rendered_rx,
             registry: parts.handle.clone(),
+            lookup: discovery::Lookup::new(inspector, parts.handle.clone()),
             janitor,
             store,
             token: cfg.http.token.clone(),

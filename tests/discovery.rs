@@ -853,3 +853,90 @@ async fn engines_served_from_the_store_when_docker_is_down_at_start() {
     assert_eq!(ids(&engines(&b).await), vec![e.id.clone()]);
     b.stop().await;
 }
+
+/// A `stream_started` body addressing the engine by `host:port`, or by container id.
+fn started_at(host: &str, port: u16, container_id: Option<&str>, key: &str) -> String {
+    let mut v = serde_json::json!({
+        "engine": {"host": host, "port": port},
+        "stream": {"key_type": "content_id", "key": key},
+        "session": {"playback_session_id": key, "stat_url": format!("http://x/ace/stat/a/{key}"),
+                    "command_url": "http://x/cmd", "is_live": 1},
+        "labels": {"stream_id": key}
+    });
+    if let Some(id) = container_id {
+        v["container_id"] = id.into();
+    }
+    v.to_string()
+}
+
+/// SPEC §1: a stream event for a container the agent has not listed yet is looked up in Docker
+/// before it is answered. A proxy that posts `stream_started` the moment the agent answers
+/// `/healthz` (the first container list not done yet), by address or by container id, and one
+/// that posts for a container started a moment ago, are answered 200 for the right engine;
+/// a container Docker does not have as an engine is still 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_event_right_after_start_finds_its_engine() {
+    let case = unique_name("disc-first-ms");
+    let by_addr = engine(&case, "disc-first-addr");
+    let by_id = engine(&case, "disc-first-id");
+    let not_engine = TestEngine::builder()
+        .name_prefix("disc-first-other")
+        .without_label(ENGINE_LABEL)
+        .start();
+    const ROUNDS: usize = 5;
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let env = case_env(&case, port, &dir.path().join("state.redb"));
+        let log = dir.path().join("agent.log");
+        let _agent = Running(agent_command(dir.path(), &env, &log).spawn().unwrap());
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // As fast as a client can: the first 200 of /healthz, then the events at once.
+        let t0 = Instant::now();
+        loop {
+            if let Ok((200, _)) = try_http_get(addr, "/healthz").await {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no /healthz");
+            tokio::task::yield_now().await;
+        }
+        let up = Instant::now();
+        let (body_a, body_b) = (
+            started_at("127.0.0.1", by_addr.host_port, None, &format!("a{round}")),
+            started_at("x", 1, Some(&by_id.id[..12]), &format!("b{round}")),
+        );
+        let a = try_http_request("POST", addr, "/events/stream_started", &body_a, &[]);
+        let b = try_http_request("POST", addr, "/events/stream_started", &body_b, &[]);
+        let (a, b) = tokio::join!(a, b);
+        let took = up.elapsed();
+        let (sa, ba) = a.unwrap();
+        let (sb, bb) = b.unwrap();
+        println!("round {round}: answered {took:?} after /healthz: {sa} {sb}");
+        assert_eq!(sa, 200, "round {round}, by address: {ba}");
+        assert_eq!(sb, 200, "round {round}, by id: {bb}");
+        assert!(ba.contains(&by_addr.id), "{ba}");
+        assert!(bb.contains(&by_id.id), "{bb}");
+        if round == ROUNDS - 1 {
+            // A container started a moment ago, before its start event could be applied.
+            let fresh = engine(&case, "disc-first-fresh");
+            let (s, body) = http_post(
+                addr,
+                "/events/stream_started",
+                &started_at("127.0.0.1", fresh.host_port, None, "fresh"),
+                &[],
+            )
+            .await;
+            assert_eq!(s, 200, "{body}");
+            assert!(body.contains(&fresh.id), "{body}");
+            let (s, body) = http_post(
+                addr,
+                "/events/stream_started",
+                &started_at("x", 1, Some(&not_engine.id), "other"),
+                &[],
+            )
+            .await;
+            assert_eq!(s, 404, "not an engine: {body}");
+            assert!(body.contains("no discovered engine"), "{body}");
+        }
+    }
+}

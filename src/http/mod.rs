@@ -52,10 +52,15 @@ pub const MAX_KEY_TYPE_LEN: usize = 64;
 /// How long a `stream_started` answer waits for a cleanup of its engine that was already
 /// deleting when the stream arrived; see `stream_started`.
 const STREAM_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a stream event for an engine not listed yet waits for Docker's answer: the
+/// orchestrator's proxy gives up after 3 s.
+const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 
 pub struct AppState {
     pub rendered: watch::Receiver<Arc<Rendered>>,
     pub registry: RegistryHandle,
+    /// For stream events naming a container not listed yet.
+    pub lookup: crate::discovery::Lookup,
     pub janitor: Janitor,
     pub store: Store,
     pub token: Option<String>,
@@ -426,6 +431,7 @@ pub fn parse_ended(body: &[u8]) -> Result<StreamEnd, String> {
 }
 
 async fn stream_started(req: Request<Incoming>, state: &AppState) -> Resp {
+    let arrived = std::time::Instant::now();
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -434,7 +440,17 @@ async fn stream_started(req: Request<Incoming>, state: &AppState) -> Resp {
         Ok(s) => s,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    match state.registry.stream_started(s).await {
+    let result = match state.registry.stream_started(s.clone()).await {
+        // Not listed yet (seconds old, or the first list is not done): asked of Docker, then
+        // tried again, within what a proxy waits for an answer.
+        Err(RegistryError::UnknownEngine(_)) => {
+            let find = state.lookup.find(s.container_id.as_deref(), arrived);
+            let _ = tokio::time::timeout(LOOKUP_WAIT, find).await;
+            state.registry.stream_started(s).await
+        }
+        r => r,
+    };
+    match result {
         Ok(rec) => {
             // The registry refuses to start a delete once it knows of a stream, but a delete
             // it had already started when the stream arrived is running inside the container
