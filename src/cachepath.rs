@@ -293,6 +293,28 @@ pub fn choose(i: &Inputs, q: &Questions, f: &Facts, mounts: &[Mount]) -> (CacheC
     )
 }
 
+/// The tmpfs holding a memory cache at `path`, as a path inside the container: the tmpfs mount
+/// (the longest destination holding it; a bind of the host's `/dev/shm` counts), else
+/// `/dev/shm` or `/dev`, which Docker mounts as tmpfs in every container.
+pub fn tmpfs_of(path: &str, mounts: &[Mount]) -> String {
+    let holds = |dest: &str| {
+        let d = dest.trim_end_matches('/');
+        d.is_empty() || path == d || path.starts_with(&format!("{d}/"))
+    };
+    if let Some(m) = mounts
+        .iter()
+        .filter(|m| holds(&m.destination))
+        .max_by_key(|m| m.destination.trim_end_matches('/').len())
+    {
+        return m.destination.trim_end_matches('/').to_string();
+    }
+    if path == "/dev/shm" || path.starts_with("/dev/shm/") {
+        "/dev/shm".into()
+    } else {
+        "/dev".into()
+    }
+}
+
 /// Whether `path` is on a tmpfs: the container mount holding it (the longest destination) is a
 /// tmpfs, or a bind of a tmpfs of the host (`/dev/shm`), or, with no mount holding it, it lies
 /// under `/dev`, which Docker mounts as a tmpfs in every container (and `/dev/shm` with it).
@@ -665,5 +687,14 @@ mod tests {
             ),
             CacheMedium::Memory
         );
+        assert_eq!(
+            tmpfs_of("/root/.ACEStream/.acestream_cache", &tmpfs),
+            "/root/.ACEStream"
+        );
+        assert_eq!(
+            tmpfs_of("/dev/shm/.ACEStream/.acestream_cache", &[]),
+            "/dev/shm"
+        );
+        assert_eq!(tmpfs_of("/dev/x", &[]), "/dev");
     }
 }

@@ -160,6 +160,9 @@ pub struct PressureConfig {
     pub min_free: Option<MinFree>,
     /// `None`: use `DockerRootDir` from Docker's info.
     pub docker_root: Option<PathBuf>,
+    /// A memory cache's container is under pressure at this share of its memory limit, in
+    /// percent; `None` = `"off"`.
+    pub memory_high: Option<f64>,
 }
 
 /// Free-space threshold of `pressure.min_free`.
@@ -325,6 +328,13 @@ impl Config {
             Some(p) => format!("docker_root = {}", quote(&p.to_string_lossy())),
             None => "# docker_root: unset (DockerRootDir from Docker's info)".into(),
         });
+        line(format!(
+            "memory_high = {}",
+            quote(&match c.pressure.memory_high {
+                None => "off".to_owned(),
+                Some(p) => format!("{p}%"),
+            })
+        ));
 
         line(String::new());
         line("[store]".into());
@@ -395,6 +405,7 @@ fn defaults(env: &EnvView<'_>) -> Config {
             interval: Duration::from_secs(10),
             min_free: Some(MinFree::Percent(10.0)),
             docker_root: None,
+            memory_high: Some(90.0),
         },
         store: StoreConfig {
             path: store_path,
@@ -706,6 +717,7 @@ struct RawPressure {
     interval: Option<Scalar>,
     min_free: Option<Scalar>,
     docker_root: Option<String>,
+    memory_high: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -963,6 +975,10 @@ fn resolve(raw: RawConfig, env: &EnvView<'_>) -> Result<Config, ConfigError> {
                 Some(PathBuf::from(p))
             }
         },
+        memory_high: match raw.pressure.memory_high {
+            None => d.pressure.memory_high,
+            Some(v) => memory_high(v)?,
+        },
     };
 
     let store = StoreConfig {
@@ -1130,6 +1146,39 @@ fn min_free(value: Scalar) -> Result<Option<MinFree>, ConfigError> {
         )
     })?;
     check_min_bytes(n).map(|b| Some(MinFree::Bytes(b)))
+}
+
+/// `pressure.memory_high`: a percentage of the container's memory limit in (0, 100], or "off".
+fn memory_high(value: Scalar) -> Result<Option<f64>, ConfigError> {
+    const KEY: &str = "pressure.memory_high";
+    let text =
+        match value {
+            Scalar::Text(s) => s,
+            _ => return Err(invalid(
+                KEY,
+                "must be a percentage of the container's memory limit such as \"90%\", or \"off\"",
+            )),
+        };
+    let text = text.trim();
+    if text == "off" {
+        return Ok(None);
+    }
+    let p: f64 = text
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| {
+            invalid(
+                KEY,
+                format!("{text:?} is not a percentage such as \"90%\", or \"off\""),
+            )
+        })?;
+    if !(p > 0.0 && p <= 100.0) {
+        return Err(invalid(
+            KEY,
+            format!("percentage must be above 0% and at most 100%, got {text:?}"),
+        ));
+    }
+    Ok(Some(p))
 }
 
 fn check_min_bytes(n: u64) -> Result<u64, ConfigError> {
@@ -1535,6 +1584,7 @@ mod tests {
         assert_eq!(c.pressure.interval, Duration::from_secs(10));
         assert_eq!(c.pressure.min_free, Some(MinFree::Percent(10.0)));
         assert_eq!(c.pressure.docker_root, None);
+        assert_eq!(c.pressure.memory_high, Some(90.0));
         assert_eq!(c.store.path, PathBuf::from("./acestream-agent.redb"));
         assert_eq!(c.store.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(c.store.history_per_engine, 100);
@@ -1663,6 +1713,28 @@ mod tests {
             c.discovery.labels,
             vec![LabelMatch::new("acestream.engine", Some("true"))]
         );
+    }
+
+    #[test]
+    fn memory_high_is_a_percentage_or_off() {
+        let c = load_toml("[pressure]\nmemory_high = \"75%\"\n").unwrap();
+        assert_eq!(c.pressure.memory_high, Some(75.0));
+        let c = load_env(&[("ACESTREAM_AGENT_PRESSURE__MEMORY_HIGH", "off")]).unwrap();
+        assert_eq!(c.pressure.memory_high, None);
+        assert_eq!(
+            load_toml("[pressure]\nmemory_high = \"100%\"\n")
+                .unwrap()
+                .pressure
+                .memory_high,
+            Some(100.0)
+        );
+        for bad in ["\"0%\"", "\"101%\"", "\"90\"", "90", "\"lots\""] {
+            assert_eq!(
+                invalid_key(load_toml(&format!("[pressure]\nmemory_high = {bad}\n"))),
+                "pressure.memory_high",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

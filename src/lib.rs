@@ -226,6 +226,7 @@ impl Agent {
                     .docker_root
                     .as_ref()
                     .map(|p| p.to_string_lossy().into_owned()),
+                memory_high: cfg.pressure.memory_high,
                 fs_timeout: pressure::FS_CALL_TIMEOUT,
             }
             .run(shutdown.clone()),

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use tracing::{debug, info};
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-use crate::model::{format_gb, format_mb, id12, Trigger};
+use crate::model::{format_gb, format_mb, id12, MemoryUse, Trigger};
 
 /// True when stderr is the journal stream systemd gave us (`JOURNAL_STREAM=<dev>:<inode>`
 /// matching stderr), the documented way to tell "run by systemd" from "run in a terminal".
@@ -130,6 +130,65 @@ pub fn pressure_resolved(mountpoint: &str, avail: u64, threshold_bytes: u64) {
         "Disk pressure on {mountpoint} resolved: {} free",
         format_gb(avail)
     );
+}
+
+/// A memory cache (SPEC §7) under pressure: its tmpfs below `pressure.min_free`
+/// (`threshold_bytes`), or its container's memory at `pressure.memory_high` (`memory`).
+pub fn memory_pressure_started(
+    container_id: &str,
+    container_name: &str,
+    mountpoint: &str,
+    avail: u64,
+    threshold_bytes: Option<u64>,
+    memory: Option<MemoryUse>,
+) {
+    let id = id12(container_id);
+    let why = match (threshold_bytes, memory) {
+        (Some(t), _) => format!(
+            "{} free on its tmpfs, below {}",
+            format_mb(avail),
+            format_mb(t)
+        ),
+        (None, Some(m)) => format!(
+            "the container uses {} of its {} memory limit",
+            format_mb(m.usage_bytes),
+            format_mb(m.limit_bytes.unwrap_or(0))
+        ),
+        (None, None) => format!("{} free on its tmpfs", format_mb(avail)),
+    };
+    info!(container_id = %id, container_name, mountpoint, bytes = avail,
+        "Memory pressure on {mountpoint} of engine {id}: {why}; cleaning it when idle");
+}
+
+/// The memory cache's pressure is over.
+pub fn memory_pressure_resolved(
+    container_id: &str,
+    container_name: &str,
+    mountpoint: &str,
+    avail: u64,
+) {
+    let id = id12(container_id);
+    info!(container_id = %id, container_name, mountpoint, bytes = avail,
+        "Memory pressure on {mountpoint} of engine {id} resolved: {} free", format_mb(avail));
+}
+
+/// Still under pressure with the engine busy or its cache empty; once per episode.
+pub fn memory_pressure_persists(
+    container_id: &str,
+    container_name: &str,
+    mountpoint: &str,
+    avail: u64,
+) {
+    let id = id12(container_id);
+    tracing::warn!(container_id = %id, container_name, mountpoint, bytes = avail,
+        "Memory pressure on {mountpoint} of engine {id} persists: it is busy or has nothing to clean");
+}
+
+/// A memory cache the host cannot look into (no /proc of the container): not watched.
+pub fn memory_cache_unwatched(container_id: &str, why: &str) {
+    let id = id12(container_id);
+    info!(container_id = %id, reason = why,
+        "Cannot watch the memory cache of engine {id} from the host ({why}); it is cleaned by the sweep and stream ends only");
 }
 
 /// statvfs on `mountpoint` did not return in time: the mount is skipped until the call returns.

@@ -142,31 +142,48 @@ const AGENT_STORE_UP: Family = gauge(
     &[],
 );
 
+/// Labels of the filesystem families: a disk is named by its host mountpoint; a tmpfs holding
+/// a memory cache is one container's, named by its path inside that container, and its series
+/// also carry the engine's `container_name` and `container_id`.
+const FS: [&str; 2] = ["mountpoint", "medium"];
+
 const FILESYSTEM_AVAIL: Family = gauge(
     "acestream_filesystem_avail_bytes",
-    "Space available to unprivileged users on a filesystem holding engine caches (statvfs f_bavail), by mountpoint.",
-    &["mountpoint"],
+    "Space available to unprivileged users on a filesystem holding engine caches (statvfs f_bavail), by mountpoint; medium=\"memory\" for an engine's tmpfs.",
+    &FS,
 );
 const FILESYSTEM_SIZE: Family = gauge(
     "acestream_filesystem_size_bytes",
-    "Size of a filesystem holding engine caches, by mountpoint.",
-    &["mountpoint"],
+    "Size of a filesystem holding engine caches, by mountpoint; medium=\"memory\" for an engine's tmpfs.",
+    &FS,
+);
+// Not in SPEC's list: a memory cache's container against its memory limit (SPEC §7), which a
+// full tmpfs squeezes.
+const ENGINE_MEMORY_USAGE: Family = gauge(
+    "acestream_engine_memory_usage_bytes",
+    "Memory used by the container of an engine whose cache is in memory, less the page cache the kernel can drop (as docker stats shows it); its tmpfs cache counts.",
+    &ENGINE,
+);
+const ENGINE_MEMORY_LIMIT: Family = gauge(
+    "acestream_engine_memory_limit_bytes",
+    "Memory limit of the container of an engine whose cache is in memory; absent when it has none.",
+    &ENGINE,
 );
 // Not in SPEC's list: the threshold beside the free space, so a dashboard can draw one against
 // the other without knowing the config (a percentage becomes bytes per filesystem).
 const FILESYSTEM_MIN_FREE: Family = gauge(
     "acestream_filesystem_min_free_bytes",
     "pressure.min_free of the filesystem in bytes: below this much available space its idle engines are cleaned; absent when pressure cleanup is off.",
-    &["mountpoint"],
+    &FS,
 );
 const DISK_PRESSURE: Family = gauge(
     "acestream_disk_pressure",
-    "1 during a disk-pressure episode on the filesystem (available space fell below pressure.min_free and is not back above it yet), else 0.",
-    &["mountpoint"],
+    "1 during a pressure episode on the filesystem (available space fell below pressure.min_free, or for a memory cache its container reached pressure.memory_high of its limit, and it is not back yet), else 0.",
+    &FS,
 );
 
 /// Every family `SnapshotCollector` emits, for `Collector::desc` and the tests.
-const SNAPSHOT_FAMILIES: [&Family; 20] = [
+const SNAPSHOT_FAMILIES: [&Family; 22] = [
     &ENGINE_INFO,
     &ENGINE_HEALTHY,
     &ENGINE_ACTIVE_STREAMS,
@@ -175,6 +192,8 @@ const SNAPSHOT_FAMILIES: [&Family; 20] = [
     &ENGINE_LAST_CACHE_CLEANUP,
     &ENGINE_LAST_STREAM_USAGE,
     &ENGINE_LAST_HEALTH_CHECK,
+    &ENGINE_MEMORY_USAGE,
+    &ENGINE_MEMORY_LIMIT,
     &CLEANUPS_TOTAL,
     &CLEANUP_FAILURES_TOTAL,
     &FREED_BYTES_TOTAL,
@@ -415,6 +434,12 @@ impl Collector for SnapshotCollector<'_> {
         out.push(per_engine(&ENGINE_LAST_HEALTH_CHECK, engines, |e| {
             e.engine.last_health_check.map(unix_seconds)
         }));
+        out.push(per_engine(&ENGINE_MEMORY_USAGE, engines, |e| {
+            e.memory.map(|m| m.usage_bytes as f64)
+        }));
+        out.push(per_engine(&ENGINE_MEMORY_LIMIT, engines, |e| {
+            e.memory.and_then(|m| m.limit_bytes).map(|b| b as f64)
+        }));
 
         out.push(per_trigger(&CLEANUPS_TOTAL, engines, |c| c.cleanups));
         out.push(per_trigger(&CLEANUP_FAILURES_TOTAL, engines, |c| {
@@ -435,8 +460,23 @@ impl Collector for SnapshotCollector<'_> {
         let per_fs = |f: &Family, value: &dyn Fn(&Filesystem) -> Option<f64>| {
             family(
                 f,
-                fss.iter()
-                    .filter_map(|x| value(x).map(|v| series(f, &[&x.mountpoint], v))),
+                fss.iter().filter_map(|x| {
+                    let v = value(x)?;
+                    let medium = x.medium.as_str();
+                    Some(match &x.container {
+                        Some((id, name)) => labeled(
+                            f,
+                            &[
+                                ("container_name", name),
+                                ("container_id", crate::model::id12(id)),
+                                ("mountpoint", &x.mountpoint),
+                                ("medium", medium),
+                            ],
+                            v,
+                        ),
+                        None => series(f, &[&x.mountpoint, medium], v),
+                    })
+                }),
             )
         };
         out.push(per_fs(&FILESYSTEM_AVAIL, &|x| Some(x.avail_bytes as f64)));
@@ -464,10 +504,20 @@ fn family(f: &Family, metrics: impl IntoIterator<Item = proto::Metric>) -> Metri
 /// One sample of `f`; `values` pair up with `f.labels`.
 fn series(f: &Family, values: &[&str], value: f64) -> proto::Metric {
     debug_assert_eq!(f.labels.len(), values.len(), "{}", f.name);
-    let labels = f
+    let pairs: Vec<(&str, &str)> = f
         .labels
         .iter()
-        .zip(values)
+        .copied()
+        .zip(values.iter().copied())
+        .collect();
+    labeled(f, &pairs, value)
+}
+
+/// One sample of `f` with these labels (a series may carry more than the family's own: a
+/// memory cache's tmpfs names its engine).
+fn labeled(f: &Family, pairs: &[(&str, &str)], value: f64) -> proto::Metric {
+    let labels = pairs
+        .iter()
         .map(|(name, value)| {
             let mut pair = LabelPair::default();
             pair.set_name((*name).to_owned());
@@ -545,8 +595,8 @@ pub mod testing {
     use chrono::DateTime;
 
     use crate::model::{
-        Counters, Engine, EngineState, Filesystem, HealthStatus, Runtime, Snapshot, Timestamp,
-        Trigger, TriggerCounters,
+        CacheMedium, Counters, Engine, EngineState, Filesystem, HealthStatus, MemoryUse, Runtime,
+        Snapshot, Timestamp, Trigger, TriggerCounters,
     };
 
     pub fn ts(secs: i64, micros: u32) -> Timestamp {
@@ -589,6 +639,7 @@ pub mod testing {
             runtime: Runtime::default(),
             cache_path_error: None,
             cleaning: false,
+            memory: None,
             cache_empty_since: None,
             running: true,
         }
@@ -640,8 +691,25 @@ pub mod testing {
             e.cache_current_bytes = Some(268_435_456);
             e.cache_measured_at = Some(ts(T0 - 60, 0));
             e.cache_path = "/dev/shm/.ACEStream/.acestream_cache".to_owned();
-            e.cache_mountpoint = None;
+            e.cache_medium = CacheMedium::Memory;
+            e.cache_mountpoint = Some("/dev/shm".to_owned());
         }
+        busy.memory = Some(MemoryUse {
+            usage_bytes: 301_989_888,
+            limit_bytes: Some(536_870_912),
+        });
+        let busy_shm = Filesystem {
+            mountpoint: "/dev/shm".to_owned(),
+            medium: CacheMedium::Memory,
+            container: Some((
+                busy.engine.container_id.clone(),
+                busy.engine.container_name.clone(),
+            )),
+            avail_bytes: 67_108_864,
+            size_bytes: 536_870_912,
+            min_free_bytes: Some(53_687_092),
+            pressure: false,
+        };
 
         let mut unhealthy = engine(
             "a0b1c2d3e4f5061728394a5b6c7d8e9f00112233445566778899aabbccddeeff",
@@ -673,10 +741,13 @@ pub mod testing {
             docker_up: true,
             store_error: None,
             last_sweep: Some(ts(T0 - 300, 0)),
-            // One filesystem in a pressure episode, one not.
+            // One filesystem in a pressure episode, one not, and the busy engine's tmpfs.
             filesystems: vec![
+                busy_shm,
                 Filesystem {
                     mountpoint: "/srv/acestream".to_owned(),
+                    medium: CacheMedium::Disk,
+                    container: None,
                     avail_bytes: 1_073_741_824,
                     size_bytes: 107_374_182_400,
                     min_free_bytes: Some(10_737_418_240),
@@ -684,6 +755,8 @@ pub mod testing {
                 },
                 Filesystem {
                     mountpoint: "/var/lib/docker".to_owned(),
+                    medium: CacheMedium::Disk,
+                    container: None,
                     avail_bytes: 53_687_091_200,
                     size_bytes: 268_435_456_000,
                     min_free_bytes: Some(26_843_545_600),
@@ -1040,15 +1113,24 @@ mod tests {
         let mut snap = golden_snapshot();
         let out = Metrics::new().render(&snap, "1.2.3");
         for line in [
-            "acestream_filesystem_avail_bytes{mountpoint=\"/srv/acestream\"} 1073741824",
-            "acestream_filesystem_size_bytes{mountpoint=\"/srv/acestream\"} 107374182400",
-            "acestream_filesystem_min_free_bytes{mountpoint=\"/srv/acestream\"} 10737418240",
-            "acestream_disk_pressure{mountpoint=\"/srv/acestream\"} 1",
-            "acestream_filesystem_avail_bytes{mountpoint=\"/var/lib/docker\"} 53687091200",
-            "acestream_disk_pressure{mountpoint=\"/var/lib/docker\"} 0",
+            "acestream_filesystem_avail_bytes{mountpoint=\"/srv/acestream\",medium=\"disk\"} 1073741824",
+            "acestream_filesystem_size_bytes{mountpoint=\"/srv/acestream\",medium=\"disk\"} 107374182400",
+            "acestream_filesystem_min_free_bytes{mountpoint=\"/srv/acestream\",medium=\"disk\"} 10737418240",
+            "acestream_disk_pressure{mountpoint=\"/srv/acestream\",medium=\"disk\"} 1",
+            "acestream_filesystem_avail_bytes{mountpoint=\"/var/lib/docker\",medium=\"disk\"} 53687091200",
+            "acestream_disk_pressure{mountpoint=\"/var/lib/docker\",medium=\"disk\"} 0",
+            // A memory cache's tmpfs names its engine, and its container's memory is beside it.
+            "acestream_filesystem_avail_bytes{container_name=\"acestream-2\",container_id=\"7c1e5b2a90d8\",mountpoint=\"/dev/shm\",medium=\"memory\"} 67108864",
+            "acestream_disk_pressure{container_name=\"acestream-2\",container_id=\"7c1e5b2a90d8\",mountpoint=\"/dev/shm\",medium=\"memory\"} 0",
+            "acestream_engine_memory_usage_bytes{container_name=\"acestream-2\",container_id=\"7c1e5b2a90d8\"} 301989888",
+            "acestream_engine_memory_limit_bytes{container_name=\"acestream-2\",container_id=\"7c1e5b2a90d8\"} 536870912",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?}");
         }
+        assert_eq!(
+            samples(&out, "acestream_engine_memory_usage_bytes").len(),
+            1
+        );
         // Pressure cleanup off: free space is still reported, the threshold is absent.
         for f in &mut snap.filesystems {
             f.min_free_bytes = None;
@@ -1056,8 +1138,8 @@ mod tests {
         }
         let out = Metrics::new().render(&snap, "1.2.3");
         assert!(!out.contains("acestream_filesystem_min_free_bytes"));
-        assert_eq!(samples(&out, "acestream_disk_pressure").len(), 2);
-        assert_eq!(samples(&out, "acestream_filesystem_size_bytes").len(), 2);
+        assert_eq!(samples(&out, "acestream_disk_pressure").len(), 3);
+        assert_eq!(samples(&out, "acestream_filesystem_size_bytes").len(), 3);
         // No filesystem known (no engines yet): no series at all.
         let out = Metrics::new().render(&Snapshot::default(), "1.2.3");
         assert!(!out.contains("acestream_filesystem_") && !out.contains("acestream_disk_pressure"));

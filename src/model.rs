@@ -257,7 +257,11 @@ pub struct Mount {
 /// the engines' `cache_mountpoint`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filesystem {
+    /// The host mountpoint (disk), or the tmpfs's path inside its container (memory).
     pub mountpoint: String,
+    pub medium: CacheMedium,
+    /// A tmpfs is one container's: its full id and name (`None` for disk).
+    pub container: Option<(String, String)>,
     /// Space available to unprivileged users (`f_bavail * f_frsize`).
     pub avail_bytes: u64,
     /// Size of the filesystem (`f_blocks * f_frsize`).
@@ -267,6 +271,16 @@ pub struct Filesystem {
     /// In a disk-pressure episode: free space fell below `min_free_bytes` and has not been back
     /// above it since.
     pub pressure: bool,
+}
+
+/// A container's memory, from its cgroup (v1 or v2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// In use, less the page cache the kernel can drop (`inactive_file`), as `docker stats`
+    /// shows it; tmpfs pages count (they cannot be dropped).
+    pub usage_bytes: u64,
+    /// `None`: no limit.
+    pub limit_bytes: Option<u64>,
 }
 
 /// Everything the registry knows about one engine.
@@ -280,6 +294,9 @@ pub struct EngineState {
     pub cache_path_error: Option<String>,
     /// A cleanup passed its idle re-check and is deleting; see `registry::begin_delete`.
     pub cleaning: bool,
+    /// The container's memory use and limit, for an engine whose cache is in memory, as the
+    /// pressure task last read its cgroup.
+    pub memory: Option<MemoryUse>,
     /// When a measurement or cleanup last began that found the cache with no entries (or
     /// left it so); `None` once one finds entries. An engine empty since before its last
     /// stream activity is not looked at by the sweep (SPEC §4).
@@ -298,6 +315,7 @@ impl EngineState {
             runtime: Runtime::default(),
             cache_path_error: None,
             cleaning: false,
+            memory: None,
             cache_empty_since: None,
             running: false,
         }

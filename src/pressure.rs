@@ -35,14 +35,28 @@ use chrono::Utc;
 use tokio::task::JoinSet;
 use tracing::debug;
 
+use crate::cachepath;
 use crate::config::MinFree;
 use crate::docker::DockerClient;
+use crate::inside;
 use crate::janitor::{CleanupError, Janitor};
 use crate::logging;
-use crate::model::{id12, EngineState, Filesystem, Mount, MountKind, Snapshot, Timestamp, Trigger};
+use crate::model::{
+    id12, CacheMedium, EngineState, Filesystem, MemoryUse, Mount, MountKind, Snapshot, Timestamp,
+    Trigger,
+};
 pub use crate::mountinfo::{parse_mountinfo, MountEntry};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
+
+/// Prefix of the key of a memory cache's tmpfs among the watched filesystems.
+const MEMORY_KEY: &str = "memory:";
+
+/// Whether a container's memory use is at or above `high` percent of its limit.
+pub fn over_memory_high(m: MemoryUse, high: f64) -> bool {
+    m.limit_bytes
+        .is_some_and(|l| m.usage_bytes as f64 >= l as f64 * high / 100.0)
+}
 
 /// Deadline of one statvfs or canonicalize (node_exporter's default mount timeout).
 pub const FS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -303,16 +317,34 @@ pub struct Pressure {
     pub min_free: Option<MinFree>,
     /// `pressure.docker_root`; `None`: Docker's `DockerRootDir`.
     pub docker_root: Option<String>,
+    /// `pressure.memory_high`, percent of a memory cache's container's memory limit.
+    pub memory_high: Option<f64>,
     /// Deadline of each statvfs or canonicalize (`FS_CALL_TIMEOUT`).
     pub fs_timeout: Duration,
 }
 
+/// What a watched filesystem is and how it is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FsKind {
+    /// A host filesystem: statvfs of a visible mountpoint of it.
+    Disk { stat_path: String },
+    /// One container's tmpfs, read inside the container (statvfs through its `/proc/<pid>`
+    /// root), and the container's memory cgroup beside it.
+    Memory {
+        id: String,
+        name: String,
+        pid: u32,
+        mountpoint: String,
+    },
+}
+
 /// One watched filesystem.
 struct FsState {
-    /// A visible mountpoint of it, for statvfs.
-    stat_path: String,
+    kind: FsKind,
     /// Last reading (avail, size); `None` until read once.
     last: Option<(u64, u64)>,
+    /// A memory cache's container: its last memory use.
+    memory: Option<MemoryUse>,
     /// The last statvfs failed (logged once, on the transition).
     unreadable: bool,
     episode: Option<Episode>,
@@ -336,8 +368,11 @@ struct Worker {
     canonical: HashMap<String, String>,
     /// Last good mount table.
     mounts: Vec<MountEntry>,
-    /// Engine id → filesystem name, for engines whose cache is on a watched filesystem.
+    /// Engine id → filesystem key, for engines whose cache is on a watched filesystem (a disk:
+    /// its mountpoint; a tmpfs: `MEMORY_KEY` + container id + its mountpoint).
     engine_fs: HashMap<String, String>,
+    /// Memory caches whose container the host cannot read, already said.
+    unwatched: logging::SaidOnce,
     filesystems: BTreeMap<String, FsState>,
     /// What the last resolution was based on; a change triggers a round at once.
     fingerprint: Vec<(String, String)>,
@@ -359,6 +394,7 @@ impl Pressure {
             canonical: HashMap::new(),
             mounts: Vec::new(),
             engine_fs: HashMap::new(),
+            unwatched: logging::SaidOnce::default(),
             filesystems: BTreeMap::new(),
             fingerprint: Vec::new(),
         };
@@ -438,10 +474,18 @@ impl Worker {
     /// Finds each running engine's filesystem; adds newly seen filesystems and drops those no
     /// engine is on any more. Returns every running engine's `cache_mountpoint`.
     async fn resolve(&mut self, snap: &Snapshot) -> Vec<(String, Option<String>)> {
-        let hosts: Vec<(String, Option<String>)> = snap
-            .engines
-            .iter()
-            .filter(|e| e.running)
+        let running = || snap.engines.iter().filter(|e| e.running);
+        let memory: Vec<(&EngineState, String)> = running()
+            .filter(|e| {
+                e.cache_path_error.is_none() && e.engine.cache_medium == CacheMedium::Memory
+            })
+            .map(|e| {
+                let mp = cachepath::tmpfs_of(&e.engine.cache_path, &e.runtime.mounts);
+                (e, mp)
+            })
+            .collect();
+        let hosts: Vec<(String, Option<String>)> = running()
+            .filter(|e| e.engine.cache_medium != CacheMedium::Memory)
             .map(|e| {
                 let host = match &e.cache_path_error {
                     Some(_) => None,
@@ -474,9 +518,9 @@ impl Worker {
         {
             self.mounts = parse_mountinfo(&text);
         }
-        let mut out = Vec::with_capacity(hosts.len());
+        let mut out = Vec::with_capacity(hosts.len() + memory.len());
         let mut engine_fs = HashMap::new();
-        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut seen: HashMap<String, FsKind> = HashMap::new();
         for (id, host) in hosts {
             // A path not yet canonicalized (its call is stuck) waits for a later round.
             let fs = host
@@ -484,21 +528,37 @@ impl Worker {
                 .map(|c| filesystem_of(&c, &self.mounts).unwrap_or_else(|| (c.clone(), c)));
             match fs {
                 Some((name, stat_path)) => {
-                    seen.insert(name.clone(), stat_path);
+                    seen.insert(name.clone(), FsKind::Disk { stat_path });
                     engine_fs.insert(id.clone(), name.clone());
                     out.push((id, Some(name)));
                 }
                 None => out.push((id, None)),
             }
         }
+        for (e, mountpoint) in memory {
+            let id = e.engine.container_id.clone();
+            let key = format!("{MEMORY_KEY}{id}:{mountpoint}");
+            seen.insert(
+                key.clone(),
+                FsKind::Memory {
+                    id: id.clone(),
+                    name: e.engine.container_name.clone(),
+                    pid: e.runtime.pid,
+                    mountpoint: mountpoint.clone(),
+                },
+            );
+            engine_fs.insert(id.clone(), key);
+            out.push((id, Some(mountpoint)));
+        }
         self.filesystems.retain(|name, _| seen.contains_key(name));
-        for (name, stat_path) in seen {
+        for (name, kind) in seen {
             self.filesystems
                 .entry(name)
-                .and_modify(|f| f.stat_path.clone_from(&stat_path))
+                .and_modify(|f| f.kind.clone_from(&kind))
                 .or_insert(FsState {
-                    stat_path,
+                    kind,
                     last: None,
+                    memory: None,
                     unreadable: false,
                     episode: None,
                 });
@@ -507,41 +567,107 @@ impl Worker {
         out
     }
 
-    /// Reads one filesystem's free space and starts or ends its episode.
+    /// Reads one filesystem's free space (and for a memory cache its container's memory) and
+    /// starts or ends its episode.
     async fn read(&mut self, name: &str) {
         let Some(fs) = self.filesystems.get_mut(name) else {
             return;
         };
-        let path = fs.stat_path.clone();
-        match self
-            .guarded
-            .run(&fs.stat_path, move || statvfs(&path))
-            .await
-        {
-            Call::Done(Ok(v)) => {
+        let reading = match fs.kind.clone() {
+            FsKind::Disk { stat_path } => {
+                let path = stat_path.clone();
+                match self.guarded.run(&stat_path, move || statvfs(&path)).await {
+                    Call::Done(r) => r.map(|v| (v, None)),
+                    Call::Unavailable => return,
+                }
+            }
+            FsKind::Memory {
+                id,
+                pid,
+                mountpoint,
+                ..
+            } => {
+                let work = {
+                    let (id, mountpoint) = (id.clone(), mountpoint.clone());
+                    move || {
+                        let space = inside::tmpfs_space(pid, &id, &mountpoint)?;
+                        // No cgroup to read (another cgroup namespace, no /sys/fs/cgroup):
+                        // watched by its free space only.
+                        Ok::<_, std::io::Error>((space, inside::memory_use(pid, &id).ok()))
+                    }
+                };
+                match self.guarded.run(name, work).await {
+                    Call::Done(Err(e)) if !fs.unreadable => {
+                        if self.unwatched.first(&id) {
+                            logging::memory_cache_unwatched(&id, &e.to_string());
+                        }
+                        fs.unreadable = true;
+                        return;
+                    }
+                    Call::Done(r) => r,
+                    Call::Unavailable => return,
+                }
+            }
+        };
+        match reading {
+            Ok((v, memory)) => {
                 fs.last = Some(v);
+                fs.memory = memory;
                 fs.unreadable = false;
             }
-            Call::Done(Err(e)) => {
+            Err(e) => {
                 if !fs.unreadable {
                     logging::filesystem_unreadable(name, &e.to_string());
                 }
                 fs.unreadable = true;
                 return;
             }
-            Call::Unavailable => return,
         }
-        let (Some(min_free), Some((avail, size))) = (self.p.min_free, fs.last) else {
+        let Some((avail, size)) = fs.last else {
             return;
         };
-        let threshold = threshold_bytes(min_free, size);
-        if avail < threshold {
+        let threshold = self.p.min_free.map(|m| threshold_bytes(m, size));
+        let low_space = threshold.is_some_and(|t| avail < t);
+        let high_memory = match (&fs.kind, fs.memory, self.p.memory_high) {
+            (FsKind::Memory { .. }, Some(m), Some(high)) => over_memory_high(m, high),
+            _ => false,
+        };
+        if low_space || high_memory {
             if fs.episode.is_none() {
-                logging::pressure_started(name, avail, threshold, &min_free.to_string());
+                match &fs.kind {
+                    FsKind::Disk { .. } => {
+                        let (t, min_free) = (threshold.unwrap_or(0), self.p.min_free);
+                        let text = min_free.map(|m| m.to_string()).unwrap_or_default();
+                        logging::pressure_started(name, avail, t, &text);
+                    }
+                    FsKind::Memory {
+                        id,
+                        name: n,
+                        mountpoint,
+                        ..
+                    } => logging::memory_pressure_started(
+                        id,
+                        n,
+                        mountpoint,
+                        avail,
+                        threshold.filter(|_| low_space),
+                        fs.memory.filter(|_| high_memory),
+                    ),
+                }
                 fs.episode = Some(Episode::default());
             }
         } else if fs.episode.take().is_some() {
-            logging::pressure_resolved(name, avail, threshold);
+            match &fs.kind {
+                FsKind::Disk { .. } => {
+                    logging::pressure_resolved(name, avail, threshold.unwrap_or(0))
+                }
+                FsKind::Memory {
+                    id,
+                    name: n,
+                    mountpoint,
+                    ..
+                } => logging::memory_pressure_resolved(id, n, mountpoint, avail),
+            }
         }
     }
 
@@ -552,8 +678,23 @@ impl Worker {
             .iter()
             .filter_map(|(name, f)| {
                 let (avail, size) = f.last?;
+                let (mountpoint, medium, container) = match &f.kind {
+                    FsKind::Disk { .. } => (name.clone(), CacheMedium::Disk, None),
+                    FsKind::Memory {
+                        id,
+                        name: n,
+                        mountpoint,
+                        ..
+                    } => (
+                        mountpoint.clone(),
+                        CacheMedium::Memory,
+                        Some((id.clone(), n.clone())),
+                    ),
+                };
                 Some(Filesystem {
-                    mountpoint: name.clone(),
+                    mountpoint,
+                    medium,
+                    container,
                     avail_bytes: avail,
                     size_bytes: size,
                     min_free_bytes: self.p.min_free.map(|m| threshold_bytes(m, size)),
@@ -561,11 +702,20 @@ impl Worker {
                 })
             })
             .collect();
+        let memory = self
+            .filesystems
+            .values()
+            .filter_map(|f| match (&f.kind, f.memory) {
+                (FsKind::Memory { id, .. }, Some(m)) => Some((id.clone(), m)),
+                _ => None,
+            })
+            .collect();
         self.p
             .registry
             .send(RegistryCmd::Filesystems {
                 filesystems,
                 mountpoints,
+                memory,
             })
             .await;
     }
@@ -668,17 +818,27 @@ impl Worker {
         if pending {
             return;
         }
-        let last = self.filesystems.get(name).and_then(|f| f.last);
+        let Some(fs) = self.filesystems.get(name) else {
+            return;
+        };
+        let (last, kind) = (fs.last, fs.kind.clone());
         let threshold = self
             .p
             .min_free
             .zip(last)
-            .map(|(m, (_, size))| threshold_bytes(m, size));
-        if let (Some(ep), Some((avail, _)), Some(threshold)) = (self.episode(name), last, threshold)
-        {
+            .map_or(0, |(m, (_, size))| threshold_bytes(m, size));
+        if let (Some(ep), Some((avail, _))) = (self.episode(name), last) {
             if !ep.persists_warned {
                 ep.persists_warned = true;
-                logging::pressure_persists(name, avail, threshold);
+                match kind {
+                    FsKind::Disk { .. } => logging::pressure_persists(name, avail, threshold),
+                    FsKind::Memory {
+                        id,
+                        name,
+                        mountpoint,
+                        ..
+                    } => logging::memory_pressure_persists(&id, &name, &mountpoint, avail),
+                }
             }
         }
     }

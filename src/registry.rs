@@ -15,8 +15,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::model::{
-    id12, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem, HealthStatus, Snapshot,
-    StreamRecord, StreamStatus, Timestamp, TriggerCounters,
+    id12, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem, HealthStatus,
+    MemoryUse, Snapshot, StreamRecord, StreamStatus, Timestamp, TriggerCounters,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{Batch, PersistedEngine, Store};
@@ -137,6 +137,8 @@ pub enum RegistryCmd {
     Filesystems {
         filesystems: Vec<Filesystem>,
         mountpoints: Option<Vec<(String, Option<String>)>>,
+        /// The memory use of every engine whose cache is in memory and could be read.
+        memory: Vec<(String, MemoryUse)>,
     },
 }
 
@@ -642,9 +644,18 @@ impl Registry {
             RegistryCmd::Filesystems {
                 filesystems,
                 mountpoints,
+                memory,
             } => {
                 let mut changed = self.filesystems != filesystems;
                 self.filesystems = filesystems;
+                let memory: HashMap<String, MemoryUse> = memory.into_iter().collect();
+                for e in self.engines.values_mut() {
+                    let m = memory.get(&e.engine.container_id).copied();
+                    if e.memory != m {
+                        e.memory = m;
+                        changed = true;
+                    }
+                }
                 for (id, mp) in mountpoints.into_iter().flatten() {
                     if let Some(e) = self.engines.get_mut(&id) {
                         if e.engine.cache_mountpoint != mp {

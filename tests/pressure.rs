@@ -268,7 +268,24 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 fn fs_series(name: &str, mountpoint: &str) -> String {
-    format!("{name}{{mountpoint=\"{mountpoint}\"}}")
+    format!("{name}{{mountpoint=\"{mountpoint}\",medium=\"disk\"}}")
+}
+
+/// The series of a memory cache's tmpfs (its engine's labels first).
+fn memory_series(name: &str, e: &TestEngine, mountpoint: &str) -> String {
+    format!(
+        "{name}{{container_name=\"{}\",container_id=\"{}\",mountpoint=\"{mountpoint}\",medium=\"memory\"}}",
+        e.name,
+        &e.id[..12]
+    )
+}
+
+fn engine_series(name: &str, e: &TestEngine) -> String {
+    format!(
+        "{name}{{container_name=\"{}\",container_id=\"{}\"}}",
+        e.name,
+        &e.id[..12]
+    )
 }
 
 async fn wait_disk_pressure(agent: &Agent, mountpoint: &str, want: f64) {
@@ -629,9 +646,10 @@ fn mount_of(path: &str) -> String {
 /// SPEC §7 "which disk": a bind mount is on its host source's filesystem, an anonymous volume
 /// on the filesystem of its directory under Docker's root, a cache with no mount on Docker's
 /// root filesystem; a tmpfs container mount (`--tmpfs` or `--mount type=tmpfs`) and `/dev/shm`
-/// are memory: `cache_mountpoint` null, no filesystem series for them.
+/// are memory: `cache_mountpoint` is the tmpfs inside the container, `cache_medium` memory, and
+/// their series carry `medium="memory"` and the engine's labels.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cache_mountpoint_is_the_host_filesystem_and_tmpfs_mounts_are_not_watched() {
+async fn cache_mountpoint_is_the_host_filesystem_or_the_containers_tmpfs() {
     let case = unique_name("pressure-which-disk");
     let tmp = Tmpfs::mount(16);
     let bound = bind(
@@ -682,12 +700,25 @@ async fn cache_mountpoint_is_the_host_filesystem_and_tmpfs_mounts_are_not_watche
             (&bound, Some(&mp)),
             (&plain, Some(&docker_fs)),
             (&volume, Some(&volume_fs)),
-            (&tmpfs_flag, None),
-            (&tmpfs_mount, None),
-            (&shm, None),
+            (&tmpfs_flag, Some(DEFAULT_CACHE_DIR)),
+            (&tmpfs_mount, Some(DEFAULT_CACHE_DIR)),
+            (&shm, Some("/dev/shm")),
         ],
     )
     .await;
+    let list = engines(&agent).await;
+    for e in [&bound, &plain, &volume, &tmpfs_flag, &tmpfs_mount, &shm] {
+        let j = list
+            .iter()
+            .find(|x| x["container_id"] == e.id.as_str())
+            .unwrap();
+        let memory = [&tmpfs_flag.id, &tmpfs_mount.id, &shm.id].contains(&&e.id);
+        assert_eq!(
+            j["cache_medium"],
+            if memory { "memory" } else { "disk" },
+            "{j}"
+        );
+    }
     let list = engines(&agent).await;
     let shm_json = list
         .iter()
@@ -698,14 +729,40 @@ async fn cache_mountpoint_is_the_host_filesystem_and_tmpfs_mounts_are_not_watche
         "/dev/shm/.ACEStream/.acestream_cache"
     );
 
-    // One series per watched filesystem, none for memory.
+    // One series per watched disk, and one per memory cache's tmpfs, with its engine.
     let m = eventually(Duration::from_secs(5), "filesystem series", || async {
         let m = metrics(&agent).await;
-        sample(&m, &fs_series("acestream_filesystem_avail_bytes", &mp))
-            .is_some()
-            .then_some(m)
+        (sample(&m, &fs_series("acestream_filesystem_avail_bytes", &mp)).is_some()
+            && sample(
+                &m,
+                &memory_series("acestream_filesystem_avail_bytes", &shm, "/dev/shm"),
+            )
+            .is_some())
+        .then_some(m)
     })
     .await;
+    for (e, tmpfs) in [
+        (&tmpfs_flag, DEFAULT_CACHE_DIR),
+        (&tmpfs_mount, DEFAULT_CACHE_DIR),
+        (&shm, "/dev/shm"),
+    ] {
+        for family in [
+            "acestream_filesystem_avail_bytes",
+            "acestream_filesystem_size_bytes",
+            "acestream_filesystem_min_free_bytes",
+            "acestream_disk_pressure",
+        ] {
+            let v = sample(&m, &memory_series(family, e, tmpfs));
+            assert!(v.is_some(), "{family} of {}:\n{m}", e.name);
+        }
+        // Docker's default /dev/shm is 64 MiB; the --tmpfs default is half the memory.
+        assert!(
+            sample(
+                &m,
+                &memory_series("acestream_filesystem_size_bytes", e, tmpfs)
+            ) > Some(0.0)
+        );
+    }
     let mut want = vec![mp.clone(), docker_fs.clone(), volume_fs.clone()];
     want.sort();
     want.dedup();
@@ -888,5 +945,149 @@ async fn pressure_off_reports_free_space_and_never_cleans() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(pressure_records(&agent, &e).await.is_empty());
     assert!(d.join("cache.bin").exists());
+    agent.stop().await;
+}
+
+/// Fills `bytes` into the engine's cache from inside the container (zeros: a tmpfs stores
+/// every page written).
+fn fill_in(e: &TestEngine, name: &str, bytes: u64) {
+    e.exec(&[
+        "/usr/bin/busybox",
+        "sh",
+        "-c",
+        r#"head -c "$2" /dev/zero > "$1""#,
+        "sh",
+        &format!("{}/{name}", e.cache_dir),
+        &bytes.to_string(),
+    ]);
+}
+
+/// SPEC §7, caches in memory, with the sweep and the stream-end cleanup off: A's tmpfs
+/// (`--mount type=tmpfs,tmpfs-size=64m`) filled to 94 % is below `min_free = 10%` of it and is
+/// cleaned by pressure alone, while B at 12 % of the same size is left alone; C's tmpfs has
+/// room, but its container (`--memory 128m`) uses more than `memory_high = 50%` of its limit
+/// with the cache charged to it, and is cleaned too, while D at 15 % is left. What the agent
+/// saw is in `/engines` (`cache_medium`, `cache_mountpoint`) and `/metrics` (the tmpfs's free
+/// space, the container's memory use and limit), and said in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_caches_are_cleaned_by_pressure_on_their_tmpfs_and_their_memory_limit() {
+    let case = unique_name("pressure-memory");
+    let tmpfs =
+        |size: &str| format!("type=tmpfs,destination=/home/appuser/.ACEStream,tmpfs-size={size}");
+    let start = |prefix: &str, size: &str, memory: &str| {
+        engine_for(&case, prefix)
+            .docker_arg("--mount")
+            .docker_arg(&tmpfs(size))
+            .docker_arg("--memory")
+            .docker_arg(memory)
+            .start()
+    };
+    let a = start("prs-mem-a", "64m", "256m");
+    let b = start("prs-mem-b", "64m", "256m");
+    let c = start("prs-mem-c", "200m", "128m");
+    let d = start("prs-mem-d", "200m", "128m");
+    for e in [&a, &b, &c, &d] {
+        e.wait_http_ready().await;
+    }
+    fill_in(&a, "live.a", 60 * MIB);
+    fill_in(&b, "live.b", 8 * MIB);
+    fill_in(&c, "live.c", 80 * MIB);
+    fill_in(&d, "live.d", 20 * MIB);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&case, &dir, Some(MinFree::Percent(10.0)));
+    cfg.pressure.memory_high = Some(50.0);
+    let agent = start_agent(cfg).await;
+    let tmp_mp = "/home/appuser/.ACEStream";
+    wait_mountpoints(
+        &agent,
+        &[
+            (&a, Some(tmp_mp)),
+            (&b, Some(tmp_mp)),
+            (&c, Some(tmp_mp)),
+            (&d, Some(tmp_mp)),
+        ],
+    )
+    .await;
+    let ra = wait_records(&agent, &a, 1, "A cleaned for its tmpfs").await;
+    let rc = wait_records(&agent, &c, 1, "C cleaned for its memory limit").await;
+    assert!(ra[0]["freed_bytes"].as_u64() >= Some(60 * MIB), "{}", ra[0]);
+    assert!(rc[0]["freed_bytes"].as_u64() >= Some(80 * MIB), "{}", rc[0]);
+    assert_eq!(a.list_cache(), Vec::<String>::new());
+    assert_eq!(c.list_cache(), Vec::<String>::new());
+    // Several more pressure rounds: B and D are never touched.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (e, file) in [(&b, "live.b"), (&d, "live.d")] {
+        assert_eq!(
+            pressure_records(&agent, e).await,
+            Vec::<Value>::new(),
+            "{}",
+            e.name
+        );
+        assert_eq!(e.list_cache(), vec![file.to_string()], "{}", e.name);
+    }
+    let list = engines(&agent).await;
+    for e in [&a, &b, &c, &d] {
+        let j = list
+            .iter()
+            .find(|x| x["container_id"] == e.id.as_str())
+            .unwrap();
+        assert_eq!(j["cache_medium"], "memory", "{j}");
+    }
+    let m = metrics(&agent).await;
+    let size = |e| {
+        sample(
+            &m,
+            &memory_series("acestream_filesystem_size_bytes", e, tmp_mp),
+        )
+    };
+    assert_eq!(size(&a), Some(64.0 * MIB as f64));
+    assert_eq!(size(&c), Some(200.0 * MIB as f64));
+    assert_eq!(
+        sample(
+            &m,
+            &memory_series("acestream_filesystem_min_free_bytes", &a, tmp_mp)
+        ),
+        Some(((64 * MIB) as f64 / 10.0).ceil())
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &engine_series("acestream_engine_memory_limit_bytes", &c)
+        ),
+        Some(128.0 * MIB as f64)
+    );
+    // D's cache is charged to its container: at least the 20 MiB written, below the limit.
+    let used = sample(
+        &m,
+        &engine_series("acestream_engine_memory_usage_bytes", &d),
+    )
+    .unwrap();
+    assert!(
+        (20.0 * MIB as f64..64.0 * MIB as f64).contains(&used),
+        "{used}"
+    );
+    for e in [&a, &b, &c, &d] {
+        assert_eq!(
+            sample(&m, &memory_series("acestream_disk_pressure", e, tmp_mp)),
+            Some(0.0),
+            "{}: the pressure is over",
+            e.name
+        );
+    }
+    let said =
+        |e: &TestEngine| log_lines(&["Memory pressure on /home/appuser/.ACEStream", &e.id[..12]]);
+    assert!(
+        said(&a).iter().any(|l| l.contains("free on its tmpfs")),
+        "{:?}",
+        said(&a)
+    );
+    assert!(
+        said(&c)
+            .iter()
+            .any(|l| l.contains("of its 128.00 MB memory limit")),
+        "{:?}",
+        said(&c)
+    );
+    assert!(said(&b).is_empty() && said(&d).is_empty());
     agent.stop().await;
 }
