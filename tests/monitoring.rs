@@ -498,6 +498,7 @@ fn alert_rules_pass_promtool_check() {
             "AcestreamEngineUnhealthy",
             "AcestreamDiskPressureUnresolved",
             "AcestreamFilesystemFillingUp",
+            "AcestreamMemoryCacheNearLimit",
         ]
     );
     assert!(
@@ -839,6 +840,7 @@ fn dashboard_has_the_panels_operators_need() {
     // Disk (SPEC §7): free space against the threshold per filesystem, pressure episodes, and
     // the live caches stacked.
     assert!(rows.contains(&"Disk"), "rows: {rows:?}");
+    assert!(rows.contains(&"Memory caches"), "the Disk row's memory twin: {rows:?}");
     for (t, metrics) in [
         (
             "Free space vs threshold, by filesystem",
@@ -862,6 +864,24 @@ fn dashboard_has_the_panels_operators_need() {
         (
             "Cache operations per hour, by method",
             vec!["acestream_agent_cache_operations_total"],
+        ),
+        (
+            "Memory cache free space vs threshold, by engine",
+            vec![
+                "acestream_filesystem_avail_bytes",
+                "acestream_filesystem_min_free_bytes",
+            ],
+        ),
+        (
+            "Container memory vs limit, by engine",
+            vec![
+                "acestream_engine_memory_usage_bytes",
+                "acestream_engine_memory_limit_bytes",
+            ],
+        ),
+        (
+            "Memory pressure, by engine",
+            vec!["acestream_disk_pressure"],
         ),
     ] {
         let got = metric_of(t);
@@ -1446,7 +1466,7 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
             "Cleanup failures per hour, by engine/A",
             check(|r, _| ensure(r.is_empty(), || format!("{r:?}"))),
         ),
-        // Both engines keep their cache in their container's own filesystem: one filesystem,
+        // The idle engine keeps its cache in its container's own filesystem: one disk,
         // Docker's root, with pressure.min_free = 1 byte and so never under pressure.
         (
             "Free space vs threshold, by filesystem/A",
@@ -1459,6 +1479,48 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
         (
             "Disk pressure, by filesystem/A",
             one_filesystem(|v| v == 0.0),
+        ),
+        // The streaming engine's tmpfs: 256 MiB, far from full, and its container far from
+        // its 512 MiB limit.
+        (
+            "Memory cache free space vs threshold, by engine/A",
+            per_engine(&[Who::Streaming], None, |_, s, _| {
+                ensure(s.label("mountpoint") == "/home/appuser/.ACEStream", || {
+                    format!("{:?}", s.labels)
+                })?;
+                ensure(
+                    (128.0 * 1048576.0..=256.0 * 1048576.0).contains(&s.value),
+                    || format!("{} bytes free", s.value),
+                )
+            }),
+        ),
+        (
+            "Memory cache free space vs threshold, by engine/B",
+            per_engine(&[Who::Streaming], None, |_, s, _| {
+                ensure(s.value == 1.0, || format!("min_free {}", s.value))
+            }),
+        ),
+        (
+            "Container memory vs limit, by engine/A",
+            per_engine(&[Who::Streaming], None, |_, s, _| {
+                ensure(s.value > 0.0 && s.value < 256.0 * 1048576.0, || {
+                    format!("{} bytes used", s.value)
+                })
+            }),
+        ),
+        (
+            "Container memory vs limit, by engine/B",
+            per_engine(&[Who::Streaming], None, |_, s, _| {
+                ensure(s.value == 512.0 * 1048576.0, || {
+                    format!("limit {}", s.value)
+                })
+            }),
+        ),
+        (
+            "Memory pressure, by engine/A",
+            per_engine(&[Who::Streaming], None, |_, s, _| {
+                ensure(s.value == 0.0, || format!("pressure {}", s.value))
+            }),
         ),
         (
             "Live cache per engine, stacked/A",
@@ -1531,6 +1593,12 @@ fn alert_expectations() -> Vec<(&'static str, Check)> {
             "AcestreamDiskPressureUnresolved",
             one_filesystem(|v| v == 0.0),
         ),
+        (
+            "AcestreamMemoryCacheNearLimit",
+            per_engine(&[Who::Streaming], None, |_, s, _| {
+                ensure(s.value == 0.0, || format!("pressure {}", s.value))
+            }),
+        ),
         // Needs 30 minutes of history before it extrapolates: empty in a fresh run (its
         // selector is still checked against the live series).
         (
@@ -1572,9 +1640,15 @@ async fn every_panel_and_alert_query_returns_engine_series_from_real_prometheus(
         .name_prefix("mon-idle")
         .label(CASE_LABEL, &case)
         .start();
+    // The streaming engine keeps its cache in memory (a tmpfs, under a memory limit), so the
+    // memory panels and alert have a series to show.
     let streaming = TestEngine::builder()
         .name_prefix("mon-stream")
         .label(CASE_LABEL, &case)
+        .docker_arg("--mount")
+        .docker_arg("type=tmpfs,destination=/home/appuser/.ACEStream,tmpfs-size=256m")
+        .docker_arg("--memory")
+        .docker_arg("512m")
         .start();
     idle.wait_http_ready().await;
     streaming.wait_http_ready().await;
