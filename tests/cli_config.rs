@@ -205,6 +205,7 @@ path = "/var/lib/from-file/state.redb"
     assert_eq!(str_of("cleanup", "exec_timeout"), "1m");
     assert_eq!(str_of("store", "retention"), "7d");
     assert_eq!(str_of("pressure", "min_free"), "10%");
+    assert_eq!(str_of("pressure", "memory_high"), "90%");
 
     // check-config only reads: no store file, no directory for it.
     assert!(
