@@ -373,7 +373,6 @@ pub fn read_file_argv(path: &str) -> Vec<String> {
 
 /// Free and total space of the tmpfs at `mountpoint` inside the container (statvfs on the
 /// directory opened inside its root).
-#[allow(clippy::unnecessary_cast)] // the statvfs field types differ between targets
 pub fn tmpfs_space(pid: u32, container_id: &str, mountpoint: &str) -> io::Result<(u64, u64)> {
     let root = root(pid, container_id)?;
     let rel = mountpoint.trim_start_matches('/');
@@ -390,15 +389,21 @@ pub fn tmpfs_space(pid: u32, container_id: &str, mountpoint: &str) -> io::Result
     if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut s) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(space(&s))
+}
+
+/// (available to unprivileged users, size) in bytes of a statvfs result.
+#[allow(clippy::unnecessary_cast)] // the statvfs field types differ between targets
+pub fn space(s: &libc::statvfs) -> (u64, u64) {
     let unit = if s.f_frsize > 0 {
         s.f_frsize
     } else {
         s.f_bsize
     } as u64;
-    Ok((
+    (
         (s.f_bavail as u64).saturating_mul(unit),
         (s.f_blocks as u64).saturating_mul(unit),
-    ))
+    )
 }
 
 /// The container's memory use and limit from its cgroup, found from its `/proc/<pid>/cgroup`

@@ -194,7 +194,6 @@ pub fn eligible<'a>(
 // ---------------------------------------------------------------------------------------------
 
 /// Space available to unprivileged users and size of the filesystem holding `path`, in bytes.
-#[allow(clippy::unnecessary_cast)] // the statvfs field types differ between targets
 pub fn statvfs(path: &str) -> std::io::Result<(u64, u64)> {
     let c = CString::new(path)?;
     // SAFETY: an all-zero statvfs is a valid value of this plain C struct; the call fills it
@@ -203,15 +202,7 @@ pub fn statvfs(path: &str) -> std::io::Result<(u64, u64)> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let unit = if s.f_frsize > 0 {
-        s.f_frsize
-    } else {
-        s.f_bsize
-    } as u64;
-    Ok((
-        (s.f_bavail as u64).saturating_mul(unit),
-        (s.f_blocks as u64).saturating_mul(unit),
-    ))
+    Ok(inside::space(&s))
 }
 
 /// `path` with symlinks resolved as far as the agent may look (a directory it cannot search

@@ -27,15 +27,20 @@ async fn healthy(case: &Case, e: &TestEngine) -> Value {
     .await
 }
 
-/// A manual cleanup that frees what the cache held; the record.
-async fn cleaned(case: &Case, e: &TestEngine) -> Value {
-    let (status, body) = http_post(
+/// `POST /engines/{id}/cleanup`: status and body.
+async fn manual_cleanup(case: &Case, e: &TestEngine) -> (u16, String) {
+    http_post(
         case.agent.addr,
         &format!("/engines/{}/cleanup", e.id),
         "",
         &[],
     )
-    .await;
+    .await
+}
+
+/// A manual cleanup that frees what the cache held; the record.
+async fn cleaned(case: &Case, e: &TestEngine) -> Value {
+    let (status, body) = manual_cleanup(case, e).await;
     assert_eq!(status, 200, "{}: {body}", e.name);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert!(v["freed_bytes"].as_u64() >= Some(10_000), "{v}");
@@ -168,13 +173,7 @@ async fn dangerous_flag_values_are_refused_and_nothing_is_deleted() {
             err.starts_with(&format!("invalid {flag} on the engine's command line")),
             "{v}"
         );
-        let (status, body) = http_post(
-            case.agent.addr,
-            &format!("/engines/{}/cleanup", e.id),
-            "",
-            &[],
-        )
-        .await;
+        let (status, body) = manual_cleanup(&case, e).await;
         assert_eq!(status, 409, "{body}");
         assert!(body.contains("is not cleaned"), "{body}");
     }

@@ -840,7 +840,10 @@ fn dashboard_has_the_panels_operators_need() {
     // Disk (SPEC §7): free space against the threshold per filesystem, pressure episodes, and
     // the live caches stacked.
     assert!(rows.contains(&"Disk"), "rows: {rows:?}");
-    assert!(rows.contains(&"Memory caches"), "the Disk row's memory twin: {rows:?}");
+    assert!(
+        rows.contains(&"Memory caches"),
+        "the Disk row's memory twin: {rows:?}"
+    );
     for (t, metrics) in [
         (
             "Free space vs threshold, by filesystem",
