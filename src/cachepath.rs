@@ -42,8 +42,6 @@ pub struct Inputs {
     pub config_path: String,
     /// `$HOME` of the engine's process (or the container's user).
     pub home: Option<String>,
-    /// The engine's working directory, for relative flag values.
-    pub workdir: String,
 }
 
 /// What to ask the container.
@@ -74,38 +72,28 @@ fn join(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
 }
 
-/// `p` made absolute against `workdir` and normalised lexically (`.`, `..`, `//`).
-fn absolute(p: &str, workdir: &str) -> String {
-    let full = if p.starts_with('/') {
-        p.to_string()
-    } else {
-        join(if workdir.is_empty() { "/" } else { workdir }, p)
-    };
-    let mut parts: Vec<&str> = vec![];
-    for c in full.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
+/// A flag's value as a path: refused like a cache path when it is not one (`/`, `/etc`, ...),
+/// when the shell computes it as the engine starts (`$(…)`, `$PWD`: unknown here), and when it
+/// is relative (relative to the engine's working directory, which the image's `WorkingDir`
+/// need not be: `--cache-dir .` could be the engine's own install).
+fn flag_path(flag: &str, value: &str) -> Result<String, String> {
+    let shown = value.replace(crate::cmdline::UNKNOWN, "…");
+    let invalid = |m: String| format!("invalid {flag} on the engine's command line: {m}");
+    if value.contains(crate::cmdline::UNKNOWN) {
+        return Err(invalid(format!(
+            "{shown:?} is computed by the shell when the engine starts; name the cache with the \
+             acestream.cache_path label"
+        )));
     }
-    format!("/{}", parts.join("/"))
-}
-
-/// A flag's value as a path: refused like a cache path when it is not one (`/`, `/etc`, ...).
-fn flag_path(flag: &str, value: &str, workdir: &str) -> Result<String, String> {
-    // A relative value is relative to the engine's working directory; anything else must
-    // already be a clean absolute path, as the config value must.
-    let p = if value.starts_with('/') {
-        value.to_string()
-    } else {
-        absolute(value, workdir)
-    };
-    validate_cache_path(&p)
-        .map(|()| p)
-        .map_err(|m| format!("invalid {flag} on the engine's command line: {m}"))
+    if !value.starts_with('/') {
+        return Err(invalid(format!(
+            "{shown:?} is relative to the engine's working directory; name the cache with the \
+             acestream.cache_path label"
+        )));
+    }
+    validate_cache_path(value)
+        .map(|()| value.to_string())
+        .map_err(invalid)
 }
 
 fn home_cache(home: &str) -> String {
@@ -123,14 +111,14 @@ fn plan(i: &Inputs) -> Plan {
         );
     }
     if let Some(dir) = &i.args.cache_dir {
-        return match flag_path("--cache-dir", dir, &i.workdir) {
+        return match flag_path("--cache-dir", dir) {
             Ok(d) => Plan::CacheDir(d),
             Err(e) => Plan::Fixed(Err(e), CachePathSource::CommandLine),
         };
     }
     if let Some(dir) = &i.args.state_dir {
         return Plan::Fixed(
-            flag_path("--state-dir", dir, &i.workdir).map(|d| join(&d, CACHE_DIR)),
+            flag_path("--state-dir", dir).map(|d| join(&d, CACHE_DIR)),
             CachePathSource::CommandLine,
         );
     }
@@ -156,8 +144,15 @@ fn with_state_dir(path: &str) -> Vec<String> {
     v
 }
 
-/// The questions for [`choose`]: every path it may pick, and what would make it apply.
+/// The questions for [`choose`]: every path it may pick, and what would make it apply (never a
+/// path with control characters: refused as a cache path anyway, and the answers are lines).
 pub fn questions(i: &Inputs) -> Questions {
+    let mut q = ask(i);
+    q.paths.retain(|p| !p.chars().any(char::is_control));
+    q
+}
+
+fn ask(i: &Inputs) -> Questions {
     let mut q = Questions::default();
     match plan(i) {
         Plan::Fixed(Ok(p), _) => q.paths.push(p),
@@ -201,15 +196,26 @@ pub fn choose(i: &Inputs, q: &Questions, f: &Facts, mounts: &[Mount]) -> (CacheC
     };
     let (path, source, settled) = match plan(i) {
         Plan::Fixed(Err(e), source) => {
+            // What was refused, as written (an unknown part shown as `…`).
+            let named = match source {
+                CachePathSource::Label => i.label.clone(),
+                _ => i
+                    .args
+                    .cache_dir
+                    .clone()
+                    .or_else(|| i.args.state_dir.clone()),
+            };
             return (
                 CacheChoice {
-                    path: i.label.clone().unwrap_or_default(),
+                    path: named
+                        .unwrap_or_default()
+                        .replace(crate::cmdline::UNKNOWN, "…"),
                     source,
                     error: Some(e),
                     medium: CacheMedium::Disk,
                 },
                 true,
-            )
+            );
         }
         Plan::Fixed(Ok(p), source) => (p, source, true),
         Plan::CacheDir(d) => {
@@ -217,7 +223,10 @@ pub fn choose(i: &Inputs, q: &Questions, f: &Facts, mounts: &[Mount]) -> (CacheC
             if exists(&inner) {
                 (inner, CachePathSource::CommandLine, true)
             } else {
-                (d, CachePathSource::CommandLine, f.paths.is_empty())
+                // Settled once the engine has made DIR without an `.acestream_cache` in it:
+                // it caches straight into DIR.
+                let settled = exists(&d);
+                (d, CachePathSource::CommandLine, settled)
             }
         }
         Plan::Search => 'search: {
@@ -352,7 +361,6 @@ mod tests {
         Inputs {
             config_path: CONFIG.into(),
             home: Some("/root".into()),
-            workdir: "/".into(),
             ..Inputs::default()
         }
     }
@@ -480,15 +488,16 @@ mod tests {
                 true
             )
         );
-        // Relative to the engine's working directory.
-        let mut rel = cache_dir("cache");
-        rel.workdir = "/opt/ace".into();
-        assert_eq!(pick(&rel, &[]).0.path, "/opt/ace/cache");
         for (flag, value) in [
             ("--cache-dir", "/"),
             ("--cache-dir", "/tmp"),
             ("--state-dir", "/etc"),
             ("--cache-dir", "/a/../etc"),
+            // Relative, or computed by the shell: not known to be the engine's cache.
+            ("--cache-dir", "."),
+            ("--cache-dir", "cache"),
+            ("--cache-dir", "\u{0}/data"),
+            ("--state-dir", "../x"),
         ] {
             let mut i = inputs();
             if flag == "--cache-dir" {

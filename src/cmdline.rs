@@ -26,8 +26,20 @@ impl EngineArgs {
     }
 }
 
+/// Stands for a part of a word whose value cannot be known without running the shell (a
+/// command substitution, a variable the environment given does not hold): a flag value that
+/// contains it is not a path the agent may use (`cachepath` refuses it).
+pub const UNKNOWN: char = '\u{0}';
+
+/// Variables the shell sets itself.
+const SHELL_VARIABLES: &[&str] = &[
+    "PWD", "OLDPWD", "RANDOM", "PPID", "LINENO", "SECONDS", "UID", "EUID", "HOSTNAME", "IFS",
+];
+
 /// `@file` arguments are expanded this many levels deep (a file naming another file).
 const MAX_FILE_DEPTH: usize = 3;
+/// Argument files read for one command line at most.
+const MAX_FILES: usize = 16;
 /// More arguments than this (after expansion) are not looked at.
 const MAX_ARGS: usize = 4096;
 
@@ -114,7 +126,22 @@ pub fn expand_arg_files(
     read: &mut dyn FnMut(&str) -> Option<String>,
 ) -> (Vec<String>, Vec<String>) {
     let mut asked = vec![];
-    let out = expand(argv, read, 0, &mut asked);
+    // Each file is read once, and at most `MAX_FILES` of them: a file named many times, or
+    // files naming each other, cost no more.
+    let mut texts: std::collections::HashMap<String, Option<String>> = Default::default();
+    let mut once = |p: &str| -> Option<String> {
+        if let Some(t) = texts.get(p) {
+            return t.clone();
+        }
+        if texts.len() >= MAX_FILES {
+            return None;
+        }
+        let t = read(p);
+        texts.insert(p.to_string(), t.clone());
+        t
+    };
+    let out = expand(argv, &mut once, 0, &mut asked);
+    asked.dedup();
     (out, asked)
 }
 
@@ -126,7 +153,7 @@ fn expand(
 ) -> Vec<String> {
     let mut out = vec![];
     for a in argv {
-        if out.len() >= MAX_ARGS {
+        if out.len() >= MAX_ARGS || asked.len() >= MAX_ARGS {
             break;
         }
         match a.strip_prefix('@') {
@@ -312,12 +339,14 @@ impl Lexer<'_> {
                     }
                 }
                 '`' => {
-                    // A command substitution is not run.
+                    // A command substitution is not run: its value is unknown.
                     self.i += 1;
                     while self.peek().is_some_and(|c| c != '`') {
                         self.i += 1;
                     }
                     self.i += 1;
+                    self.cur.push(UNKNOWN);
+                    self.has_word = true;
                 }
                 c => {
                     self.has_word = true;
@@ -357,7 +386,8 @@ impl Lexer<'_> {
                 vec![self.braced(&inner)]
             }
             Some('(') => {
-                // `$(…)` (command substitution) or `$((…))` (arithmetic): not evaluated.
+                // `$(…)` (command substitution) or `$((…))` (arithmetic): not evaluated, so
+                // its value is unknown.
                 let mut depth = 0;
                 while let Some(c) = self.peek() {
                     self.i += 1;
@@ -372,7 +402,7 @@ impl Lexer<'_> {
                         _ => {}
                     }
                 }
-                vec![]
+                vec![UNKNOWN.to_string()]
             }
             Some('@') | Some('*') => {
                 self.i += 1;
@@ -392,14 +422,24 @@ impl Lexer<'_> {
                     self.i += 1;
                 }
                 let name: String = self.chars[start..self.i].iter().collect();
-                vec![(self.env)(&name).unwrap_or_default()]
+                vec![self.variable(&name)]
             }
-            // `$?`, `$$`, `$#`, `$!`, `$-`: nothing the engine's flags depend on.
+            // `$?`, `$$`, `$#`, `$!`, `$-`: the shell's own, unknown here.
             Some('?' | '$' | '#' | '!' | '-') => {
                 self.i += 1;
-                vec![]
+                vec![UNKNOWN.to_string()]
             }
             _ => vec!["$".to_string()],
+        }
+    }
+
+    /// A variable's value: from the environment given; the shell's own variables (`$PWD`,
+    /// `$RANDOM`, ...) are unknown unless the environment has them.
+    fn variable(&self, name: &str) -> String {
+        match (self.env)(name) {
+            Some(v) => v,
+            None if SHELL_VARIABLES.contains(&name) => UNKNOWN.to_string(),
+            None => String::new(),
         }
     }
 
@@ -414,8 +454,11 @@ impl Lexer<'_> {
             self.positional
                 .get(name.parse::<usize>().unwrap_or(usize::MAX))
                 .cloned()
+        } else if name.is_empty() {
+            Some(UNKNOWN.to_string())
         } else {
             (self.env)(name)
+                .or_else(|| SHELL_VARIABLES.contains(&name).then(|| UNKNOWN.to_string()))
         };
         let word = |w: &str| {
             let env = self.env;
@@ -443,22 +486,26 @@ pub struct Process {
 }
 
 /// The words a process runs with: its argv, or, for `sh -c SCRIPT`, the script's words with
-/// its variables expanded from `env` (that shell may not have started the engine yet).
-pub fn effective_argv(argv: &[String], env: &[String]) -> Vec<String> {
+/// its variables expanded from `env` (that shell may not have started the engine yet). With
+/// `env_complete`, `env` is the shell's whole environment and an unset variable is empty, as
+/// the shell has it; otherwise (the image's `Env`, which the process may extend, or an
+/// environment that could not be read) an unset variable is [`UNKNOWN`].
+pub fn effective_argv(argv: &[String], env: &[String], env_complete: bool) -> Vec<String> {
     match shell_script(argv) {
         Some((script, positional)) => {
             let lookup = |name: &str| -> Option<String> {
-                env.iter().rev().find_map(|kv| {
-                    kv.split_once('=')
-                        .filter(|(k, _)| *k == name)
-                        .map(|(_, v)| v.to_string())
-                })
+                env.iter()
+                    .rev()
+                    .find_map(|kv| {
+                        kv.split_once('=')
+                            .filter(|(k, _)| *k == name)
+                            .map(|(_, v)| v.to_string())
+                    })
+                    .or_else(|| (!env_complete).then(|| UNKNOWN.to_string()))
             };
-            let mut words = shell_words(script, &lookup, positional);
-            // The shell's own arguments after the script are `$0 $1 …`: flags there reach
-            // the engine through `"$@"`.
-            words.extend(positional.iter().skip(1).cloned());
-            words
+            // The shell's own arguments after the script are `$0 $1 …`: they reach the engine
+            // only through `"$@"` (or `$1`…), which the words expand.
+            shell_words(script, &lookup, positional)
         }
         None => argv.to_vec(),
     }
@@ -488,7 +535,7 @@ pub fn pick_engine(
     read: &mut dyn FnMut(&str) -> Option<String>,
 ) -> Option<(usize, EngineArgs)> {
     processes.iter().enumerate().rev().find_map(|(i, p)| {
-        let words = effective_argv(&p.argv, &p.env);
+        let words = effective_argv(&p.argv, &p.env, !p.env.is_empty());
         let (words, _) = expand_arg_files(&words, read);
         let args = parse_flags(&words);
         (!args.is_empty()).then_some((i, args))
@@ -503,7 +550,7 @@ pub fn from_image(
     env: &[String],
     read: &mut dyn FnMut(&str) -> Option<String>,
 ) -> EngineArgs {
-    let words = effective_argv(&image_argv(entrypoint, cmd), env);
+    let words = effective_argv(&image_argv(entrypoint, cmd), env, false);
     let (words, _) = expand_arg_files(&words, read);
     parse_flags(&words)
 }
@@ -620,12 +667,26 @@ mod tests {
             Some(7001),
             "the later flag wins"
         );
-        // A file naming itself stops after a few levels.
-        let (words, asked) = expand_arg_files(&v(&["@/loop"]), &mut read);
+        // A file naming itself stops after a few levels, and is read once.
+        let mut reads = 0;
+        let mut counting = |p: &str| {
+            reads += 1;
+            read(p)
+        };
+        let (words, asked) = expand_arg_files(&v(&["@/loop"]), &mut counting);
         assert!(
-            words.len() <= 1 && asked.len() == MAX_FILE_DEPTH,
+            words.len() <= 1 && asked == ["/loop"],
             "{words:?} {asked:?}"
         );
+        assert_eq!(reads, 1);
+        // Many lines naming many files: at most MAX_FILES reads.
+        let mut reads = 0;
+        let mut fan = |p: &str| {
+            reads += 1;
+            Some((0..1000).map(|i| format!("@{p}{i}\n")).collect::<String>())
+        };
+        let (_, asked) = expand_arg_files(&v(&["@/f"]), &mut fan);
+        assert!(reads <= MAX_FILES, "{reads} reads, {} asked", asked.len());
     }
 
     #[test]
@@ -672,7 +733,21 @@ mod tests {
             w("printf x > /tmp/f; exec /e.sh @/tmp/f # --http-port 1"),
             v(&["printf", "x", "/tmp/f", "exec", "/e.sh", "@/tmp/f"])
         );
-        assert_eq!(w("a $(cat /args.txt) `id` $((1+2)) b"), v(&["a", "b"]));
+        let u = UNKNOWN.to_string();
+        assert_eq!(
+            w("a $(cat /args.txt) `id` $((1+2)) b --cache-dir \"$(pwd)/data\" $PWD/x"),
+            v(&[
+                "a",
+                &u,
+                &u,
+                &u,
+                "b",
+                "--cache-dir",
+                &format!("{u}/data"),
+                &format!("{u}/x")
+            ]),
+            "what the shell would compute is unknown, never empty"
+        );
         assert_eq!(w("\"\" x"), v(&["", "x"]));
         assert_eq!(
             shell_words("x \"$@\" $1", &no_env, &v(&["sh", "--http-port", "5"])),

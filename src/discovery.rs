@@ -187,40 +187,58 @@ fn env_value(env: &[String], key: &str) -> Option<String> {
     })
 }
 
-/// What the host sees of an engine container's command line.
-struct HostArgs {
-    /// The flags as its processes run them; `None`: no process names one.
-    process: Option<EngineArgs>,
-    /// The flags of the image's command line (`image_words`), argument files read inside.
-    image: EngineArgs,
-    /// `$HOME` of the engine process, or of the main one.
-    home: Option<String>,
+/// What the host sees of an engine container's processes.
+struct HostRead {
+    processes: Vec<cmdline::Process>,
+    /// The argument files their command lines (and the image's) name, as read through the
+    /// container's root: `None` for one that could not be read.
+    files: HashMap<String, Option<String>>,
+    /// The container's root could be opened (else the files are for `docker exec` to read:
+    /// `/proc/<pid>/cmdline` is readable without the privilege `root` needs).
+    root: bool,
 }
 
-/// Reads the container's processes and argument files from the host. Blocking.
-fn host_args(
+/// Reads the container's processes and the argument files they name from the host. Blocking.
+fn host_read(
     pid: u32,
     id: &str,
     workdir: &str,
     image_words: &[String],
-) -> Result<HostArgs, String> {
-    let procs = inside::processes(pid, id).map_err(|e| e.to_string())?;
+) -> Result<HostRead, String> {
+    let processes = inside::processes(pid, id).map_err(|e| e.to_string())?;
     let root = inside::root(pid, id).ok();
+    let mut files = HashMap::new();
     let mut read = |p: &str| {
-        root.as_ref()
-            .and_then(|r| inside::read_file(r, p, workdir).ok())
+        let text = root
+            .as_ref()
+            .and_then(|r| inside::read_file(r, p, workdir).ok());
+        files.insert(p.to_string(), text.clone());
+        text
     };
-    let found = cmdline::pick_engine(&procs, &mut read);
+    cmdline::pick_engine(&processes, &mut read);
+    cmdline::expand_arg_files(image_words, &mut read);
+    Ok(HostRead {
+        processes,
+        files,
+        root: root.is_some(),
+    })
+}
+
+/// The flags of the engine's processes (`None`: none names one) and of the image's command
+/// line, with argument files from `files`, and `$HOME` of the engine process (or the main one).
+fn args_from(
+    processes: &[cmdline::Process],
+    image_words: &[String],
+    files: &HashMap<String, Option<String>>,
+) -> (Option<EngineArgs>, EngineArgs, Option<String>) {
+    let mut read = |p: &str| files.get(p).cloned().flatten();
+    let found = cmdline::pick_engine(processes, &mut read);
     let home = found
         .as_ref()
-        .and_then(|(i, _)| env_value(&procs[*i].env, "HOME"))
-        .or_else(|| procs.first().and_then(|p| env_value(&p.env, "HOME")));
+        .and_then(|(i, _)| env_value(&processes[*i].env, "HOME"))
+        .or_else(|| processes.first().and_then(|p| env_value(&p.env, "HOME")));
     let (words, _) = cmdline::expand_arg_files(image_words, &mut read);
-    Ok(HostArgs {
-        process: found.map(|(_, a)| a),
-        image: cmdline::parse_flags(&words),
-        home,
-    })
+    (found.map(|(_, a)| a), cmdline::parse_flags(&words), home)
 }
 
 /// The image name and labels of a container, from its inspect data.
@@ -433,6 +451,9 @@ struct Learned {
     settled: bool,
 }
 
+/// Argument files of one container read through `docker exec` at most.
+const MAX_EXEC_FILES: usize = 16;
+
 /// Deadline of the host-side reads of one container (its /proc, its root).
 const HOST_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -535,28 +556,38 @@ impl Inspector {
         // From the host: the processes themselves, their argument files, the container's
         // root. Not visible (the agent in a pid namespace of its own, no privilege): the image.
         let image_words =
-            cmdline::effective_argv(&cmdline::image_argv(&entrypoint, &cmd), &image_env);
+            cmdline::effective_argv(&cmdline::image_argv(&entrypoint, &cmd), &image_env, false);
         let host = {
             let (id, workdir, words) = (id.clone(), workdir.clone(), image_words.clone());
-            let work = tokio::task::spawn_blocking(move || host_args(pid, &id, &workdir, &words));
+            let work = tokio::task::spawn_blocking(move || host_read(pid, &id, &workdir, &words));
             match tokio::time::timeout(HOST_READ_TIMEOUT, work).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("reading the container's processes timed out".to_string()),
             }
         };
+        let host = match host {
+            // The processes are visible but not the container's root (no CAP_SYS_PTRACE):
+            // their argument files are read through `docker exec`.
+            Ok(mut h) if !h.root => {
+                let words: Vec<Vec<String>> = h
+                    .processes
+                    .iter()
+                    .map(|p| cmdline::effective_argv(&p.argv, &p.env, !p.env.is_empty()))
+                    .chain([image_words.clone()])
+                    .collect();
+                h.files.clear();
+                self.fetch_files(&id, &words, &mut h.files).await;
+                Ok(h)
+            }
+            r => r,
+        };
         let (args, home, settled_args, from_host) = match host {
-            Ok(HostArgs {
-                process: Some(args),
-                home,
-                ..
-            }) => (args, home, true, true),
-            // No process names a flag (yet: a wrapper may not have started the engine).
-            Ok(HostArgs {
-                process: None,
-                image,
-                home,
-            }) => (image, home, false, true),
+            Ok(h) => match args_from(&h.processes, &image_words, &h.files) {
+                (Some(args), _, home) => (args, home, true, true),
+                // No process names a flag (yet: a wrapper may not have started the engine).
+                (None, image, home) => (image, home, false, true),
+            },
             Err(why) => {
                 debug!(container_id = %short, reason = %why,
                     "the engine's processes are not visible from the host; reading its image's command line");
@@ -571,7 +602,6 @@ impl Inspector {
             home: home
                 .or(env_home)
                 .or_else(|| root_user.then(|| "/root".to_string())),
-            workdir,
         };
         let mut q = cachepath::questions(&inputs);
         let facts = if from_host {
@@ -620,28 +650,41 @@ impl Inspector {
     /// The flags of the image's `Entrypoint` + `Cmd` (`words`, variables expanded), its
     /// argument files read inside the container by `docker exec`.
     async fn image_args(&self, id: &str, words: &[String]) -> EngineArgs {
-        let words = words.to_vec();
-        // Argument files are fetched as they are named (a file may name another), then the
-        // words are expanded from what was fetched.
-        let mut files: HashMap<String, Option<String>> = HashMap::new();
+        let mut files = HashMap::new();
+        self.fetch_files(id, &[words.to_vec()], &mut files).await;
+        let (words, _) = cmdline::expand_arg_files(words, &mut |p| files.get(p).cloned().flatten());
+        cmdline::parse_flags(&words)
+    }
+
+    /// Reads through `docker exec` the argument files these command lines name, as they are
+    /// named (a file may name another), at most `MAX_EXEC_FILES` of them.
+    async fn fetch_files(
+        &self,
+        id: &str,
+        word_lists: &[Vec<String>],
+        files: &mut HashMap<String, Option<String>>,
+    ) {
         for _ in 0..4 {
-            let (_, asked) =
-                cmdline::expand_arg_files(&words, &mut |p| files.get(p).cloned().flatten());
-            let new: Vec<String> = asked
-                .into_iter()
-                .filter(|p| !files.contains_key(p))
-                .collect();
+            let mut new: Vec<String> = vec![];
+            for words in word_lists {
+                let (_, asked) =
+                    cmdline::expand_arg_files(words, &mut |p| files.get(p).cloned().flatten());
+                new.extend(asked.into_iter().filter(|p| !files.contains_key(p)));
+            }
+            new.sort();
+            new.dedup();
             if new.is_empty() {
-                break;
+                return;
             }
             for p in new {
-                let text = self.exec_read(id, &p).await;
+                let text = if files.len() < MAX_EXEC_FILES {
+                    self.exec_read(id, &p).await
+                } else {
+                    None
+                };
                 files.insert(p, text);
             }
         }
-        let (words, _) =
-            cmdline::expand_arg_files(&words, &mut |p| files.get(p).cloned().flatten());
-        cmdline::parse_flags(&words)
     }
 
     async fn exec_read(&self, id: &str, path: &str) -> Option<String> {
@@ -764,7 +807,7 @@ impl Inspector {
     pub async fn list(&self) -> Result<Vec<DiscoveredEngine>, DockerError> {
         let summaries = self.docker.list_running().await?;
         let matcher = &self.matcher;
-        let mut out = vec![];
+        let mut ids = vec![];
         for s in summaries {
             let Some(id) = s.id else { continue };
             // Cheap pre-filter on the list's own labels and image before an inspect per container.
@@ -779,11 +822,23 @@ impl Inspector {
             if !name_unknown && !matcher.is_engine(image, &labels) {
                 continue;
             }
-            match self.docker.inspect(&id).await {
-                Ok(c) => out.extend(self.engine(&c).await),
-                Err(DockerError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            ids.push(id);
+        }
+        // Several at once: reading a container (its /proc, or its image's files by exec where
+        // /proc is not visible) must not hold up the others.
+        let read = futures_util::stream::iter(ids)
+            .map(|id| async move {
+                match self.docker.inspect(&id).await {
+                    Ok(c) => Ok(self.engine(&c).await),
+                    Err(DockerError::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(LIST_CONCURRENCY);
+        let results: Vec<Result<Option<DiscoveredEngine>, DockerError>> = read.collect().await;
+        let mut out = vec![];
+        for r in results {
+            out.extend(r?);
         }
         Ok(out)
     }
@@ -808,6 +863,10 @@ struct LookupState {
     misses: HashMap<String, std::time::Instant>,
 }
 
+/// Containers inspected and read at once while listing.
+const LIST_CONCURRENCY: usize = 8;
+/// Lists made for stream events are at least this far apart.
+const MIN_LIST_SPACING: Duration = Duration::from_secs(1);
 /// How long an id that Docker did not have as an engine is not asked about again.
 const MISS_TTL: Duration = Duration::from_secs(1);
 /// Misses remembered at most.
@@ -849,13 +908,20 @@ impl Lookup {
                 }
             }
             None => {
-                if state.last_list.is_some_and(|t| t >= arrived) {
+                // Answered by a list that began after the request came, or one less than a
+                // second ago (a flood of unknown addresses costs one list a second).
+                if state
+                    .last_list
+                    .is_some_and(|t| t >= arrived || t.elapsed() < MIN_LIST_SPACING)
+                {
                     return;
                 }
-                state.last_list = Some(std::time::Instant::now());
+                let began = std::time::Instant::now();
                 let Ok(list) = self.inspector.list().await else {
                     return;
                 };
+                // Stamped once done: a list cut short (the request's deadline) answered nobody.
+                state.last_list = Some(began);
                 let snap = self.registry.snapshot();
                 for d in list {
                     let known = snap

@@ -74,12 +74,17 @@ pub fn read_file(root: &OwnedFd, path: &str, workdir: &str) -> io::Result<String
         format!("{}/{path}", workdir.trim_end_matches('/'))
     };
     let rel = full.trim_start_matches('/');
+    // O_NONBLOCK: opening a FIFO does not wait for a writer; anything but a regular file
+    // (a FIFO, a device) is then refused before it is read.
     let fd = openat2(
         root.as_raw_fd(),
         if rel.is_empty() { "." } else { rel },
-        libc::O_RDONLY | libc::O_CLOEXEC,
+        libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
         libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     )?;
+    if crate::hostfs::stat_fd(fd.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::other(format!("{full} is not a regular file")));
+    }
     let mut text = String::new();
     let mut bytes = Vec::new();
     std::fs::File::from(fd)
@@ -248,7 +253,9 @@ pub fn survey(root: &OwnedFd, q: &Questions) -> Facts {
 /// then `--`, then the globs. Prints `H <home>`, one `P <i> <e|m|x> <resolved>` per path (exists,
 /// missing, cannot be resolved) and one `G <i> <match> <resolved>` per existing glob match,
 /// tab-separated. Symlinks are resolved component by component, as `resolve` does.
-pub const SURVEY_SCRIPT: &str = r#"res() {
+pub const SURVEY_SCRIPT: &str = r#"nl='
+'; tab=$(printf '\t')
+res() {
   todo=${1#/}; out=; n=0
   while [ -n "$todo" ]; do
     c=${todo%%/*}
@@ -256,7 +263,10 @@ pub const SURVEY_SCRIPT: &str = r#"res() {
     case "$c" in ''|.) continue ;; ..) out=${out%/*}; continue ;; esac
     if [ -L "$out/$c" ]; then
       n=$((n+1)); [ "$n" -le 40 ] || return 1
-      t=$(readlink -- "$out/$c") || return 1
+      # Kept whole: `$(…)` would drop a target's trailing newlines.
+      t=$(readlink -- "$out/$c" && echo .) || return 1
+      t=${t%.}; t=${t%"$nl"}
+      case "$t" in ''|*"$nl"*|*"$tab"*) return 1 ;; esac
       case "$t" in /*) out= ;; esac
       todo=${t#/}${todo:+/$todo}
     else
@@ -265,7 +275,8 @@ pub const SURVEY_SCRIPT: &str = r#"res() {
   done
   printf '%s\n' "${out:-/}"
 }
-printf 'H\t%s\n' "${HOME:-}"
+case "${HOME:-}" in *"$nl"*|*"$tab"*) h= ;; *) h=${HOME:-} ;; esac
+printf 'H\t%s\n' "$h"
 i=0; globs=
 for p in "$@"; do
   if [ -z "$globs" ] && [ "$p" = -- ]; then globs=1; i=0; continue; fi
@@ -278,6 +289,7 @@ for p in "$@"; do
     fi
   else
     for m in $p; do
+      case "$m" in *"$nl"*|*"$tab"*) continue ;; esac
       { [ -e "$m" ] || [ -L "$m" ]; } || continue
       r=$(res "$m") && printf 'G\t%s\t%s\t%s\n' "$i" "$m" "$r"
     done
@@ -286,7 +298,8 @@ for p in "$@"; do
 done
 "#;
 
-/// argv of the exec survey.
+/// argv of the exec survey. Paths with control characters are never asked (the answers are
+/// lines; such a path is refused as a cache path anyway).
 pub fn survey_argv(q: &Questions) -> Vec<String> {
     let mut v: Vec<String> = ["sh", "-c", SURVEY_SCRIPT, "sh"]
         .into_iter()
@@ -359,12 +372,20 @@ pub fn parse_survey(q: &Questions, stdout: &str) -> Option<(Facts, Option<String
     Some((Facts { paths, globs }, home))
 }
 
-/// argv of the exec that reads an argument file (at most `MAX_FILE` bytes).
+/// argv of the exec that reads an argument file: a regular file only (a FIFO would block), at
+/// most `MAX_FILE` bytes.
 pub fn read_file_argv(path: &str) -> Vec<String> {
-    ["head", "-c", &MAX_FILE.to_string(), "--", path]
-        .into_iter()
-        .map(String::from)
-        .collect()
+    [
+        "sh",
+        "-c",
+        r#"[ -f "$1" ] && exec head -c "$2" -- "$1""#,
+        "sh",
+        path,
+        &MAX_FILE.to_string(),
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -705,6 +726,13 @@ mod tests {
             "--http-port 7000\n"
         );
         assert!(read_file(&root, "/etc/passwd", "/").is_err());
+        // A FIFO (nobody writing) is refused at once, not waited on.
+        let fifo = t.path().join("srv/fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let e = read_file(&root, "/srv/fifo", "/").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 
     const ID: &str = "6987647a9864175e795ee6e9a3cdb6ae83d421b6f26562dbc33c845ea754bdaa";

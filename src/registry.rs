@@ -727,6 +727,10 @@ impl Registry {
             // A new process may be a new engine version.
             e.engine.version = None;
         }
+        if restarted || e.engine.cache_path != cache_path {
+            // Found empty was about another process or another directory.
+            e.cache_empty_since = None;
+        }
         e.engine.container_name = d.container_name;
         e.engine.image = d.image;
         e.engine.labels = d.labels;

@@ -177,3 +177,47 @@ async fn without_capabilities_the_agent_says_so_and_cleans_through_exec() {
     assert_eq!(said.len(), 1, "said once: {log}");
     assert!(said[0].contains("/root: Permission denied"), "{}", said[0]);
 }
+
+/// Without the capabilities, the engine's argv is readable in the host's /proc but its root is
+/// not: the argument files it names are read through `docker exec`, so a port and a cache
+/// named only there are still the engine's (a client on that port is its stream; an idle
+/// engine is healthy there and cleaned at that path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_capabilities_argument_files_are_read_through_exec() {
+    let case = unique_name("priv-argfile");
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        conf.path(),
+        "--http-port=6879\n--cache-dir\n/srv/argcache\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        conf.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let engine = TestEngine::builder()
+        .name_prefix("priv-argfile")
+        .label(CASE_LABEL, &case)
+        .publish(false)
+        .docker_arg("-v")
+        .docker_arg(&format!("{}:/ace.conf:ro", conf.path().display()))
+        .args(&["@/ace.conf"])
+        .cache_dir("/srv/argcache")
+        .start();
+    let agent = start_as_nobody(&case, &[]).await;
+    let v = eventually(Duration::from_secs(15), "healthy on 6879", || async {
+        let (status, body) = try_http_get(agent.addr, &format!("/engines/{}", engine.id)).await?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        (status == 200 && v["health_status"] == "healthy")
+            .then_some(v.clone())
+            .ok_or(format!("{v}"))
+    })
+    .await;
+    assert_eq!(v["port"], 6879, "{v}");
+    assert_eq!(v["cache_path"], "/srv/argcache", "{v}");
+    engine.write_cache_file("live.1", 30_000);
+    let record = cleanup(&agent, &engine).await;
+    assert!(record["freed_bytes"].as_u64() >= Some(30_000), "{record}");
+    assert_eq!(engine.list_cache(), Vec::<String>::new());
+}

@@ -55,6 +55,9 @@ const STREAM_ACK_WAIT: Duration = Duration::from_secs(30);
 /// How long a stream event for an engine not listed yet waits for Docker's answer: the
 /// orchestrator's proxy gives up after 3 s.
 const LOOKUP_WAIT: Duration = Duration::from_secs(2);
+/// How long a write's answer waits for the views to show it (they render in well under a
+/// millisecond; this bounds a render task that is behind).
+const VIEWS_WAIT: Duration = Duration::from_secs(1);
 
 pub struct AppState {
     pub rendered: watch::Receiver<Arc<Rendered>>,
@@ -467,6 +470,7 @@ async fn stream_started(req: Request<Incoming>, state: &AppState) -> Resp {
                 }),
             )
             .await;
+            views_caught_up(state).await;
             json_resp(StatusCode::OK, &rec)
         }
         Err(e) => registry_error(e),
@@ -483,12 +487,28 @@ async fn stream_ended(req: Request<Incoming>, state: &AppState) -> Resp {
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     match state.registry.stream_ended(s).await {
-        Ok(ended) => json_resp(
-            StatusCode::OK,
-            &json!({ "updated": !ended.is_empty(), "streams": ended }),
-        ),
+        Ok(ended) => {
+            views_caught_up(state).await;
+            json_resp(
+                StatusCode::OK,
+                &json!({ "updated": !ended.is_empty(), "streams": ended }),
+            )
+        }
         Err(e) => registry_error(e),
     }
+}
+
+/// Waits (briefly) until the rendered views show the registry's latest snapshot, so that a
+/// client that was told a write succeeded reads it back from `/engines` at once: the views
+/// render on change, in their own task, a moment after the registry publishes.
+async fn views_caught_up(state: &AppState) {
+    let mut rendered = state.rendered.clone();
+    let registry = &state.registry;
+    let _ = tokio::time::timeout(
+        VIEWS_WAIT,
+        rendered.wait_for(|r| Arc::ptr_eq(&r.snapshot, &registry.snapshot())),
+    )
+    .await;
 }
 
 async fn manual_cleanup(key: &str, state: &AppState) -> Resp {
@@ -500,7 +520,9 @@ async fn manual_cleanup(key: &str, state: &AppState) -> Resp {
     let janitor = state.janitor.clone();
     // Run apart from the request: a client that hangs up must not cancel a cleanup half-way.
     let task = tokio::spawn(async move { janitor.cleanup(&id, Trigger::Manual).await });
-    match task.await {
+    let result = task.await;
+    views_caught_up(state).await;
+    match result {
         Ok(Ok(rec)) if rec.success => json_resp(StatusCode::OK, &rec),
         Ok(Ok(rec)) => json_resp(StatusCode::INTERNAL_SERVER_ERROR, &rec),
         Ok(Err(e)) => cleanup_error(e),
