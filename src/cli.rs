@@ -25,4 +25,7 @@ pub enum Command {
     Run,
     /// Print the effective configuration and exit (2 on an invalid value).
     CheckConfig,
+    /// Ask the running agent (on `http.listen`) whether it is ready (`GET /readyz`): exit 0 if
+    /// so, 1 if not or not answering. For a container's HEALTHCHECK: needs no shell or curl.
+    Healthcheck,
 }

@@ -40,6 +40,7 @@ pub mod notify;
 pub mod pressure;
 pub mod procnet;
 pub mod registry;
+pub mod selfcheck;
 pub mod shutdown;
 pub mod store;
 pub mod streams;

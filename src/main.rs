@@ -16,9 +16,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::CheckConfig) = cli.command {
-        print!("{}", cfg.to_toml());
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Some(Command::CheckConfig) => {
+            print!("{}", cfg.to_toml());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Healthcheck) => {
+            return match acestream_agent::selfcheck::ready(cfg.http.listen) {
+                Ok(body) => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("acestream-agent: not ready: {why}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Run) | None => {}
     }
     acestream_agent::logging::init();
     raise_open_file_limit();
