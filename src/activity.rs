@@ -6,12 +6,14 @@
 //! engine at info.
 //! Sends `RegistryCmd::Connections` only when an engine's set changed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::debug;
 
 use crate::docker::DockerClient;
 use crate::health::ProbePorts;
+use crate::metrics::{CacheAccess, Metrics};
 use crate::model::{id12, EngineState};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
@@ -25,6 +27,7 @@ pub struct Activity {
     pub interval: Duration,
     pub exec_timeout: Duration,
     pub ports: ProbePorts,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Both tables of the container's network namespace, from the host's /proc once the pid is
@@ -82,8 +85,12 @@ impl Activity {
             None => None,
         };
         let text = match text {
-            Some(t) => t,
+            Some(t) => {
+                self.metrics.count_probe(CacheAccess::Host);
+                t
+            }
             None => {
+                self.metrics.count_probe(CacheAccess::Exec);
                 let argv: Vec<String> = ["cat", "/proc/net/tcp", "/proc/net/tcp6"]
                     .into_iter()
                     .map(String::from)

@@ -41,6 +41,9 @@ pub struct Matcher {
     pub images: Vec<String>,
     pub engine_port: u16,
     pub advertise_host: String,
+    /// The agent's own container, when it runs in one: never an engine (its image matches
+    /// `*acestream*`).
+    pub own_id: Option<String>,
 }
 
 impl Matcher {
@@ -50,6 +53,7 @@ impl Matcher {
             images: cfg.discovery.images.clone(),
             engine_port: cfg.discovery.engine_port,
             advertise_host: cfg.discovery.advertise_host.clone(),
+            own_id: None,
         }
     }
 
@@ -63,7 +67,12 @@ impl Matcher {
     /// Whether the container is an engine by its labels and image (inspect data).
     pub fn is_engine_container(&self, c: &ContainerInspectResponse) -> bool {
         let (image, labels) = image_and_labels(c);
-        self.is_engine(&image, &labels)
+        !self.is_own(c.id.as_deref().unwrap_or("")) && self.is_engine(&image, &labels)
+    }
+
+    /// Whether `id` is the agent's own container.
+    pub fn is_own(&self, id: &str) -> bool {
+        self.own_id.as_deref() == Some(id)
     }
 
     /// Builds the engine view of a container, or `None` if it is not an engine or not running.
@@ -79,7 +88,7 @@ impl Matcher {
     ) -> Option<DiscoveredEngine> {
         let id = c.id.clone()?;
         let (image, labels) = image_and_labels(c);
-        if !self.is_engine(&image, &labels) {
+        if self.is_own(&id) || !self.is_engine(&image, &labels) {
             return None;
         }
         let state = c.state.as_ref();
@@ -437,6 +446,10 @@ pub struct Inspector {
     learned: Arc<Mutex<HashMap<String, Learned>>>,
     /// Engines left in a restarted owner's old namespace, already reported.
     stranded: Arc<logging::SaidOnce>,
+    /// `advertise_host` learned from Docker (the agent in a container, with no
+    /// `discovery.advertise_host` of its own): Docker's name for the host. std `RwLock`, held
+    /// to read or replace it.
+    advertise: Arc<std::sync::RwLock<Option<String>>>,
 }
 
 /// What discovery learned of one engine process.
@@ -471,7 +484,22 @@ impl Inspector {
             exec_timeout: exec_timeout.min(Duration::from_secs(10)),
             learned: Arc::default(),
             stranded: Arc::default(),
+            advertise: Arc::default(),
         }
+    }
+
+    /// From now on, engines published on the host are at `host`.
+    pub fn set_advertise_host(&self, host: String) {
+        *self.advertise.write().expect("advertise lock poisoned") = Some(host);
+    }
+
+    /// The address engines published on the host are at.
+    pub fn advertise_host(&self) -> String {
+        self.advertise
+            .read()
+            .expect("advertise lock poisoned")
+            .clone()
+            .unwrap_or_else(|| self.matcher.advertise_host.clone())
     }
 
     /// Whether what was learned of the engine may still change without a restart (its
@@ -505,7 +533,19 @@ impl Inspector {
             _ => None,
         };
         let learned = self.learn(c).await;
-        let d = self.matcher.engine_from(
+        let learned_host = self
+            .advertise
+            .read()
+            .expect("advertise lock poisoned")
+            .clone();
+        let matcher = match learned_host {
+            Some(h) => std::borrow::Cow::Owned(Matcher {
+                advertise_host: h,
+                ..self.matcher.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(&self.matcher),
+        };
+        let d = matcher.engine_from(
             c,
             owner.as_ref(),
             learned.args.http_port,
@@ -800,6 +840,10 @@ pub struct Discovery {
     pub registry: RegistryHandle,
     pub inspector: Inspector,
     pub resync: Duration,
+    /// The agent runs in a container and `discovery.advertise_host` was left to its default
+    /// (the container's hostname, which no client can dial): Docker's name for the host is
+    /// advertised instead.
+    pub advertise_docker_name: bool,
 }
 
 impl Inspector {
@@ -819,7 +863,7 @@ impl Inspector {
             let image = s.image.as_deref().unwrap_or("");
             let name_unknown = !matcher.images.is_empty()
                 && (s.image_id.as_deref() == Some(image) || is_image_id(image));
-            if !name_unknown && !matcher.is_engine(image, &labels) {
+            if matcher.is_own(&id) || (!name_unknown && !matcher.is_engine(image, &labels)) {
                 continue;
             }
             ids.push(id);
@@ -879,6 +923,11 @@ impl Lookup {
             registry,
             gate: Arc::default(),
         }
+    }
+
+    /// The address engines published on the host are advertised at.
+    pub fn advertise_host(&self) -> String {
+        self.inspector.advertise_host()
     }
 
     /// Brings the engine a stream event names into the registry if Docker has it, before the
@@ -1014,6 +1063,17 @@ impl Discovery {
         if let Err(e) = self.docker.reconnect().await {
             return e;
         }
+        match self.docker.host_name().await {
+            Ok(Some(name)) if self.advertise_docker_name => {
+                if self.inspector.advertise_host() != name {
+                    info!(advertise_host = %name, "In a container: engines published on the host are advertised at Docker's name for it, {name}");
+                }
+                self.inspector.set_advertise_host(name.clone());
+                self.registry.send(RegistryCmd::HostName(name)).await;
+            }
+            Ok(_) => {}
+            Err(e) => return e,
+        }
         // Taken before the list: events from this second on are replayed by Docker.
         let since = chrono::Utc::now().timestamp() - 1;
         let mut events = match self.docker.events(since) {
@@ -1126,6 +1186,7 @@ mod tests {
             images: vec![],
             engine_port: 6878,
             advertise_host: "engines.example.net".into(),
+            own_id: None,
         }
     }
 
@@ -1306,6 +1367,7 @@ mod tests {
             images: vec!["*acestream*".into()],
             engine_port: 6878,
             advertise_host: "h".into(),
+            own_id: None,
         };
         let l = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
         assert!(m.is_engine("busybox", &l("acestream.engine", "true")));

@@ -47,6 +47,8 @@ pub struct ExecOutput {
 pub struct DockerClient {
     host: Option<String>,
     inner: Arc<RwLock<Option<bollard::Docker>>>,
+    /// The daemon's version, as its info last said (for `GET /agent`).
+    version: Arc<RwLock<Option<String>>>,
 }
 
 impl DockerClient {
@@ -55,7 +57,13 @@ impl DockerClient {
         DockerClient {
             host,
             inner: Arc::new(RwLock::new(None)),
+            version: Arc::new(RwLock::new(None)),
         }
+    }
+
+    /// The Docker endpoint this client talks to, as configured or from `DOCKER_HOST`.
+    pub fn endpoint(&self) -> String {
+        self.describe_host()
     }
 
     fn describe_host(&self) -> String {
@@ -163,6 +171,23 @@ impl DockerClient {
             }),
             Ok(Ok(v)) => Ok(v),
         }
+    }
+
+    /// The daemon's name for its host (`Name` of `docker info`: the machine's hostname, or what
+    /// the daemon was configured to call itself), and its version, which is kept.
+    pub async fn host_name(&self) -> Result<Option<String>, DockerError> {
+        let c = self.client()?;
+        let info = Self::call("info", c.info()).await?;
+        *self.version.write().expect("docker version lock poisoned") = info.server_version.clone();
+        Ok(info.name.filter(|n| !n.is_empty()))
+    }
+
+    /// The daemon's version, once `host_name` has asked.
+    pub fn server_version(&self) -> Option<String> {
+        self.version
+            .read()
+            .expect("docker version lock poisoned")
+            .clone()
     }
 
     /// `DockerRootDir` from `docker info`.

@@ -44,6 +44,7 @@ pub mod selfcheck;
 pub mod shutdown;
 pub mod store;
 pub mod streams;
+pub mod whereami;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -155,9 +156,18 @@ impl Agent {
         let (trigger, shutdown) = shutdown::channel();
         let metrics = Arc::new(Metrics::new().with_sweep_interval(cfg.cleanup.interval));
         let docker = DockerClient::new(cfg.docker.host.clone());
+        let own_id = whereami::own_container_id();
+        let in_container = own_id.is_some() || whereami::in_container();
+        let matcher = discovery::Matcher {
+            own_id: own_id.clone(),
+            ..discovery::Matcher::from_config(&cfg)
+        };
+        if let Some(id) = &own_id {
+            info!(container_id = %model::id12(id), "Running in container {}; it is never taken for an engine", model::id12(id));
+        }
         let inspector = discovery::Inspector::new(
             docker.clone(),
-            discovery::Matcher::from_config(&cfg),
+            matcher,
             cfg.cleanup.cache_path.clone(),
             cfg.cleanup.exec_timeout,
         );
@@ -193,6 +203,8 @@ impl Agent {
                 registry: parts.handle.clone(),
                 inspector: inspector.clone(),
                 resync: cfg.discovery.resync_interval,
+                advertise_docker_name: in_container
+                    && cfg.discovery.advertise_host == config::hostname(),
             }
             .run(shutdown.clone()),
         );
@@ -212,6 +224,7 @@ impl Agent {
                 interval: cfg.activity.interval,
                 exec_timeout: cfg.cleanup.exec_timeout,
                 ports: ports.clone(),
+                metrics: metrics.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -245,6 +258,13 @@ impl Agent {
             rendered: rendered_rx,
             registry: parts.handle.clone(),
             lookup: discovery::Lookup::new(inspector, parts.handle.clone()),
+            agent: http::AgentFacts {
+                in_container,
+                container_id: own_id,
+                docker: docker.clone(),
+                cleanup_method: cfg.cleanup.method,
+                metrics: metrics.clone(),
+            },
             janitor,
             store,
             token: cfg.http.token.clone(),

@@ -222,6 +222,11 @@ const CACHE_OPERATIONS_HELP: &str = "Cache measurements and cleanups by how the 
      cache: host (through the container's root in /proc, no Docker call) or exec (one docker \
      exec each, which costs dockerd CPU).";
 
+const CONNECTION_PROBES_NAME: &str = "acestream_agent_connection_probes_total";
+const CONNECTION_PROBES_HELP: &str = "Connection probes of engines by how the agent read the \
+     engine's connection table: host (its /proc/<pid>/net, no Docker call) or exec (one docker \
+     exec each).";
+
 const CLEANUP_INTERVAL_NAME: &str = "acestream_agent_cleanup_interval_seconds";
 const CLEANUP_INTERVAL_HELP: &str = "cleanup.interval: seconds between periodic sweeps of idle \
      engines; absent when the periodic sweep is off.";
@@ -251,6 +256,7 @@ pub struct Metrics {
     registry: Registry,
     cleanup_duration: HistogramVec,
     cache_operations: IntCounterVec,
+    connection_probes: IntCounterVec,
     /// Raised when an instrument changes on its own (not with a snapshot), so the views
     /// render again: a measurement that fails publishes no new snapshot, yet was counted.
     changed: Arc<Notify>,
@@ -283,13 +289,24 @@ impl Metrics {
         for method in CacheAccess::ALL {
             cache_operations.with_label_values(&[method.as_str()]);
         }
+        let connection_probes = IntCounterVec::new(
+            Opts::new(CONNECTION_PROBES_NAME, CONNECTION_PROBES_HELP),
+            &["method"],
+        )
+        .expect("constant counter definition is valid (tested)");
+        for method in CacheAccess::ALL {
+            connection_probes.with_label_values(&[method.as_str()]);
+        }
         let registry = Registry::new();
         registry
             .register(Box::new(cleanup_duration.clone()))
             .expect("a fresh registry holds no other collector");
         registry
             .register(Box::new(cache_operations.clone()))
-            .expect("the two instruments have different names");
+            .expect("the instruments have different names");
+        registry
+            .register(Box::new(connection_probes.clone()))
+            .expect("the instruments have different names");
         let descs = SNAPSHOT_FAMILIES
             .iter()
             .map(|f| {
@@ -306,6 +323,7 @@ impl Metrics {
             registry,
             cleanup_duration,
             cache_operations,
+            connection_probes,
             changed: Arc::new(Notify::new()),
             descs,
         }
@@ -331,6 +349,31 @@ impl Metrics {
             .with_label_values(&[method.as_str()])
             .inc();
         self.changed.notify_one();
+    }
+
+    /// Called once per connection probe of an engine, by how it read the table. Not a reason
+    /// to render again on its own (every engine, every `activity.interval`): it shows with the
+    /// next rendering.
+    pub fn count_probe(&self, method: CacheAccess) {
+        self.connection_probes
+            .with_label_values(&[method.as_str()])
+            .inc();
+    }
+
+    /// Cache operations so far: (host, exec).
+    pub fn cache_operations(&self) -> (u64, u64) {
+        let c = |m: CacheAccess| self.cache_operations.with_label_values(&[m.as_str()]).get();
+        (c(CacheAccess::Host), c(CacheAccess::Exec))
+    }
+
+    /// Connection probes so far: (host, exec).
+    pub fn connection_probes(&self) -> (u64, u64) {
+        let c = |m: CacheAccess| {
+            self.connection_probes
+                .with_label_values(&[m.as_str()])
+                .get()
+        };
+        (c(CacheAccess::Host), c(CacheAccess::Exec))
     }
 
     /// Completes once an instrument has changed since the last call (changes coalesce).

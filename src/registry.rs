@@ -91,6 +91,9 @@ pub enum RegistryCmd {
     Upsert(DiscoveredEngine),
     Remove(String),
     DockerUp(bool),
+    /// One more name of this host (Docker's, learned at connect), for stream events that name
+    /// an engine by it and its published port.
+    HostName(String),
     Health {
         id: String,
         status: HealthStatus,
@@ -523,6 +526,10 @@ impl Registry {
                 true
             }
             RegistryCmd::Remove(id) => self.remove(&id, now),
+            RegistryCmd::HostName(name) => {
+                self.host_names.insert(name.to_ascii_lowercase());
+                false
+            }
             RegistryCmd::DockerUp(up) => {
                 let changed = self.docker_up != up;
                 self.docker_up = up;

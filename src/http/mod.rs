@@ -64,6 +64,7 @@ pub struct AppState {
     pub registry: RegistryHandle,
     /// For stream events naming a container not listed yet.
     pub lookup: crate::discovery::Lookup,
+    pub agent: AgentFacts,
     pub janitor: Janitor,
     pub store: Store,
     pub token: Option<String>,
@@ -498,6 +499,47 @@ async fn stream_ended(req: Request<Incoming>, state: &AppState) -> Resp {
     }
 }
 
+/// What the agent is and what it chose (`GET /agent`): an operator should not need the log
+/// to know whether it runs in a container, which Docker it talks to, and how it reaches
+/// caches and connection tables (from the host, or through `docker exec`, which costs dockerd
+/// CPU per call).
+fn agent_info(state: &AppState, snap: &crate::model::Snapshot) -> serde_json::Value {
+    let method = |(host, exec): (u64, u64)| {
+        let in_use = match (host > 0, exec > 0) {
+            (true, false) => "host",
+            (false, true) => "exec",
+            (true, true) => "host and exec",
+            (false, false) => "none yet",
+        };
+        json!({"in_use": in_use, "host": host, "exec": exec})
+    };
+    let a = &state.agent;
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "in_container": a.in_container,
+        "container_id": a.container_id,
+        "advertise_host": state.lookup.advertise_host(),
+        "docker": {
+            "up": snap.docker_up,
+            "host": a.docker.endpoint(),
+            "version": a.docker.server_version(),
+        },
+        "cleanup_method": a.cleanup_method.as_str(),
+        "cache_access": method(a.metrics.cache_operations()),
+        "connection_probe": method(a.metrics.connection_probes()),
+        "engines": snap.engines.len(),
+    })
+}
+
+/// What `GET /agent` reports beside the snapshot.
+pub struct AgentFacts {
+    pub in_container: bool,
+    pub container_id: Option<String>,
+    pub docker: crate::docker::DockerClient,
+    pub cleanup_method: crate::config::CacheMethod,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 /// Waits (briefly) until the rendered views show the registry's latest snapshot, so that a
 /// client that was told a write succeeded reads it back from `/engines` at once: the views
 /// render on change, in their own task, a moment after the registry publishes.
@@ -580,6 +622,7 @@ pub enum Route {
     StatusPage,
     Healthz,
     Readyz,
+    Agent,
     Metrics,
     Engines,
     Engine(String),
@@ -611,6 +654,7 @@ pub fn route(method: &Method, path: &str) -> Route {
         [""] if is_get => Route::StatusPage,
         ["healthz"] if is_get => Route::Healthz,
         ["readyz"] if is_get => Route::Readyz,
+        ["agent"] if is_get => Route::Agent,
         ["metrics"] if is_get => Route::Metrics,
         ["engines"] if is_get => Route::Engines,
         ["engines", key] if is_get => Route::Engine(key.to_string()),
@@ -622,6 +666,7 @@ pub fn route(method: &Method, path: &str) -> Route {
         [""]
         | ["healthz"]
         | ["readyz"]
+        | ["agent"]
         | ["metrics"]
         | ["engines"]
         | ["engines", _]
@@ -646,6 +691,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> R
             views::STATUS_PAGE,
         ),
         Route::Healthz => json_resp(StatusCode::OK, &json!({"status": "ok"})),
+        Route::Agent => json_resp(StatusCode::OK, &agent_info(state, &rendered.snapshot)),
         Route::Readyz => {
             let s = &rendered.snapshot;
             let ready = s.docker_up && s.store_error.is_none();
@@ -758,6 +804,8 @@ mod tests {
         let post = Method::POST;
         assert_eq!(route(&get, "/"), Route::StatusPage);
         assert_eq!(route(&Method::HEAD, "/healthz"), Route::Healthz);
+        assert_eq!(route(&get, "/agent"), Route::Agent);
+        assert_eq!(route(&post, "/agent"), Route::MethodNotAllowed("GET, HEAD"));
         assert_eq!(
             route(&get, "/engines/abc%2Fdef"),
             Route::Engine("abc/def".into())
