@@ -31,6 +31,10 @@ use crate::shutdown::Shutdown;
 
 /// Label naming the engine's HTTP port inside the container.
 pub const PORT_LABEL: &str = "acestream.http_port";
+/// The OCI title label the agent's image carries (packaging/docker/Dockerfile), which Docker
+/// copies into its containers' labels.
+pub const IMAGE_TITLE_LABEL: &str = "org.opencontainers.image.title";
+pub const AGENT_IMAGE_TITLE: &str = "acestream-agent";
 /// Label naming the host port the engine's HTTP port is published on.
 pub const HOST_PORT_LABEL: &str = "host.http_port";
 
@@ -58,6 +62,11 @@ impl Matcher {
     }
 
     pub fn is_engine(&self, image: &str, labels: &BTreeMap<String, String>) -> bool {
+        // A container of the agent's own image (itself, or another agent on this host) is never
+        // an engine, though `*acestream*` matches its image name.
+        if labels.get(IMAGE_TITLE_LABEL).map(String::as_str) == Some(AGENT_IMAGE_TITLE) {
+            return false;
+        }
         let labels: std::collections::HashMap<String, String> =
             labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         self.labels.iter().any(|m| m.matches(&labels))
@@ -1375,5 +1384,9 @@ mod tests {
         assert!(m.is_engine("busybox", &l("flag", "anything")));
         assert!(m.is_engine("my/acestream:1", &BTreeMap::new()));
         assert!(!m.is_engine("busybox", &BTreeMap::new()));
+        // The agent's own image: never an engine, whatever matches.
+        let mut agent = l("acestream.engine", "true");
+        agent.insert(IMAGE_TITLE_LABEL.into(), AGENT_IMAGE_TITLE.into());
+        assert!(!m.is_engine("my/acestream:1", &agent));
     }
 }
