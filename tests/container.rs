@@ -9,9 +9,8 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -41,29 +40,6 @@ fn stdout(out: &Output) -> String {
 
 fn docker(args: &[&str]) -> String {
     stdout(&run(Command::new("docker").args(args)))
-}
-
-/// The image, built once per test process (and once at a time across processes) by the
-/// documented command, into this build's target directory.
-fn agent_image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        fake_engine_image();
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .expect("the target directory")
-            .to_path_buf();
-        let lock_path = std::env::temp_dir().join("acestream-agent-image-build.lock");
-        let lock = std::fs::File::create(&lock_path).expect("the build lock");
-        lock.lock().expect("lock the image build");
-        let t0 = Instant::now();
-        let out = run(Command::new("bash")
-            .arg(repo().join("packaging/docker/build.sh"))
-            .env("CARGO_TARGET_DIR", &target)
-            .env("IMAGE", "acestream-agent-test"));
-        println!("built {} in {:?}", stdout(&out), t0.elapsed());
-        "acestream-agent-test:latest".to_string()
-    })
 }
 
 /// A compose project of the shipped compose file and an override that points it at the

@@ -15,10 +15,13 @@
 #![allow(dead_code)] // each test file uses a different subset of the harness
 
 mod case;
+mod host;
 mod process;
 // Not every test binary uses the in-process agent or a child process.
 #[allow(unused_imports)]
 pub use case::*;
+#[allow(unused_imports)]
+pub use host::*;
 #[allow(unused_imports)]
 pub use process::*;
 
@@ -334,6 +337,41 @@ pub fn derived_image(dockerfile_lines: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     tag
+}
+
+/// The image, built once per test process (and once at a time across processes) by the
+/// documented command, into this build's target directory.
+pub fn agent_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        fake_engine_image();
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("the target directory")
+            .to_path_buf();
+        let lock_path = std::env::temp_dir().join("acestream-agent-image-build.lock");
+        let lock = std::fs::File::create(&lock_path).expect("the build lock");
+        lock.lock().expect("lock the image build");
+        let t0 = Instant::now();
+        let out = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/docker/build.sh"))
+            .env("CARGO_TARGET_DIR", &target)
+            .env("IMAGE", "acestream-agent-test")
+            .output()
+            .expect("packaging/docker/build.sh");
+        assert!(
+            out.status.success(),
+            "packaging/docker/build.sh failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!(
+            "built {} in {:?}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            t0.elapsed()
+        );
+        "acestream-agent-test:latest".to_string()
+    })
 }
 
 fn image_exists(tag: &str) -> bool {
