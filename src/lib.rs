@@ -157,7 +157,9 @@ impl Agent {
         let metrics = Arc::new(Metrics::new().with_sweep_interval(cfg.cleanup.interval));
         let docker = DockerClient::new(cfg.docker.host.clone());
         let own_id = whereami::own_container_id();
-        let in_container = own_id.is_some() || whereami::in_container();
+        // Docker's container, by its own id (not `/.dockerenv`: sandboxes that are no Docker
+        // container of this daemon carry it too).
+        let in_container = own_id.is_some();
         let matcher = discovery::Matcher {
             own_id: own_id.clone(),
             ..discovery::Matcher::from_config(&cfg)

@@ -12,11 +12,6 @@ pub fn own_container_id() -> Option<String> {
     container_id_in(&mountinfo, &cgroup)
 }
 
-/// Whether the agent runs in a container: its own id is known, or Docker's marker file exists.
-pub fn in_container() -> bool {
-    own_container_id().is_some() || std::path::Path::new("/.dockerenv").exists()
-}
-
 fn is_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }

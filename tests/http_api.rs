@@ -930,6 +930,15 @@ async fn healthz_readyz_and_metrics_answer() {
     assert_eq!(ready["ready"], json!(true), "{ready}");
     assert_eq!(ready["docker_up"], json!(true), "{ready}");
 
+    // What the agent is: on the host, talking to this Docker, the default cache method.
+    let info = get_json(addr, "/agent").await;
+    assert_eq!(info["in_container"], json!(false), "{info}");
+    assert_eq!(info["container_id"], Value::Null, "{info}");
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"), "{info}");
+    assert_eq!(info["cleanup_method"], "auto", "{info}");
+    assert_eq!(info["docker"]["up"], json!(true), "{info}");
+    assert!(info["docker"]["version"].is_string(), "{info}");
+
     let r = raw(addr, "GET", "/metrics", "", &[]).await;
     assert_eq!(r.status, 200);
     let ct = r.header("content-type").expect("content type");
