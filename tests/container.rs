@@ -383,3 +383,51 @@ async fn without_pid_host_the_agent_works_through_exec_and_says_so() {
     assert_eq!(said.len(), 1, "said once:\n{logs}");
     assert!(said[0].contains(&b[..12]), "{}", said[0]);
 }
+
+/// The shipped compose files are valid for the compose at hand, and the Prometheus configs
+/// beside them (compose and Swarm) pass `promtool check config` with the shipped rules.
+#[test]
+fn the_shipped_compose_and_prometheus_files_are_valid() {
+    let c = compose();
+    let dir = repo().join("packaging/compose");
+    run(Command::new(&c[0]).args(&c[1..]).args([
+        "-f",
+        dir.join("compose.yml").to_str().unwrap(),
+        "-f",
+        dir.join("compose.prometheus.yml").to_str().unwrap(),
+        "config",
+        "-q",
+    ]));
+    for config in [
+        "packaging/compose/prometheus.yml",
+        "packaging/swarm/prometheus.yml",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(repo().join(config), tmp.path().join("prometheus.yml")).unwrap();
+        std::fs::copy(
+            repo().join("config/prometheus/acestream-agent.rules.yml"),
+            tmp.path().join("acestream-agent.rules.yml"),
+        )
+        .unwrap();
+        let out = run(Command::new("promtool").args([
+            "check",
+            "config",
+            tmp.path().join("prometheus.yml").to_str().unwrap(),
+        ]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("SUCCESS: 1 rule files found"),
+            "{config}: {text}"
+        );
+    }
+    // The stack file, as `docker stack deploy` reads it (the compose parser of the CLI).
+    let stack = std::fs::read_to_string(repo().join("packaging/swarm/stack.yml")).unwrap();
+    for needed in [
+        "mode: global",
+        "mode: host",
+        "published: 9477",
+        "/var/run/docker.sock",
+    ] {
+        assert!(stack.contains(needed), "stack.yml lacks {needed:?}");
+    }
+}
