@@ -608,3 +608,85 @@ async fn metrics_are_unchanged_between_scrapes_without_state_change() {
     }
     agent.agent.stop().await;
 }
+
+/// `/metrics` answers `Accept-Encoding: gzip` (as Prometheus sends it) with a gzip body whose
+/// text is the plain answer's, says so (`Content-Encoding`, `Vary`), and answers plain text
+/// when not asked or asked with q=0. With curl, as an operator would check it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_gzipped_when_asked_and_plain_otherwise() {
+    let t = two_engines("live-gzip").await;
+    let url = format!("http://{}/metrics", t.agent.addr());
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "10"])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "curl {args:?}");
+        out.stdout
+    };
+    let gunzip = |b: &[u8]| {
+        let mut child = std::process::Command::new("gzip")
+            .args(["-dc"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gzip");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), b).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "not a gzip body");
+        out.stdout
+    };
+    // The views render on change: compare bodies of one rendering (retry if one came between).
+    let (plain, zipped) = eventually(
+        Duration::from_secs(10),
+        "two answers of one rendering",
+        || async {
+            let plain = curl(&[]);
+            let zipped = curl(&["-H", "Accept-Encoding: gzip"]);
+            let again = curl(&[]);
+            (plain == again && gunzip(&zipped) == plain)
+                .then_some((plain, zipped))
+                .ok_or("the rendering changed between the requests")
+        },
+    )
+    .await;
+    println!(
+        "/metrics: {} bytes plain, {} gzip'd",
+        plain.len(),
+        zipped.len()
+    );
+    assert!(
+        zipped.len() * 4 < plain.len(),
+        "{} vs {}",
+        zipped.len(),
+        plain.len()
+    );
+    let head = String::from_utf8_lossy(&curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Accept-Encoding: gzip, deflate",
+    ]))
+    .to_ascii_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    for not in ["identity", "gzip;q=0", "br"] {
+        let head = String::from_utf8_lossy(&curl(&[
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            &format!("Accept-Encoding: {not}"),
+        ]))
+        .to_ascii_lowercase();
+        assert!(!head.contains("content-encoding"), "{not}: {head}");
+    }
+    // curl --compressed decodes it back to the same text.
+    assert_eq!(curl(&["--compressed"]), plain);
+    t.agent.agent.stop().await;
+}

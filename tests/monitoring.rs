@@ -1925,6 +1925,29 @@ async fn every_panel_and_alert_query_returns_engine_series_from_real_prometheus(
     }
 
     println!("{checked} dashboard queries and alert rules checked at t={at:.3}");
+
+    // Prometheus scrapes with `Accept-Encoding: gzip`, and the agent answered gzip'd: what it
+    // ingested per scrape is every sample of the plain exposition.
+    let (plain, scraped) = eventually(
+        Duration::from_secs(15),
+        "a scrape with as many samples as the plain text",
+        || async {
+            let (_, text) = http_get(agent.addr, "/metrics").await;
+            let plain = text
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .count() as f64;
+            let r = prom
+                .query(&format!("scrape_samples_scraped{{job=\"{JOB}\"}}"), None)
+                .await?;
+            let scraped = r.first().map(|s| s.value).unwrap_or(-1.0);
+            (scraped == plain)
+                .then_some((plain, scraped))
+                .ok_or(format!("plain {plain}, scraped {scraped}"))
+        },
+    )
+    .await;
+    println!("gzip'd scrape: {scraped} samples, plain text {plain}");
     drop(prom);
     agent.stop().await;
     assert!(

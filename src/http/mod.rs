@@ -18,7 +18,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
+    HeaderValue, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_ENCODING,
+    CONTENT_LENGTH, CONTENT_TYPE, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -72,6 +73,25 @@ pub struct AppState {
 }
 
 type Resp = Response<Full<Bytes>>;
+
+/// Whether the client takes a gzip body (`Accept-Encoding: gzip`, or `*`, with a q-value
+/// above 0).
+fn accepts_gzip(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (name == "gzip" || name == "*") && q > 0.0
+        })
+}
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
@@ -708,11 +728,25 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> R
                 }),
             )
         }
-        Route::Metrics => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            rendered.metrics.clone(),
-        ),
+        Route::Metrics => {
+            let gzip = accepts_gzip(&req);
+            let mut r = respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                if gzip {
+                    rendered.metrics_gzip.clone()
+                } else {
+                    rendered.metrics.clone()
+                },
+            );
+            if gzip {
+                r.headers_mut()
+                    .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            r.headers_mut()
+                .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+            r
+        }
         Route::Engines => respond(
             StatusCode::OK,
             "application/json",
