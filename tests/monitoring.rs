@@ -1349,6 +1349,28 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
                 (0.0..=30.0).contains(&v)
             }),
         ),
+        // The per-host table: one row for the one host.
+        ("Hosts/A", one("scraped", |v| v == 1.0)),
+        ("Hosts/B", one("2 engines", |v| v == 2.0)),
+        ("Hosts/C", one("1 idle", |v| v == 1.0)),
+        (
+            "Hosts/D",
+            one("a size under 1 MiB", |v| (0.0..1_048_576.0).contains(&v)),
+        ),
+        (
+            "Hosts/E",
+            one("at least the 1 MiB freed", |v| v >= 1_000_000.0),
+        ),
+        ("Hosts/F", one("some free space", |v| v > 0.0)),
+        // The idle engine only: the streaming one is not idle.
+        (
+            "Largest idle caches across the fleet/A",
+            per_engine(&[Who::Idle], None, |_, s, _| {
+                ensure(s.value < 1_048_576.0, || {
+                    format!("{} bytes left after cleanup", s.value)
+                })
+            }),
+        ),
         (
             "Engine details/A",
             per_engine(both(), None, |_, s, ctx| {

@@ -15,11 +15,15 @@
 #![allow(dead_code)] // each test file uses a different subset of the harness
 
 mod case;
+mod fleet;
 mod host;
 mod process;
+pub mod prom;
 // Not every test binary uses the in-process agent or a child process.
 #[allow(unused_imports)]
 pub use case::*;
+#[allow(unused_imports)]
+pub use fleet::*;
 #[allow(unused_imports)]
 pub use host::*;
 #[allow(unused_imports)]
