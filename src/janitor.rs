@@ -76,6 +76,17 @@ struct Inner {
     method: CacheMethod,
     /// Engines whose fallback from the host path to exec has been logged.
     fallback_said: logging::SaidOnce,
+    reach: Reach,
+}
+
+/// What a decided measurement or cleanup is handed to: the engine's real cache (the host walk,
+/// else `docker exec`), or in unit tests a stand-in. The seam sits after every rule the janitor
+/// applies (idle, one at a time, the concurrency limit, the registry's re-check, the probe
+/// pause), so the unit tests exercise all of them without Docker.
+enum Reach {
+    Cache,
+    #[cfg(test)]
+    Fake(tests::FakeCaches),
 }
 
 /// Sets its flag when dropped: a host walk's "finished" mark (dropped by the walk however it
@@ -155,8 +166,17 @@ impl Janitor {
                 probes: ProbePorts::default(),
                 method: cfg.method,
                 fallback_said: logging::SaidOnce::default(),
+                reach: Reach::Cache,
             }),
         }
+    }
+
+    #[cfg(test)]
+    fn with_fake(mut self, fake: tests::FakeCaches) -> Janitor {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_fake is called right after new, before any clone")
+            .reach = Reach::Fake(fake);
+        self
     }
 
     /// Shares the health checker's probe bookkeeping, so a delete pauses new checks of its
@@ -185,6 +205,11 @@ impl Janitor {
         // port arms it, no delete while a client is connected to it inside the container.
         let _pause = matches!(mode, Mode::Clear { .. }).then(|| self.inner.probes.pause(id));
         let own = self.inner.probes.recent_ports();
+        match &self.inner.reach {
+            Reach::Cache => {}
+            #[cfg(test)]
+            Reach::Fake(f) => return f.run(id, mode).await,
+        }
         if self.inner.method == CacheMethod::Auto {
             match self.run_on_host(e, mode, own.clone()).await {
                 Ok(outcome) => {
@@ -659,5 +684,417 @@ impl Janitor {
             .registry
             .send(RegistryCmd::SweepDone(Utc::now()))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The registry and the janitor together, on a temp-dir store, in paused time, with the
+    //! caches replaced by [`FakeCaches`]: every rule of when a cache is measured or cleaned,
+    //! without Docker and without sleeping. What needs a real container (the host walk, the
+    //! exec script, the live-stream guard inside it) is proven by tests/janitor.rs.
+
+    use super::*;
+    use crate::model::{CacheChoice, CacheMedium, CachePathSource, DiscoveredEngine, Runtime};
+    use crate::registry::Registry;
+    use crate::shutdown;
+    use crate::store::Store;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Caches in memory: a size per engine, every call recorded, how many run at once, and the
+    /// engines whose next delete finds a client connected (the live-stream guard's answer).
+    #[derive(Clone, Default)]
+    pub(super) struct FakeCaches {
+        sizes: Arc<Mutex<HashMap<String, u64>>>,
+        calls: Arc<Mutex<Vec<(String, bool)>>>,
+        running: Arc<AtomicUsize>,
+        max_running: Arc<AtomicUsize>,
+        busy_at_delete: Arc<Mutex<HashSet<String>>>,
+        /// How long each call takes (virtual time).
+        took: Duration,
+        /// Held by a test to keep deletes from finishing.
+        gate: Arc<tokio::sync::RwLock<()>>,
+    }
+
+    impl FakeCaches {
+        pub(super) async fn run(&self, id: &str, mode: Mode) -> Outcome {
+            let clear = matches!(mode, Mode::Clear { .. });
+            self.calls.lock().unwrap().push((id.to_string(), clear));
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.took).await;
+            if clear {
+                let _held = self.gate.read().await;
+            }
+            let before = self.sizes.lock().unwrap().get(id).copied().unwrap_or(0);
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            if before == 0 {
+                return Outcome::Empty { before: 0 };
+            }
+            match mode {
+                Mode::Measure => Outcome::Done(Sizes {
+                    before,
+                    after: None,
+                }),
+                Mode::Clear { .. } if self.busy_at_delete.lock().unwrap().contains(id) => {
+                    Outcome::Busy { before }
+                }
+                Mode::Clear { min_bytes } if before < min_bytes => Outcome::Done(Sizes {
+                    before,
+                    after: None,
+                }),
+                Mode::Clear { .. } => {
+                    self.sizes.lock().unwrap().insert(id.to_string(), 0);
+                    Outcome::Done(Sizes {
+                        before,
+                        after: Some(0),
+                    })
+                }
+            }
+        }
+
+        fn set(&self, id: &str, bytes: u64) {
+            self.sizes.lock().unwrap().insert(id.to_string(), bytes);
+        }
+
+        fn clears(&self, id: &str) -> usize {
+            let calls = self.calls.lock().unwrap();
+            calls.iter().filter(|(i, c)| i == id && *c).count()
+        }
+
+        fn calls_of(&self, id: &str) -> usize {
+            let calls = self.calls.lock().unwrap();
+            calls.iter().filter(|(i, _)| i == id).count()
+        }
+    }
+
+    struct Rig {
+        registry: RegistryHandle,
+        janitor: Janitor,
+        fake: FakeCaches,
+        store: Store,
+        stop: shutdown::Trigger,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            self.stop.fire();
+        }
+    }
+
+    fn id_of(n: usize) -> String {
+        format!("{n:0>64}")
+    }
+
+    async fn rig(concurrency: usize, triggers: Triggers, fake: FakeCaches) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb"), 100).unwrap();
+        let (registry, parts) =
+            Registry::new(store.clone(), HashSet::new(), Duration::from_secs(86_400)).unwrap();
+        let (stop, shutdown) = shutdown::channel();
+        tokio::spawn(registry.run(parts.rx, shutdown.clone()));
+        let janitor = Janitor::new(
+            parts.handle.clone(),
+            DockerClient::new(None),
+            JanitorConfig {
+                exec_timeout: Duration::from_secs(60),
+                concurrency,
+                min_bytes: 0,
+                method: CacheMethod::Auto,
+            },
+            Arc::new(Metrics::new()),
+        )
+        .with_fake(fake.clone());
+        tokio::spawn(
+            janitor
+                .clone()
+                .run(parts.events.subscribe(), triggers, shutdown),
+        );
+        parts.handle.send(RegistryCmd::DockerUp(true)).await;
+        Rig {
+            registry: parts.handle,
+            janitor,
+            fake,
+            store,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    impl Rig {
+        /// A running engine, idle, whose fake cache holds `bytes`.
+        async fn engine(&self, n: usize, bytes: u64) -> String {
+            let id = id_of(n);
+            self.fake.set(&id, bytes);
+            self.registry
+                .send(RegistryCmd::Upsert(DiscoveredEngine {
+                    container_id: id.clone(),
+                    container_name: format!("engine-{n}"),
+                    image: "acestream/engine".into(),
+                    labels: BTreeMap::new(),
+                    host: "127.0.0.1".into(),
+                    port: 6878,
+                    runtime: Runtime {
+                        pid: 4242,
+                        container_port: 6878,
+                        ..Runtime::default()
+                    },
+                    cache: CacheChoice {
+                        path: "/cache".into(),
+                        source: CachePathSource::Config,
+                        error: None,
+                        medium: CacheMedium::Disk,
+                    },
+                }))
+                .await;
+            self.settle().await;
+            assert!(self.state(&id).running, "engine {n} upserted");
+            id
+        }
+
+        /// The probe's word: `clients` connections to the engine's port.
+        async fn connections(&self, id: &str, clients: usize) {
+            self.registry
+                .send(RegistryCmd::Connections {
+                    id: id.to_string(),
+                    streams: (0..clients)
+                        .map(|i| format!("conn:10.0.0.{i}:5000"))
+                        .collect(),
+                })
+                .await;
+            self.settle().await;
+        }
+
+        /// Lets the registry and janitor tasks run what is queued (time does not move while
+        /// the runtime has work; a few yields and a zero sleep drain the channels).
+        async fn settle(&self) {
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+        }
+
+        fn state(&self, id: &str) -> EngineState {
+            self.registry
+                .snapshot()
+                .engines
+                .iter()
+                .find(|e| e.engine.container_id == id)
+                .cloned()
+                .expect("engine in the snapshot")
+        }
+    }
+
+    fn grace(d: Duration) -> Triggers {
+        Triggers {
+            idle_grace: Some(d),
+            ..Triggers::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_end_cleans_once_after_the_idle_grace() {
+        let r = rig(4, grace(Duration::from_secs(5)), FakeCaches::default()).await;
+        let id = r.engine(1, 1_000).await;
+        r.connections(&id, 1).await;
+        r.connections(&id, 0).await;
+        tokio::time::sleep(Duration::from_millis(4_900)).await;
+        r.settle().await;
+        assert_eq!(r.fake.clears(&id), 0, "not before the grace has passed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        r.settle().await;
+        assert_eq!(r.fake.clears(&id), 1, "once the grace has passed");
+        let e = r.state(&id);
+        assert_eq!(e.counters.get(Trigger::StreamEnd).cleanups, 1);
+        assert_eq!(e.counters.get(Trigger::StreamEnd).freed_bytes, 1_000);
+        assert_eq!(e.engine.cache_current_bytes, Some(0));
+        // Nothing more happens by itself.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        r.settle().await;
+        assert_eq!(r.fake.clears(&id), 1, "one cleanup per stream end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_during_the_grace_cancels_the_cleanup() {
+        let r = rig(4, grace(Duration::from_secs(5)), FakeCaches::default()).await;
+        let id = r.engine(1, 1_000).await;
+        r.connections(&id, 1).await;
+        r.connections(&id, 0).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        r.connections(&id, 1).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        r.settle().await;
+        assert_eq!(
+            r.fake.clears(&id),
+            0,
+            "the engine streamed again within the grace"
+        );
+        // The grace starts again from the next stream end.
+        r.connections(&id, 0).await;
+        tokio::time::sleep(Duration::from_millis(4_900)).await;
+        r.settle().await;
+        assert_eq!(r.fake.clears(&id), 0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        r.settle().await;
+        assert_eq!(r.fake.clears(&id), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_engine_is_refused_before_anything_runs() {
+        let r = rig(4, Triggers::default(), FakeCaches::default()).await;
+        let id = r.engine(1, 1_000).await;
+        r.connections(&id, 1).await;
+        let err = r.janitor.cleanup(&id, Trigger::Manual).await.unwrap_err();
+        assert_eq!(err, CleanupError::HasStreams(id12(&id).into()));
+        assert_eq!(r.fake.calls_of(&id), 0, "not even measured");
+        let err = r
+            .janitor
+            .cleanup(&id_of(9), Trigger::Manual)
+            .await
+            .unwrap_err();
+        assert_eq!(err, CleanupError::UnknownEngine(id12(&id_of(9)).into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_at_the_delete_leaves_the_cache_and_counts_nothing() {
+        let r = rig(4, Triggers::default(), FakeCaches::default()).await;
+        let id = r.engine(1, 5_000).await;
+        r.fake.busy_at_delete.lock().unwrap().insert(id.clone());
+        let err = r.janitor.cleanup(&id, Trigger::Manual).await.unwrap_err();
+        assert_eq!(err, CleanupError::HasStreams(id12(&id).into()));
+        r.settle().await;
+        let e = r.state(&id);
+        assert_eq!(e.counters.get(Trigger::Manual).cleanups, 0);
+        assert_eq!(e.counters.get(Trigger::Manual).failures, 0);
+        assert_eq!(
+            e.engine.cache_current_bytes,
+            Some(5_000),
+            "measured, not deleted"
+        );
+        assert!(!e.cleaning, "the cleaning mark is cleared");
+        assert!(r.store.history(&id, 10).unwrap().is_empty(), "no record");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_starts_during_the_delete_makes_the_engine_busy_after_it() {
+        let fake = FakeCaches::default();
+        let r = rig(4, Triggers::default(), fake.clone()).await;
+        let id = r.engine(1, 5_000).await;
+        let held = fake.gate.write().await;
+        let j = r.janitor.clone();
+        let cid = id.clone();
+        let cleanup = tokio::spawn(async move { j.cleanup(&cid, Trigger::Manual).await });
+        r.settle().await;
+        assert!(r.state(&id).cleaning, "past the re-check, deleting");
+        assert!(r.janitor.in_flight(&id));
+        // A second cleanup of the same engine meanwhile: one at a time.
+        let err = r.janitor.cleanup(&id, Trigger::Manual).await.unwrap_err();
+        assert_eq!(err, CleanupError::Busy(id12(&id).into()));
+        r.connections(&id, 1).await;
+        drop(held);
+        let record = cleanup.await.unwrap().unwrap();
+        assert_eq!(record.freed_bytes, 5_000);
+        r.settle().await;
+        let e = r.state(&id);
+        assert!(
+            !e.cleaning && !e.is_idle(),
+            "busy once the delete is over: {e:?}"
+        );
+        assert!(!r.janitor.in_flight(&id));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_runs_at_most_concurrency_cleanups_at_once() {
+        let fake = FakeCaches {
+            took: Duration::from_secs(1),
+            ..FakeCaches::default()
+        };
+        let r = rig(2, Triggers::default(), fake).await;
+        let mut ids = vec![];
+        for n in 0..6 {
+            ids.push(r.engine(n, 100 + n as u64).await);
+        }
+        let busy = r.engine(7, 1_000).await;
+        r.connections(&busy, 1).await;
+        let t0 = tokio::time::Instant::now();
+        r.janitor.sweep().await;
+        // Six cleanups of 1 s (virtual), two at a time.
+        assert_eq!(r.fake.max_running.load(Ordering::SeqCst), 2);
+        assert_eq!(t0.elapsed().as_secs(), 3);
+        r.settle().await;
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(r.fake.clears(id), 1, "engine {n}");
+            assert_eq!(
+                r.state(id).counters.get(Trigger::Sweep).freed_bytes,
+                100 + n as u64
+            );
+        }
+        assert_eq!(r.fake.calls_of(&busy), 0, "the busy engine is not swept");
+        assert!(
+            r.registry.snapshot().last_sweep.is_some(),
+            "SweepDone recorded"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_cache_is_no_cleanup_and_later_sweeps_skip_it() {
+        let r = rig(4, Triggers::default(), FakeCaches::default()).await;
+        let id = r.engine(1, 0).await;
+        r.janitor.sweep().await;
+        r.settle().await;
+        assert_eq!(r.fake.calls_of(&id), 1);
+        let e = r.state(&id);
+        assert_eq!(
+            e.counters.get(Trigger::Sweep).cleanups,
+            0,
+            "nothing to clean"
+        );
+        assert!(e.known_empty());
+        assert!(r.store.history(&id, 10).unwrap().is_empty(), "no record");
+        r.janitor.sweep().await;
+        r.settle().await;
+        assert_eq!(r.fake.calls_of(&id), 1, "known empty: not looked at again");
+        // A stream since: it may have written, so the next sweep looks.
+        r.connections(&id, 1).await;
+        r.connections(&id, 0).await;
+        r.fake.set(&id, 300);
+        r.janitor.sweep().await;
+        r.settle().await;
+        assert_eq!(r.fake.clears(&id), 2);
+        assert_eq!(r.state(&id).counters.get(Trigger::Sweep).freed_bytes, 300);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_record_is_in_the_store_when_the_cleanup_returns() {
+        let r = rig(4, Triggers::default(), FakeCaches::default()).await;
+        let id = r.engine(1, 2_048).await;
+        let record = r.janitor.cleanup(&id, Trigger::Manual).await.unwrap();
+        // No settling: the answer itself waited for the commit.
+        let stored = r.store.history(&id, 10).unwrap();
+        assert_eq!(stored, vec![record.clone()]);
+        assert_eq!(record.freed_bytes, 2_048);
+        assert!(record.success);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn measuring_reads_every_running_engine_busy_ones_too() {
+        let r = rig(4, Triggers::default(), FakeCaches::default()).await;
+        let idle = r.engine(1, 700).await;
+        let busy = r.engine(2, 900).await;
+        r.connections(&busy, 1).await;
+        r.janitor.measure_all().await;
+        r.settle().await;
+        assert_eq!(r.state(&idle).engine.cache_current_bytes, Some(700));
+        assert_eq!(r.state(&busy).engine.cache_current_bytes, Some(900));
+        assert_eq!(
+            r.fake.clears(&idle) + r.fake.clears(&busy),
+            0,
+            "nothing deleted"
+        );
     }
 }
