@@ -621,6 +621,13 @@ async fn manual_cleanup_returns_its_record_and_updates_the_engine() {
         "when it finished"
     );
     assert_eq!(item["cleanups_total"], json!(1));
+    assert!(
+        rec["freed_bytes"].as_u64().expect("freed_bytes") + 8 * 1024 >= size + 4096,
+        "{rec}"
+    );
+    // The record is committed before the reply: the history shows it at once.
+    let history = get_json(agent.addr(), &format!("/engines/{}/cleanups", engine.id)).await;
+    assert_eq!(history, json!([rec]), "{history}");
     agent.stop().await;
 }
 
@@ -702,7 +709,7 @@ async fn manual_cleanup_while_one_runs_is_409() {
         second.status, 409,
         "a second cleanup while one runs: {second:?}"
     );
-    assert!(!second.error_message().is_empty());
+    assert!(second.error_message().contains("already"), "{second:?}");
 
     let first = first.await.expect("first request task");
     assert_eq!(
