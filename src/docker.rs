@@ -130,11 +130,6 @@ impl DockerClient {
         }
     }
 
-    pub async fn ping(&self) -> Result<(), DockerError> {
-        let c = self.client()?;
-        Self::call("ping", c.ping()).await.map(|_| ())
-    }
-
     /// Running containers only: a stopped engine has no cache to clean and no streams.
     pub async fn list_running(&self) -> Result<Vec<ContainerSummary>, DockerError> {
         let c = self.client()?;

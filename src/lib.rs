@@ -151,8 +151,13 @@ impl Agent {
         let store = tokio::task::spawn_blocking(move || Store::open(&path, history))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
-        let (registry, parts) =
-            Registry::new(store.clone(), host_names(&cfg), cfg.store.retention)?;
+        // Loading the store is redb reads: off the async threads, like every other store call.
+        let (registry, parts) = {
+            let (store, names, retention) = (store.clone(), host_names(&cfg), cfg.store.retention);
+            tokio::task::spawn_blocking(move || Registry::new(store, names, retention))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??
+        };
         let (trigger, shutdown) = shutdown::channel();
         let metrics = Arc::new(Metrics::new().with_sweep_interval(cfg.cleanup.interval));
         let docker = DockerClient::new(cfg.docker.host.clone());

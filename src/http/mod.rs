@@ -378,9 +378,8 @@ struct EndedBody {
     container_id: Option<String>,
     #[serde(default)]
     stream_id: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    reason: Option<String>,
+    // The orchestrator also sends `reason` ("eof", "stopped"); nothing depends on it, and
+    // serde ignores fields a struct does not name.
 }
 
 /// Checks that a text field is at most `max` bytes.
