@@ -1275,37 +1275,49 @@ mod tests {
     }
 
     #[test]
-    fn render_50_engines_timing() {
+    fn every_engine_has_the_same_series_and_the_host_series_do_not_grow() {
         let mut snap = golden_snapshot();
         let template = snap.engines[0].clone();
-        snap.engines = (0..50)
-            .map(|i| {
-                let mut e = template.clone();
-                e.engine.container_id = format!("{i:012x}{}", &template.engine.container_id[12..]);
-                e.engine.container_name = format!("acestream-{i:02}");
-                e
-            })
-            .collect();
+        let engines = |n: usize| -> Vec<_> {
+            (0..n)
+                .map(|i| {
+                    let mut e = template.clone();
+                    e.engine.container_id =
+                        format!("{i:012x}{}", &template.engine.container_id[12..]);
+                    e.engine.container_name = format!("acestream-{i:02}");
+                    e
+                })
+                .collect()
+        };
         let m = Metrics::new();
         m.observe_cleanup(Trigger::Sweep, 1.0);
-        let out = m.render(&snap, "1.2.3");
-        assert_eq!(samples(&out, "acestream_engine_info").len(), 50);
-        let runs = 200;
-        let start = Instant::now();
-        let mut bytes = 0;
-        for _ in 0..runs {
-            bytes += m.render(&snap, "1.2.3").len();
-        }
-        let per = start.elapsed() / runs;
-        eprintln!(
-            "render: 50 engines, {} lines, {} bytes, {per:?} per render ({} build)",
-            out.lines().count(),
-            bytes / runs as usize,
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            }
+        snap.engines = engines(1);
+        let one = m.render(&snap, "1.2.3");
+        snap.engines = engines(50);
+        let fifty = m.render(&snap, "1.2.3");
+        let series = |text: &str, id: Option<&str>| -> usize {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .filter(|l| match id {
+                    Some(id) => l.contains(&format!("container_id=\"{id}\"")),
+                    None => !l.contains("container_id=\""),
+                })
+                .count()
+        };
+        let per_engine = series(&one, Some(&snap.engines[0].engine.container_id[..12]));
+        assert!(
+            per_engine >= 20,
+            "{per_engine} series for one engine:\n{one}"
         );
+        for e in &snap.engines {
+            assert_eq!(
+                series(&fifty, Some(&e.engine.container_id[..12])),
+                per_engine,
+                "{}",
+                e.engine.container_name
+            );
+        }
+        assert_eq!(series(&fifty, None), series(&one, None), "host series");
+        assert_eq!(samples(&fifty, "acestream_engine_info").len(), 50);
     }
 }

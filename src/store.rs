@@ -1241,12 +1241,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb"), 5).unwrap();
         assert!(Batch::default().is_empty());
-        let start = std::time::Instant::now();
-        for _ in 0..1000 {
+        let path = dir.path().join("s.redb");
+        let before = std::fs::read(&path).unwrap();
+        for _ in 0..100 {
             store.apply(&Batch::default()).unwrap();
         }
-        // 1000 commits would take seconds of fsync; skipping them takes microseconds.
-        assert!(start.elapsed() < std::time::Duration::from_millis(100));
+        // A commit, even of nothing, writes redb's header (a new transaction id).
+        assert!(std::fs::read(&path).unwrap() == before, "the file changed");
         let loaded = store.load().unwrap();
         assert!(loaded.engines.is_empty() && loaded.last_sweep.is_none());
     }

@@ -15,12 +15,6 @@ use chrono::{DateTime, Utc};
 use common::*;
 use serde_json::{json, Value};
 
-fn engine_for(case: &str) -> TestEngineBuilder {
-    TestEngine::builder()
-        .name_prefix("act")
-        .label(CASE_LABEL, case)
-}
-
 impl Case {
     /// POSTs a stream event as the acexy proxy does (JSON body, fire-and-forget client).
     async fn event(&self, kind: &str, body: &Value) -> (u16, Value) {
@@ -80,7 +74,7 @@ async fn open_stream_is_listed_and_never_cleaned_while_it_reads() {
     let (name, dir, mut cfg) = new_case("act-open-stream");
     cfg.cleanup.interval = Some(Duration::from_secs(1));
     cfg.cleanup.idle_grace = Some(Duration::from_secs(1));
-    let engine = engine_for(&name).start();
+    let engine = case_engine(&name, "act").start();
     engine.wait_http_ready().await;
     let since = unix_time();
     let case = Case::start(dir, cfg).await;
@@ -154,7 +148,7 @@ async fn engine_becomes_idle_and_is_cleaned_after_idle_grace_when_the_client_goe
     cfg.cleanup.interval = None;
     cfg.cleanup.idle_grace = Some(idle_grace);
     cfg.activity.interval = activity;
-    let engine = engine_for(&name).start();
+    let engine = case_engine(&name, "act").start();
     engine.wait_http_ready().await;
     let case = Case::start(dir, cfg).await;
 
@@ -236,7 +230,7 @@ async fn stream_events_make_an_engine_busy_and_stream_end_cleans_it() {
     // tests/janitor.rs's `busy_engine_cache_is_untouched`).
     cfg.cleanup.interval = None;
     cfg.cleanup.idle_grace = Some(idle_grace);
-    let engine = engine_for(&name).start();
+    let engine = case_engine(&name, "act").start();
     engine.wait_http_ready().await;
     engine.write_cache_file("chunk", 200_000);
     let case = Case::start(dir, cfg).await;
@@ -313,8 +307,8 @@ async fn stream_events_make_an_engine_busy_and_stream_end_cleans_it() {
 #[tokio::test]
 async fn stream_event_finds_the_engine_by_name_address_or_id_prefix() {
     let (name, dir, cfg) = new_case("act-resolve");
-    let engine = engine_for(&name).start();
-    let other = engine_for(&name).start();
+    let engine = case_engine(&name, "act").start();
+    let other = case_engine(&name, "act").start();
     engine.wait_http_ready().await;
     other.wait_http_ready().await;
     let case = Case::start(dir, cfg).await;
@@ -408,7 +402,7 @@ async fn health_checks_do_not_count_as_streams() {
     cfg.health.interval = Duration::from_millis(200);
     cfg.health.timeout = Duration::from_secs(1);
     cfg.activity.interval = Duration::from_millis(100);
-    let engine = engine_for(&name).start();
+    let engine = case_engine(&name, "act").start();
     engine.wait_http_ready().await;
     let case = Case::start(dir, cfg).await;
     let v = case
@@ -463,10 +457,10 @@ async fn health_and_version_are_reported() {
     let (name, dir, mut cfg) = new_case("act-health");
     cfg.health.interval = Duration::from_millis(200);
     cfg.health.timeout = Duration::from_secs(1);
-    let engine = engine_for(&name)
+    let engine = case_engine(&name, "act")
         .env("FAKE_VERSION", "9.9.9-activity")
         .start();
-    let plain = engine_for(&name).start();
+    let plain = case_engine(&name, "act").start();
     let started = Instant::now();
     let case = Case::start(dir, cfg).await;
     let v = case

@@ -20,16 +20,6 @@ fn advertised() -> String {
     acestream_agent::config::hostname()
 }
 
-fn docker_cli(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn streams(v: &Value) -> Vec<String> {
     v["streams"]
         .as_array()

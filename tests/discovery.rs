@@ -25,7 +25,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 /// Label key that ties engines to the one test that started them.
-const CASE_LABEL: &str = "acestream-agent.test.case";
 /// What the agent advertises as `host`, distinct from anything Docker reports.
 const ADVERTISE_HOST: &str = "agent-under-test.example";
 /// SPEC §1: a new engine shows in `/engines` within a second (and, by the same events, a
@@ -160,19 +159,6 @@ async fn wait_docker_down(agent: &Agent, within: Duration) {
         },
     )
     .await;
-}
-
-fn docker_cli(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn unix_secs(t: SystemTime) -> String {

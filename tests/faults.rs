@@ -22,8 +22,6 @@ use tempfile::TempDir;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-const CASE_LABEL: &str = "acestream-agent.test.case";
-
 // ---------------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------------
@@ -35,12 +33,6 @@ fn config(case: &str, store: &Path) -> Config {
     cfg.health.timeout = Duration::from_secs(1);
     cfg.cleanup.exec_timeout = Duration::from_secs(10);
     cfg
-}
-
-fn engine_for(case: &str, prefix: &str) -> TestEngineBuilder {
-    TestEngine::builder()
-        .name_prefix(prefix)
-        .label(CASE_LABEL, case)
 }
 
 async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
@@ -157,7 +149,7 @@ async fn cache_never_deleted_after_a_stream_started_event_was_accepted() {
     const ROUNDS: usize = 40;
     let case = unique_name("fault-race-ev");
     let dir = tempfile::tempdir().unwrap();
-    let e = engine_for(&case, "fault-race-ev").start();
+    let e = case_engine(&case, "fault-race-ev").start();
     e.wait_http_ready().await;
     let agent = start_agent(config(&case, &dir.path().join("state.redb"))).await;
     let addr = agent.addr;
@@ -275,7 +267,7 @@ async fn cache_never_deleted_under_a_live_connection() {
     const ROUNDS: usize = 12;
     let case = unique_name("fault-race-conn");
     let dir = tempfile::tempdir().unwrap();
-    let e = engine_for(&case, "fault-race-conn").start();
+    let e = case_engine(&case, "fault-race-conn").start();
     e.wait_http_ready().await;
     let mut cfg = config(&case, &dir.path().join("state.redb"));
     cfg.activity.interval = Duration::from_millis(500);
@@ -461,8 +453,8 @@ async fn docker_loss_serves_last_state_and_cleans_nothing_until_resynced() {
     let mut cfg = config(&case, &dir.path().join("state.redb"));
     cfg.docker.host = Some(proxy.host());
     cfg.cleanup.interval = Some(Duration::from_millis(300));
-    let stays = engine_for(&case, "fault-docker-stays").start();
-    let removed = engine_for(&case, "fault-docker-removed").start();
+    let stays = case_engine(&case, "fault-docker-stays").start();
+    let removed = case_engine(&case, "fault-docker-removed").start();
     let agent = start_agent(cfg).await;
     let addr = agent.addr;
     wait_docker(addr, true, Duration::from_secs(10)).await;
@@ -494,7 +486,7 @@ async fn docker_loss_serves_last_state_and_cleans_nothing_until_resynced() {
     stays.write_cache_file("during", 10_000);
     removed.write_cache_file("during", 10_000);
     removed.remove();
-    let started = engine_for(&case, "fault-docker-started").start();
+    let started = case_engine(&case, "fault-docker-started").start();
     started.write_cache_file("during", 10_000);
     // Several sweep periods without Docker: nothing is attempted, nothing recorded.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -586,16 +578,6 @@ fn processes_matching(engine: &TestEngine, needle: &str) -> usize {
         .count()
 }
 
-fn docker_cli(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Three engines whose cache script hangs (HANG_DU) are stopped, removed and renamed while
 /// their cleanup is in flight; a fourth, normal engine is cleaned by the same sweeps. The agent
 /// stays up, lists each container once under its current name, and records every interrupted
@@ -610,11 +592,11 @@ async fn containers_stopped_removed_or_renamed_mid_cleanup() {
     cfg.cleanup.exec_timeout = Duration::from_secs(4);
     // Through the exec: the host path has no du to hang.
     cfg.cleanup.method = CacheMethod::Exec;
-    let hung = |p| engine_for(&case, p).env("HANG_DU", "1").start();
+    let hung = |p| case_engine(&case, p).env("HANG_DU", "1").start();
     let stopped = hung("fault-mid-stop");
     let removed = hung("fault-mid-rm");
     let renamed = hung("fault-mid-mv");
-    let normal = engine_for(&case, "fault-mid-ok").start();
+    let normal = case_engine(&case, "fault-mid-ok").start();
     normal.write_cache_file("gone", 10_000);
     let agent = start_agent(cfg).await;
     let addr = agent.addr;
@@ -743,7 +725,7 @@ async fn hostile_cache_directories_touch_nothing_outside() {
     cfg.cleanup.interval = Some(Duration::from_millis(500));
     let cache = DEFAULT_CACHE_DIR;
 
-    let to_root = engine_for(&case, "fault-dir-root").start();
+    let to_root = case_engine(&case, "fault-dir-root").start();
     to_root.exec(&[
         "/usr/bin/busybox",
         "sh",
@@ -753,13 +735,13 @@ async fn hostile_cache_directories_touch_nothing_outside() {
         cache,
     ]);
     let linked_host = host_canary(host.path(), "linked");
-    let to_host = engine_for(&case, "fault-dir-host")
+    let to_host = case_engine(&case, "fault-dir-host")
         .docker_arg("-v")
         .docker_arg(&format!("{}:/hostdir", linked_host.display()))
         .start();
     let ro_host = host_canary(host.path(), "readonly");
     let rw_host = host_canary(host.path(), "writable");
-    let stuck = engine_for(&case, "fault-dir-stuck")
+    let stuck = case_engine(&case, "fault-dir-stuck")
         .docker_arg("-v")
         .docker_arg(&format!("{}:{cache}/ro:ro", ro_host.display()))
         .docker_arg("-v")
@@ -774,7 +756,7 @@ async fn hostile_cache_directories_touch_nothing_outside() {
         "/rw",
         &format!("{cache}/rwlink"),
     ]);
-    let normal = engine_for(&case, "fault-dir-ok").start();
+    let normal = case_engine(&case, "fault-dir-ok").start();
     normal.write_cache_file("gone", 10_000);
 
     let agent = start_agent(cfg).await;
@@ -962,7 +944,7 @@ async fn store_outage(
     fix: impl FnOnce(),
     expect: &str,
 ) {
-    let e = engine_for(case, "fault-store").start();
+    let e = case_engine(case, "fault-store").start();
     let agent = start_agent(config(case, store)).await;
     let addr = agent.addr;
     wait_docker(addr, true, Duration::from_secs(10)).await;
@@ -1185,10 +1167,10 @@ async fn sigterm_shuts_down_within_five_seconds_with_a_cleanup_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("state.redb");
     let log = dir.path().join("agent.log");
-    let hung = engine_for(&case, "fault-term-hung")
+    let hung = case_engine(&case, "fault-term-hung")
         .env("HANG_DU", "1")
         .start();
-    let normal = engine_for(&case, "fault-term-ok").start();
+    let normal = case_engine(&case, "fault-term-ok").start();
     normal.write_cache_file("gone", 10_000);
     let spawn = || {
         let port = free_port();

@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const CASE_LABEL: &str = "acestream-agent.test.case";
 const BIN: &str = env!("CARGO_BIN_EXE_acestream-agent");
 
 // ---------------------------------------------------------------------------------------------
@@ -28,12 +27,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_acestream-agent");
 
 fn config(case: &str, store: &Path) -> Config {
     case_config(case, store)
-}
-
-fn engine_for(case: &str, prefix: &str) -> TestEngineBuilder {
-    TestEngine::builder()
-        .name_prefix(prefix)
-        .label(CASE_LABEL, case)
 }
 
 async fn wait_listed(addr: SocketAddr, id: &str) -> Value {
@@ -261,7 +254,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn hostile_requests_get_the_right_4xx_and_change_nothing() {
     let case = unique_name("hostile-http");
     let dir = tempfile::tempdir().unwrap();
-    let e = engine_for(&case, "hostile-http").start();
+    let e = case_engine(&case, "hostile-http").start();
     let mut cfg = config(&case, &dir.path().join("state.redb"));
     cfg.health.interval = Duration::from_secs(3600);
     let agent = start_agent(cfg).await;
@@ -367,7 +360,7 @@ async fn hostile_requests_get_the_right_4xx_and_change_nothing() {
 async fn random_bytes_on_the_wire_never_break_the_agent() {
     let case = unique_name("hostile-fuzz");
     let dir = tempfile::tempdir().unwrap();
-    let e = engine_for(&case, "hostile-fuzz").start();
+    let e = case_engine(&case, "hostile-fuzz").start();
     let mut cfg = config(&case, &dir.path().join("state.redb"));
     cfg.health.interval = Duration::from_secs(3600);
     cfg.http.token = Some("s3cret".into());
@@ -597,7 +590,7 @@ async fn two_thousand_idle_connections_do_not_starve_healthz() {
 async fn stream_events_for_containers_that_are_not_engines_are_404() {
     let case = unique_name("hostile-notengine");
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine_for(&case, "hostile-engine").start();
+    let engine = case_engine(&case, "hostile-engine").start();
     let other = TestEngine::builder()
         .name_prefix("hostile-other")
         .label(CASE_LABEL, "some-other-case")
@@ -656,7 +649,7 @@ async fn hundred_thousand_stream_ids_keep_memory_bounded() {
     let case = unique_name("hostile-streams");
     // fsync-free storage: the test is about memory, not the disk.
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
-    let e = engine_for(&case, "hostile-streams").start();
+    let e = case_engine(&case, "hostile-streams").start();
     let agent = start_agent(config(&case, &dir.path().join("state.redb"))).await;
     let addr = agent.addr;
     wait_listed(addr, &e.id).await;
@@ -851,34 +844,6 @@ fn zero_and_negative_intervals_exit_2_naming_the_key() {
 // Odd label and name values
 // ---------------------------------------------------------------------------------------------
 
-fn promtool_check(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is needed; bash .ci/run installs it");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// Labels whose values (and keys) hold quotes, backslashes, newlines, tabs, control characters
 /// and non-ASCII, including the labels the agent reads (`acestream.cache_path`,
 /// `acestream.http_port`, `host.http_port`): `/engines` is valid JSON that round-trips them and
@@ -888,7 +853,7 @@ async fn odd_label_values_keep_engines_json_and_metrics_valid() {
     let case = unique_name("hostile-labels");
     let dir = tempfile::tempdir().unwrap();
     let odd = "quote\" back\\slash\nnew line\ttab \u{1} ctl café ✓ 😀 {x=\"y\"},";
-    let e = engine_for(&case, "hostile-labels")
+    let e = case_engine(&case, "hostile-labels")
         .label("acestream-agent.test.odd", odd)
         .label("odd\"key.with-ünïcode", odd)
         .label("acestream.cache_path", "/cache\n\"$(rm -rf /)\"")

@@ -17,7 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
 /// The label that restricts an agent's discovery to one test's engines.
-const CASE_LABEL: &str = "acestream-agent.test.case";
 /// Hostname the agent advertises engines on in these tests, so `host` is known exactly.
 const ADVERTISE_HOST: &str = "agent-under-test.example";
 const TOKEN: &str = "s3cret";

@@ -52,12 +52,6 @@ impl Case {
     }
 }
 
-fn engine_for(case: &str) -> TestEngineBuilder {
-    TestEngine::builder()
-        .name_prefix("jan")
-        .label(CASE_LABEL, case)
-}
-
 fn u64_of(v: &Value, field: &str) -> u64 {
     v[field]
         .as_u64()
@@ -112,7 +106,7 @@ async fn sweep_records_sizes_that_match_what_was_written() {
     // Long enough that the first sweep can be caught before the second (which would record
     // the emptied directory as the latest size).
     cfg.cleanup.interval = Some(Duration::from_secs(2));
-    let engine = engine_for(&name).start();
+    let engine = case_engine(&name, "jan").start();
     engine.wait_http_ready().await;
     let files: &[(&str, u64)] = &[
         ("a.chunk", 300_000),
@@ -201,7 +195,7 @@ fn fill_tree(engine: &TestEngine) -> u64 {
 #[tokio::test]
 async fn host_path_and_exec_record_the_same_sizes() {
     let (name, dir, mut cfg) = new_case("jan-methods");
-    let engine = engine_for(&name).start();
+    let engine = case_engine(&name, "jan").start();
     engine.wait_http_ready().await;
     let mut records = Vec::new();
     // Each run gets its own store; the case's first one is not used.
@@ -242,7 +236,7 @@ async fn host_path_and_exec_record_the_same_sizes() {
 async fn host_path_cleans_where_an_exec_would_hang() {
     let (name, dir, mut cfg) = new_case("jan-host-nohang");
     cfg.cleanup.exec_timeout = Duration::from_secs(3);
-    let engine = engine_for(&name).env("HANG_DU", "1").start();
+    let engine = case_engine(&name, "jan").env("HANG_DU", "1").start();
     engine.wait_http_ready().await;
     let written = fill_tree(&engine);
     let case = Case::start(dir, cfg).await;
@@ -279,7 +273,7 @@ async fn mounts_inside_the_cache_are_left_in_place() {
     std::fs::write(inner.join("keep"), b"another volume's data").unwrap();
     std::fs::write(&conf, b"setting=1").unwrap();
     let v = |src: &std::path::Path, dst: &str| format!("{}:{dst}", src.display());
-    let engine = engine_for(&name)
+    let engine = case_engine(&name, "jan")
         .docker_arg("-v")
         .docker_arg(&v(&cache, DEFAULT_CACHE_DIR))
         .docker_arg("-v")
@@ -321,7 +315,7 @@ async fn mounts_inside_the_cache_are_left_in_place() {
 #[tokio::test]
 async fn missing_cache_directory_is_nothing_to_clean() {
     let (name, dir, cfg) = new_case("jan-missing");
-    let engine = engine_for(&name).start();
+    let engine = case_engine(&name, "jan").start();
     engine.wait_http_ready().await;
     engine.exec(&["/usr/bin/busybox", "rm", "-rf", &engine.cache_dir]);
     assert!(!is_dir(&engine, &engine.cache_dir));
@@ -359,9 +353,9 @@ async fn busy_engine_cache_is_untouched() {
     cfg.cleanup.interval = Some(Duration::from_secs(1));
     cfg.activity.interval = Duration::from_millis(100);
     // Busy by the connection probe (a viewer reading), by the event API, and one idle.
-    let viewed = engine_for(&name).start();
-    let evented = engine_for(&name).start();
-    let idle = engine_for(&name).start();
+    let viewed = case_engine(&name, "jan").start();
+    let evented = case_engine(&name, "jan").start();
+    let idle = case_engine(&name, "jan").start();
     for e in [&viewed, &evented, &idle] {
         e.wait_http_ready().await;
     }
@@ -469,8 +463,8 @@ async fn hung_exec_times_out_and_is_recorded_without_blocking_others() {
     cfg.cleanup.method = CacheMethod::Exec;
     // One at a time: the hung engine holds the only slot, the other must still get it.
     cfg.cleanup.concurrency = 1;
-    let hung = engine_for(&name).env("HANG_DU", "1").start();
-    let normal = engine_for(&name).start();
+    let hung = case_engine(&name, "jan").env("HANG_DU", "1").start();
+    let normal = case_engine(&name, "jan").start();
     hung.wait_http_ready().await;
     normal.wait_http_ready().await;
     hung.write_cache_file("kept", 10_000);
@@ -533,8 +527,8 @@ async fn min_bytes_skips_small_caches() {
     let (name, dir, mut cfg) = new_case("jan-min-bytes");
     cfg.cleanup.interval = Some(Duration::from_secs(1));
     cfg.cleanup.min_bytes = 1024 * 1024;
-    let small = engine_for(&name).start();
-    let large = engine_for(&name).start();
+    let small = case_engine(&name, "jan").start();
+    let large = case_engine(&name, "jan").start();
     small.wait_http_ready().await;
     large.wait_http_ready().await;
     small.write_cache_file("small", 100_000);
@@ -576,10 +570,10 @@ async fn min_bytes_skips_small_caches() {
 async fn invalid_cache_path_label_is_reported_and_never_cleaned() {
     let (name, dir, mut cfg) = new_case("jan-bad-label");
     cfg.cleanup.interval = Some(Duration::from_secs(1));
-    let system = engine_for(&name)
+    let system = case_engine(&name, "jan")
         .label("acestream.cache_path", "/etc")
         .start();
-    let relative = engine_for(&name)
+    let relative = case_engine(&name, "jan")
         .label(
             "acestream.cache_path",
             "home/appuser/.ACEStream/.acestream_cache",
@@ -627,7 +621,7 @@ async fn cache_path_label_overrides_the_default() {
     cfg.cleanup.interval = Some(Duration::from_secs(1));
     let custom = "/data/ace/cache";
     // The fake engine creates and fills CACHE_DIR, as a real image with another home would.
-    let engine = engine_for(&name)
+    let engine = case_engine(&name, "jan")
         .label("acestream.cache_path", custom)
         .env("CACHE_DIR", custom)
         .start();
@@ -672,7 +666,7 @@ async fn cache_path_label_overrides_the_default() {
 #[tokio::test]
 async fn a_symlinked_cache_path_is_resolved_inside_the_container_and_cleaned() {
     let (name, dir, cfg) = new_case("jan-symlink-path");
-    let engine = engine_for(&name).start();
+    let engine = case_engine(&name, "jan").start();
     engine.wait_http_ready().await;
     engine.exec(&[
         "/usr/bin/busybox",
@@ -706,9 +700,9 @@ async fn a_symlinked_cache_path_is_resolved_inside_the_container_and_cleaned() {
 async fn cache_dir_symlinks_to_system_dirs_or_swapped_in_later_are_refused() {
     let (name, dir, mut cfg) = new_case("jan-symlink-dir");
     cfg.cleanup.interval = Some(Duration::from_secs(1));
-    let to_etc = engine_for(&name).start();
-    let swapped = engine_for(&name).start();
-    let normal = engine_for(&name).start();
+    let to_etc = case_engine(&name, "jan").start();
+    let swapped = case_engine(&name, "jan").start();
+    let normal = case_engine(&name, "jan").start();
     for e in [&to_etc, &swapped, &normal] {
         e.wait_http_ready().await;
     }
@@ -782,7 +776,7 @@ async fn cache_dir_symlinks_to_system_dirs_or_swapped_in_later_are_refused() {
 #[tokio::test]
 async fn symlinks_inside_the_cache_are_removed_not_followed() {
     let (name, dir, cfg) = new_case("jan-symlink-inside");
-    let engine = engine_for(&name).start();
+    let engine = case_engine(&name, "jan").start();
     engine.wait_http_ready().await;
     engine.write_cache_file("data", 10_000);
     engine.exec(&[
@@ -815,7 +809,7 @@ async fn symlinks_inside_the_cache_are_removed_not_followed() {
 async fn live_sizes_follow_a_growing_cache_without_cleaning() {
     let (name, dir, mut cfg) = new_case("jan-measure");
     cfg.cleanup.measure_interval = Some(Duration::from_millis(500));
-    let engine = engine_for(&name).start();
+    let engine = case_engine(&name, "jan").start();
     engine.wait_http_ready().await;
     let case = Case::start(dir, cfg).await;
     case.wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)

@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use acestream_agent::Agent;
@@ -16,9 +15,7 @@ use common::*;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const CASE_LABEL: &str = "acestream-agent.test.case";
 const ADVERTISE_HOST: &str = "metrics-host.example";
-const PROMTOOL: &str = "promtool";
 
 // ---------------------------------------------------------------------------
 // set-up
@@ -171,34 +168,6 @@ async fn consistent_scrape(addr: SocketAddr) -> (Vec<Value>, String) {
 // ---------------------------------------------------------------------------
 // promtool and the text format
 // ---------------------------------------------------------------------------
-
-/// `promtool check metrics` on `text`: returns (success, stdout + stderr).
-fn promtool_check(text: &str) -> (bool, String) {
-    let mut child = Command::new(PROMTOOL)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "these tests need `{PROMTOOL}` ({e}); install it with `apt-get install prometheus`"
-            )
-        });
-    child
-        .stdin
-        .take()
-        .expect("promtool stdin")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
-    let out = child.wait_with_output().expect("promtool runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), said)
-}
 
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {

@@ -29,7 +29,6 @@ use acestream_agent::Agent;
 use common::*;
 use serde_json::Value;
 
-const CASE_LABEL: &str = "acestream-agent.test.case";
 const DASHBOARD: &str = "grafana/dashboards/acestream-agent.json";
 const RULES: &str = "config/prometheus/acestream-agent.rules.yml";
 const RULES_TEST: &str = "config/prometheus/acestream-agent.rules.test.yml";

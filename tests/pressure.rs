@@ -27,7 +27,6 @@ use common::*;
 use serde_json::Value;
 use tempfile::TempDir;
 
-const CASE_LABEL: &str = "acestream-agent.test.case";
 const MIB: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
@@ -158,12 +157,6 @@ fn config(case: &str, dir: &TempDir, min_free: Option<MinFree>) -> Config {
 async fn start_agent(cfg: Config) -> Agent {
     logs();
     common::start_agent(cfg).await
-}
-
-fn engine_for(case: &str, prefix: &str) -> TestEngineBuilder {
-    TestEngine::builder()
-        .name_prefix(prefix)
-        .label(CASE_LABEL, case)
 }
 
 /// `-v host:dest` on `docker run`.
@@ -436,14 +429,14 @@ async fn pressure_cleans_idle_engines_largest_first_until_free_space_is_back() {
     fill(&c_dir.join("c.bin"), 10 * MIB);
     fill(&d_dir.join("d.bin"), MIB);
 
-    let a = bind(engine_for(&case, "prs-a"), &a_dir, DEFAULT_CACHE_DIR).start();
-    let b = bind(engine_for(&case, "prs-b"), &b_dir, "/data")
+    let a = bind(case_engine(&case, "prs-a"), &a_dir, DEFAULT_CACHE_DIR).start();
+    let b = bind(case_engine(&case, "prs-b"), &b_dir, "/data")
         .label("acestream.cache_path", "/data/ace/cache")
         .env("CACHE_DIR", "/data/ace/cache")
         .start();
-    let c = bind(engine_for(&case, "prs-c"), &c_dir, DEFAULT_CACHE_DIR).start();
-    let d = bind(engine_for(&case, "prs-d"), &d_dir, DEFAULT_CACHE_DIR).start();
-    let e = engine_for(&case, "prs-e").start();
+    let c = bind(case_engine(&case, "prs-c"), &c_dir, DEFAULT_CACHE_DIR).start();
+    let d = bind(case_engine(&case, "prs-d"), &d_dir, DEFAULT_CACHE_DIR).start();
+    let e = case_engine(&case, "prs-e").start();
     e.write_cache_file("e.bin", 5 * MIB);
     d.wait_http_ready().await;
     let docker_fs = docker_root_filesystem();
@@ -653,25 +646,25 @@ async fn cache_mountpoint_is_the_host_filesystem_or_the_containers_tmpfs() {
     let case = unique_name("pressure-which-disk");
     let tmp = Tmpfs::mount(16);
     let bound = bind(
-        engine_for(&case, "prs-bind"),
+        case_engine(&case, "prs-bind"),
         &tmp.dir("e"),
         DEFAULT_CACHE_DIR,
     )
     .start();
-    let plain = engine_for(&case, "prs-plain").start();
-    let volume = engine_for(&case, "prs-vol")
+    let plain = case_engine(&case, "prs-plain").start();
+    let volume = case_engine(&case, "prs-vol")
         .docker_arg("-v")
         .docker_arg(DEFAULT_CACHE_DIR)
         .start();
-    let tmpfs_flag = engine_for(&case, "prs-tmpfs")
+    let tmpfs_flag = case_engine(&case, "prs-tmpfs")
         .docker_arg("--tmpfs")
         .docker_arg(DEFAULT_CACHE_DIR)
         .start();
-    let tmpfs_mount = engine_for(&case, "prs-tmpfsm")
+    let tmpfs_mount = case_engine(&case, "prs-tmpfsm")
         .docker_arg("--mount")
         .docker_arg(&format!("type=tmpfs,destination={DEFAULT_CACHE_DIR}"))
         .start();
-    let shm = engine_for(&case, "prs-shm")
+    let shm = case_engine(&case, "prs-shm")
         .label(
             "acestream.cache_path",
             "/dev/shm/.ACEStream/.acestream_cache",
@@ -839,7 +832,7 @@ async fn ten_engine_episode(prefix: &str, method: CacheMethod) -> BTreeMap<u64, 
         let d = tmp.dir(&format!("e{i:02}"));
         fill(&d.join("cache.bin"), 2 * i * MIB);
         let e = bind(
-            engine_for(&case, &format!("prs-cost{i:02}")),
+            case_engine(&case, &format!("prs-cost{i:02}")),
             &d,
             DEFAULT_CACHE_DIR,
         )
@@ -921,7 +914,7 @@ async fn pressure_off_reports_free_space_and_never_cleans() {
     let tmp = Tmpfs::mount(16);
     let d = tmp.dir("e");
     fill(&d.join("cache.bin"), 4 * MIB);
-    let e = bind(engine_for(&case, "prs-off"), &d, DEFAULT_CACHE_DIR).start();
+    let e = bind(case_engine(&case, "prs-off"), &d, DEFAULT_CACHE_DIR).start();
     fill(&tmp.dir("host").join("fill"), tmp.avail() - 256 * 1024);
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(config(&case, &dir, None)).await;
@@ -975,7 +968,7 @@ async fn memory_caches_are_cleaned_by_pressure_on_their_tmpfs_and_their_memory_l
     let tmpfs =
         |size: &str| format!("type=tmpfs,destination=/home/appuser/.ACEStream,tmpfs-size={size}");
     let start = |prefix: &str, size: &str, memory: &str| {
-        engine_for(&case, prefix)
+        case_engine(&case, prefix)
             .docker_arg("--mount")
             .docker_arg(&tmpfs(size))
             .docker_arg("--memory")

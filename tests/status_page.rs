@@ -15,7 +15,6 @@ use common::*;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const CASE_LABEL: &str = "acestream-agent.test.case";
 const ADVERTISE_HOST: &str = "status-page-host.example";
 const CHROMIUM: &str = "chromium";
 /// Where the screenshot is kept for people to look at: `target/status-page.png`.

@@ -18,8 +18,6 @@ use acestream_agent::config::Config;
 use common::*;
 use serde_json::{json, Value};
 
-const CASE_LABEL: &str = "acestream-agent.test.case";
-
 // ---------------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------------

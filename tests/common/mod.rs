@@ -106,6 +106,44 @@ fn docker(args: &[&str]) -> String {
     try_docker(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `docker ARGS` on the system daemon, for a test's own steps (stop, rename, inspect): its
+/// trimmed stdout; panics with stderr when it fails.
+pub fn docker_cli(args: &[&str]) -> String {
+    docker(args)
+}
+
+/// An engine of this test case: `CASE_LABEL=<case>` (so only the case's agent sees it), named
+/// `<prefix>-…`.
+pub fn case_engine(case: &str, prefix: &str) -> TestEngineBuilder {
+    TestEngine::builder()
+        .name_prefix(prefix)
+        .label(CASE_LABEL, case)
+}
+
+/// `promtool check metrics` on an exposition text: (passed, what promtool said).
+pub fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is needed; bash .ci/run installs it");
+    child
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
 /// Checks once per process that the daemon answers, so that a missing daemon
 /// produces one clear panic instead of a confusing failure deep in a test.
 fn require_docker() {
