@@ -814,7 +814,6 @@ pub mod testing {
 mod tests {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    use std::time::Instant;
 
     use super::testing::{engine, golden_snapshot, T0};
     use super::*;
