@@ -9,10 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use acestream_agent::config::{CacheMethod, Config};
-use acestream_agent::Agent;
 use common::*;
 use serde_json::{json, Value};
-use tempfile::TempDir;
+use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -27,63 +26,10 @@ const MAX_BODY: usize = 64 * 1024;
 // set-up
 // ---------------------------------------------------------------------------
 
-/// An in-process agent that sees only the engines labelled with its case.
-struct TestAgent {
-    agent: Agent,
-    case: String,
-    _dir: TempDir,
-}
-
-impl TestAgent {
-    fn addr(&self) -> SocketAddr {
-        self.agent.addr
-    }
-
-    /// A fake engine this agent discovers, answering HTTP before it returns.
-    async fn engine(&self, prefix: &str) -> TestEngine {
-        let e = TestEngine::builder()
-            .name_prefix(prefix)
-            .label(CASE_LABEL, &self.case)
-            .start();
-        // No wait_http_ready here: its requests through docker-proxy are client connections
-        // the agent's probe may count as streams for a moment. The agent's own health check
-        // (every second, not counted) tells when the engine answers.
-        e
-    }
-
-    /// Waits until `/engines/{id}` shows the engine healthy, and returns it.
-    async fn wait_healthy(&self, e: &TestEngine) -> Value {
-        let addr = self.addr();
-        let path = format!("/engines/{}", e.id);
-        eventually(
-            Duration::from_secs(10),
-            &format!("engine {} listed healthy and idle", e.name),
-            || {
-                let path = path.clone();
-                async move {
-                    let (status, body) = try_http_get(addr, &path).await?;
-                    let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-                    if status == 200 && v["health_status"] == "healthy" && v["streams"] == json!([])
-                    {
-                        Ok(v)
-                    } else {
-                        Err(format!("HTTP {status}: {body}"))
-                    }
-                }
-            },
-        )
-        .await
-    }
-
-    async fn stop(self) {
-        self.agent.stop().await;
-    }
-}
-
 /// Nothing cleans on its own (every cleanup in these tests is a manual one), and streams come
 /// from the event API only.
-fn test_config(case: &str, dir: &TempDir) -> Config {
-    let mut cfg = case_config(case, &dir.path().join("state.redb"));
+fn test_config(case: &str, store: &Path) -> Config {
+    let mut cfg = case_config(case, store);
     cfg.discovery.advertise_host = ADVERTISE_HOST.into();
     cfg.cleanup.exec_timeout = Duration::from_secs(10);
     events_only(&mut cfg);
@@ -91,16 +37,12 @@ fn test_config(case: &str, dir: &TempDir) -> Config {
 }
 
 async fn start_agent_with(prefix: &str, bind: &str, tweak: impl FnOnce(&mut Config)) -> TestAgent {
-    let case = unique_name(prefix);
-    let dir = tempfile::tempdir().expect("temp dir for the store");
-    let mut cfg = test_config(&case, &dir);
-    tweak(&mut cfg);
-    let agent = start_agent_on(cfg, bind).await;
-    TestAgent {
-        agent,
-        case,
-        _dir: dir,
-    }
+    TestAgent::start(prefix, bind, |case, store| {
+        let mut cfg = test_config(case, store);
+        tweak(&mut cfg);
+        cfg
+    })
+    .await
 }
 
 async fn start_agent(prefix: &str) -> TestAgent {

@@ -10,27 +10,14 @@ use std::net::SocketAddr;
 
 use std::time::Duration;
 
-use acestream_agent::Agent;
 use common::*;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
 const ADVERTISE_HOST: &str = "metrics-host.example";
 
 // ---------------------------------------------------------------------------
 // set-up
 // ---------------------------------------------------------------------------
-
-struct TestAgent {
-    agent: Agent,
-    _dir: TempDir,
-}
-
-impl TestAgent {
-    fn addr(&self) -> SocketAddr {
-        self.agent.addr
-    }
-}
 
 /// Starts an engine for `case` and waits until it listens on 6878, read from its own TCP
 /// table: no connection is made, so no agent can mistake the wait for a client.
@@ -64,14 +51,15 @@ async fn listening_engine(case: &str, builder: TestEngineBuilder) -> TestEngine 
 /// come once a minute, so each engine is checked exactly once during a test: the state, and
 /// so `/metrics`, changes only when the test changes it.
 async fn start_agent(case: &str) -> TestAgent {
-    let dir = tempfile::tempdir().expect("temp dir for the store");
-    let mut cfg = case_config(case, &dir.path().join("state.redb"));
-    cfg.discovery.advertise_host = ADVERTISE_HOST.into();
-    cfg.cleanup.exec_timeout = Duration::from_secs(10);
-    cfg.health.interval = Duration::from_secs(60);
-    cfg.health.timeout = Duration::from_secs(3);
-    let agent = common::start_agent(cfg).await;
-    TestAgent { agent, _dir: dir }
+    TestAgent::start_for(case.to_string(), "127.0.0.1:0", |case, store| {
+        let mut cfg = case_config(case, store);
+        cfg.discovery.advertise_host = ADVERTISE_HOST.into();
+        cfg.cleanup.exec_timeout = Duration::from_secs(10);
+        cfg.health.interval = Duration::from_secs(60);
+        cfg.health.timeout = Duration::from_secs(3);
+        cfg
+    })
+    .await
 }
 
 /// Waits until `/engines/{id}` satisfies `ok`; returns the item.

@@ -6,14 +6,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use acestream_agent::Agent;
 use common::*;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
 const ADVERTISE_HOST: &str = "status-page-host.example";
 const CHROMIUM: &str = "chromium";
@@ -24,103 +21,53 @@ const SCREENSHOT_NAME: &str = "status-page.png";
 // set-up
 // ---------------------------------------------------------------------------
 
-struct TestAgent {
-    agent: Agent,
-    case: String,
-    _dir: TempDir,
-}
-
 async fn start_agent(prefix: &str) -> TestAgent {
-    let case = unique_name(prefix);
-    let dir = tempfile::tempdir().expect("temp dir for the store");
-    let mut cfg = case_config(&case, &dir.path().join("state.redb"));
-    cfg.discovery.advertise_host = ADVERTISE_HOST.into();
-    cfg.cleanup.exec_timeout = Duration::from_secs(10);
-    events_only(&mut cfg);
-    let agent = common::start_agent(cfg).await;
-    TestAgent {
-        agent,
-        case,
-        _dir: dir,
-    }
-}
-
-impl TestAgent {
-    fn addr(&self) -> SocketAddr {
-        self.agent.addr
-    }
-
-    async fn engine(&self, prefix: &str) -> TestEngine {
-        let e = TestEngine::builder()
-            .name_prefix(prefix)
-            .label(CASE_LABEL, &self.case)
-            .start();
-        // No wait_http_ready here: its requests through docker-proxy are client connections
-        // the agent's probe may count as streams for a moment. The agent's own health check
-        // (every second, not counted) tells when the engine answers.
-        e
-    }
-
-    async fn wait_healthy(&self, e: &TestEngine) {
-        let addr = self.addr();
-        let path = format!("/engines/{}", e.id);
-        eventually(
-            Duration::from_secs(10),
-            &format!("engine {} listed healthy and idle", e.name),
-            || {
-                let path = path.clone();
-                async move {
-                    let (status, body) = try_http_get(addr, &path).await?;
-                    let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-                    if status == 200 && v["health_status"] == "healthy" && v["streams"] == json!([])
-                    {
-                        Ok(())
-                    } else {
-                        Err(format!("HTTP {status}: {body}"))
-                    }
-                }
-            },
-        )
-        .await
-    }
-
-    /// Two engines as the page should show them: `used` was cleaned by a manual cleanup of
-    /// 1.5 MiB and then got a stream (event API), `idle` was never used nor cleaned.
-    async fn two_engines(&self) -> (TestEngine, TestEngine) {
-        let used = self.engine("page-a-used").await;
-        let idle = self.engine("page-b-idle").await;
-        self.wait_healthy(&used).await;
-        self.wait_healthy(&idle).await;
-        used.write_cache_file("movie.chunk", 1536 * 1024);
-        let (status, body) = http_post(
-            self.addr(),
-            &format!("/engines/{}/cleanup", used.id),
-            "",
-            &[],
-        )
-        .await;
-        assert_eq!(status, 200, "manual cleanup: {body}");
-        let started = json!({
-            "container_id": used.id,
-            "engine": {"host": "127.0.0.1", "port": used.host_port},
-            "stream": {"key_type": "content_id", "key": "page"},
-            "session": {"playback_session_id": "s", "stat_url": "", "command_url": "", "is_live": 1}
-        });
-        let (status, body) = http_post(
-            self.addr(),
-            "/events/stream_started",
-            &started.to_string(),
-            &[("content-type", "application/json")],
-        )
-        .await;
-        assert_eq!(status, 200, "stream_started: {body}");
-        (used, idle)
-    }
+    TestAgent::start(prefix, "127.0.0.1:0", |case, store| {
+        let mut cfg = case_config(case, store);
+        cfg.discovery.advertise_host = ADVERTISE_HOST.into();
+        cfg.cleanup.exec_timeout = Duration::from_secs(10);
+        events_only(&mut cfg);
+        cfg
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------
 // Chromium
 // ---------------------------------------------------------------------------
+
+/// Two engines as the page should show them: `used` was cleaned by a manual cleanup of
+/// 1.5 MiB and then got a stream (event API), `idle` was never used nor cleaned.
+async fn two_engines(agent: &TestAgent) -> (TestEngine, TestEngine) {
+    let used = agent.engine("page-a-used").await;
+    let idle = agent.engine("page-b-idle").await;
+    agent.wait_healthy(&used).await;
+    agent.wait_healthy(&idle).await;
+    used.write_cache_file("movie.chunk", 1536 * 1024);
+    let (status, body) = http_post(
+        agent.addr(),
+        &format!("/engines/{}/cleanup", used.id),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "manual cleanup: {body}");
+    let started = json!({
+        "container_id": used.id,
+        "engine": {"host": "127.0.0.1", "port": used.host_port},
+        "stream": {"key_type": "content_id", "key": "page"},
+        "session": {"playback_session_id": "s", "stat_url": "", "command_url": "", "is_live": 1}
+    });
+    let (status, body) = http_post(
+        agent.addr(),
+        "/events/stream_started",
+        &started.to_string(),
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(status, 200, "stream_started: {body}");
+    (used, idle)
+}
 
 /// Runs headless Chromium with `args` and the URL; returns stdout. Async (tokio::process):
 /// the agent under test serves the page from this same runtime.
@@ -303,7 +250,7 @@ fn target_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_shows_one_card_per_engine_with_the_seed_rows() {
     let agent = start_agent("page-cards").await;
-    let (used, idle) = agent.two_engines().await;
+    let (used, idle) = two_engines(&agent).await;
     let (status, engines) = http_get_json(agent.addr(), "/engines").await;
     assert_eq!(status, 200);
     let engines = engines.as_array().expect("/engines is an array").clone();
@@ -407,7 +354,7 @@ async fn status_page_shows_one_card_per_engine_with_the_seed_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_screenshot_is_written() {
     let agent = start_agent("page-shot").await;
-    let _engines = agent.two_engines().await;
+    let _engines = two_engines(&agent).await;
     let path = target_dir().join(SCREENSHOT_NAME);
     let _ = std::fs::remove_file(&path);
     let shot = format!("--screenshot={}", path.display());

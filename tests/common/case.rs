@@ -10,7 +10,7 @@ use acestream_agent::Agent;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::{eventually, http_get_json, try_http_get, unique_name};
+use super::{eventually, http_get_json, try_http_get, unique_name, TestEngine};
 
 /// Label that ties engines to the one test (and agent) that owns them.
 pub const CASE_LABEL: &str = "acestream-agent.test.case";
@@ -156,5 +156,87 @@ pub async fn stream_visit(addr: SocketAddr, container_id: &str) {
     ] {
         let (status, reply) = super::http_post(addr, path, &body.to_string(), &[]).await;
         assert_eq!(status, 200, "{path}: {reply}");
+    }
+}
+
+/// An in-process agent that sees only the engines labelled with its case (`case`), and what
+/// the HTTP-level tests ask of it; its store lives in `_dir`.
+pub struct TestAgent {
+    pub agent: Agent,
+    pub case: String,
+    _dir: TempDir,
+}
+
+impl TestAgent {
+    /// An agent for a new case named after `prefix`, on `bind`, with the config `cfg` makes
+    /// from the case's name and store path (usually a [`case_config`] it adjusts).
+    pub async fn start(
+        prefix: &str,
+        bind: &str,
+        cfg: impl FnOnce(&str, &Path) -> Config,
+    ) -> TestAgent {
+        TestAgent::start_for(unique_name(prefix), bind, cfg).await
+    }
+
+    /// [`TestAgent::start`] for a case the test has named already (its engines may be
+    /// started before the agent).
+    pub async fn start_for(
+        case: String,
+        bind: &str,
+        cfg: impl FnOnce(&str, &Path) -> Config,
+    ) -> TestAgent {
+        let dir = tempfile::tempdir().expect("temp dir for the store");
+        let cfg = cfg(&case, &dir.path().join("state.redb"));
+        let agent = start_agent_on(cfg, bind).await;
+        TestAgent {
+            agent,
+            case,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.agent.addr
+    }
+
+    /// A fake engine this agent discovers.
+    pub async fn engine(&self, prefix: &str) -> TestEngine {
+        // No wait_http_ready here: its requests through docker-proxy are client connections
+        // the agent's probe may count as streams for a moment. The agent's own health check
+        // (every second, not counted) tells when the engine answers.
+        TestEngine::builder()
+            .name_prefix(prefix)
+            .label(CASE_LABEL, &self.case)
+            .start()
+    }
+
+    /// Waits until `/engines/{id}` shows the engine healthy and idle, and returns it.
+    pub async fn wait_healthy(&self, e: &TestEngine) -> Value {
+        let addr = self.addr();
+        let path = format!("/engines/{}", e.id);
+        eventually(
+            Duration::from_secs(10),
+            &format!("engine {} listed healthy and idle", e.name),
+            || {
+                let path = path.clone();
+                async move {
+                    let (status, body) = try_http_get(addr, &path).await?;
+                    let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                    if status == 200
+                        && v["health_status"] == "healthy"
+                        && v["streams"] == serde_json::json!([])
+                    {
+                        Ok(v)
+                    } else {
+                        Err(format!("HTTP {status}: {body}"))
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn stop(self) {
+        self.agent.stop().await;
     }
 }
