@@ -495,6 +495,10 @@ fn wrk_with(url: &str, p: &Params, headers: &[&str]) -> Load {
         load.rps.is_finite() && load.p99_ms.is_finite(),
         "unexpected wrk output for {url}:\n{out}"
     );
+    eprintln!(
+        "bench: wrk {url} {headers:?}: {:.0} req/s, p99 {:.2} ms",
+        load.rps, load.p99_ms
+    );
     load
 }
 
@@ -1909,6 +1913,7 @@ struct ScrapeAt {
     engine_series: usize,
     host_series: usize,
     prom_avg_ms: f64,
+    prom_median_ms: f64,
     prom_max_ms: f64,
     prom_scrapes: f64,
     prom_samples: f64,
@@ -2063,6 +2068,12 @@ fn measure_scrape(p: &Params, agent: &AgentProc, engines: usize) -> ScrapeAt {
     }
     let text = String::from_utf8_lossy(&plain).into_owned();
     let (engine_series, host_series) = series_split(&text);
+    // Kept for a look at the series: target/bench-scrape/metrics-<n>.txt and .gz.
+    let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-scrape");
+    if std::fs::create_dir_all(&keep).is_ok() {
+        let _ = std::fs::write(keep.join(format!("metrics-{engines}.txt")), &plain);
+        let _ = std::fs::write(keep.join(format!("metrics-{engines}.gz")), &gzip);
+    }
 
     // A real Prometheus (2.42 always sends Accept-Encoding: gzip).
     let prom = Prometheus::start(agent.addr);
@@ -2094,6 +2105,9 @@ fn measure_scrape(p: &Params, agent: &AgentProc, engines: usize) -> ScrapeAt {
         engine_series,
         host_series,
         prom_avg_ms: q(&format!("avg_over_time(scrape_duration_seconds{sel}[10m])")) * 1000.0,
+        prom_median_ms: q(&format!(
+            "quantile_over_time(0.5, scrape_duration_seconds{sel}[10m])"
+        )) * 1000.0,
         prom_max_ms: q(&format!("max_over_time(scrape_duration_seconds{sel}[10m])")) * 1000.0,
         prom_scrapes: scrapes,
         prom_samples: q(&format!("scrape_samples_scraped{sel}")),
@@ -2113,6 +2127,7 @@ fn measure_scrape(p: &Params, agent: &AgentProc, engines: usize) -> ScrapeAt {
 /// gzip body (taken just before) with `Content-Encoding: gzip`; the agent's plain `/metrics`
 /// in the same runs for comparison.
 fn bench_gzip_load(p: &Params, agent: &AgentProc, engines: usize, table: &mut Table) {
+    let load_at_start = loadavg();
     let dir = tempfile::tempdir().expect("tempdir");
     let curl = |url: &str, name: &str| -> (String, Vec<u8>) {
         let (h, b) = (dir.path().join(format!("{name}.h")), dir.path().join(name));
@@ -2200,7 +2215,8 @@ fn bench_gzip_load(p: &Params, agent: &AgentProc, engines: usize, table: &mut Ta
         "/metrics gzip load: wrk -H 'Accept-Encoding: gzip' -t{} -c{} -d{}s, {errors} \
          non-2xx/socket errors; nginx serves the agent's gzip body (curl: same bytes, \
          Content-Encoding: gzip) from `location = /metrics.gz {{ default_type text/plain; \
-         add_header Content-Encoding gzip; }}`",
+         add_header Content-Encoding gzip; }}`; each run: agent gzip, nginx gzip, agent plain; \
+         load average at the start of this load: {load_at_start}",
         std::env::var("ACESTREAM_BENCH_WRK_THREADS").unwrap_or_else(|_| "1".into()),
         p.connections,
         p.load.as_secs(),
@@ -2324,14 +2340,14 @@ fn bench_scrape(p: &Params, run: &str, table: &mut Table, rt: &tokio::runtime::R
         table.row(
             &format!("Prometheus scrape ({} engines)", s.engines),
             format!(
-                "{:.2} ms scrape_duration_seconds (avg of {:.0} scrapes, gzip; max {:.2} ms), \
-                 {:.0} scrape_samples_scraped",
-                s.prom_avg_ms, s.prom_scrapes, s.prom_max_ms, s.prom_samples
+                "{:.2} ms scrape_duration_seconds, avg of {:.0} scrapes, gzip (median {:.2} ms, \
+                 max {:.2} ms); {:.0} scrape_samples_scraped",
+                s.prom_avg_ms, s.prom_scrapes, s.prom_median_ms, s.prom_max_ms, s.prom_samples
             ),
             format!(
-                "direct GET plain {:.2} ms; {lines:.0} sample lines in the body; \
-                 head series {:.0}; up {:.0}",
-                s.get_plain_ms, s.prom_head_series, s.prom_up
+                "direct GET gzip {:.2} ms, plain {:.2} ms; {lines:.0} sample lines in the \
+                 body; head series {:.0}; up {:.0}",
+                s.get_gzip_ms, s.get_plain_ms, s.prom_head_series, s.prom_up
             ),
             "samples scraped = sample lines = head series − 5, every scrape up",
             Some(
@@ -2376,7 +2392,8 @@ fn bench_scrape(p: &Params, run: &str, table: &mut Table, rt: &tokio::runtime::R
          first sweep had run (every per-engine series present; none of the memory-cache ones). \
          Bodies by a raw HTTP/1.1 client with and without Accept-Encoding: gzip; GET = \
          connect + request + last body byte, new connection each; Prometheus 2.42 \
-         (scrape_interval 1s) scraping the agent alone",
+         (scrape_interval 1s) scraping the agent alone; the bodies are kept in \
+         target/bench-scrape/",
         p.scrape_sweep.as_millis(),
         p.idle_grace.min(Duration::from_secs(1)).as_millis()
     ));
