@@ -1,8 +1,10 @@
-//! Benchmark harness for issue 6: what the agent costs the host and how quickly it reacts.
+//! Benchmark harness for issue 6 (what the agent costs the host and how quickly it reacts) and
+//! issue 16 (what its scrapes cost Prometheus, and a fleet sizing computed from them).
 //!
 //! ```sh
-//! cargo bench --bench agent                          # full run (several minutes), prints the table
-//! ACESTREAM_BENCH_SMOKE=1 cargo bench --bench agent  # tiny run: 2 engines, 1 s loads, 2 files
+//! cargo bench --bench agent                          # full run (several minutes), prints the tables
+//! ACESTREAM_BENCH_SMOKE=1 cargo bench --bench agent  # tiny run: 2-3 engines, 1 s loads, 2 files
+//! ACESTREAM_BENCH_ONLY=scrape cargo bench --bench agent  # the scrape section (issue 16) alone
 //! ```
 //!
 //! Real Docker, fake engines (tests/fixtures/fake-engine, built by tests/common/mod.rs), the
