@@ -1,8 +1,10 @@
-//! Benchmark harness for issue 6: what the agent costs the host and how quickly it reacts.
+//! Benchmark harness for issue 6 (what the agent costs the host and how quickly it reacts) and
+//! issue 16 (what its scrapes cost Prometheus, and a fleet sizing computed from them).
 //!
 //! ```sh
-//! cargo bench --bench agent                          # full run (several minutes), prints the table
-//! ACESTREAM_BENCH_SMOKE=1 cargo bench --bench agent  # tiny run: 2 engines, 1 s loads, 2 files
+//! cargo bench --bench agent                          # full run (several minutes), prints the tables
+//! ACESTREAM_BENCH_SMOKE=1 cargo bench --bench agent  # tiny run: 2-3 engines, 1 s loads, 2 files
+//! ACESTREAM_BENCH_ONLY=scrape cargo bench --bench agent  # the scrape section (issue 16) alone
 //! ```
 //!
 //! Real Docker, fake engines (tests/fixtures/fake-engine, built by tests/common/mod.rs), the
@@ -62,6 +64,17 @@ pub struct Params {
     pub reaction_runs: usize,
     /// `cleanup.idle_grace` of the reaction agent (the default in a full run).
     pub idle_grace: Duration,
+    /// `ACESTREAM_BENCH_ONLY`: run one section only (`scrape`); `None`: every section.
+    pub only: Option<String>,
+    /// Engines behind the two scrape agents (issue 16): a host of each size.
+    pub scrape_engines: [usize; 2],
+    /// Direct GETs of each kind (plain, gzip) per size for the scrape duration.
+    pub scrape_gets: usize,
+    /// Prometheus scrapes (1 s apart) to wait for per size.
+    pub prom_scrapes: usize,
+    /// `cleanup.interval` of the scrape agents: the first sweep has run before the bodies are
+    /// taken (the default 30 s in a full run).
+    pub scrape_sweep: Duration,
 }
 
 impl Params {
@@ -83,6 +96,14 @@ impl Params {
                 .cleanup
                 .idle_grace
                 .expect("idle_grace on by default"),
+            only: None,
+            scrape_engines: [50, 150],
+            scrape_gets: 50,
+            prom_scrapes: 10,
+            scrape_sweep: Config::default()
+                .cleanup
+                .interval
+                .expect("sweep on by default"),
         }
     }
 
@@ -101,10 +122,16 @@ impl Params {
             store_history: 5,
             reaction_runs: 1,
             idle_grace: Duration::from_secs(1),
+            only: None,
+            scrape_engines: [2, 3],
+            scrape_gets: 5,
+            prom_scrapes: 2,
+            scrape_sweep: Duration::from_secs(3),
         }
     }
 
-    /// `ACESTREAM_BENCH_SMOKE=1` → smoke; `ACESTREAM_BENCH_RUNS=N` overrides the repetitions.
+    /// `ACESTREAM_BENCH_SMOKE=1` → smoke; `ACESTREAM_BENCH_RUNS=N` overrides the repetitions;
+    /// `ACESTREAM_BENCH_ONLY=scrape` runs the scrape section (issue 16) alone.
     pub fn from_env() -> Params {
         let smoke = std::env::var("ACESTREAM_BENCH_SMOKE").is_ok_and(|v| v != "0" && !v.is_empty());
         let mut p = if smoke {
@@ -118,6 +145,9 @@ impl Params {
         {
             p.runs = n;
         }
+        p.only = std::env::var("ACESTREAM_BENCH_ONLY")
+            .ok()
+            .filter(|v| !v.is_empty());
         p
     }
 }
@@ -142,7 +172,27 @@ pub const ROWS: &[&str] = &[
     "store open (+load)",
     "/engines render, store engines",
     "GET /engines, store engines",
+    "/metrics body ({a} engines)",
+    "/metrics body ({b} engines)",
+    "GET /metrics, new connection ({a} engines)",
+    "GET /metrics, new connection ({b} engines)",
+    "Prometheus scrape ({a} engines)",
+    "Prometheus scrape ({b} engines)",
+    "series per engine",
+    "series per host (not per engine)",
+    "/metrics gzip req/s ({a} engines",
 ];
+
+/// A row name of `ROWS` with the scrape sizes in: `{a}` and `{b}` stand for the two
+/// `Params::scrape_engines`.
+pub fn row_name(template: &str, p: &Params) -> String {
+    template
+        .replace("{a}", &p.scrape_engines[0].to_string())
+        .replace("{b}", &p.scrape_engines[1].to_string())
+}
+
+/// The sizing table's title: the smoke test finds the main table's end by it.
+pub const SIZING_TITLE: &str = "Sizing:";
 
 struct Row {
     what: String,
@@ -156,6 +206,8 @@ struct Row {
 struct Table {
     rows: Vec<Row>,
     notes: Vec<String>,
+    /// Further Markdown (the fleet sizing table), after the notes.
+    sections: Vec<String>,
 }
 
 impl Table {
@@ -203,6 +255,9 @@ impl Table {
         }
         for n in &self.notes {
             let _ = writeln!(s, "\n- {n}");
+        }
+        for x in &self.sections {
+            let _ = writeln!(s, "\n{x}");
         }
         s
     }
@@ -392,15 +447,24 @@ fn wrk_duration_ms(s: &str) -> f64 {
 }
 
 fn wrk(url: &str, p: &Params) -> Load {
+    wrk_with(url, p, &[])
+}
+
+/// wrk with request headers (`-H 'Name: value'` each).
+fn wrk_with(url: &str, p: &Params, headers: &[&str]) -> Load {
     // One wrk thread: on 2 cores a second one only takes CPU from the server under test.
     let threads = std::env::var("ACESTREAM_BENCH_WRK_THREADS").unwrap_or_else(|_| "1".into());
-    let out = run_ok(Command::new("wrk").args([
+    let mut cmd = Command::new("wrk");
+    cmd.args([
         &format!("-t{threads}"),
         &format!("-c{}", p.connections),
         &format!("-d{}s", p.load.as_secs().max(1)),
         "--latency",
-        url,
-    ]));
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = run_ok(cmd.arg(url));
     let mut load = Load {
         rps: f64::NAN,
         p99_ms: f64::NAN,
@@ -433,6 +497,10 @@ fn wrk(url: &str, p: &Params) -> Load {
         load.rps.is_finite() && load.p99_ms.is_finite(),
         "unexpected wrk output for {url}:\n{out}"
     );
+    eprintln!(
+        "bench: wrk {url} {headers:?}: {:.0} req/s, p99 {:.2} ms",
+        load.rps, load.p99_ms
+    );
     load
 }
 
@@ -445,6 +513,11 @@ struct Nginx {
 
 impl Nginx {
     fn start(files: &[(&str, &[u8])]) -> Nginx {
+        Nginx::start_with(files, "")
+    }
+
+    /// `server_extra`: more directives in the server block (e.g. a location).
+    fn start_with(files: &[(&str, &[u8])], server_extra: &str) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("root");
         std::fs::create_dir(&root).expect("nginx root");
@@ -465,7 +538,7 @@ impl Nginx {
              http {{\n  access_log off;\n  types {{ }}\n  default_type application/octet-stream;\n\
              keepalive_requests 1000000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}\n}}\n",
+             server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} {server_extra} }}\n}}\n",
             root = root.display()
         );
         let conf_path = dir.path().join("nginx.conf");
@@ -1559,13 +1632,895 @@ fn bench_store(p: &Params, table: &mut Table, rt: &tokio::runtime::Runtime) {
 }
 
 // ---------------------------------------------------------------------------
+// scrapes and fleet sizing (issue 16)
+// ---------------------------------------------------------------------------
+
+/// Hosts and engines per host of the fleet the sizing table is computed for.
+const FLEET_HOSTS: usize = 100;
+const FLEET_ENGINES: usize = 50;
+/// Prometheus's scrape interval the sizing assumes (its usual 15 s).
+const FLEET_INTERVAL_S: f64 = 15.0;
+/// Series Prometheus adds per target: up, scrape_duration_seconds, scrape_samples_scraped,
+/// scrape_samples_post_metric_relabeling, scrape_series_added.
+const PROM_SERIES_PER_TARGET: usize = 5;
+/// Head memory per series, a rule of thumb for Prometheus 2.x (see BENCHMARKS.md).
+const PROM_BYTES_PER_SERIES: f64 = 3.0 * 1024.0;
+
+/// One answer to a raw HTTP/1.1 GET: the body exactly as sent (gzip'd or not).
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// GET on a new connection (what a scraper pays each interval), read to the last body byte.
+fn raw_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> RawResponse {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_nodelay(true);
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        let _ = write!(req, "{k}: {v}\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
+        assert!(n > 0, "GET {addr}{path}: closed before the headers");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    let mut r = RawResponse {
+        status,
+        headers,
+        body: buf[head_end + 4..].to_vec(),
+    };
+    match r
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(len) => {
+            while r.body.len() < len {
+                let n = s
+                    .read(&mut chunk)
+                    .unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
+                assert!(
+                    n > 0,
+                    "GET {addr}{path}: closed {} bytes short",
+                    len - r.body.len()
+                );
+                r.body.extend_from_slice(&chunk[..n]);
+            }
+            r.body.truncate(len);
+        }
+        None => {
+            s.read_to_end(&mut r.body)
+                .unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
+        }
+    }
+    r
+}
+
+const GZIP: (&str, &str) = ("Accept-Encoding", "gzip");
+
+fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .ok()
+        .map(|_| out)
+}
+
+/// One sample line of a text exposition: metric name and label pairs (values as written,
+/// escapes kept).
+struct SampleLine<'a> {
+    name: &'a str,
+    labels: Vec<(&'a str, &'a str)>,
+}
+
+fn sample_lines(text: &str) -> Vec<SampleLine<'_>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..end];
+        let mut labels = Vec::new();
+        if line[end..].starts_with('{') {
+            let b = line.as_bytes();
+            let mut i = end + 1;
+            while i < b.len() && b[i] != b'}' {
+                let eq = i + line[i..].find('=').expect("label name=value");
+                let lname = line[i..eq].trim_matches(|c| c == ',' || c == ' ');
+                // The value: from the opening quote to the next unescaped one.
+                let start = eq + 2;
+                let mut j = start;
+                while b[j] != b'"' {
+                    j += if b[j] == b'\\' { 2 } else { 1 };
+                }
+                labels.push((lname, &line[start..j]));
+                i = j + 1;
+                while i < b.len() && (b[i] == b',' || b[i] == b' ') {
+                    i += 1;
+                }
+            }
+        }
+        out.push(SampleLine { name, labels });
+    }
+    out
+}
+
+/// (sample lines with a `container_id` label, the others).
+fn series_split(text: &str) -> (usize, usize) {
+    let lines = sample_lines(text);
+    let engine = lines
+        .iter()
+        .filter(|l| l.labels.iter().any(|(k, _)| *k == "container_id"))
+        .count();
+    (engine, lines.len() - engine)
+}
+
+/// Robust Perception's estimate of Prometheus 2.x head memory for the series of one target
+/// ("How much RAM does Prometheus 2.x need for cardinality and ingestion?"): 732 B per series,
+/// 32 B per label pair, 120 B per unique label value, the series name twice, all doubled for
+/// Go's garbage collector. `job` and `instance` are counted as the two labels Prometheus adds.
+fn robust_perception_bytes(text: &str) -> f64 {
+    let lines = sample_lines(text);
+    let mut values: std::collections::HashSet<&str> = ["agent", "host:9100"].into();
+    let mut bytes = 0.0;
+    for l in &lines {
+        bytes += 732.0 + 32.0 * (l.labels.len() + 2) as f64 + 2.0 * l.name.len() as f64;
+        values.extend(l.labels.iter().map(|(_, v)| *v));
+    }
+    (bytes + 120.0 * values.len() as f64) * 2.0
+}
+
+/// A Prometheus server (Debian's /usr/bin/prometheus) scraping one target every second.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  \
+                 - job_name: agent\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("prometheus.yml");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
+        let child = Command::new("/usr/bin/prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("cannot start /usr/bin/prometheus (Debian package prometheus)");
+        let mut p = Prometheus { child, addr, dir };
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("prometheus exited ({status}):\n{}", p.log());
+            }
+            if std::net::TcpStream::connect(addr).is_ok()
+                && raw_get(addr, "/-/ready", &[]).status == 200
+            {
+                return p;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "prometheus not ready:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// The value of an instant query whose result is one sample; `None` while there is none.
+    fn scalar(&self, q: &str) -> Option<f64> {
+        let enc: String = q
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                b => format!("%{b:02X}"),
+            })
+            .collect();
+        let r = raw_get(self.addr, &format!("/api/v1/query?query={enc}"), &[]);
+        let v: Value = serde_json::from_slice(&r.body).ok()?;
+        assert_eq!(r.status, 200, "query {q}: {v}");
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+    }
+
+    /// A sample of Prometheus's own /metrics (it does not scrape itself here).
+    fn own_metric(&self, name: &str) -> f64 {
+        let r = raw_get(self.addr, "/metrics", &[]);
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// What one agent's scrapes measured.
+struct ScrapeAt {
+    engines: usize,
+    plain: Vec<u8>,
+    gzip: Vec<u8>,
+    /// The gzip body decompressed to the plain one taken around it.
+    decompresses: bool,
+    get_plain_ms: f64,
+    get_gzip_ms: f64,
+    engine_series: usize,
+    host_series: usize,
+    prom_avg_ms: f64,
+    prom_median_ms: f64,
+    prom_max_ms: f64,
+    prom_scrapes: f64,
+    prom_samples: f64,
+    prom_samples_min: f64,
+    prom_samples_max: f64,
+    prom_up: f64,
+    prom_head_series: f64,
+    robust_perception_bytes: f64,
+}
+
+/// Removes engines from several threads at once (150 `docker rm -f` one after another take
+/// minutes).
+fn remove_engines(engines: Vec<TestEngine>) {
+    let mut chunks: Vec<Vec<TestEngine>> = (0..8).map(|_| Vec::new()).collect();
+    for (i, e) in engines.into_iter().enumerate() {
+        chunks[i % 8].push(e);
+    }
+    std::thread::scope(|s| {
+        for c in chunks {
+            s.spawn(move || drop(c));
+        }
+    });
+}
+
+/// Gives every engine the state of a working host's engine: one stream, then its stream-end
+/// cleanup of a non-empty cache (so every per-engine series exists: last stream, last cleanup,
+/// size before it), and waits for the first periodic sweep (its timestamp is a host series).
+fn use_and_clean(
+    p: &Params,
+    agent: &AgentProc,
+    engines: &[TestEngine],
+    rt: &tokio::runtime::Runtime,
+) {
+    let ids: Vec<&str> = engines.iter().map(|e| e.id.as_str()).collect();
+    let pids: Vec<u32> = run_ok(
+        Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}"])
+            .args(&ids),
+    )
+    .lines()
+    .map(|l| l.trim().parse().expect("pid"))
+    .collect();
+    assert_eq!(pids.len(), engines.len());
+    rt.block_on(async {
+        let listed = engines_json(agent.addr).await;
+        let hdr = [("content-type", "application/json")];
+        for (engine, pid) in engines.iter().zip(&pids) {
+            let e = listed
+                .iter()
+                .find(|e| e["container_id"] == engine.id.as_str())
+                .expect("engine listed");
+            let host = e["host"].as_str().expect("host").to_string();
+            let port = e["port"].as_u64().expect("port");
+            let key = unique_name("scrape");
+            let body = json!({
+                "engine": {"host": host, "port": port},
+                "stream": {"key_type": "content_id", "key": key},
+                "session": {
+                    "playback_session_id": "s",
+                    "stat_url": format!("http://{host}:{port}/ace/stat/{key}/s"),
+                    "command_url": format!("http://{host}:{port}/ace/cmd/{key}/s"),
+                    "is_live": 1
+                },
+                "labels": {"stream_id": format!("{key}|s")}
+            });
+            let (st, text) = http_post(
+                agent.addr,
+                "/events/stream_started",
+                &body.to_string(),
+                &hdr,
+            )
+            .await;
+            assert_eq!(st, 200, "stream_started: {text}");
+            // What the stream left in the cache, written from the host through the
+            // container's root (no exec): a busy engine is not swept, so this stays until the
+            // stream-end cleanup.
+            std::fs::write(
+                format!("/proc/{pid}/root{}/scrape.chunk", engine.cache_dir),
+                vec![0u8; 64 * 1024],
+            )
+            .expect("cache file through /proc/<pid>/root");
+            let end = json!({"stream_id": format!("{key}|s"), "reason": "bench"});
+            let (st, text) =
+                http_post(agent.addr, "/events/stream_ended", &end.to_string(), &hdr).await;
+            assert_eq!(st, 200, "stream_ended: {text}");
+        }
+        eventually(
+            p.idle_grace + Duration::from_secs(60),
+            "every engine's stream-end cleanup",
+            || async {
+                let listed = engines_json(agent.addr).await;
+                let done = engines
+                    .iter()
+                    .filter(|e| {
+                        listed.iter().any(|l| {
+                            l["container_id"] == e.id.as_str()
+                                && l["cleanups_total"].as_u64().unwrap_or(0) >= 1
+                        })
+                    })
+                    .count();
+                if done == engines.len() {
+                    Ok(())
+                } else {
+                    Err(format!("{done} of {} cleaned", engines.len()))
+                }
+            },
+        )
+        .await;
+        eventually(
+            p.scrape_sweep + Duration::from_secs(60),
+            "the first periodic sweep",
+            || async {
+                let (_, m) = try_http_get(agent.addr, "/metrics").await?;
+                m.contains("\nacestream_agent_last_sweep_timestamp_seconds ")
+                    .then_some(())
+                    .ok_or_else(|| "no sweep yet".to_string())
+            },
+        )
+        .await;
+    });
+}
+
+/// Sizes, direct GETs and what a real Prometheus sees, for one agent.
+fn measure_scrape(p: &Params, agent: &AgentProc, engines: usize) -> ScrapeAt {
+    // The bodies: plain, gzip, plain again; the gzip one must decompress to the plain one
+    // (a new rendering in between, e.g. a health check's timestamp, changes both: retry).
+    let (mut plain, mut gzip, mut decompresses) = (vec![], vec![], false);
+    for _ in 0..10 {
+        let a = raw_get(agent.addr, "/metrics", &[]);
+        let z = raw_get(agent.addr, "/metrics", &[GZIP]);
+        let b = raw_get(agent.addr, "/metrics", &[]);
+        assert!(a.status == 200 && z.status == 200, "GET /metrics failed");
+        assert_eq!(a.header("content-encoding"), None, "plain body is encoded");
+        assert_eq!(z.header("content-encoding"), Some("gzip"), "no gzip answer");
+        (plain, gzip) = (a.body, z.body);
+        if plain == b.body {
+            decompresses = gunzip(&gzip).as_deref() == Some(plain.as_slice());
+            break;
+        }
+    }
+    // Scrape duration as a scraper pays it: connect, request, whole body.
+    let (mut tp, mut tz) = (vec![], vec![]);
+    for _ in 0..p.scrape_gets {
+        let t0 = Instant::now();
+        let r = raw_get(agent.addr, "/metrics", &[]);
+        tp.push(ms(t0.elapsed()));
+        assert_eq!(r.status, 200);
+        let t0 = Instant::now();
+        let r = raw_get(agent.addr, "/metrics", &[GZIP]);
+        tz.push(ms(t0.elapsed()));
+        assert_eq!(r.status, 200);
+    }
+    let text = String::from_utf8_lossy(&plain).into_owned();
+    let (engine_series, host_series) = series_split(&text);
+    // Kept for a look at the series: target/bench-scrape/metrics-<n>.txt and .gz.
+    let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-scrape");
+    if std::fs::create_dir_all(&keep).is_ok() {
+        let _ = std::fs::write(keep.join(format!("metrics-{engines}.txt")), &plain);
+        let _ = std::fs::write(keep.join(format!("metrics-{engines}.gz")), &gzip);
+    }
+
+    // A real Prometheus (2.42 always sends Accept-Encoding: gzip).
+    let prom = Prometheus::start(agent.addr);
+    let sel = "{job=\"agent\"}";
+    let t0 = Instant::now();
+    let deadline = Duration::from_secs(p.prom_scrapes as u64 + 60);
+    let scrapes = loop {
+        let n = prom
+            .scalar(&format!(
+                "count_over_time(scrape_duration_seconds{sel}[10m])"
+            ))
+            .unwrap_or(0.0);
+        if n >= p.prom_scrapes as f64 {
+            break n;
+        }
+        assert!(
+            t0.elapsed() < deadline,
+            "prometheus scraped {n} times:\n{}",
+            prom.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let q = |e: &str| prom.scalar(e).unwrap_or(f64::NAN);
+    let at = ScrapeAt {
+        engines,
+        decompresses,
+        get_plain_ms: median(tp),
+        get_gzip_ms: median(tz),
+        engine_series,
+        host_series,
+        prom_avg_ms: q(&format!("avg_over_time(scrape_duration_seconds{sel}[10m])")) * 1000.0,
+        prom_median_ms: q(&format!(
+            "quantile_over_time(0.5, scrape_duration_seconds{sel}[10m])"
+        )) * 1000.0,
+        prom_max_ms: q(&format!("max_over_time(scrape_duration_seconds{sel}[10m])")) * 1000.0,
+        prom_scrapes: scrapes,
+        prom_samples: q(&format!("scrape_samples_scraped{sel}")),
+        prom_samples_min: q(&format!("min_over_time(scrape_samples_scraped{sel}[10m])")),
+        prom_samples_max: q(&format!("max_over_time(scrape_samples_scraped{sel}[10m])")),
+        prom_up: q(&format!("min_over_time(up{sel}[10m])")),
+        prom_head_series: prom.own_metric("prometheus_tsdb_head_series"),
+        robust_perception_bytes: robust_perception_bytes(&text),
+        plain,
+        gzip,
+    };
+    drop(prom);
+    at
+}
+
+/// `/metrics` with `Accept-Encoding: gzip` under load, against nginx serving the agent's own
+/// gzip body (taken just before) with `Content-Encoding: gzip`; the agent's plain `/metrics`
+/// in the same runs for comparison.
+fn bench_gzip_load(p: &Params, agent: &AgentProc, engines: usize, table: &mut Table) {
+    let load_at_start = loadavg();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let curl = |url: &str, name: &str| -> (String, Vec<u8>) {
+        let (h, b) = (dir.path().join(format!("{name}.h")), dir.path().join(name));
+        run_ok(
+            Command::new("curl")
+                .args(["-sS", "-H", "Accept-Encoding: gzip", "-D"])
+                .arg(&h)
+                .arg("-o")
+                .arg(&b)
+                .arg(url),
+        );
+        (
+            std::fs::read_to_string(&h)
+                .expect("headers")
+                .to_ascii_lowercase(),
+            std::fs::read(&b).expect("body"),
+        )
+    };
+    let base = format!("http://{}/metrics", agent.addr);
+    let (ah, agent_gz) = curl(&base, "agent");
+    assert!(
+        ah.contains("content-encoding: gzip"),
+        "agent did not gzip:\n{ah}"
+    );
+    assert!(
+        gunzip(&agent_gz).is_some(),
+        "agent's gzip body does not decompress"
+    );
+    let nginx = Nginx::start_with(
+        &[("metrics.gz", &agent_gz)],
+        "location = /metrics.gz { default_type text/plain; add_header Content-Encoding gzip; }",
+    );
+    let nurl = format!("http://127.0.0.1:{}/metrics.gz", nginx.port);
+    let (nh, nginx_gz) = curl(&nurl, "nginx");
+    assert!(
+        nh.contains("content-encoding: gzip"),
+        "nginx sent no Content-Encoding:\n{nh}"
+    );
+    assert!(
+        nginx_gz == agent_gz,
+        "nginx's bytes differ from the agent's"
+    );
+    let hdr = ["Accept-Encoding: gzip"];
+    let warm = Params {
+        load: Duration::from_secs(1),
+        ..p.clone()
+    };
+    wrk_with(&base, &warm, &hdr);
+    wrk_with(&nurl, &warm, &hdr);
+    let (mut ag, mut ng, mut pl) = (vec![], vec![], vec![]);
+    let mut errors = 0;
+    for _ in 0..p.runs {
+        let a = wrk_with(&base, p, &hdr);
+        let n = wrk_with(&nurl, p, &hdr);
+        let x = wrk(&base, p);
+        errors += a.errors + n.errors + x.errors;
+        ag.push(a);
+        ng.push(n);
+        pl.push(x);
+    }
+    drop(nginx);
+    let rps = |v: &[Load]| median(v.iter().map(|l| l.rps).collect());
+    let p99 = |v: &[Load]| median(v.iter().map(|l| l.p99_ms).collect());
+    let (a, n, x) = (rps(&ag), rps(&ng), rps(&pl));
+    table.row(
+        &format!(
+            "/metrics gzip req/s ({engines} engines, {} conns)",
+            p.connections
+        ),
+        format!(
+            "{a:.0} ({:.0} % of nginx), p99 {:.2} ms; agent plain: {x:.0} req/s, p99 {:.2} ms",
+            a / n * 100.0,
+            p99(&ag),
+            p99(&pl)
+        ),
+        format!(
+            "nginx same gzip bytes ({} bytes, Content-Encoding: gzip): {n:.0}, p99 {:.2} ms",
+            agent_gz.len(),
+            p99(&ng)
+        ),
+        "≥ 50 % of nginx",
+        Some(a >= n / 2.0),
+    );
+    table.notes.push(format!(
+        "/metrics gzip load: wrk -H 'Accept-Encoding: gzip' -t{} -c{} -d{}s, {errors} \
+         non-2xx/socket errors; nginx serves the agent's gzip body (curl: same bytes, \
+         Content-Encoding: gzip) from `location = /metrics.gz {{ default_type text/plain; \
+         add_header Content-Encoding gzip; }}`; each run: agent gzip, nginx gzip, agent plain; \
+         load average at the start of this load: {load_at_start}",
+        std::env::var("ACESTREAM_BENCH_WRK_THREADS").unwrap_or_else(|_| "1".into()),
+        p.connections,
+        p.load.as_secs(),
+    ));
+}
+
+fn kib(b: f64) -> String {
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
+}
+
+fn mib(b: f64) -> String {
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    }
+}
+
+fn bench_scrape(p: &Params, run: &str, table: &mut Table, rt: &tokio::runtime::Runtime) {
+    let [a, b] = p.scrape_engines;
+    assert!(a < b, "scrape sizes must grow");
+    let scrape_run = format!("{run}-scrape");
+    eprintln!("bench: scrape: starting {b} engines");
+    let t0 = Instant::now();
+    // All carry BENCH_LABEL=<scrape run>; the first `a` also IDLE_LABEL=<scrape run>.
+    let engines = start_engines(&scrape_run, b, a);
+    rt.block_on(async {
+        for e in &engines {
+            let ip = e.ip();
+            eventually(Duration::from_secs(60), "engine HTTP", || async move {
+                try_http_get(SocketAddr::new(ip, ENGINE_PORT), STATUS_PATH).await
+            })
+            .await;
+        }
+    });
+    eprintln!(
+        "bench: scrape: {b} engines up in {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let mut at = vec![];
+    // The load row goes after the size rows.
+    let mut load = Table::default();
+    for (n, label) in [(a, IDLE_LABEL), (b, BENCH_LABEL)] {
+        let t0 = Instant::now();
+        let agent = AgentProc::start(
+            &format!("{label}={scrape_run}"),
+            &[
+                (
+                    "ACESTREAM_AGENT_CLEANUP__IDLE_GRACE",
+                    format!("{}ms", p.idle_grace.min(Duration::from_secs(1)).as_millis()),
+                ),
+                (
+                    "ACESTREAM_AGENT_CLEANUP__INTERVAL",
+                    format!("{}ms", p.scrape_sweep.as_millis()),
+                ),
+            ],
+        );
+        let mine = &engines[..n];
+        let ids: Vec<String> = mine.iter().map(|e| e.id.clone()).collect();
+        rt.block_on(wait_engines(
+            agent.addr,
+            &ids,
+            "every scrape engine to be listed",
+        ));
+        rt.block_on(eventually(
+            Duration::from_secs(60),
+            "health checks",
+            || async {
+                let listed = engines_json(agent.addr).await;
+                (listed.len() == n && listed.iter().all(|e| e["health_status"] == "healthy"))
+                    .then_some(())
+            },
+        ));
+        use_and_clean(p, &agent, mine, rt);
+        eprintln!(
+            "bench: scrape: {n} engines in steady state after {:.0} s",
+            t0.elapsed().as_secs_f64()
+        );
+        let s = measure_scrape(p, &agent, n);
+        if n == a {
+            eprintln!("bench: scrape: gzip load");
+            bench_gzip_load(p, &agent, n, &mut load);
+        }
+        agent.stop();
+        at.push(s);
+    }
+    eprintln!("bench: scrape: removing {b} engines");
+    remove_engines(engines);
+
+    for s in &at {
+        let n = s.engines;
+        let (pl, gz) = (s.plain.len(), s.gzip.len());
+        table.row(
+            &format!("/metrics body ({n} engines)"),
+            format!(
+                "{gz} bytes gzip ({:.1} % of plain, {:.0} bytes per engine)",
+                gz as f64 / pl as f64 * 100.0,
+                gz as f64 / n as f64
+            ),
+            format!("plain: {pl} bytes ({:.0} per engine)", pl as f64 / n as f64),
+            "gzip body decompresses to the plain one",
+            Some(s.decompresses),
+        );
+    }
+    for s in &at {
+        table.row(
+            &format!("GET /metrics, new connection ({} engines)", s.engines),
+            format!("{:.2} ms gzip (median of {})", s.get_gzip_ms, p.scrape_gets),
+            format!("plain: {:.2} ms", s.get_plain_ms),
+            "-",
+            None,
+        );
+    }
+    for s in &at {
+        let lines = (s.engine_series + s.host_series) as f64;
+        table.row(
+            &format!("Prometheus scrape ({} engines)", s.engines),
+            format!(
+                "{:.2} ms scrape_duration_seconds, avg of {:.0} scrapes, gzip (median {:.2} ms, \
+                 max {:.2} ms); {:.0} scrape_samples_scraped",
+                s.prom_avg_ms, s.prom_scrapes, s.prom_median_ms, s.prom_max_ms, s.prom_samples
+            ),
+            format!(
+                "direct GET gzip {:.2} ms, plain {:.2} ms; {lines:.0} sample lines in the \
+                 body; head series {:.0}; up {:.0}",
+                s.get_gzip_ms, s.get_plain_ms, s.prom_head_series, s.prom_up
+            ),
+            "samples scraped = sample lines = head series − 5, every scrape up",
+            Some(
+                s.prom_samples == lines
+                    && s.prom_samples_min == s.prom_samples_max
+                    && s.prom_head_series == lines + PROM_SERIES_PER_TARGET as f64
+                    && s.prom_up == 1.0,
+            ),
+        );
+    }
+    let (sa, sb) = (&at[0], &at[1]);
+    let pe = |s: &ScrapeAt| s.engine_series as f64 / s.engines as f64;
+    table.row(
+        "series per engine",
+        format!(
+            "{:.2} ({a} engines: {} sample lines with container_id), {:.2} ({b} engines: {})",
+            pe(sa),
+            sa.engine_series,
+            pe(sb),
+            sb.engine_series
+        ),
+        "-".into(),
+        &format!("the same at {a} and {b} engines"),
+        Some(sa.engine_series * b == sb.engine_series * a),
+    );
+    table.row(
+        "series per host (not per engine)",
+        format!(
+            "{} ({a} engines), {} ({b} engines)",
+            sa.host_series, sb.host_series
+        ),
+        format!("+ {PROM_SERIES_PER_TARGET} Prometheus adds per target (up, scrape_*)"),
+        &format!("the same at {a} and {b} engines"),
+        Some(sa.host_series == sb.host_series),
+    );
+    table.rows.append(&mut load.rows);
+    table.notes.append(&mut load.notes);
+    table.notes.push(format!(
+        "scrapes: {b} fake engines, an agent (release binary, default intervals but \
+         cleanup.interval {} ms and idle_grace {} ms) over the first {a}, then one over all \
+         {b}; before measuring, every engine had one stream and its stream-end cleanup and the \
+         first sweep had run (every per-engine series present; none of the memory-cache ones). \
+         Bodies by a raw HTTP/1.1 client with and without Accept-Encoding: gzip; GET = \
+         connect + request + last body byte, new connection each; Prometheus 2.42 \
+         (scrape_interval 1s) scraping the agent alone; the bodies are kept in \
+         target/bench-scrape/",
+        p.scrape_sweep.as_millis(),
+        p.idle_grace.min(Duration::from_secs(1)).as_millis()
+    ));
+    table.sections.push(sizing(sa, sb));
+}
+
+/// The fleet sizing table, computed (not measured) from the two hosts' figures: per-engine
+/// and per-host parts by a straight line through them, at FLEET_ENGINES per host.
+fn sizing(sa: &ScrapeAt, sb: &ScrapeAt) -> String {
+    let (na, nb) = (sa.engines as f64, sb.engines as f64);
+    let at = |va: f64, vb: f64| va + (vb - va) / (nb - na) * (FLEET_ENGINES as f64 - na);
+    let series_host = at(
+        (sa.engine_series + sa.host_series) as f64,
+        (sb.engine_series + sb.host_series) as f64,
+    ) + PROM_SERIES_PER_TARGET as f64;
+    let plain = at(sa.plain.len() as f64, sb.plain.len() as f64);
+    let gzip = at(sa.gzip.len() as f64, sb.gzip.len() as f64);
+    let rp_per_series = {
+        let lines = |s: &ScrapeAt| (s.engine_series + s.host_series) as f64;
+        sb.robust_perception_bytes / lines(sb)
+    };
+    let h = FLEET_HOSTS as f64;
+    let iv = FLEET_INTERVAL_S;
+    let from = if sa.engines == FLEET_ENGINES {
+        format!("measured at {FLEET_ENGINES} engines")
+    } else {
+        format!(
+            "extrapolated to {FLEET_ENGINES} engines from {} and {}",
+            sa.engines, sb.engines
+        )
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{SIZING_TITLE} {FLEET_HOSTS} hosts × {FLEET_ENGINES} engines, one scrape per host every \
+         {iv:.0} s (computed from this run's per-host figures, {from}; not measured on a fleet)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| quantity | per host | {FLEET_HOSTS} hosts | computed as |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|");
+    let mut row = |q: &str, one: String, all: String, how: &str| {
+        let _ = writeln!(s, "| {q} | {one} | {all} | {how} |");
+    };
+    row(
+        "series",
+        format!("{series_host:.0}"),
+        format!("{:.0}", series_host * h),
+        &format!(
+            "per-host series + {FLEET_ENGINES} × per-engine series + {PROM_SERIES_PER_TARGET} \
+             that Prometheus adds per target"
+        ),
+    );
+    row(
+        "samples ingested per second",
+        format!("{:.1}", series_host / iv),
+        format!("{:.0}", series_host * h / iv),
+        &format!("series / {iv:.0} s"),
+    );
+    row(
+        "scrape bytes per second, plain",
+        format!("{}/s ({plain:.0} B per scrape)", kib(plain / iv)),
+        format!("{}/s", kib(plain * h / iv)),
+        "plain body / interval",
+    );
+    row(
+        "scrape bytes per second, gzip (what Prometheus asks for)",
+        format!("{}/s ({gzip:.0} B per scrape)", kib(gzip / iv)),
+        format!(
+            "{}/s ({:.1} % of plain)",
+            kib(gzip * h / iv),
+            gzip / plain * 100.0
+        ),
+        "gzip body / interval",
+    );
+    row(
+        "Prometheus head memory, rule of thumb",
+        mib(series_host * PROM_BYTES_PER_SERIES),
+        mib(series_host * h * PROM_BYTES_PER_SERIES),
+        "~3 KiB per head series (a rule of thumb for Prometheus 2.x, not a measurement)",
+    );
+    row(
+        "Prometheus head memory, Robust Perception's 2.x formula",
+        mib(series_host * rp_per_series),
+        mib(series_host * h * rp_per_series),
+        &format!(
+            "{rp_per_series:.0} B per series: 732 B + 32 B per label pair + 120 B per unique \
+             label value + the name twice, × 2 for Go's GC, averaged over this run's \
+             {}-engine body",
+            sb.engines
+        ),
+    );
+    row(
+        "Prometheus disk, 15 d retention",
+        format!(
+            "{}–{}",
+            mib(series_host / iv * 86_400.0 * 15.0),
+            mib(series_host / iv * 86_400.0 * 15.0 * 2.0)
+        ),
+        format!(
+            "{}–{}",
+            mib(series_host * h / iv * 86_400.0 * 15.0),
+            mib(series_host * h / iv * 86_400.0 * 15.0 * 2.0)
+        ),
+        "samples/s × 15 d × 1–2 B per sample (Prometheus storage docs)",
+    );
+    s
+}
+
+// ---------------------------------------------------------------------------
 // entry points
 // ---------------------------------------------------------------------------
 
 /// Runs every section and returns the Markdown table.
 pub fn run(p: &Params) -> String {
+    let only = p.only.as_deref();
+    assert!(
+        matches!(only, None | Some("scrape")),
+        "ACESTREAM_BENCH_ONLY={only:?}: the one section that runs alone is `scrape`"
+    );
     require_tool("wrk", "wrk");
     require_tool("nginx", "nginx-light");
+    require_tool("curl", "curl");
+    require_tool("/usr/bin/prometheus", "prometheus");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1573,16 +2528,43 @@ pub fn run(p: &Params) -> String {
         .expect("tokio runtime");
     let mut table = Table::default();
     let t_all = Instant::now();
+    let load_start = loadavg();
     let run = unique_name("bench");
     eprintln!("bench: params {p:?}");
+    if only.is_none() {
+        bench_all_but_scrape(p, &run, &mut table, &rt);
+    }
+    eprintln!("bench: scrapes");
+    bench_scrape(p, &run, &mut table, &rt);
 
-    bench_store(p, &mut table, &rt);
+    table.notes.push(format!(
+        "machine: {} cores, load average before/after: {} / {}; total bench time {:.0} s",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        load_start,
+        loadavg(),
+        t_all.elapsed().as_secs_f64()
+    ));
+    table.render(p)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Every section before the scrapes (issue 6's table).
+fn bench_all_but_scrape(p: &Params, run: &str, table: &mut Table, rt: &tokio::runtime::Runtime) {
+    bench_store(p, table, rt);
 
     eprintln!(
         "bench: starting {} engines",
         p.http_engines.max(p.idle_engines)
     );
-    let engines = start_engines(&run, p.http_engines.max(p.idle_engines), p.idle_engines);
+    let engines = start_engines(run, p.http_engines.max(p.idle_engines), p.idle_engines);
     rt.block_on(async {
         for e in &engines {
             let ip = e.ip();
@@ -1595,7 +2577,7 @@ pub fn run(p: &Params) -> String {
 
     // HTTP serving and reactions: one agent over every engine, sweep off (the stream-end
     // trigger is under test), idle_grace the default.
-    let proxy = DockerProxy::start(&rt);
+    let proxy = DockerProxy::start(rt);
     let agent = AgentProc::start(
         &format!("{BENCH_LABEL}={run}"),
         &[
@@ -1622,15 +2604,15 @@ pub fn run(p: &Params) -> String {
         },
     ));
     eprintln!("bench: HTTP");
-    bench_http(p, &agent, &proxy, &mut table, &rt);
+    bench_http(p, &agent, &proxy, table, rt);
     eprintln!("bench: reactions");
-    bench_reaction(p, &run, &agent, &engines, &mut table, &rt);
+    bench_reaction(p, run, &agent, &engines, table, rt);
     agent.stop();
 
     eprintln!("bench: idle cost");
-    bench_idle(p, &run, &engines, &mut table, &rt);
+    bench_idle(p, run, &engines, table, rt);
     eprintln!("bench: sweep");
-    bench_sweep(p, &run, &engines, Caches::ContainerLayer, &mut table, &rt);
+    bench_sweep(p, run, &engines, Caches::ContainerLayer, table, rt);
     drop(engines);
     eprintln!("bench: sweep, bind-mounted caches");
     let bind_run = format!("{run}-bind");
@@ -1644,22 +2626,10 @@ pub fn run(p: &Params) -> String {
         &bind_run,
         &bind_engines,
         Caches::Bind(&bind_dirs),
-        &mut table,
-        &rt,
+        table,
+        rt,
     );
     drop(bind_engines);
-
-    table.notes.push(format!(
-        "machine: {} cores, load average before/after: {}; total bench time {:.0} s",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim(),
-        t_all.elapsed().as_secs_f64()
-    ));
-    table.render(p)
 }
 
 fn main() {
