@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bollard::models::ContainerInspectResponse;
@@ -499,14 +499,17 @@ impl Inspector {
 
     /// From now on, engines published on the host are at `host`.
     pub fn set_advertise_host(&self, host: String) {
-        *self.advertise.write().expect("advertise lock poisoned") = Some(host);
+        *self
+            .advertise
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(host);
     }
 
     /// The address engines published on the host are at.
     pub fn advertise_host(&self) -> String {
         self.advertise
             .read()
-            .expect("advertise lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .unwrap_or_else(|| self.matcher.advertise_host.clone())
     }
@@ -516,7 +519,7 @@ impl Inspector {
     pub fn unsettled(&self, id: &str) -> bool {
         self.learned
             .lock()
-            .expect("learned lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(id)
             .is_some_and(|l| !l.settled)
     }
@@ -525,7 +528,7 @@ impl Inspector {
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.learned
             .lock()
-            .expect("learned lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .retain(|id, _| keep(id));
     }
 
@@ -545,7 +548,7 @@ impl Inspector {
         let learned_host = self
             .advertise
             .read()
-            .expect("advertise lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let matcher = match learned_host {
             Some(h) => std::borrow::Cow::Owned(Matcher {
@@ -579,7 +582,7 @@ impl Inspector {
         if let Some(l) = self
             .learned
             .lock()
-            .expect("learned lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
             .filter(|l| l.pid == pid && l.settled)
         {
@@ -691,7 +694,7 @@ impl Inspector {
             source = learned.cache.source.as_str(), settled = learned.settled, "engine container read");
         self.learned
             .lock()
-            .expect("learned lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(id, learned.clone());
         learned
     }

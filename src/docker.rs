@@ -6,7 +6,7 @@
 //! is held only to clone or replace, never across an `.await`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
@@ -90,7 +90,7 @@ impl DockerClient {
             .await
             .map_err(|_| err("timed out negotiating the API version".into()))?
             .map_err(|e| err(e.to_string()))?;
-        *self.inner.write().expect("docker client lock poisoned") = Some(docker);
+        *self.inner.write().unwrap_or_else(PoisonError::into_inner) = Some(docker);
         Ok(())
     }
 
@@ -105,7 +105,7 @@ impl DockerClient {
     fn client(&self) -> Result<bollard::Docker, DockerError> {
         self.inner
             .read()
-            .expect("docker client lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or_else(|| DockerError::Connect {
                 host: self.describe_host(),
@@ -173,7 +173,7 @@ impl DockerClient {
     pub async fn host_name(&self) -> Result<Option<String>, DockerError> {
         let c = self.client()?;
         let info = Self::call("info", c.info()).await?;
-        *self.version.write().expect("docker version lock poisoned") = info.server_version.clone();
+        *self.version.write().unwrap_or_else(PoisonError::into_inner) = info.server_version.clone();
         Ok(info.name.filter(|n| !n.is_empty()))
     }
 
@@ -181,7 +181,7 @@ impl DockerClient {
     pub fn server_version(&self) -> Option<String> {
         self.version
             .read()
-            .expect("docker version lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 

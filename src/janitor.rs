@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -114,9 +114,11 @@ struct InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.inner.inflight.lock() {
-            s.remove(&self.id);
-        }
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
     }
 }
 
@@ -189,7 +191,11 @@ impl Janitor {
     }
 
     fn try_acquire(&self, id: &str) -> Option<InflightGuard> {
-        let mut s = self.inner.inflight.lock().expect("inflight lock poisoned");
+        let mut s = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         s.insert(id.to_string()).then(|| InflightGuard {
             inner: self.inner.clone(),
             id: id.to_string(),
@@ -241,7 +247,7 @@ impl Janitor {
                     self.inner
                         .hung
                         .lock()
-                        .expect("hung lock poisoned")
+                        .unwrap_or_else(PoisonError::into_inner)
                         .insert(id.clone(), Hung::Exec(x));
                 }
                 Outcome::Failed {
@@ -297,7 +303,7 @@ impl Janitor {
                 self.inner
                     .hung
                     .lock()
-                    .expect("hung lock poisoned")
+                    .unwrap_or_else(PoisonError::into_inner)
                     .insert(e.engine.container_id.clone(), Hung::Host(finished));
                 Ok(Outcome::Failed {
                     before: None,
@@ -313,7 +319,11 @@ impl Janitor {
     /// Whether earlier timed-out work still runs for this engine.
     async fn previous_exec_hung(&self, id: &str) -> bool {
         let exec = {
-            let hung = self.inner.hung.lock().expect("hung lock poisoned");
+            let hung = self
+                .inner
+                .hung
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             match hung.get(id) {
                 None => return false,
                 Some(Hung::Host(done)) => Err(done.load(Ordering::Acquire)),
@@ -329,7 +339,7 @@ impl Janitor {
             self.inner
                 .hung
                 .lock()
-                .expect("hung lock poisoned")
+                .unwrap_or_else(PoisonError::into_inner)
                 .remove(id);
         }
         running
@@ -655,7 +665,7 @@ impl Janitor {
         self.inner
             .inflight
             .lock()
-            .expect("inflight lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .contains(id)
     }
 

@@ -2,7 +2,7 @@
 //! four cleanup lines, each emitted from exactly one function so text and fields cannot drift.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use tracing::{debug, info};
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
@@ -220,7 +220,7 @@ impl SaidOnce {
     pub fn first(&self, id: &str) -> bool {
         self.0
             .lock()
-            .expect("SaidOnce lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(id.to_string())
     }
 
@@ -228,7 +228,7 @@ impl SaidOnce {
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.0
             .lock()
-            .expect("SaidOnce lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .retain(|id| keep(id));
     }
 }
