@@ -1868,15 +1868,7 @@ impl Prometheus {
 
     /// The value of an instant query whose result is one sample; `None` while there is none.
     fn scalar(&self, q: &str) -> Option<f64> {
-        let enc: String = q
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                    (b as char).to_string()
-                }
-                b => format!("%{b:02X}"),
-            })
-            .collect();
+        let enc = common::prom::urlencode(q);
         let r = raw_get(self.addr, &format!("/api/v1/query?query={enc}"), &[]);
         let v: Value = serde_json::from_slice(&r.body).ok()?;
         assert_eq!(r.status, 200, "query {q}: {v}");

@@ -1153,7 +1153,7 @@ impl PromServer {
     /// `GET /api/v1/query`; `Ok(samples)` for a vector result, `Err` with Prometheus' error
     /// otherwise (invalid PromQL included).
     async fn query(&self, q: &str, time: Option<f64>) -> Result<Vec<Sample>, String> {
-        let mut path = format!("/api/v1/query?query={}", urlencode(q));
+        let mut path = format!("/api/v1/query?query={}", common::prom::urlencode(q));
         if let Some(t) = time {
             path.push_str(&format!("&time={t:.3}"));
         }
@@ -1193,17 +1193,6 @@ impl Drop for PromServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[derive(Debug, Clone)]

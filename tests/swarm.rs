@@ -84,15 +84,7 @@ impl Prometheus {
     }
 
     async fn query(&self, q: &str) -> Result<Vec<Value>, String> {
-        let q: String = q
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                    (b as char).to_string()
-                }
-                b => format!("%{b:02X}"),
-            })
-            .collect();
+        let q = common::prom::urlencode(q);
         let (status, body) = try_http_get(self.addr, &format!("/api/v1/query?query={q}")).await?;
         let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
         if status != 200 {

@@ -101,7 +101,8 @@ pub fn start_alertmanager(dir: &Path) -> Server {
     )
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encodes everything but unreserved characters: a PromQL query in a URL.
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
