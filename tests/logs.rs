@@ -55,6 +55,9 @@ async fn sweep_logs_the_seed_lines_to_stderr() {
                 format!("[acestream-agent.test.case={case}]"),
             )
             .env("ACESTREAM_AGENT_DISCOVERY__IMAGES", "[]")
+            // The lines of a sweep, not of a pressure cleanup: on a host whose disk is below
+            // the default 10 % free, pressure would clean the engine first.
+            .env("ACESTREAM_AGENT_PRESSURE__MIN_FREE", "off")
             .env("AUTOSCALE_INTERVAL_S", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
