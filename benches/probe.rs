@@ -17,12 +17,11 @@
 //! rows below it are what `activity.rs` does now, when present.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};
 
-use acestream_agent::{hostfs, procnet};
+use acestream_agent::{procfs, procnet};
 use common::*;
 
 const RUNS: usize = 5;
@@ -64,7 +63,7 @@ async fn tick_per_engine(engines: &[Target]) -> usize {
     let probes = engines.iter().map(|t| {
         let t = t.clone();
         async move {
-            let text = tokio::task::spawn_blocking(move || hostfs::connection_tables(t.pid, &t.id))
+            let text = tokio::task::spawn_blocking(move || procfs::connection_tables(t.pid, &t.id))
                 .await
                 .expect("join")
                 .expect("the host reads the container's tables");

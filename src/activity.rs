@@ -17,7 +17,7 @@ use crate::metrics::{CacheAccess, Metrics};
 use crate::model::{id12, EngineState};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
-use crate::{hostfs, logging, procnet};
+use crate::{logging, procfs, procnet};
 
 pub const CONN_PREFIX: &str = "conn:";
 
@@ -31,9 +31,9 @@ pub struct Activity {
 }
 
 /// Both tables of the container's network namespace, from the host's /proc once the pid is
-/// known to be the container's (`hostfs::connection_tables`), off the async threads.
+/// known to be the container's (`procfs::connection_tables`), off the async threads.
 async fn read_proc(pid: u32, container_id: String) -> std::io::Result<String> {
-    tokio::task::spawn_blocking(move || hostfs::connection_tables(pid, &container_id))
+    tokio::task::spawn_blocking(move || procfs::connection_tables(pid, &container_id))
         .await
         .map_err(std::io::Error::other)?
 }

@@ -38,12 +38,14 @@ pub mod model;
 pub mod mountinfo;
 pub mod notify;
 pub mod pressure;
+pub mod procfs;
 pub mod procnet;
 pub mod registry;
 pub mod selfcheck;
 pub mod shutdown;
 pub mod store;
 pub mod streams;
+pub mod stuck;
 pub mod whereami;
 
 use std::collections::HashSet;
