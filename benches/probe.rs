@@ -21,7 +21,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use acestream_agent::{procfs, procnet};
+use acestream_agent::stuck::{Call, Guarded};
+use acestream_agent::{activity, procfs, procnet};
 use common::*;
 
 const RUNS: usize = 5;
@@ -73,6 +74,32 @@ async fn tick_per_engine(engines: &[Target]) -> usize {
     futures_util::future::join_all(probes)
         .await
         .into_iter()
+        .sum()
+}
+
+/// The probe now (`activity.rs`): every engine of the tick in one blocking task under the
+/// stuck-call guard, through the handles kept across ticks.
+async fn tick_batched(
+    guarded: &Guarded,
+    kept: &mut Option<procfs::Kept>,
+    engines: &[Target],
+) -> usize {
+    let wanted: Vec<(String, u32)> = engines.iter().map(|t| (t.id.clone(), t.pid)).collect();
+    let mut mine = kept.take().unwrap_or_default();
+    let work = move || {
+        let tables = activity::read_all(&mut mine, &wanted);
+        (mine, tables)
+    };
+    let Call::Done((back, tables)) = guarded.run("bench", work).await else {
+        panic!("the host read timed out");
+    };
+    *kept = Some(back);
+    tables
+        .into_iter()
+        .map(|t| {
+            let text = t.expect("the host reads the container's tables");
+            procnet::clients_of(&text, ENGINE_PORT).len()
+        })
         .sum()
 }
 
@@ -132,9 +159,22 @@ fn main() {
         .build()
         .expect("runtime");
     let load = load_average();
-    let rows = vec![measure(&rt, "per engine (before issue 18)", n, || {
-        tick_per_engine(&targets)
-    })];
+    let guarded = Guarded::new(Duration::from_secs(5), |_, _| {}, |_| {});
+    let kept = std::cell::RefCell::new(None);
+    let rows = vec![
+        measure(&rt, "per engine (before issue 18)", n, || {
+            tick_per_engine(&targets)
+        }),
+        measure(&rt, "one task per tick, kept handles (now)", n, || {
+            let (g, k, t) = (&guarded, &kept, &targets);
+            async move {
+                let mut mine = k.take();
+                let r = tick_batched(g, &mut mine, t).await;
+                *k.borrow_mut() = mine;
+                r
+            }
+        }),
+    ];
     println!();
     println!("connection probe, {n} engines, {TICKS} ticks x {RUNS} runs (median), load average at start {load}");
     println!();

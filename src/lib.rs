@@ -59,9 +59,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::activity::ProbePorts;
 use crate::config::Config;
 use crate::docker::DockerClient;
-use crate::health::ProbePorts;
 use crate::janitor::{Janitor, JanitorConfig};
 use crate::metrics::Metrics;
 use crate::model::Snapshot;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What a guarded call gave.
-pub(crate) enum Call<T> {
+pub enum Call<T> {
     Done(T),
     /// Timed out now, or still stuck from an earlier call.
     Unavailable,
@@ -20,7 +20,7 @@ pub(crate) enum Call<T> {
 /// call timed out is skipped until that call returns. std `Mutex`: held to test or change the
 /// set only.
 #[derive(Clone)]
-pub(crate) struct Guarded {
+pub struct Guarded {
     stuck: Arc<Mutex<HashSet<String>>>,
     timeout: Duration,
     /// Said once when a key's call times out (key, seconds), and once when it returns.
@@ -29,11 +29,7 @@ pub(crate) struct Guarded {
 }
 
 impl Guarded {
-    pub(crate) fn new(
-        timeout: Duration,
-        on_stuck: fn(&str, f64),
-        on_recovered: fn(&str),
-    ) -> Guarded {
+    pub fn new(timeout: Duration, on_stuck: fn(&str, f64), on_recovered: fn(&str)) -> Guarded {
         Guarded {
             stuck: Arc::new(Mutex::new(HashSet::new())),
             timeout,
@@ -42,14 +38,14 @@ impl Guarded {
         }
     }
 
-    pub(crate) fn is_stuck(&self, key: &str) -> bool {
+    pub fn is_stuck(&self, key: &str) -> bool {
         self.stuck
             .lock()
             .expect("stuck lock poisoned")
             .contains(key)
     }
 
-    pub(crate) async fn run<T: Send + 'static>(
+    pub async fn run<T: Send + 'static>(
         &self,
         key: &str,
         f: impl FnOnce() -> T + Send + 'static,
