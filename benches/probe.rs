@@ -12,9 +12,9 @@
 //! per engine per tick, median of several runs of many ticks; the wall time of one tick is
 //! beside it. The runtime is the agent's (multi-threaded tokio), so thread hand-offs count.
 //!
-//! Rows: "per engine" is the probe as it was before issue 18 (every engine its own
-//! `spawn_blocking` that opens `/proc/<pid>`, checks its cgroup and reads the tables); the
-//! rows below it are what `activity.rs` does now, when present.
+//! Rows: "per engine" is the probe's shape before issue 18 (every engine its own
+//! `spawn_blocking` that opens `/proc/<pid>`, checks its cgroup and reads the tables, with
+//! today's `procfs` reads); "one task per tick" is what `activity.rs` does now.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
