@@ -168,7 +168,7 @@ enum HostRead {
     Tables(String),
     /// Not readable from the host: why (the probe falls back to exec).
     Failed(String),
-    /// No pid known, or the tick's host read is stuck: no host read for it.
+    /// No pid known: the exec, without a fallback to say (as before the host path).
     None,
 }
 
