@@ -1,25 +1,155 @@
 //! Connection probe (SPEC §3): every `activity.interval`, the established client connections
 //! of each engine's HTTP port, read from the host as `/proc/<pid>/net/tcp{,6}` (no exec, no
-//! cost to Docker), once `/proc/<pid>` is known to be the container's (its cgroup). Where the
+//! cost to Docker), through the container's checked `/proc/<pid>` (`procfs`). Where the
 //! host's /proc does not show the container's process (the agent itself in a container without
 //! `--pid=host`), falls back to `docker exec cat /proc/net/tcp /proc/net/tcp6`, said once per
 //! engine at info.
 //! Sends `RegistryCmd::Connections` only when an engine's set changed.
+//!
+//! Cost: one tick reads every engine in one blocking task, through handles kept for the
+//! containers' lives (`procfs::Kept`: opened and cgroup-checked again only when a pid
+//! changes). A `spawn_blocking` per engine that re-opened and re-checked `/proc/<pid>` cost
+//! ~100 µs per engine per tick, 2 % of a core at 150 engines and a 1 s interval
+//! (BENCHMARKS.md, `cargo bench --bench probe`). The task runs under the same stuck-call guard
+//! as disk pressure's statvfs (`stuck::Guarded`): a read of `/proc` that does not return skips
+//! the host probe, instead of blocking one more thread per tick.
+//!
+//! Also home of [`ProbePorts`]: the health checks' own connections, which this probe and the
+//! janitor's live-connection guard must not count as clients.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
 
 use crate::docker::DockerClient;
-use crate::health::ProbePorts;
 use crate::metrics::{CacheAccess, Metrics};
 use crate::model::{id12, EngineState};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
-use crate::{hostfs, logging, procnet};
+use crate::stuck::{Call, Guarded};
+use crate::{logging, procfs, procnet};
 
 pub const CONN_PREFIX: &str = "conn:";
+
+/// How long a probe's port stays excluded after its connection closed. The connection probe
+/// reads `/proc` and looks ports up afterwards, and the engine's side of a closed connection
+/// leaves ESTABLISHED only once the FIN has arrived: a check that ends in between would
+/// otherwise be counted as a stream, once.
+pub const RELEASED_PORT_GRACE: Duration = Duration::from_secs(1);
+
+/// Local ports of the agent's probe connections: in flight (`None`), or closed at an instant
+/// (kept for `RELEASED_PORT_GRACE`); and the engines whose cache is being deleted, which get
+/// no new probe meanwhile. A std `Mutex`: held for an insert or a lookup, never across an
+/// `.await`.
+///
+/// The janitor's last-moment guard (the delete script refuses while anything is connected to
+/// the engine's port) must not mistake a health check for a client. It pauses the engine, then
+/// passes `recent_ports()` to the script; a probe holds its port, then checks the pause. Both
+/// steps go through this one lock, so a probe either started before the pause (its port is in
+/// the list) or sees the pause and does not connect.
+#[derive(Clone, Default)]
+pub struct ProbePorts(Arc<Mutex<Probes>>);
+
+#[derive(Default)]
+struct Probes {
+    ports: HashMap<u16, Option<Instant>>,
+    paused: HashMap<String, usize>,
+}
+
+impl ProbePorts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Probes> {
+        self.0.lock().expect("probe ports lock poisoned")
+    }
+
+    pub(crate) fn hold(&self, port: u16) -> PortGuard {
+        self.lock().ports.insert(port, None);
+        PortGuard {
+            ports: self.clone(),
+            port,
+        }
+    }
+
+    /// Whether `port` is a probe connection now.
+    pub fn contains(&self, port: u16) -> bool {
+        self.lock().ports.get(&port).is_some_and(Option::is_none)
+    }
+
+    /// Whether `port` was a probe connection at any moment since `since` (or shortly before):
+    /// what the connection probe asks about a table it started reading at `since`, so that a
+    /// check that finished while the table was being read is still recognised.
+    pub fn held_since(&self, port: u16, since: Instant) -> bool {
+        match self.lock().ports.get(&port) {
+            Some(None) => true,
+            Some(Some(released)) => *released + RELEASED_PORT_GRACE >= since,
+            None => false,
+        }
+    }
+
+    /// Ports of probes in flight or closed within `RELEASED_PORT_GRACE`.
+    pub fn recent_ports(&self) -> Vec<u16> {
+        let now = Instant::now();
+        let mut v: Vec<u16> = self
+            .lock()
+            .ports
+            .iter()
+            .filter(|(_, r)| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE))
+            .map(|(p, _)| *p)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// No new probe of `engine` until the guard is dropped.
+    pub fn pause(&self, engine: &str) -> PauseGuard {
+        *self.lock().paused.entry(engine.to_string()).or_default() += 1;
+        PauseGuard {
+            ports: self.clone(),
+            engine: engine.to_string(),
+        }
+    }
+
+    pub(crate) fn is_paused(&self, engine: &str) -> bool {
+        self.lock().paused.contains_key(engine)
+    }
+}
+
+pub struct PauseGuard {
+    ports: ProbePorts,
+    engine: String,
+}
+
+impl Drop for PauseGuard {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.ports.0.lock() {
+            if let Some(n) = p.paused.get_mut(&self.engine) {
+                *n -= 1;
+                if *n == 0 {
+                    p.paused.remove(&self.engine);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) struct PortGuard {
+    ports: ProbePorts,
+    port: u16,
+}
+
+impl Drop for PortGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.ports.0.lock() {
+            let now = Instant::now();
+            s.ports.insert(self.port, Some(now));
+            // Bounded by the ports that closed within the grace period.
+            s.ports
+                .retain(|_, r| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE));
+        }
+    }
+}
 
 pub struct Activity {
     pub registry: RegistryHandle,
@@ -30,17 +160,40 @@ pub struct Activity {
     pub metrics: Arc<Metrics>,
 }
 
-/// Both tables of the container's network namespace, from the host's /proc once the pid is
-/// known to be the container's (`hostfs::connection_tables`), off the async threads.
-async fn read_proc(pid: u32, container_id: String) -> std::io::Result<String> {
-    tokio::task::spawn_blocking(move || hostfs::connection_tables(pid, &container_id))
-        .await
-        .map_err(std::io::Error::other)?
+/// The key of the probe's host reads in its stuck-call guard.
+const HOST_READ: &str = "the containers' connection tables";
+
+/// What the host's /proc gave for one engine this tick.
+enum HostRead {
+    Tables(String),
+    /// Not readable from the host: why (the probe falls back to exec).
+    Failed(String),
+    /// No pid known: the exec, without a fallback to say (as before the host path).
+    None,
+}
+
+/// Reads the connection tables of every engine in `wanted` (container id, pid) through `kept`,
+/// in this thread; drops the handles of containers no longer wanted first.
+pub fn read_all(kept: &mut procfs::Kept, wanted: &[(String, u32)]) -> Vec<io::Result<String>> {
+    let ids: HashSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
+    kept.retain(|id| ids.contains(id));
+    wanted
+        .iter()
+        .map(|(id, pid)| kept.connection_tables(*pid, id))
+        .collect()
 }
 
 impl Activity {
     pub async fn run(self, mut shutdown: Shutdown) {
         let said = logging::SaidOnce::default();
+        let guarded = Guarded::new(
+            self.exec_timeout,
+            logging::proc_read_stuck,
+            logging::proc_read_recovered,
+        );
+        // Moved into each tick's blocking task and back; lost (re-opened later) only when a
+        // read is stuck and the task never came back.
+        let mut kept = procfs::Kept::default();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -50,7 +203,46 @@ impl Activity {
             }
             let snap = self.registry.snapshot();
             let running: Vec<&EngineState> = snap.engines.iter().filter(|e| e.running).collect();
-            let probes = running.iter().map(|e| self.probe(e));
+            // Taken before reading: a health check that ends while the tables are read is still
+            // in them, and must still be recognised as the agent's own
+            // (`ProbePorts::held_since`).
+            let since = Instant::now();
+            let wanted: Vec<(String, u32)> = running
+                .iter()
+                .filter(|e| e.runtime.pid > 0)
+                .map(|e| (e.engine.container_id.clone(), e.runtime.pid))
+                .collect();
+            let mut host: HashMap<String, HostRead> = HashMap::new();
+            if !wanted.is_empty() {
+                let mine = std::mem::take(&mut kept);
+                let work = move || {
+                    let mut mine = mine;
+                    let tables = read_all(&mut mine, &wanted);
+                    (mine, wanted, tables)
+                };
+                if let Call::Done((back, wanted, tables)) = guarded.run(HOST_READ, work).await {
+                    kept = back;
+                    for ((id, _), t) in wanted.into_iter().zip(tables) {
+                        let r = match t {
+                            Ok(text) => HostRead::Tables(text),
+                            Err(e) => HostRead::Failed(e.to_string()),
+                        };
+                        host.insert(id, r);
+                    }
+                }
+            }
+            let probes = running.iter().map(|e| {
+                let read = match host.remove(&e.engine.container_id) {
+                    Some(r) => r,
+                    None if e.runtime.pid > 0 => {
+                        // The tick's host read is stuck (said once by the guard): these
+                        // engines wait for it rather than cost an exec each.
+                        return futures_util::future::Either::Left(async { (None, None) });
+                    }
+                    None => HostRead::None,
+                };
+                futures_util::future::Either::Right(self.probe(e, read, since))
+            });
             let results = futures_util::future::join_all(probes).await;
             for (e, (cmd, fallback)) in running.iter().zip(results) {
                 if let Some(why) = fallback {
@@ -68,21 +260,17 @@ impl Activity {
 
     /// The engine's change of connections, if any, and why the host's /proc could not be
     /// used when the probe fell back to exec.
-    async fn probe(&self, e: &EngineState) -> (Option<RegistryCmd>, Option<String>) {
+    async fn probe(
+        &self,
+        e: &EngineState,
+        read: HostRead,
+        since: Instant,
+    ) -> (Option<RegistryCmd>, Option<String>) {
         let id = &e.engine.container_id;
-        // Taken before reading: a health check that ends while the table is read is still in
-        // it, and must still be recognised as the agent's own (`ProbePorts::held_since`).
-        let since = Instant::now();
-        let mut fallback = None;
-        let text = match (e.runtime.pid > 0).then_some(()) {
-            Some(()) => match read_proc(e.runtime.pid, id.clone()).await {
-                Ok(t) => Some(t),
-                Err(err) => {
-                    fallback = Some(err.to_string());
-                    None
-                }
-            },
-            None => None,
+        let (text, fallback) = match read {
+            HostRead::Tables(t) => (Some(t), None),
+            HostRead::Failed(why) => (None, Some(why)),
+            HostRead::None => (None, None),
         };
         let text = match text {
             Some(t) => {
@@ -124,5 +312,27 @@ impl Activity {
             streams,
         });
         (cmd, fallback)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_ports_are_released_on_drop() {
+        let p = ProbePorts::default();
+        let before = Instant::now();
+        {
+            let _g = p.hold(4242);
+            assert!(p.contains(4242));
+            assert!(p.held_since(4242, Instant::now()));
+        }
+        assert!(!p.contains(4242));
+        // A table read that began while the check was open still excludes it.
+        assert!(p.held_since(4242, before));
+        assert!(!p.held_since(4243, before));
+        let later = Instant::now() + RELEASED_PORT_GRACE + Duration::from_millis(10);
+        assert!(!p.held_since(4242, later));
     }
 }

@@ -4,12 +4,11 @@
 //! Probes go to the IP of the engine's network namespace (its own, or its namespace owner's)
 //! and the engine port, or to loopback for an engine on the host's network, never through a
 //! published port: no docker-proxy in between, so the connection the engine sees comes from
-//! this socket's local port. Those ports are lent to the activity probe (`ProbePorts`) so the
-//! agent's own checks never count as streams.
+//! this socket's local port. Those ports are lent to the connection probe
+//! (`activity::ProbePorts`) so the agent's own checks never count as streams.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,129 +17,13 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info};
 
+use crate::activity::ProbePorts;
 use crate::model::{id12, EngineState, HealthStatus};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
 
 pub const STATUS_PATH: &str = "/server/api?api_version=3&method=get_status";
 pub const VERSION_PATH: &str = "/webui/api/service?method=get_version";
-
-/// How long a probe's port stays excluded after its connection closed. The connection probe
-/// reads `/proc` and looks ports up afterwards, and the engine's side of a closed connection
-/// leaves ESTABLISHED only once the FIN has arrived: a check that ends in between would
-/// otherwise be counted as a stream, once.
-pub const RELEASED_PORT_GRACE: Duration = Duration::from_secs(1);
-
-/// Local ports of the agent's probe connections: in flight (`None`), or closed at an instant
-/// (kept for `RELEASED_PORT_GRACE`); and the engines whose cache is being deleted, which get
-/// no new probe meanwhile. A std `Mutex`: held for an insert or a lookup, never across an
-/// `.await`.
-///
-/// The janitor's last-moment guard (the delete script refuses while anything is connected to
-/// the engine's port) must not mistake a health check for a client. It pauses the engine, then
-/// passes `recent_ports()` to the script; a probe holds its port, then checks the pause. Both
-/// steps go through this one lock, so a probe either started before the pause (its port is in
-/// the list) or sees the pause and does not connect.
-#[derive(Clone, Default)]
-pub struct ProbePorts(Arc<Mutex<Probes>>);
-
-#[derive(Default)]
-struct Probes {
-    ports: HashMap<u16, Option<Instant>>,
-    paused: HashMap<String, usize>,
-}
-
-impl ProbePorts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Probes> {
-        self.0.lock().expect("probe ports lock poisoned")
-    }
-
-    fn hold(&self, port: u16) -> PortGuard {
-        self.lock().ports.insert(port, None);
-        PortGuard {
-            ports: self.clone(),
-            port,
-        }
-    }
-
-    /// Whether `port` is a probe connection now.
-    pub fn contains(&self, port: u16) -> bool {
-        self.lock().ports.get(&port).is_some_and(Option::is_none)
-    }
-
-    /// Whether `port` was a probe connection at any moment since `since` (or shortly before):
-    /// what the connection probe asks about a table it started reading at `since`, so that a
-    /// check that finished while the table was being read is still recognised.
-    pub fn held_since(&self, port: u16, since: Instant) -> bool {
-        match self.lock().ports.get(&port) {
-            Some(None) => true,
-            Some(Some(released)) => *released + RELEASED_PORT_GRACE >= since,
-            None => false,
-        }
-    }
-
-    /// Ports of probes in flight or closed within `RELEASED_PORT_GRACE`.
-    pub fn recent_ports(&self) -> Vec<u16> {
-        let now = Instant::now();
-        let mut v: Vec<u16> = self
-            .lock()
-            .ports
-            .iter()
-            .filter(|(_, r)| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE))
-            .map(|(p, _)| *p)
-            .collect();
-        v.sort_unstable();
-        v
-    }
-
-    /// No new probe of `engine` until the guard is dropped.
-    pub fn pause(&self, engine: &str) -> PauseGuard {
-        *self.lock().paused.entry(engine.to_string()).or_default() += 1;
-        PauseGuard {
-            ports: self.clone(),
-            engine: engine.to_string(),
-        }
-    }
-
-    fn is_paused(&self, engine: &str) -> bool {
-        self.lock().paused.contains_key(engine)
-    }
-}
-
-pub struct PauseGuard {
-    ports: ProbePorts,
-    engine: String,
-}
-
-impl Drop for PauseGuard {
-    fn drop(&mut self) {
-        if let Ok(mut p) = self.ports.0.lock() {
-            if let Some(n) = p.paused.get_mut(&self.engine) {
-                *n -= 1;
-                if *n == 0 {
-                    p.paused.remove(&self.engine);
-                }
-            }
-        }
-    }
-}
-
-struct PortGuard {
-    ports: ProbePorts,
-    port: u16,
-}
-
-impl Drop for PortGuard {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.ports.0.lock() {
-            let now = Instant::now();
-            s.ports.insert(self.port, Some(now));
-            // Bounded by the ports that closed within the grace period.
-            s.ports
-                .retain(|_, r| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE));
-        }
-    }
-}
 
 /// A probe not made because the engine's cache is being deleted (`ProbePorts::pause`).
 pub const PAUSED: &str = "probe paused while the engine's cache is deleted";
@@ -346,22 +229,5 @@ mod tests {
             Some("3.2")
         );
         assert_eq!(parse_version(b"nope"), None);
-    }
-
-    #[test]
-    fn probe_ports_are_released_on_drop() {
-        let p = ProbePorts::default();
-        let before = Instant::now();
-        {
-            let _g = p.hold(4242);
-            assert!(p.contains(4242));
-            assert!(p.held_since(4242, Instant::now()));
-        }
-        assert!(!p.contains(4242));
-        // A table read that began while the check was open still excludes it.
-        assert!(p.held_since(4242, before));
-        assert!(!p.held_since(4243, before));
-        let later = Instant::now() + RELEASED_PORT_GRACE + Duration::from_millis(10);
-        assert!(!p.held_since(4242, later));
     }
 }

@@ -8,10 +8,10 @@
 //! Docker nothing and a few syscalls per entry.
 //!
 //! Safety, because this runs with the agent's privileges rather than the container's:
-//! - the pid is Docker's for that container and is checked: `/proc/<pid>` is opened once and
-//!   everything else is opened relative to that handle (a pid reused by another process makes
-//!   those opens fail, it cannot redirect them), and the process's cgroup must name the
-//!   container id;
+//! - the pid is Docker's for that container and is checked (`procfs::ContainerProc`):
+//!   `/proc/<pid>` is opened once and everything else is opened relative to that handle (a
+//!   pid reused by another process makes those opens fail, it cannot redirect them), and the
+//!   process's cgroup must name the container id;
 //! - the cache path is resolved with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS |
 //!   RESOLVE_NO_MAGICLINKS)`: inside the container's root, and a symlink anywhere on the way
 //!   is refused as the script refuses it;
@@ -35,15 +35,20 @@
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cache::{Mode, Outcome, Sizes};
 use crate::config::validate_cache_path;
 use crate::mountinfo::parse_mountinfo;
+use crate::procfs::ContainerProc;
 use crate::procnet;
+use rustix::fs::{
+    fstat, openat, openat2, statat, statx, unlinkat, AtFlags, Dir, FileType, Mode as FileMode,
+    OFlags, ResolveFlags, Stat, StatxFlags,
+};
+use rustix::io::Errno;
 
 /// The host path cannot be used for this engine now; `docker exec` can. Nothing was deleted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,93 +90,12 @@ pub struct Checks<'a> {
     pub mounts_below: bool,
 }
 
-/// One container's `/proc/<pid>`, opened once and checked to be the container's (its cgroup
-/// names it). Every later read goes through this handle: a pid reused meanwhile cannot
-/// substitute another process, and once the process is gone the reads fail.
-pub(crate) struct ContainerProc {
-    dir: OwnedFd,
-    pid: u32,
-}
-
-impl ContainerProc {
-    pub(crate) fn open(pid: u32, container_id: &str) -> io::Result<ContainerProc> {
-        if pid == 0 {
-            return Err(io::Error::other("the container's process id is not known"));
-        }
-        let dir = open_dir_at(libc::AT_FDCWD, format!("/proc/{pid}").as_bytes(), 0)
-            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{pid}: {e}")))?;
-        let proc = ContainerProc { dir, pid };
-        if !in_cgroup_of(&proc.read("cgroup")?, container_id) {
-            return Err(io::Error::other(format!(
-                "process {pid} is not in the container's cgroup"
-            )));
-        }
-        Ok(proc)
-    }
-
-    /// A file of `/proc/<pid>/`; errors name it and keep their kind.
-    pub(crate) fn read(&self, name: &str) -> io::Result<String> {
-        let mut text = String::new();
-        open_at(self.dir.as_raw_fd(), name.as_bytes(), libc::O_RDONLY)
-            .and_then(|fd| File::from(fd).read_to_string(&mut text))
-            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.pid)))?;
-        Ok(text)
-    }
-
-    /// A file of `/proc/<pid>/` as bytes (`cmdline`, `environ`: NUL-separated), at most `max`.
-    pub(crate) fn read_bytes(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        open_at(self.dir.as_raw_fd(), name.as_bytes(), libc::O_RDONLY)
-            .and_then(|fd| File::from(fd).take(max).read_to_end(&mut out))
-            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.pid)))?;
-        Ok(out)
-    }
-
-    /// The process's root directory (the container's), for lookups inside it. Following the
-    /// magic link needs ptrace access to the process (root, or `CAP_SYS_PTRACE`).
-    pub(crate) fn root(&self) -> io::Result<OwnedFd> {
-        open_at(
-            self.dir.as_raw_fd(),
-            b"root",
-            libc::O_PATH | libc::O_DIRECTORY,
-        )
-        .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/root: {e}", self.pid)))
-    }
-
-    /// The process's children (of all its threads), from `task/<tid>/children`.
-    pub(crate) fn children(&self) -> io::Result<Vec<u32>> {
-        let task = open_dir_at(self.dir.as_raw_fd(), b"task", 0)?;
-        let mut out = vec![];
-        for t in list(task.as_raw_fd())? {
-            let name = format!("{}/children", t.name.to_string_lossy());
-            let mut text = String::new();
-            if open_at(task.as_raw_fd(), name.as_bytes(), libc::O_RDONLY)
-                .and_then(|fd| File::from(fd).read_to_string(&mut text))
-                .is_ok()
-            {
-                out.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok()),
-                );
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
-    }
-}
-
 /// Measures (and with [`Mode::Clear`] clears) the cache of a running container from the host.
 pub fn run(t: &Target, mode: Mode) -> Result<Outcome, Unavailable> {
     let unavailable = |e: io::Error| Unavailable(e.to_string());
     let proc = ContainerProc::open(t.pid, t.container_id).map_err(unavailable)?;
     // Following the magic link needs ptrace access to the process (root, or CAP_SYS_PTRACE).
-    let root = open_at(
-        proc.dir.as_raw_fd(),
-        b"root",
-        libc::O_PATH | libc::O_DIRECTORY,
-    )
-    .map_err(|e| Unavailable(format!("/proc/{}/root: {e}", t.pid)))?;
+    let root = proc.root().map_err(unavailable)?;
     let mountinfo = proc.read("mountinfo").map_err(unavailable)?;
     let busy = || -> Result<bool, Unavailable> {
         // The container's network namespace, seen through the same pinned /proc/<pid>. Read
@@ -185,7 +109,7 @@ pub fn run(t: &Target, mode: Mode) -> Result<Outcome, Unavailable> {
             .iter()
             .any(|c| !t.own_ports.contains(&c.port())))
     };
-    let alive = || open_at(proc.dir.as_raw_fd(), b"stat", libc::O_RDONLY).is_ok();
+    let alive = || proc.alive();
     let checks = Checks {
         busy: &busy,
         alive: &alive,
@@ -193,30 +117,6 @@ pub fn run(t: &Target, mode: Mode) -> Result<Outcome, Unavailable> {
         mounts_below: mounts_below(&mountinfo, t.cache_path),
     };
     run_in_root(&root, t.cache_path, mode, &checks)
-}
-
-/// The connection tables of a container's network namespace (`procnet::read_tables`), read
-/// from the host through its checked `/proc/<pid>` ([`ContainerProc`]): a pid that is not the
-/// container's (the agent in a pid namespace of its own, a pid reused after the container
-/// stopped) is an error, never another process's connections.
-pub fn connection_tables(pid: u32, container_id: &str) -> io::Result<String> {
-    let proc = ContainerProc::open(pid, container_id)?;
-    procnet::read_tables(|f| proc.read(f))
-}
-
-/// Whether a cgroup file names the container: a path component that is the id, or systemd's
-/// `docker-<id>.scope` (not merely a string containing it: nested containers' paths do).
-fn in_cgroup_of(cgroup: &str, container_id: &str) -> bool {
-    container_id.len() >= 12
-        && cgroup.lines().any(|l| {
-            let path = l.splitn(3, ':').nth(2).unwrap_or("");
-            path.split('/').any(|c| {
-                c == container_id
-                    || c.strip_prefix("docker-")
-                        .and_then(|c| c.strip_suffix(".scope"))
-                        .is_some_and(|c| c == container_id)
-            })
-        })
 }
 
 /// Whether `mountinfo` (the container process's, paths relative to its root) has a mount point
@@ -242,17 +142,17 @@ pub fn run_in_root(
         return Ok(failed(None, &format!("invalid cache path: {m}")));
     }
     let rel = cache_path.trim_start_matches('/');
-    let dir = match resolve_in_root(root.as_raw_fd(), rel) {
+    let dir = match resolve_in_root(root.as_fd(), rel) {
         Ok(fd) => fd,
         // Nothing to clean (SPEC §4), whatever the mode.
         Err(Resolve::Missing) => return Ok(Outcome::Empty { before: 0 }),
         Err(Resolve::Refused(reason)) => return Ok(failed(None, &reason)),
         Err(Resolve::Unavailable(u)) => return Err(u),
     };
-    let st = stat_fd(dir.as_raw_fd()).map_err(|e| Unavailable(format!("stat: {e}")))?;
+    let st = fstat(&dir).map_err(|e| Unavailable(format!("stat: {e}")))?;
     let mnt = if checks.mounts_below {
         Some(
-            mnt_id(dir.as_raw_fd(), b"", libc::AT_EMPTY_PATH)
+            mnt_id(dir.as_fd(), b"", AtFlags::EMPTY_PATH)
                 .map_err(|e| Unavailable(format!("statx: {e}")))?,
         )
     } else {
@@ -269,7 +169,7 @@ pub fn run_in_root(
     // Listed before measuring and before the connection check, as in the script: whatever a
     // stream writes is written while its connection is open, so every listed entry is older
     // than a connection the check then sees, or belongs to no live stream.
-    let entries = list(dir.as_raw_fd()).map_err(|e| Unavailable(format!("listing: {e}")))?;
+    let entries = list(dir.as_fd()).map_err(|e| Unavailable(format!("listing: {e}")))?;
     if entries.is_empty() {
         return Ok(Outcome::Empty {
             before: st.st_size.max(0) as u64,
@@ -294,7 +194,7 @@ pub fn run_in_root(
         return Ok(Outcome::Busy { before });
     }
     for entry in &entries {
-        walk.remove_entry(dir.as_raw_fd(), "", entry, 1);
+        walk.remove_entry(dir.as_fd(), "", entry, 1);
         if walk.stop.is_some() {
             break;
         }
@@ -328,7 +228,7 @@ const CHECK_EVERY: usize = 32;
 /// One measurement or deletion below the cache directory.
 struct Walk<'a> {
     /// The cache directory's filesystem: other filesystems are neither counted nor entered.
-    dev: libc::dev_t,
+    dev: u64,
     /// The cache directory's mount, when mounts lie below it (see [`Checks::mounts_below`]).
     mnt: Option<u64>,
     checks: &'a Checks<'a>,
@@ -357,12 +257,15 @@ enum Resolve {
 }
 
 /// Opens `rel` (relative, normalised) below `root` as a directory, refusing symlinks on the way.
-fn resolve_in_root(root: RawFd, rel: &str) -> Result<OwnedFd, Resolve> {
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    let resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+fn resolve_in_root(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, Resolve> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let open = |path: &str| -> io::Result<OwnedFd> {
+        Ok(openat2(root, path, flags, FileMode::empty(), resolve)?)
+    };
     let mut tries = 0;
     let err = loop {
-        match openat2(root, rel, flags, resolve) {
+        match open(rel) {
             Ok(fd) => return Ok(fd),
             // A concurrent rename elsewhere in the tree: the kernel asks to retry.
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 8 => tries += 1,
@@ -379,7 +282,7 @@ fn resolve_in_root(root: RawFd, rel: &str) -> Result<OwnedFd, Resolve> {
                 None => (None, rel),
             };
             let parent_fd = match parent {
-                Some(p) => match openat2(root, p, flags, resolve) {
+                Some(p) => match open(p) {
                     Ok(f) => Some(f),
                     // A component on the way is a file: the script's `[ -e ]` says missing.
                     Err(e)
@@ -392,10 +295,10 @@ fn resolve_in_root(root: RawFd, rel: &str) -> Result<OwnedFd, Resolve> {
                 },
                 None => None,
             };
-            let at = parent_fd.as_ref().map_or(root, |f| f.as_raw_fd());
+            let at = parent_fd.as_ref().map_or(root, |f| f.as_fd());
             let last_is_link = (parent.is_none() || parent_fd.is_some())
                 && stat_at(at, last.as_bytes())
-                    .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFLNK)
+                    .map(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink)
                     .unwrap_or(false);
             Err(Resolve::Refused(if last_is_link {
                 "cache directory is a symlink; refusing to follow it".into()
@@ -415,10 +318,10 @@ fn resolve_in_root(root: RawFd, rel: &str) -> Result<OwnedFd, Resolve> {
 impl Walk<'_> {
     /// Whether `name` in `dir` is on the cache directory's mount. Without mounts below the
     /// cache (the common case) that is always so, and no syscall is spent.
-    fn same_mount(&self, dir: RawFd, name: &[u8]) -> io::Result<bool> {
+    fn same_mount(&self, dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
         match self.mnt {
             None => Ok(true),
-            Some(m) => Ok(mnt_id(dir, name, libc::AT_SYMLINK_NOFOLLOW)? == m),
+            Some(m) => Ok(mnt_id(dir, name, AtFlags::SYMLINK_NOFOLLOW)? == m),
         }
     }
 
@@ -426,8 +329,8 @@ impl Walk<'_> {
     /// on the cache directory's filesystem and mount (checked on the open descriptor, so a
     /// directory swapped or mounted over since a stat is not entered). `Ok(None)`: not to be
     /// entered (gone, swapped for a non-directory, another filesystem or mount).
-    fn open_sub(&self, dir: RawFd, name: &[u8]) -> io::Result<Option<OwnedFd>> {
-        let sub = match open_dir_at(dir, name, libc::O_NOFOLLOW) {
+    fn open_sub(&self, dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<OwnedFd>> {
+        let sub = match open_dir_at(dir, name, OFlags::NOFOLLOW) {
             Ok(f) => f,
             Err(e)
                 if matches!(
@@ -439,11 +342,11 @@ impl Walk<'_> {
             }
             Err(e) => return Err(e),
         };
-        if stat_fd(sub.as_raw_fd())?.st_dev != self.dev {
+        if fstat(&sub)?.st_dev != self.dev {
             return Ok(None);
         }
         if let Some(m) = self.mnt {
-            if mnt_id(sub.as_raw_fd(), b"", libc::AT_EMPTY_PATH)? != m {
+            if mnt_id(sub.as_fd(), b"", AtFlags::EMPTY_PATH)? != m {
                 return Ok(None);
             }
         }
@@ -458,16 +361,16 @@ impl Walk<'_> {
     fn measure(&mut self, dir: &OwnedFd) -> io::Result<u64> {
         let mut seen = HashSet::new();
         // The directory's own size now (after deleting, not the one from before).
-        let mut total = stat_fd(dir.as_raw_fd())?.st_size.max(0) as u64;
-        self.measure_below(dir.as_raw_fd(), 1, &mut seen, &mut total)?;
+        let mut total = fstat(dir)?.st_size.max(0) as u64;
+        self.measure_below(dir.as_fd(), 1, &mut seen, &mut total)?;
         Ok(total)
     }
 
     fn measure_below(
         &mut self,
-        dir: RawFd,
+        dir: BorrowedFd<'_>,
         depth: usize,
-        seen: &mut HashSet<(libc::dev_t, libc::ino64_t)>,
+        seen: &mut HashSet<(u64, u64)>,
         total: &mut u64,
     ) -> io::Result<()> {
         if depth > MAX_DEPTH {
@@ -485,7 +388,7 @@ impl Walk<'_> {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(e) => return Err(e),
             };
-            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            let is_dir = is_dir(&st);
             if (is_dir && st.st_dev != self.dev) || !self.same_mount(dir, name)? {
                 continue;
             }
@@ -495,7 +398,7 @@ impl Walk<'_> {
             *total += st.st_size.max(0) as u64;
             if is_dir {
                 if let Some(sub) = self.open_sub(dir, name)? {
-                    self.measure_below(sub.as_raw_fd(), depth + 1, seen, total)?;
+                    self.measure_below(sub.as_fd(), depth + 1, seen, total)?;
                 }
             }
         }
@@ -530,7 +433,7 @@ impl Walk<'_> {
     /// never following a symlink and never leaving the cache's filesystem or mount: a mount
     /// point is neither entered nor removed. The first error is kept; the rest of the entries
     /// are still tried.
-    fn remove_entry(&mut self, dir: RawFd, prefix: &str, entry: &Entry, depth: usize) {
+    fn remove_entry(&mut self, dir: BorrowedFd<'_>, prefix: &str, entry: &Entry, depth: usize) {
         if !self.may_go_on() {
             return;
         }
@@ -554,8 +457,8 @@ impl Walk<'_> {
         // round trip to the storage driver's daemon on a FUSE-backed container root). unlinkat
         // never follows a symlink, and refuses a directory (one swapped in since the listing)
         // with EISDIR.
-        if entry.kind != libc::DT_DIR && entry.kind != libc::DT_UNKNOWN {
-            match unlink_at(dir, name, 0) {
+        if !matches!(entry.kind, FileType::Directory | FileType::Unknown) {
+            match unlink_at(dir, name, AtFlags::empty()) {
                 Ok(()) => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {}
                 Err(e) => return self.note("cannot remove", &path, e),
@@ -566,8 +469,8 @@ impl Walk<'_> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
             Err(e) => return self.note("cannot stat", &path, e),
         };
-        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            if let Err(e) = unlink_at(dir, name, 0) {
+        if !is_dir(&st) {
+            if let Err(e) = unlink_at(dir, name, AtFlags::empty()) {
                 self.note("cannot remove", &path, e);
             }
             return;
@@ -591,7 +494,7 @@ impl Walk<'_> {
             // Swapped for a symlink or a file since the stat: remove that instead, unfollowed
             // (a directory there now is on another filesystem or mount: left alone).
             Ok(None) => {
-                if let Err(e) = unlink_at(dir, name, 0) {
+                if let Err(e) = unlink_at(dir, name, AtFlags::empty()) {
                     if e.raw_os_error() != Some(libc::EISDIR) {
                         self.note("cannot remove", &path, e);
                     }
@@ -600,176 +503,99 @@ impl Walk<'_> {
             }
             Err(e) => return self.note("cannot open", &path, e),
         };
-        let entries = match list(sub.as_raw_fd()) {
+        let entries = match list(sub.as_fd()) {
             Ok(v) => v,
             Err(e) => return self.note("cannot list", &path, e),
         };
         let errors_before = self.first_error.is_some();
         let prefix = format!("{path}/");
         for e in &entries {
-            self.remove_entry(sub.as_raw_fd(), &prefix, e, depth + 1);
+            self.remove_entry(sub.as_fd(), &prefix, e, depth + 1);
         }
         if self.stop.is_some() || (!errors_before && self.first_error.is_some()) {
             // Not empty: rmdir would only fail again.
             return;
         }
-        if let Err(e) = unlink_at(dir, name, libc::AT_REMOVEDIR) {
+        if let Err(e) = unlink_at(dir, name, AtFlags::REMOVEDIR) {
             self.note("cannot remove", &path, e);
         }
     }
 }
 
 /// The mount id of `name` in `dir` (`AT_EMPTY_PATH` with an empty name: of `dir` itself).
-fn mnt_id(dir: RawFd, name: &[u8], flags: libc::c_int) -> io::Result<u64> {
-    let p = cstring(name)?;
-    // SAFETY: statx is plain data filled by the kernel.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and buffer.
-    check(unsafe { libc::statx(dir, p.as_ptr(), flags, libc::STATX_MNT_ID, &mut stx) })?;
-    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+fn mnt_id(dir: BorrowedFd<'_>, name: &[u8], flags: AtFlags) -> io::Result<u64> {
+    let stx = statx(dir, name, flags, StatxFlags::MNT_ID)?;
+    if !StatxFlags::from_bits_retain(stx.stx_mask).contains(StatxFlags::MNT_ID) {
         return Err(io::Error::other("the kernel does not report mount ids"));
     }
     Ok(stx.stx_mnt_id)
 }
 
-pub(crate) fn cstring(b: &[u8]) -> io::Result<CString> {
-    CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+/// `name` in `dir`, described and never followed.
+pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Stat> {
+    Ok(statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
 }
 
-pub(crate) fn check(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
+/// A directory below `dir`, opened for listing (`extra`: e.g. `O_NOFOLLOW`).
+pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, path: &[u8], extra: OFlags) -> io::Result<OwnedFd> {
+    Ok(openat(
+        dir,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | extra,
+        FileMode::empty(),
+    )?)
+}
+
+fn is_dir(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
+}
+
+/// unlinkat where a name already gone is no error (the engine deletes its own pieces).
+fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, flags: AtFlags) -> io::Result<()> {
+    match unlinkat(dir, name, flags) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
-pub(crate) fn openat2(
-    dir: RawFd,
-    path: &str,
-    flags: libc::c_int,
-    resolve: u64,
-) -> io::Result<OwnedFd> {
-    let p = cstring(path.as_bytes())?;
-    // SAFETY: open_how is plain data; zeroed is its documented default.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = flags as u64;
-    how.resolve = resolve;
-    // SAFETY: valid NUL-terminated path, a live open_how of the size passed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            p.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor this process owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
-}
-
-pub(crate) fn open_at(dir: RawFd, path: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
-    let p = cstring(path)?;
-    // SAFETY: valid NUL-terminated path.
-    let fd = check(unsafe { libc::openat(dir, p.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: a new descriptor this process owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-pub(crate) fn open_dir_at(dir: RawFd, path: &[u8], extra: libc::c_int) -> io::Result<OwnedFd> {
-    open_at(dir, path, libc::O_RDONLY | libc::O_DIRECTORY | extra)
-}
-
-pub(crate) fn stat_fd(fd: RawFd) -> io::Result<libc::stat64> {
-    // SAFETY: stat64 is plain data filled by the kernel.
-    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
-    // SAFETY: a live descriptor and a live stat buffer.
-    check(unsafe { libc::fstat64(fd, &mut st) })?;
-    Ok(st)
-}
-
-pub(crate) fn stat_at(dir: RawFd, name: &[u8]) -> io::Result<libc::stat64> {
-    let p = cstring(name)?;
-    // SAFETY: as above.
-    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and buffer; AT_SYMLINK_NOFOLLOW: a symlink is described, not followed.
-    check(unsafe { libc::fstatat64(dir, p.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
-    Ok(st)
-}
-
-fn unlink_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: valid NUL-terminated name relative to a live directory descriptor.
-    match check(unsafe { libc::unlinkat(dir, name.as_ptr(), flags) }) {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// One directory entry: its name and readdir's `d_type` (`DT_UNKNOWN` where the filesystem
-/// does not say).
+/// One directory entry: its name and readdir's type (`Unknown` where the filesystem does not
+/// say).
 pub(crate) struct Entry {
     pub(crate) name: CString,
-    pub(crate) kind: u8,
+    pub(crate) kind: FileType,
 }
 
 /// Entries of a directory, without `.` and `..`.
-pub(crate) fn list(dir: RawFd) -> io::Result<Vec<Entry>> {
-    // fdopendir takes ownership of the descriptor it is given: a duplicate, re-opened as "."
-    // so the listing starts at the beginning whatever was read from `dir` before.
-    let fd = open_dir_at(dir, b".", 0)?;
-    // SAFETY: fd is a live directory descriptor; on success the DIR owns it.
-    let d = unsafe { libc::fdopendir(fd.as_raw_fd()) };
-    if d.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(fd);
+pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<Entry>> {
+    // A descriptor of its own, opened as "." so the listing starts at the beginning whatever
+    // was read from `dir` before (and whether `dir` itself is an `O_PATH` handle).
+    let fd = open_dir_at(dir, b".", OFlags::empty())?;
     let mut names = Vec::new();
-    let result = loop {
-        // readdir signals errors through errno only.
-        // SAFETY: resetting this thread's errno.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: d is a live DIR until closedir below.
-        let ent = unsafe { libc::readdir64(d) };
-        if ent.is_null() {
-            let e = io::Error::last_os_error();
-            break match e.raw_os_error() {
-                Some(0) | None => Ok(()),
-                _ => Err(e),
-            };
-        }
-        // SAFETY: d_name is NUL-terminated within the entry readdir returned.
-        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
-        let b = name.to_bytes();
+    for e in Dir::new(fd)? {
+        let e = e?;
+        let b = e.file_name().to_bytes();
         if b != b"." && b != b".." {
             names.push(Entry {
-                name: name.to_owned(),
-                // SAFETY: as above.
-                kind: unsafe { (*ent).d_type },
+                name: e.file_name().to_owned(),
+                kind: e.file_type(),
             });
         }
-    };
-    // SAFETY: closes the DIR and its descriptor, once.
-    unsafe { libc::closedir(d) };
-    result.map(|()| names)
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::symlink;
     use std::path::Path;
 
     fn root_of(p: &Path) -> OwnedFd {
-        open_at(
-            libc::AT_FDCWD,
-            p.as_os_str().as_bytes(),
-            libc::O_PATH | libc::O_DIRECTORY,
+        openat(
+            rustix::fs::CWD,
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            FileMode::empty(),
         )
         .unwrap()
     }
@@ -829,21 +655,6 @@ mod tests {
         symlink(r.join("outside"), cache.join("abs-link")).unwrap();
         symlink("../outside", cache.join("rel-link")).unwrap();
         tmp
-    }
-
-    #[test]
-    fn connection_tables_refuse_a_process_that_is_not_the_containers() {
-        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        // This test's own process: readable, but not in that container's cgroup.
-        let err = connection_tables(std::process::id(), id).unwrap_err();
-        assert!(
-            err.to_string().contains("not in the container's cgroup"),
-            "{err}"
-        );
-        assert!(connection_tables(0, id).is_err());
-        // A pid that does not exist.
-        let err = connection_tables(u32::MAX - 1, id).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
     #[test]
@@ -1034,35 +845,6 @@ mod tests {
         assert!(e.0.contains("not in the container's cgroup"), "{e}");
         let t = Target { pid: 0, ..t };
         assert!(run(&t, Mode::Measure).is_err());
-    }
-
-    #[test]
-    fn the_container_id_must_be_a_whole_cgroup_component() {
-        let id = "6987647a9864175e795ee6e9a3cdb6ae83d421b6f26562dbc33c845ea754bdaa";
-        let other = "1111111111111111111111111111111111111111111111111111111111111111";
-        for (cgroup, want) in [
-            (
-                format!("9:name=systemd:/docker/{id}\n8:pids:/docker/{id}\n"),
-                true,
-            ),
-            (format!("0::/docker/{id}\n"), true),
-            (format!("0::/system.slice/docker-{id}.scope\n"), true),
-            (format!("0::/system.slice/docker-{id}.scope/init\n"), true),
-            // Docker in Docker: the outer container's id is only a prefix of this path.
-            (format!("0::/docker/{id}/docker/{other}\n"), true),
-            (format!("0::/docker/{other}\n"), false),
-            (format!("0::/docker/x{id}\n"), false),
-            (format!("0::/my-{id}-parent/docker/{other}\n"), false),
-            ("0::/\n".to_string(), false),
-        ] {
-            assert_eq!(in_cgroup_of(&cgroup, id), want, "{cgroup}");
-        }
-        // The nested container is found by its own id, not by the outer one's.
-        assert!(in_cgroup_of(
-            &format!("0::/docker/{id}/docker/{other}\n"),
-            other
-        ));
-        assert!(!in_cgroup_of("0::/docker/abc\n", "abc"), "too short an id");
     }
 
     #[test]

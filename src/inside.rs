@@ -2,7 +2,7 @@
 //! environments, the argument files they name, and which candidate cache paths exist there,
 //! with symlinks resolved inside the container's root (SPEC §1, §4).
 //!
-//! From the host where it can: through the container's checked `/proc/<pid>` (`hostfs`), its
+//! From the host where it can: through the container's checked `/proc/<pid>` (`procfs`), its
 //! children found from `task/<tid>/children` and each checked to be in the container's cgroup,
 //! files opened with `openat2(RESOLVE_IN_ROOT)` so no symlink leads out of the container's
 //! root. Else, with `docker exec`, one fixed script (the paths are arguments, never part of it)
@@ -10,11 +10,16 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::cachepath::{Fact, Facts, Questions};
 use crate::cmdline::Process;
-use crate::hostfs::{cstring, list, open_at, openat2, stat_at, ContainerProc};
+use rustix::fs::{
+    fstat, fstatvfs, openat, openat2, readlinkat, FileType, Mode, OFlags, ResolveFlags, StatVfs,
+};
+
+use crate::hostfs::{list, stat_at};
+use crate::procfs::ContainerProc;
 
 /// At most this many of a container's processes are read (breadth first from its main one).
 const MAX_PROCESSES: usize = 64;
@@ -77,12 +82,13 @@ pub fn read_file(root: &OwnedFd, path: &str, workdir: &str) -> io::Result<String
     // O_NONBLOCK: opening a FIFO does not wait for a writer; anything but a regular file
     // (a FIFO, a device) is then refused before it is read.
     let fd = openat2(
-        root.as_raw_fd(),
+        root,
         if rel.is_empty() { "." } else { rel },
-        libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
-        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )?;
-    if crate::hostfs::stat_fd(fd.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if FileType::from_raw_mode(fstat(&fd)?.st_mode) != FileType::RegularFile {
         return Err(io::Error::other(format!("{full} is not a regular file")));
     }
     let mut text = String::new();
@@ -94,17 +100,9 @@ pub fn read_file(root: &OwnedFd, path: &str, workdir: &str) -> io::Result<String
     Ok(text)
 }
 
-fn readlink_at(dir: RawFd, name: &str) -> io::Result<String> {
-    let p = cstring(name.as_bytes())?;
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: a valid NUL-terminated name relative to a live directory descriptor, and a buffer
-    // of the length passed.
-    let n = unsafe { libc::readlinkat(dir, p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+fn readlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<String> {
+    let target = readlinkat(dir, name, Vec::new())?;
+    Ok(target.to_string_lossy().into_owned())
 }
 
 /// `path` with every symlink resolved inside `root` (an absolute link starts again at the
@@ -126,9 +124,7 @@ pub fn resolve(root: &OwnedFd, path: &str) -> Fact {
             }
             _ => {}
         }
-        let dir = stack
-            .last()
-            .map_or(root.as_raw_fd(), |(_, fd)| fd.as_raw_fd());
+        let dir = stack.last().map_or(root.as_fd(), |(_, fd)| fd.as_fd());
         let st = match stat_at(dir, c.as_bytes()) {
             Ok(st) => st,
             Err(_) => {
@@ -139,8 +135,8 @@ pub fn resolve(root: &OwnedFd, path: &str) -> Fact {
                 break;
             }
         };
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFLNK => {
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Symlink => {
                 links += 1;
                 if links > MAX_LINKS {
                     return Fact {
@@ -164,11 +160,12 @@ pub fn resolve(root: &OwnedFd, path: &str) -> Fact {
                     todo.push_front(part.to_string());
                 }
             }
-            libc::S_IFDIR => {
-                match open_at(
+            FileType::Directory => {
+                match openat(
                     dir,
-                    c.as_bytes(),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    c.as_str(),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
                 ) {
                     Ok(fd) => stack.push((c, fd)),
                     Err(_) => {
@@ -208,13 +205,14 @@ pub fn resolve(root: &OwnedFd, path: &str) -> Fact {
 fn list_dir(root: &OwnedFd, dir: &str) -> Vec<String> {
     let rel = dir.trim_start_matches('/');
     let fd = openat2(
-        root.as_raw_fd(),
+        root,
         if rel.is_empty() { "." } else { rel },
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     );
     let Ok(fd) = fd else { return vec![] };
-    let mut v: Vec<String> = list(fd.as_raw_fd())
+    let mut v: Vec<String> = list(fd.as_fd())
         .unwrap_or_default()
         .into_iter()
         .map(|e| e.name.to_string_lossy().into_owned())
@@ -398,32 +396,25 @@ pub fn tmpfs_space(pid: u32, container_id: &str, mountpoint: &str) -> io::Result
     let root = root(pid, container_id)?;
     let rel = mountpoint.trim_start_matches('/');
     let fd = openat2(
-        root.as_raw_fd(),
+        &root,
         if rel.is_empty() { "." } else { rel },
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )?;
-    // SAFETY: an all-zero statvfs is a valid value of this plain C struct, filled by the call
-    // on a live descriptor.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut s) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(space(&s))
+    Ok(space(&fstatvfs(&fd)?))
 }
 
 /// (available to unprivileged users, size) in bytes of a statvfs result.
-#[allow(clippy::unnecessary_cast)] // the statvfs field types differ between targets
-pub fn space(s: &libc::statvfs) -> (u64, u64) {
+pub fn space(s: &StatVfs) -> (u64, u64) {
     let unit = if s.f_frsize > 0 {
         s.f_frsize
     } else {
         s.f_bsize
-    } as u64;
+    };
     (
-        (s.f_bavail as u64).saturating_mul(unit),
-        (s.f_blocks as u64).saturating_mul(unit),
+        s.f_bavail.saturating_mul(unit),
+        s.f_blocks.saturating_mul(unit),
     )
 }
 
@@ -577,10 +568,11 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn root_of(p: &std::path::Path) -> OwnedFd {
-        open_at(
-            libc::AT_FDCWD,
-            p.to_str().unwrap().as_bytes(),
-            libc::O_PATH | libc::O_DIRECTORY,
+        openat(
+            rustix::fs::CWD,
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
         )
         .unwrap()
     }
@@ -728,9 +720,14 @@ mod tests {
         assert!(read_file(&root, "/etc/passwd", "/").is_err());
         // A FIFO (nobody writing) is refused at once, not waited on.
         let fifo = t.path().join("srv/fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: a valid path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
         let e = read_file(&root, "/srv/fifo", "/").unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
     }

@@ -23,10 +23,10 @@ use tokio::sync::{broadcast, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
+use crate::activity::ProbePorts;
 use crate::cache::{self, Mode, Outcome, Sizes};
 use crate::config::CacheMethod;
 use crate::docker::{DockerClient, DockerError};
-use crate::health::ProbePorts;
 use crate::hostfs;
 use crate::logging;
 use crate::metrics::{CacheAccess, Metrics};
@@ -207,7 +207,7 @@ impl Janitor {
     async fn run_script(&self, e: &EngineState, mode: Mode) -> Outcome {
         let id = &e.engine.container_id;
         // While deleting, no new health check of this engine starts, and the ones already
-        // running are named to the live-stream guard (see `health::ProbePorts`): the engine's
+        // running are named to the live-stream guard (see `activity::ProbePorts`): the engine's
         // port arms it, no delete while a client is connected to it inside the container.
         let _pause = matches!(mode, Mode::Clear { .. }).then(|| self.inner.probes.pause(id));
         let own = self.inner.probes.recent_ports();

@@ -38,12 +38,14 @@ pub mod model;
 pub mod mountinfo;
 pub mod notify;
 pub mod pressure;
+pub mod procfs;
 pub mod procnet;
 pub mod registry;
 pub mod selfcheck;
 pub mod shutdown;
 pub mod store;
 pub mod streams;
+pub mod stuck;
 pub mod whereami;
 
 use std::collections::HashSet;
@@ -57,9 +59,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::activity::ProbePorts;
 use crate::config::Config;
 use crate::docker::DockerClient;
-use crate::health::ProbePorts;
 use crate::janitor::{Janitor, JanitorConfig};
 use crate::metrics::Metrics;
 use crate::model::Snapshot;

@@ -243,3 +243,15 @@ pub fn host_fallback(said: &SaidOnce, id: &str, what: &str, why: &str) {
         debug!(container_id = %id12(id), reason = %why, "Cannot {what} from the host; using docker exec");
     }
 }
+
+/// The connection probe's read of the containers' `/proc` did not return in time: no host
+/// probe until it does.
+pub fn proc_read_stuck(what: &str, seconds: f64) {
+    tracing::warn!(timeout_seconds = seconds,
+        "Reading {what} from /proc timed out after {seconds}s; skipping the host probe until that read returns");
+}
+
+/// A stuck read of `/proc` returned at last.
+pub fn proc_read_recovered(what: &str) {
+    info!("Reading {what} from /proc works again");
+}

@@ -26,9 +26,6 @@
 //! pressure that persists with nothing idle left costs no exec per tick.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::CString;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -48,6 +45,7 @@ use crate::model::{
 pub use crate::mountinfo::{parse_mountinfo, MountEntry};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
+use crate::stuck::{Call, Guarded};
 
 /// Prefix of the key of a memory cache's tmpfs among the watched filesystems.
 const MEMORY_KEY: &str = "memory:";
@@ -195,14 +193,7 @@ pub fn eligible<'a>(
 
 /// Space available to unprivileged users and size of the filesystem holding `path`, in bytes.
 pub fn statvfs(path: &str) -> std::io::Result<(u64, u64)> {
-    let c = CString::new(path)?;
-    // SAFETY: an all-zero statvfs is a valid value of this plain C struct; the call fills it
-    // and reads only the NUL-terminated path.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(inside::space(&s))
+    Ok(inside::space(&rustix::fs::statvfs(path)?))
 }
 
 /// `path` with symlinks resolved as far as the agent may look (a directory it cannot search
@@ -224,70 +215,6 @@ fn canonical(path: &str) -> String {
                 base = parent.to_path_buf();
             }
             _ => return path.to_string(),
-        }
-    }
-}
-
-enum Call<T> {
-    Done(T),
-    /// Timed out now, or still stuck from an earlier call.
-    Unavailable,
-}
-
-/// Runs filesystem calls off the async threads with a deadline. A key (path) whose call timed
-/// out is skipped until that call returns. std `Mutex`: held to test or change the set only.
-#[derive(Clone)]
-struct Guarded {
-    stuck: Arc<Mutex<HashSet<String>>>,
-    timeout: Duration,
-}
-
-impl Guarded {
-    fn new(timeout: Duration) -> Guarded {
-        Guarded {
-            stuck: Arc::new(Mutex::new(HashSet::new())),
-            timeout,
-        }
-    }
-
-    fn is_stuck(&self, key: &str) -> bool {
-        self.stuck
-            .lock()
-            .expect("stuck lock poisoned")
-            .contains(key)
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        key: &str,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Call<T> {
-        if self.is_stuck(key) {
-            return Call::Unavailable;
-        }
-        let finished = Arc::new(AtomicBool::new(false));
-        let (stuck, k, fin) = (self.stuck.clone(), key.to_string(), finished.clone());
-        let handle = tokio::task::spawn_blocking(move || {
-            let r = f();
-            // Under the lock, so the timeout path below either sees this call finished or
-            // marks it stuck before this removes the mark.
-            let mut s = stuck.lock().expect("stuck lock poisoned");
-            fin.store(true, Ordering::SeqCst);
-            if s.remove(&k) {
-                logging::filesystem_recovered(&k);
-            }
-            r
-        });
-        match tokio::time::timeout(self.timeout, handle).await {
-            Ok(Ok(r)) => Call::Done(r),
-            Ok(Err(_)) => Call::Unavailable,
-            Err(_) => {
-                let mut s = self.stuck.lock().expect("stuck lock poisoned");
-                if !finished.load(Ordering::SeqCst) && s.insert(key.to_string()) {
-                    logging::filesystem_stuck(key, self.timeout.as_secs_f64());
-                }
-                Call::Unavailable
-            }
         }
     }
 }
@@ -378,7 +305,11 @@ impl Pressure {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut w = Worker {
-            guarded: Guarded::new(self.fs_timeout),
+            guarded: Guarded::new(
+                self.fs_timeout,
+                logging::filesystem_stuck,
+                logging::filesystem_recovered,
+            ),
             docker_root: self.docker_root.clone(),
             p: self,
             docker_was_up: false,
@@ -1140,38 +1071,5 @@ mod tests {
             format!("{}/missing/deeper", real.display())
         );
         assert_eq!(canonical("relative/path"), "relative/path");
-    }
-
-    #[tokio::test]
-    async fn a_hung_call_marks_its_path_stuck_until_it_returns() {
-        let g = Guarded::new(Duration::from_millis(50));
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let r = g
-            .run("/hung", move || {
-                let _ = rx.recv();
-                1
-            })
-            .await;
-        assert!(matches!(r, Call::Unavailable));
-        assert!(g.is_stuck("/hung"));
-        // Skipped without a new thread while stuck; other paths are unaffected.
-        let ran = Arc::new(AtomicBool::new(false));
-        let r2 = ran.clone();
-        let r = g
-            .run("/hung", move || r2.store(true, Ordering::SeqCst))
-            .await;
-        assert!(matches!(r, Call::Unavailable));
-        assert!(!ran.load(Ordering::SeqCst));
-        assert!(matches!(g.run("/fine", || 2).await, Call::Done(2)));
-        // The hung call returns: the path is usable again.
-        tx.send(()).unwrap();
-        for _ in 0..200 {
-            if !g.is_stuck("/hung") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(!g.is_stuck("/hung"));
-        assert!(matches!(g.run("/hung", || 3).await, Call::Done(3)));
     }
 }

@@ -1,0 +1,217 @@
+//! What the connection probe (`activity.rs`) costs the agent per engine per tick (issue 18).
+//!
+//! ```sh
+//! cargo bench --bench probe                                   # 150 engines, prints the table
+//! ACESTREAM_BENCH_PROBE_ENGINES=10 cargo bench --bench probe  # fewer engines
+//! ```
+//!
+//! Real Docker, fake engines (tests/fixtures/fake-engine, started by tests/common/mod.rs
+//! without a published port), the probe's host read of each engine's connection tables on the
+//! real `/proc` of those containers. The figure is the agent process's CPU time
+//! (`CLOCK_PROCESS_CPUTIME_ID`, every thread: the async workers and the blocking pool) spent
+//! per engine per tick, median of several runs of many ticks; the wall time of one tick is
+//! beside it. The runtime is the agent's (multi-threaded tokio), so thread hand-offs count.
+//!
+//! Rows: "per engine" is the probe's shape before issue 18 (every engine its own
+//! `spawn_blocking` that opens `/proc/<pid>`, checks its cgroup and reads the tables, with
+//! today's `procfs` reads); "one task per tick" is what `activity.rs` does now.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use acestream_agent::stuck::{Call, Guarded};
+use acestream_agent::{activity, procfs, procnet};
+use common::*;
+
+const RUNS: usize = 5;
+const TICKS: usize = 40;
+
+fn cpu_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a live timespec for the kernel to fill.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One engine as the probe sees it.
+#[derive(Clone)]
+struct Target {
+    id: String,
+    pid: u32,
+}
+
+/// The probe before issue 18: one `spawn_blocking` per engine, each opening and checking
+/// `/proc/<pid>` before reading the tables. Returns the clients seen (so nothing is optimised
+/// away) and fails if an engine's tables could not be read from the host.
+async fn tick_per_engine(engines: &[Target]) -> usize {
+    let probes = engines.iter().map(|t| {
+        let t = t.clone();
+        async move {
+            let text = tokio::task::spawn_blocking(move || procfs::connection_tables(t.pid, &t.id))
+                .await
+                .expect("join")
+                .expect("the host reads the container's tables");
+            procnet::clients_of(&text, ENGINE_PORT).len()
+        }
+    });
+    futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .sum()
+}
+
+/// The probe now (`activity.rs`): every engine of the tick in one blocking task under the
+/// stuck-call guard, through the handles kept across ticks.
+async fn tick_batched(
+    guarded: &Guarded,
+    kept: &mut Option<procfs::Kept>,
+    engines: &[Target],
+) -> usize {
+    let wanted: Vec<(String, u32)> = engines.iter().map(|t| (t.id.clone(), t.pid)).collect();
+    let mut mine = kept.take().unwrap_or_default();
+    let work = move || {
+        let tables = activity::read_all(&mut mine, &wanted);
+        (mine, tables)
+    };
+    let Call::Done((back, tables)) = guarded.run("bench", work).await else {
+        panic!("the host read timed out");
+    };
+    *kept = Some(back);
+    tables
+        .into_iter()
+        .map(|t| {
+            let text = t.expect("the host reads the container's tables");
+            procnet::clients_of(&text, ENGINE_PORT).len()
+        })
+        .sum()
+}
+
+struct Row {
+    what: &'static str,
+    cpu_per_engine_us: f64,
+    wall_per_tick_ms: f64,
+}
+
+/// Runs `tick` `TICKS` times, `RUNS` times over, and takes the medians.
+fn measure<F, Fut>(rt: &tokio::runtime::Runtime, what: &'static str, n: usize, mut tick: F) -> Row
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    // Warm-up: the blocking pool's threads, the first opens.
+    rt.block_on(tick());
+    let mut cpu = vec![];
+    let mut wall = vec![];
+    for _ in 0..RUNS {
+        let (c0, w0) = (cpu_now(), Instant::now());
+        for _ in 0..TICKS {
+            rt.block_on(tick());
+        }
+        let (c, w) = (cpu_now() - c0, w0.elapsed());
+        cpu.push(c.as_secs_f64() * 1e6 / (TICKS * n) as f64);
+        wall.push(w.as_secs_f64() * 1e3 / TICKS as f64);
+    }
+    Row {
+        what,
+        cpu_per_engine_us: median(cpu),
+        wall_per_tick_ms: median(wall),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to filter here.
+    let n: usize = std::env::var("ACESTREAM_BENCH_PROBE_ENGINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let started = Instant::now();
+    let engines = start_engines(n);
+    eprintln!(
+        "{n} engines started in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let targets: Vec<Target> = engines
+        .iter()
+        .map(|e| Target {
+            id: e.id.clone(),
+            pid: e.pid(),
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let load = load_average();
+    let guarded = Guarded::new(Duration::from_secs(5), |_, _| {}, |_| {});
+    let kept = std::cell::RefCell::new(None);
+    let rows = vec![
+        measure(&rt, "per engine (before issue 18)", n, || {
+            tick_per_engine(&targets)
+        }),
+        measure(&rt, "one task per tick, kept handles (now)", n, || {
+            let (g, k, t) = (&guarded, &kept, &targets);
+            async move {
+                let mut mine = k.take();
+                let r = tick_batched(g, &mut mine, t).await;
+                *k.borrow_mut() = mine;
+                r
+            }
+        }),
+    ];
+    println!();
+    println!("connection probe, {n} engines, {TICKS} ticks x {RUNS} runs (median), load average at start {load}");
+    println!();
+    println!("| probe | CPU per engine per tick | wall per tick |");
+    println!("|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} µs | {:.2} ms |",
+            r.what, r.cpu_per_engine_us, r.wall_per_tick_ms
+        );
+    }
+    println!();
+    drop(engines);
+}
+
+/// `n` fake engines, started four at a time per thread (as benches/agent.rs does).
+fn start_engines(n: usize) -> Vec<TestEngine> {
+    let per_thread = n.div_ceil(8).max(1);
+    let handles: Vec<_> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(per_thread)
+        .map(|c| {
+            let c = c.to_vec();
+            std::thread::spawn(move || {
+                c.into_iter()
+                    .map(|_| {
+                        TestEngine::builder()
+                            .name_prefix("ace-probe-bench")
+                            .publish(false)
+                            .start()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("engine start thread"))
+        .collect()
+}

@@ -1,0 +1,298 @@
+//! One container's `/proc/<pid>`, seen from the host: opened once, checked to be the
+//! container's, and every later read relative to that handle. The janitor's host path
+//! (`hostfs`), discovery's reads inside the container (`inside`), disk pressure's memory caches
+//! and the connection probe (`activity`) all go through it.
+//!
+//! Why a handle and not paths: the pid is Docker's for that container, but a pid is reused
+//! once its process exits. Opened relative to a pinned `/proc/<pid>`, a file of a process that
+//! is gone fails to open (`ENOENT`/`ESRCH`) instead of being another process's; the cgroup
+//! check at the open (the process's cgroup names the container id) rules out a pid that was
+//! never the container's (the agent in a pid namespace of its own, a stale pid).
+//!
+//! Blocking: callers run these functions in `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{openat, Dir, Mode, OFlags, CWD};
+use rustix::io::Errno;
+
+use crate::procnet;
+
+/// One container's `/proc/<pid>`, opened once and checked to be the container's (its cgroup
+/// names it). Every later read goes through this handle: a pid reused meanwhile cannot
+/// substitute another process, and once the process is gone the reads fail.
+pub struct ContainerProc {
+    dir: OwnedFd,
+    pid: u32,
+}
+
+impl ContainerProc {
+    pub fn open(pid: u32, container_id: &str) -> io::Result<ContainerProc> {
+        if pid == 0 {
+            return Err(io::Error::other("the container's process id is not known"));
+        }
+        let dir = open_dir(CWD, format!("/proc/{pid}").as_str())
+            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{pid}: {e}")))?;
+        let proc = ContainerProc { dir, pid };
+        if !in_cgroup_of(&proc.read("cgroup")?, container_id) {
+            return Err(io::Error::other(format!(
+                "process {pid} is not in the container's cgroup"
+            )));
+        }
+        Ok(proc)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn open_file(&self, name: &str) -> io::Result<OwnedFd> {
+        Ok(openat(
+            &self.dir,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    /// At most `max` bytes of a file of `/proc/<pid>/`. Plain reads to the end: std's
+    /// `read_to_end` first asks a file's size (a statx and an lseek more per read, and /proc
+    /// says 0), which a probe every second of every engine pays for.
+    fn read_max(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
+        let fd = self.open_file(name)?;
+        let mut out = Vec::new();
+        let mut chunk = 4096u64;
+        loop {
+            let room = (max - out.len() as u64).min(chunk) as usize;
+            if room == 0 {
+                return Ok(out);
+            }
+            let start = out.len();
+            out.resize(start + room, 0);
+            match rustix::io::read(&fd, &mut out[start..]) {
+                Ok(0) => {
+                    out.truncate(start);
+                    return Ok(out);
+                }
+                Ok(n) => out.truncate(start + n),
+                Err(Errno::INTR) => out.truncate(start),
+                Err(e) => return Err(e.into()),
+            }
+            chunk = (chunk * 2).min(1 << 20);
+        }
+    }
+
+    /// A file of `/proc/<pid>/`; errors name it and keep their kind.
+    pub fn read(&self, name: &str) -> io::Result<String> {
+        self.read_max(name, u64::MAX)
+            .and_then(|b| {
+                String::from_utf8(b).map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "stream did not contain valid UTF-8",
+                    )
+                })
+            })
+            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.pid)))
+    }
+
+    /// A file of `/proc/<pid>/` as bytes (`cmdline`, `environ`: NUL-separated), at most `max`.
+    pub fn read_bytes(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
+        self.read_max(name, max)
+            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.pid)))
+    }
+
+    /// Whether the process checked at the open still runs: its `stat` still opens through
+    /// the pinned handle (never through a reused pid).
+    pub fn alive(&self) -> bool {
+        self.open_file("stat").is_ok()
+    }
+
+    /// The process's root directory (the container's), for lookups inside it. Following the
+    /// magic link needs ptrace access to the process (root, or `CAP_SYS_PTRACE`).
+    pub fn root(&self) -> io::Result<OwnedFd> {
+        openat(
+            &self.dir,
+            "root",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)
+        .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/root: {e}", self.pid)))
+    }
+
+    /// The process's children (of all its threads), from `task/<tid>/children`.
+    pub fn children(&self) -> io::Result<Vec<u32>> {
+        let task = open_dir(&self.dir, "task")?;
+        let mut tids = vec![];
+        for e in Dir::read_from(&task)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy();
+            if name != "." && name != ".." {
+                tids.push(name.into_owned());
+            }
+        }
+        let mut out = vec![];
+        for t in tids {
+            let mut text = String::new();
+            if openat(
+                &task,
+                format!("{t}/children").as_str(),
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io::Error::from)
+            .and_then(|fd| File::from(fd).read_to_string(&mut text))
+            .is_ok()
+            {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The connection tables of the container's network namespace (`procnet::read_tables`).
+    pub fn connection_tables(&self) -> io::Result<String> {
+        procnet::read_tables(|f| self.read(f))
+    }
+}
+
+fn open_dir(at: impl AsFd, path: &str) -> io::Result<OwnedFd> {
+    Ok(openat(
+        at,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The connection tables of a container's network namespace (`procnet::read_tables`), read
+/// from the host through its checked `/proc/<pid>` ([`ContainerProc`]): a pid that is not the
+/// container's (the agent in a pid namespace of its own, a pid reused after the container
+/// stopped) is an error, never another process's connections.
+pub fn connection_tables(pid: u32, container_id: &str) -> io::Result<String> {
+    ContainerProc::open(pid, container_id)?.connection_tables()
+}
+
+/// Checked handles kept for the containers' lives, by container id: opened and checked when a
+/// container is first seen or its pid changes (a restart), and reused until then, so a probe
+/// every second costs a read, not an open and a cgroup check.
+#[derive(Default)]
+pub struct Kept(HashMap<String, ContainerProc>);
+
+impl Kept {
+    /// The container's connection tables through its kept handle. A read that fails through
+    /// a kept handle is tried once more through a new one: the process it pinned is gone,
+    /// and a new one may have the same pid (a restart Docker reports with the old pid).
+    pub fn connection_tables(&mut self, pid: u32, container_id: &str) -> io::Result<String> {
+        if let Some(p) = self.0.get(container_id).filter(|p| p.pid == pid) {
+            if let Ok(text) = p.connection_tables() {
+                return Ok(text);
+            }
+        }
+        self.0.remove(container_id);
+        let proc = ContainerProc::open(pid, container_id)?;
+        let text = proc.connection_tables()?;
+        self.0.insert(container_id.to_string(), proc);
+        Ok(text)
+    }
+
+    /// Drops the handles of containers not in `keep` (gone, stopped, or read otherwise).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.0.retain(|id, _| keep(id));
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Whether a cgroup file names the container: a path component that is the id, or systemd's
+/// `docker-<id>.scope` (not merely a string containing it: nested containers' paths do).
+fn in_cgroup_of(cgroup: &str, container_id: &str) -> bool {
+    container_id.len() >= 12
+        && cgroup.lines().any(|l| {
+            let path = l.splitn(3, ':').nth(2).unwrap_or("");
+            path.split('/').any(|c| {
+                c == container_id
+                    || c.strip_prefix("docker-")
+                        .and_then(|c| c.strip_suffix(".scope"))
+                        .is_some_and(|c| c == container_id)
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_tables_refuse_a_process_that_is_not_the_containers() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        // This test's own process: readable, but not in that container's cgroup.
+        let err = connection_tables(std::process::id(), id).unwrap_err();
+        assert!(
+            err.to_string().contains("not in the container's cgroup"),
+            "{err}"
+        );
+        assert!(connection_tables(0, id).is_err());
+        // A pid that does not exist.
+        let err = connection_tables(u32::MAX - 1, id).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    }
+
+    /// The kept handles refuse what a new open refuses, and keep nothing they refused.
+    #[test]
+    fn kept_handles_are_checked_like_a_new_open() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let mut kept = Kept::default();
+        let err = kept.connection_tables(std::process::id(), id).unwrap_err();
+        assert!(
+            err.to_string().contains("not in the container's cgroup"),
+            "{err}"
+        );
+        assert!(kept.connection_tables(0, id).is_err());
+        assert!(kept.is_empty());
+    }
+
+    #[test]
+    fn the_container_id_must_be_a_whole_cgroup_component() {
+        let id = "6987647a9864175e795ee6e9a3cdb6ae83d421b6f26562dbc33c845ea754bdaa";
+        let other = "1111111111111111111111111111111111111111111111111111111111111111";
+        for (cgroup, want) in [
+            (
+                format!("9:name=systemd:/docker/{id}\n8:pids:/docker/{id}\n"),
+                true,
+            ),
+            (format!("0::/docker/{id}\n"), true),
+            (format!("0::/system.slice/docker-{id}.scope\n"), true),
+            (format!("0::/system.slice/docker-{id}.scope/init\n"), true),
+            // Docker in Docker: the outer container's id is only a prefix of this path.
+            (format!("0::/docker/{id}/docker/{other}\n"), true),
+            (format!("0::/docker/{other}\n"), false),
+            (format!("0::/docker/x{id}\n"), false),
+            (format!("0::/my-{id}-parent/docker/{other}\n"), false),
+            ("0::/\n".to_string(), false),
+        ] {
+            assert_eq!(in_cgroup_of(&cgroup, id), want, "{cgroup}");
+        }
+        // The nested container is found by its own id, not by the outer one's.
+        assert!(in_cgroup_of(
+            &format!("0::/docker/{id}/docker/{other}\n"),
+            other
+        ));
+        assert!(!in_cgroup_of("0::/docker/abc\n", "abc"), "too short an id");
+    }
+}

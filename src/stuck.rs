@@ -1,0 +1,125 @@
+//! Blocking calls that may never return, run with a deadline: a statvfs or canonicalize on a
+//! hung mount (NFS, FUSE), a read of `/proc` that waits in the kernel. A call that timed out
+//! leaves its thread blocked; its key is then marked stuck and skipped until that call
+//! returns, so blocked threads do not pile up one per tick (node_exporter's
+//! `stuckMountWatcher`). Disk pressure and the connection probe use it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What a guarded call gave.
+pub enum Call<T> {
+    Done(T),
+    /// Timed out now, or still stuck from an earlier call.
+    Unavailable,
+}
+
+/// Runs blocking calls off the async threads with a deadline. A key (a path, a task) whose
+/// call timed out is skipped until that call returns. std `Mutex`: held to test or change the
+/// set only.
+#[derive(Clone)]
+pub struct Guarded {
+    stuck: Arc<Mutex<HashSet<String>>>,
+    timeout: Duration,
+    /// Said once when a key's call times out (key, seconds), and once when it returns.
+    on_stuck: fn(&str, f64),
+    on_recovered: fn(&str),
+}
+
+impl Guarded {
+    pub fn new(timeout: Duration, on_stuck: fn(&str, f64), on_recovered: fn(&str)) -> Guarded {
+        Guarded {
+            stuck: Arc::new(Mutex::new(HashSet::new())),
+            timeout,
+            on_stuck,
+            on_recovered,
+        }
+    }
+
+    pub fn is_stuck(&self, key: &str) -> bool {
+        self.stuck
+            .lock()
+            .expect("stuck lock poisoned")
+            .contains(key)
+    }
+
+    pub async fn run<T: Send + 'static>(
+        &self,
+        key: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Call<T> {
+        if self.is_stuck(key) {
+            return Call::Unavailable;
+        }
+        let finished = Arc::new(AtomicBool::new(false));
+        let (stuck, k, fin) = (self.stuck.clone(), key.to_string(), finished.clone());
+        let recovered = self.on_recovered;
+        let handle = tokio::task::spawn_blocking(move || {
+            let r = f();
+            // Under the lock, so the timeout path below either sees this call finished or
+            // marks it stuck before this removes the mark.
+            let mut s = stuck.lock().expect("stuck lock poisoned");
+            fin.store(true, Ordering::SeqCst);
+            if s.remove(&k) {
+                recovered(&k);
+            }
+            r
+        });
+        match tokio::time::timeout(self.timeout, handle).await {
+            Ok(Ok(r)) => Call::Done(r),
+            Ok(Err(_)) => Call::Unavailable,
+            Err(_) => {
+                let mut s = self.stuck.lock().expect("stuck lock poisoned");
+                if !finished.load(Ordering::SeqCst) && s.insert(key.to_string()) {
+                    (self.on_stuck)(key, self.timeout.as_secs_f64());
+                }
+                Call::Unavailable
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logging;
+
+    #[tokio::test]
+    async fn a_hung_call_marks_its_path_stuck_until_it_returns() {
+        let g = Guarded::new(
+            Duration::from_millis(50),
+            logging::filesystem_stuck,
+            logging::filesystem_recovered,
+        );
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let r = g
+            .run("/hung", move || {
+                let _ = rx.recv();
+                1
+            })
+            .await;
+        assert!(matches!(r, Call::Unavailable));
+        assert!(g.is_stuck("/hung"));
+        // Skipped without a new thread while stuck; other paths are unaffected.
+        let ran = Arc::new(AtomicBool::new(false));
+        let r2 = ran.clone();
+        let r = g
+            .run("/hung", move || r2.store(true, Ordering::SeqCst))
+            .await;
+        assert!(matches!(r, Call::Unavailable));
+        assert!(!ran.load(Ordering::SeqCst));
+        assert!(matches!(g.run("/fine", || 2).await, Call::Done(2)));
+        // The hung call returns: the path is usable again.
+        tx.send(()).unwrap();
+        for _ in 0..200 {
+            if !g.is_stuck("/hung") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!g.is_stuck("/hung"));
+        assert!(matches!(g.run("/hung", || 3).await, Call::Done(3)));
+    }
+}
