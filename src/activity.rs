@@ -72,11 +72,6 @@ impl ProbePorts {
         }
     }
 
-    /// Whether `port` is a probe connection now.
-    pub fn contains(&self, port: u16) -> bool {
-        self.lock().ports.get(&port).is_some_and(Option::is_none)
-    }
-
     /// Whether `port` was a probe connection at any moment since `since` (or shortly before):
     /// what the connection probe asks about a table it started reading at `since`, so that a
     /// check that finished while the table was being read is still recognised.
@@ -318,6 +313,13 @@ impl Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl ProbePorts {
+        /// Whether `port` is a probe connection now (only the tests ask).
+        fn contains(&self, port: u16) -> bool {
+            self.lock().ports.get(&port).is_some_and(Option::is_none)
+        }
+    }
 
     #[test]
     fn probe_ports_are_released_on_drop() {

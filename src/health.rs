@@ -25,60 +25,71 @@ use crate::shutdown::Shutdown;
 pub const STATUS_PATH: &str = "/server/api?api_version=3&method=get_status";
 pub const VERSION_PATH: &str = "/webui/api/service?method=get_version";
 
-/// A probe not made because the engine's cache is being deleted (`ProbePorts::pause`).
-pub const PAUSED: &str = "probe paused while the engine's cache is deleted";
+/// Why a probe GET gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// Not made: the engine's cache is being deleted (`ProbePorts::pause`).
+    #[error("probe paused while the engine's cache is deleted")]
+    Paused,
+    /// Connect, request or deadline failed; the text says which.
+    #[error("{0}")]
+    Failed(String),
+}
 
-/// One HTTP/1.1 GET with a deadline; returns status and body. Refused with `PAUSED`, before
-/// connecting, while `engine`'s cache is being deleted.
+fn failed(e: impl std::fmt::Display) -> ProbeError {
+    ProbeError::Failed(e.to_string())
+}
+
+/// One HTTP/1.1 GET with a deadline; returns status and body. Refused with
+/// [`ProbeError::Paused`], before connecting, while `engine`'s cache is being deleted.
 pub async fn http_get(
     addr: SocketAddr,
     path: &str,
     timeout: Duration,
     ports: &ProbePorts,
     engine: &str,
-) -> Result<(u16, Bytes), String> {
+) -> Result<(u16, Bytes), ProbeError> {
     let work = async {
         let sock = match addr.ip() {
             IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
             IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(failed)?;
         let any = match addr.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
         // Bound before connecting so the port is known before the engine can see the connection.
-        sock.bind(SocketAddr::new(any, 0))
-            .map_err(|e| e.to_string())?;
-        let local = sock.local_addr().map_err(|e| e.to_string())?;
+        sock.bind(SocketAddr::new(any, 0)).map_err(failed)?;
+        let local = sock.local_addr().map_err(failed)?;
         let _guard = ports.hold(local.port());
         // After holding the port (see `ProbePorts`): a pause that came first stops us here.
         if ports.is_paused(engine) {
-            return Err(PAUSED.to_string());
+            return Err(ProbeError::Paused);
         }
-        let stream = sock.connect(addr).await.map_err(|e| e.to_string())?;
+        let stream = sock.connect(addr).await.map_err(failed)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(failed)?;
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, addr.to_string())
             .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(failed)?;
         // The sender moves into the request so it is dropped once the body is read; the
         // connection task then ends by itself (engines may also close after responding).
         let request = async move {
-            let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let res = sender.send_request(req).await.map_err(failed)?;
             let status = res.status().as_u16();
-            let body = res.into_body().collect().await.map_err(|e| e.to_string())?;
+            let body = res.into_body().collect().await.map_err(failed)?;
             drop(sender);
-            Ok::<_, String>((status, body.to_bytes()))
+            Ok::<_, ProbeError>((status, body.to_bytes()))
         };
         let (r, _) = tokio::join!(request, conn);
         r
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("timed out after {}s", timeout.as_secs_f64()))?
+        .map_err(|_| failed(format!("timed out after {}s", timeout.as_secs_f64())))?
 }
 
 /// Where to probe an engine from this host (discovery works it out: the namespace's IP, or
@@ -88,7 +99,7 @@ pub fn probe_addr(e: &EngineState) -> Option<SocketAddr> {
 }
 
 /// `healthy` needs a 200 whose body is JSON.
-fn judge(r: &Result<(u16, Bytes), String>) -> HealthStatus {
+fn judge(r: &Result<(u16, Bytes), ProbeError>) -> HealthStatus {
     match r {
         Ok((200, body)) if serde_json::from_slice::<serde_json::Value>(body).is_ok() => {
             HealthStatus::Healthy
@@ -165,7 +176,7 @@ impl Health {
             });
         };
         let r = http_get(addr, STATUS_PATH, self.timeout, &self.ports, &id).await;
-        if matches!(&r, Err(e) if e == PAUSED) {
+        if matches!(r, Err(ProbeError::Paused)) {
             return None;
         }
         let status = judge(&r);
@@ -215,7 +226,10 @@ mod tests {
             judge(&Ok((500, Bytes::from_static(b"{}")))),
             HealthStatus::Unhealthy
         );
-        assert_eq!(judge(&Err("refused".into())), HealthStatus::Unhealthy);
+        assert_eq!(
+            judge(&Err(ProbeError::Failed("refused".into()))),
+            HealthStatus::Unhealthy
+        );
     }
 
     #[test]
