@@ -5,6 +5,10 @@
 //! the rest of the agent receives a `Config` that is already known to be sane. It must not touch
 //! Docker, the network or the store: `check-config` runs it on machines without any of them.
 //!
+//! Each key is defined once, in its section's `section!` block: its type, its default, and the
+//! serde helpers that read it (with its own checks) and print it for `check-config`. Rules that
+//! involve several keys are in [`Config::validate`].
+//!
 //! Errors name the offending key (`ConfigError::Invalid { key }`), which `check-config` prints
 //! before exiting 2; where the value came from (file or env var) is added to the message.
 
@@ -15,10 +19,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use figment::providers::Serialized;
 use figment::value::{Dict, Map, Value};
-use figment::{Figment, Metadata, Profile, Provider};
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
-use serde::Deserialize;
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::de::{self, Deserializer, Error as _, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The file read when no `--config` is given; skipped silently when it does not exist.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/acestream-agent/config.toml";
@@ -58,12 +63,25 @@ const STRING_KEYS: &[&str] = &[
     "store.path",
 ];
 
+/// What `check-config` prints for an optional key that is unset: serialization skips it (TOML
+/// has no null), but an operator reading the output should still see that the key exists.
+const UNSET_NOTES: &[(&str, &str, &str)] = &[
+    ("http", "token", "writes allowed from loopback only"),
+    ("docker", "host", "DOCKER_HOST, else the local socket"),
+    (
+        "pressure",
+        "docker_root",
+        "DockerRootDir from Docker's info",
+    ),
+];
+
 // ---------------------------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------------------------
 
 /// The effective, validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
     pub docker: DockerConfig,
@@ -75,27 +93,65 @@ pub struct Config {
     pub store: StoreConfig,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpConfig {
-    pub listen: SocketAddr,
-    /// When set, `POST`s need `Authorization: Bearer <token>`; when unset, loopback only.
-    pub token: Option<String>,
+/// A config section: the struct with its serde derives and a `Default` built from the
+/// `= default` beside each field, so a key's type, default and parsing stay on one line group.
+/// Missing keys take the default through `#[serde(default)]`.
+macro_rules! section {
+    ($(#[$meta:meta])* pub struct $name:ident {
+        $($(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr,)*
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($field: $default,)* }
+            }
+        }
+    };
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct DockerConfig {
-    /// `None`: bollard's defaults, which honour `DOCKER_HOST` and fall back to the local socket.
-    pub host: Option<String>,
+section! {
+    pub struct HttpConfig {
+        #[serde(deserialize_with = "listen", serialize_with = "display")]
+        pub listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9477)),
+        /// When set, `POST`s need `Authorization: Bearer <token>`; when unset, loopback only.
+        #[serde(deserialize_with = "token", serialize_with = "token_placeholder")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub token: Option<String> = None,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct DiscoveryConfig {
-    pub labels: Vec<LabelMatch>,
-    /// Globs on the image name (`*` and `?`).
-    pub images: Vec<String>,
-    pub engine_port: u16,
-    pub advertise_host: String,
-    pub resync_interval: Duration,
+section! {
+    pub struct DockerConfig {
+        /// `None`: bollard's defaults, which honour `DOCKER_HOST` and fall back to the local
+        /// socket.
+        #[serde(deserialize_with = "docker_host", skip_serializing_if = "Option::is_none")]
+        pub host: Option<String> = None,
+    }
+}
+
+section! {
+    pub struct DiscoveryConfig {
+        #[serde(deserialize_with = "labels")]
+        pub labels: Vec<LabelMatch> = vec![
+            LabelMatch::new("orchestrator.managed", Some("acestream")),
+            LabelMatch::new("acestream.engine", Some("true")),
+        ],
+        /// Globs on the image name (`*` and `?`).
+        #[serde(deserialize_with = "images")]
+        pub images: Vec<String> = vec!["*acestream*".into(), "*acelink*".into()],
+        #[serde(deserialize_with = "int_in::<_, _, 1, 65_535>")]
+        pub engine_port: u16 = 6878,
+        #[serde(deserialize_with = "advertise_host")]
+        pub advertise_host: String = hostname(),
+        #[serde(with = "duration")]
+        pub resync_interval: Duration = Duration::from_secs(60),
+    }
 }
 
 /// One `discovery.labels` entry: `key=value` (exact value) or `key` (present, any value).
@@ -105,32 +161,45 @@ pub struct LabelMatch {
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthConfig {
-    pub interval: Duration,
-    pub timeout: Duration,
+section! {
+    pub struct HealthConfig {
+        #[serde(with = "duration")]
+        pub interval: Duration = Duration::from_secs(20),
+        #[serde(with = "duration")]
+        pub timeout: Duration = Duration::from_secs(5),
+    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActivityConfig {
-    pub interval: Duration,
+section! {
+    pub struct ActivityConfig {
+        #[serde(with = "duration")]
+        pub interval: Duration = Duration::from_secs(5),
+    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct CleanupConfig {
-    /// Periodic sweep; `None` = `"off"`.
-    pub interval: Option<Duration>,
-    /// Delay after the last stream ends; `None` = `"off"`.
-    pub idle_grace: Option<Duration>,
-    /// Already checked by [`validate_cache_path`].
-    pub cache_path: String,
-    pub exec_timeout: Duration,
-    pub concurrency: usize,
-    pub min_bytes: u64,
-    /// Live size measurement; `None` = `"off"`.
-    pub measure_interval: Option<Duration>,
-    /// How caches are reached: from the host where the agent may, else `docker exec`.
-    pub method: CacheMethod,
+section! {
+    pub struct CleanupConfig {
+        /// Periodic sweep; `None` = `"off"`.
+        #[serde(with = "duration_or_off")]
+        pub interval: Option<Duration> = Some(Duration::from_secs(30)),
+        /// Delay after the last stream ends; `None` = `"off"`.
+        #[serde(with = "duration_or_off")]
+        pub idle_grace: Option<Duration> = Some(Duration::from_secs(5)),
+        /// Already checked by [`validate_cache_path`].
+        #[serde(deserialize_with = "cache_path")]
+        pub cache_path: String = "/home/appuser/.ACEStream/.acestream_cache".into(),
+        #[serde(with = "duration")]
+        pub exec_timeout: Duration = Duration::from_secs(60),
+        #[serde(deserialize_with = "int_in::<_, _, 1, MAX_CONCURRENCY>")]
+        pub concurrency: usize = 4,
+        #[serde(with = "size")]
+        pub min_bytes: u64 = 0,
+        /// Live size measurement; `None` = `"off"`.
+        #[serde(with = "duration_or_off")]
+        pub measure_interval: Option<Duration> = Some(Duration::from_secs(5 * 60)),
+        /// How caches are reached: from the host where the agent may, else `docker exec`.
+        pub method: CacheMethod = CacheMethod::Auto,
+    }
 }
 
 /// `cleanup.method`: how the janitor reaches a container's cache directory.
@@ -153,16 +222,22 @@ impl CacheMethod {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct PressureConfig {
-    pub interval: Duration,
-    /// `None` = `"off"`.
-    pub min_free: Option<MinFree>,
-    /// `None`: use `DockerRootDir` from Docker's info.
-    pub docker_root: Option<PathBuf>,
-    /// A memory cache's container is under pressure at this share of its memory limit, in
-    /// percent; `None` = `"off"`.
-    pub memory_high: Option<f64>,
+section! {
+    pub struct PressureConfig {
+        #[serde(with = "duration")]
+        pub interval: Duration = Duration::from_secs(10),
+        /// `None` = `"off"`.
+        #[serde(with = "min_free")]
+        pub min_free: Option<MinFree> = Some(MinFree::Percent(10.0)),
+        /// `None`: use `DockerRootDir` from Docker's info.
+        #[serde(deserialize_with = "docker_root", serialize_with = "opt_path")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub docker_root: Option<PathBuf> = None,
+        /// A memory cache's container is under pressure at this share of its memory limit, in
+        /// percent; `None` = `"off"`.
+        #[serde(with = "memory_high")]
+        pub memory_high: Option<f64> = Some(90.0),
+    }
 }
 
 /// Free-space threshold of `pressure.min_free`.
@@ -174,12 +249,17 @@ pub enum MinFree {
     Bytes(u64),
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    pub retention: Duration,
-    /// SPEC §5 `store.history_per_engine`: cleanup records kept per engine.
-    pub history_per_engine: usize,
+section! {
+    pub struct StoreConfig {
+        /// Built-in default; `STATE_DIRECTORY` (see [`state_directory`]) is a layer above it.
+        #[serde(deserialize_with = "store_path", serialize_with = "path")]
+        pub path: PathBuf = PathBuf::from("./acestream-agent.redb"),
+        #[serde(with = "duration")]
+        pub retention: Duration = Duration::from_secs(7 * 86_400),
+        /// SPEC §5 `store.history_per_engine`: cleanup records kept per engine.
+        #[serde(deserialize_with = "int_in::<_, _, 1, MAX_HISTORY_PER_ENGINE>")]
+        pub history_per_engine: usize = 100,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,195 +303,53 @@ impl Config {
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
         let file = read_file(file, default_file)?;
-        build(file, env)
+        let env = EnvView::new(env);
+        let figment = layers(file, &env)?;
+        figment
+            .extract::<Config>()
+            .map_err(figment_error)
+            .and_then(|config| config.validate().map(|()| config))
+            .map_err(|err| with_origin(err, &figment))
+    }
+
+    /// The rules that involve more than one key; each key's own rules are checked as it is
+    /// read, by its deserializer.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.discovery.labels.is_empty() && self.discovery.images.is_empty() {
+            return Err(invalid(
+                "discovery.labels",
+                "discovery.labels and discovery.images are both empty, \
+                 so no container would ever be an engine",
+            ));
+        }
+        Ok(())
     }
 
     /// The effective config as TOML with every key, for `check-config`. Durations come back as
     /// `"30s"`/`"1h30m"`/`"off"`, the token as `"<set>"`, unset keys as comments. Loading the
     /// output as a file gives an equal `Config` (except the token).
     pub fn to_toml(&self) -> String {
+        // Every field serializes to a TOML string, integer or array of strings, and sections
+        // only hold such values, so the serializer has nothing it could refuse.
+        let text = toml::to_string(self).expect("a Config always serializes to TOML");
         let mut out = String::new();
-        let mut line = |s: String| {
-            out.push_str(&s);
+        for block in text.split_terminator("\n\n") {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(block.trim_end_matches('\n'));
             out.push('\n');
-        };
-        let c = self;
-
-        line("[http]".into());
-        line(format!("listen = {}", quote(&c.http.listen.to_string())));
-        line(match &c.http.token {
-            Some(_) => format!("token = {}", quote(TOKEN_PLACEHOLDER)),
-            None => "# token: unset (writes allowed from loopback only)".into(),
-        });
-
-        line(String::new());
-        line("[docker]".into());
-        line(match &c.docker.host {
-            Some(h) => format!("host = {}", quote(h)),
-            None => "# host: unset (DOCKER_HOST, else the local socket)".into(),
-        });
-
-        line(String::new());
-        line("[discovery]".into());
-        let labels: Vec<String> = c.discovery.labels.iter().map(|l| l.to_string()).collect();
-        line(format!("labels = {}", quote_list(&labels)));
-        line(format!("images = {}", quote_list(&c.discovery.images)));
-        line(format!("engine_port = {}", c.discovery.engine_port));
-        line(format!(
-            "advertise_host = {}",
-            quote(&c.discovery.advertise_host)
-        ));
-        line(format!(
-            "resync_interval = {}",
-            quote(&format_duration(c.discovery.resync_interval))
-        ));
-
-        line(String::new());
-        line("[health]".into());
-        line(format!(
-            "interval = {}",
-            quote(&format_duration(c.health.interval))
-        ));
-        line(format!(
-            "timeout = {}",
-            quote(&format_duration(c.health.timeout))
-        ));
-
-        line(String::new());
-        line("[activity]".into());
-        line(format!(
-            "interval = {}",
-            quote(&format_duration(c.activity.interval))
-        ));
-
-        line(String::new());
-        line("[cleanup]".into());
-        line(format!(
-            "interval = {}",
-            quote_opt_duration(c.cleanup.interval)
-        ));
-        line(format!(
-            "idle_grace = {}",
-            quote_opt_duration(c.cleanup.idle_grace)
-        ));
-        line(format!("cache_path = {}", quote(&c.cleanup.cache_path)));
-        line(format!(
-            "exec_timeout = {}",
-            quote(&format_duration(c.cleanup.exec_timeout))
-        ));
-        line(format!("concurrency = {}", c.cleanup.concurrency));
-        line(match c.cleanup.min_bytes {
-            0 => "min_bytes = 0".into(),
-            n => format!("min_bytes = {}", quote(&format_size(n))),
-        });
-        line(format!(
-            "measure_interval = {}",
-            quote_opt_duration(c.cleanup.measure_interval)
-        ));
-        line(format!("method = {}", quote(c.cleanup.method.as_str())));
-
-        line(String::new());
-        line("[pressure]".into());
-        line(format!(
-            "interval = {}",
-            quote(&format_duration(c.pressure.interval))
-        ));
-        line(format!(
-            "min_free = {}",
-            quote(&match c.pressure.min_free {
-                None => "off".to_owned(),
-                Some(MinFree::Percent(p)) => format!("{p}%"),
-                Some(MinFree::Bytes(n)) => format_size(n),
-            })
-        ));
-        line(match &c.pressure.docker_root {
-            Some(p) => format!("docker_root = {}", quote(&p.to_string_lossy())),
-            None => "# docker_root: unset (DockerRootDir from Docker's info)".into(),
-        });
-        line(format!(
-            "memory_high = {}",
-            quote(&match c.pressure.memory_high {
-                None => "off".to_owned(),
-                Some(p) => format!("{p}%"),
-            })
-        ));
-
-        line(String::new());
-        line("[store]".into());
-        line(format!("path = {}", quote(&c.store.path.to_string_lossy())));
-        line(format!(
-            "retention = {}",
-            quote(&format_duration(c.store.retention))
-        ));
-        line(format!(
-            "history_per_engine = {}",
-            c.store.history_per_engine
-        ));
+            let section = block.lines().next().unwrap_or("");
+            for (_, key, note) in UNSET_NOTES
+                .iter()
+                .filter(|(s, _, _)| section == format!("[{s}]"))
+            {
+                if !block.lines().any(|l| l.starts_with(&format!("{key} = "))) {
+                    out.push_str(&format!("# {key}: unset ({note})\n"));
+                }
+            }
+        }
         out
-    }
-}
-
-/// Built-in defaults only (no file, no environment; `store.path` is `./acestream-agent.redb`).
-/// Handy for tests that want a config and change a field or two.
-impl Default for Config {
-    fn default() -> Self {
-        defaults(&EnvView::new(&[]))
-    }
-}
-
-/// The SPEC table. `env` supplies `STATE_DIRECTORY`, which systemd sets from `StateDirectory=`.
-fn defaults(env: &EnvView<'_>) -> Config {
-    let store_path = env
-        .get("STATE_DIRECTORY")
-        // systemd passes several directories colon-separated when the unit lists several.
-        .and_then(|dirs| dirs.split(':').next())
-        .filter(|first| !first.is_empty())
-        .map(|dir| PathBuf::from(dir).join("state.redb"))
-        .unwrap_or_else(|| PathBuf::from("./acestream-agent.redb"));
-    Config {
-        http: HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9477)),
-            token: None,
-        },
-        docker: DockerConfig { host: None },
-        discovery: DiscoveryConfig {
-            labels: vec![
-                LabelMatch::new("orchestrator.managed", Some("acestream")),
-                LabelMatch::new("acestream.engine", Some("true")),
-            ],
-            images: vec!["*acestream*".into(), "*acelink*".into()],
-            engine_port: 6878,
-            advertise_host: hostname(),
-            resync_interval: Duration::from_secs(60),
-        },
-        health: HealthConfig {
-            interval: Duration::from_secs(20),
-            timeout: Duration::from_secs(5),
-        },
-        activity: ActivityConfig {
-            interval: Duration::from_secs(5),
-        },
-        cleanup: CleanupConfig {
-            interval: Some(Duration::from_secs(30)),
-            idle_grace: Some(Duration::from_secs(5)),
-            cache_path: "/home/appuser/.ACEStream/.acestream_cache".into(),
-            exec_timeout: Duration::from_secs(60),
-            concurrency: 4,
-            min_bytes: 0,
-            measure_interval: Some(Duration::from_secs(5 * 60)),
-            method: CacheMethod::Auto,
-        },
-        pressure: PressureConfig {
-            interval: Duration::from_secs(10),
-            min_free: Some(MinFree::Percent(10.0)),
-            docker_root: None,
-            memory_high: Some(90.0),
-        },
-        store: StoreConfig {
-            path: store_path,
-            retention: Duration::from_secs(7 * 86_400),
-            history_per_engine: 100,
-        },
     }
 }
 
@@ -466,13 +404,13 @@ impl<'a> EnvView<'a> {
 /// because it reads the process environment, and `load_with` must be testable with an env
 /// passed in; nor `Toml::file`, because we want to tell "missing" from "unreadable" ourselves.
 struct Layer {
-    name: String,
+    metadata: Metadata,
     dict: Dict,
 }
 
 impl Provider for Layer {
     fn metadata(&self) -> Metadata {
-        Metadata::named(self.name.clone())
+        self.metadata.clone()
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
@@ -480,79 +418,98 @@ impl Provider for Layer {
     }
 }
 
-/// Where each key was set, so error messages can point at the file or the env var.
-#[derive(Default)]
-struct Origins {
-    file: Option<(PathBuf, Dict)>,
-    /// `section.key` -> the env var that set it.
-    env: BTreeMap<String, String>,
-}
+/// Marks the env layer's metadata, so [`with_origin`] can tell it from the built-in layers.
+const ENV_SOURCE: &str = "env";
 
-impl Origins {
-    fn describe(&self, key: &str) -> Option<String> {
-        if key == AUTOSCALE_ENV {
-            return None;
-        }
-        if let Some(var) = self.env.get(key) {
-            return Some(format!("set by {var}"));
-        }
-        let (path, dict) = self.file.as_ref()?;
-        dict_contains(dict, key).then(|| format!("in {}", path.display()))
-    }
-}
-
-fn dict_contains(dict: &Dict, key: &str) -> bool {
-    let mut parts = key.split('.');
-    let Some(mut value) = parts.next().and_then(|p| dict.get(p)) else {
-        return false;
-    };
-    for part in parts {
-        match value.as_dict().and_then(|d| d.get(part)) {
-            Some(inner) => value = inner,
-            None => return false,
-        }
-    }
-    true
-}
-
-fn build(file: Option<FileSource>, env: &[(String, String)]) -> Result<Config, ConfigError> {
-    let env = EnvView::new(env);
-    let mut origins = Origins::default();
+/// Everything above the built-in defaults (which `#[serde(default)]` supplies), lowest first.
+fn layers(file: Option<FileSource>, env: &EnvView<'_>) -> Result<Figment, ConfigError> {
     let mut figment = Figment::new();
-
+    if let Some(path) = state_directory(env) {
+        figment = figment.merge(Serialized::default("store.path", path));
+    }
     if let Some(FileSource { path, text }) = file {
         let dict: Dict = toml::from_str(&text).map_err(|e| ConfigError::File {
             path: path.clone(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        let name = format!("TOML file {}", path.display());
         figment = figment.merge(Layer {
-            name: format!("TOML file {}", path.display()),
-            dict: dict.clone(),
+            metadata: Metadata::from(name, Source::File(path)),
+            dict,
         });
-        origins.file = Some((path, dict));
     }
+    let (dict, vars) = env_layer(env.0);
+    // figment asks the interpolater for the variable behind a key, which is how "set by X"
+    // names the variable as the operator spelled it.
+    let metadata = Metadata::from(
+        format!("`{ENV_PREFIX}` environment variables"),
+        Source::Custom(ENV_SOURCE.into()),
+    )
+    .interpolater(move |_, keys| vars.get(&keys.join(".")).cloned().unwrap_or_default());
+    figment = figment.merge(Layer { metadata, dict });
+    if let Some(secs) = autoscale_interval(env)? {
+        figment = figment.merge(Serialized::default("cleanup.interval", secs));
+    }
+    Ok(figment)
+}
 
-    let (env_dict, env_keys) = env_layer(env.0);
-    origins.env = env_keys;
-    figment = figment.merge(Layer {
-        name: format!("`{ENV_PREFIX}` environment variables"),
-        dict: env_dict,
-    });
+/// The default `store.path` under systemd, which sets `STATE_DIRECTORY` from `StateDirectory=`.
+fn state_directory(env: &EnvView<'_>) -> Option<String> {
+    env.get("STATE_DIRECTORY")
+        // systemd passes several directories colon-separated when the unit lists several.
+        .and_then(|dirs| dirs.split(':').next())
+        .filter(|first| !first.is_empty())
+        .map(|dir| {
+            PathBuf::from(dir)
+                .join("state.redb")
+                .to_string_lossy()
+                .into_owned()
+        })
+}
 
-    let result = figment
-        .extract::<RawConfig>()
-        .map_err(figment_error)
-        .and_then(|raw| resolve(raw, &env));
-    result.map_err(|err| match err {
-        ConfigError::Invalid { key, message } => {
-            let message = match origins.describe(&key) {
-                Some(origin) => format!("{message} ({origin})"),
-                None => message,
-            };
-            ConfigError::Invalid { key, message }
-        }
-        other => other,
-    })
+fn autoscale_interval(env: &EnvView<'_>) -> Result<Option<u64>, ConfigError> {
+    // An empty value (`AUTOSCALE_INTERVAL_S=` from a compose file's `${X:-}`) means unset.
+    let Some(value) = env
+        .get(AUTOSCALE_ENV)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|&s| s > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            invalid(
+                AUTOSCALE_ENV,
+                format!("{value:?} is not a positive whole number of seconds"),
+            )
+        })
+}
+
+/// Adds where the offending key was set: the file, or the env var by the name it was given.
+fn with_origin(err: ConfigError, figment: &Figment) -> ConfigError {
+    let ConfigError::Invalid { key, message } = err else {
+        return err;
+    };
+    let keys: Vec<&str> = key.split('.').collect();
+    let origin = figment
+        .find_metadata(&key)
+        .and_then(|metadata| match &metadata.source {
+            Some(Source::File(path)) => Some(format!("in {}", path.display())),
+            Some(Source::Custom(s)) if s == ENV_SOURCE => {
+                let var = metadata.interpolate(&Profile::Default, &keys);
+                (!var.is_empty()).then(|| format!("set by {var}"))
+            }
+            _ => None,
+        });
+    let message = match origin {
+        Some(origin) => format!("{message} ({origin})"),
+        None => message,
+    };
+    ConfigError::Invalid { key, message }
 }
 
 /// Mirrors `Env::prefixed(ENV_PREFIX).split("__")`: case-insensitive prefix, `__` nests,
@@ -630,7 +587,7 @@ fn figment_error(err: figment::Error) -> ConfigError {
                 )
             }
         }
-        // Our raw structs' names mean nothing to an operator: say "table" instead.
+        // Our section structs' names mean nothing to an operator: say "table" instead.
         Kind::InvalidType(actual, expected) if expected.starts_with("struct ") => {
             format!("invalid type: found {actual}, expected a table")
         }
@@ -646,87 +603,9 @@ fn figment_error(err: figment::Error) -> ConfigError {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raw (as written) config and resolution into `Config`
+// Serde helpers: each reads one kind of value as written and applies its key's own rules.
+// figment adds the key's path to their errors.
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawConfig {
-    http: RawHttp,
-    docker: RawDocker,
-    discovery: RawDiscovery,
-    health: RawHealth,
-    activity: RawActivity,
-    cleanup: RawCleanup,
-    pressure: RawPressure,
-    store: RawStore,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawHttp {
-    listen: Option<String>,
-    token: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawDocker {
-    host: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawDiscovery {
-    labels: Option<StringList>,
-    images: Option<StringList>,
-    engine_port: Option<Scalar>,
-    advertise_host: Option<String>,
-    resync_interval: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawHealth {
-    interval: Option<Scalar>,
-    timeout: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawActivity {
-    interval: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawCleanup {
-    interval: Option<Scalar>,
-    idle_grace: Option<Scalar>,
-    cache_path: Option<String>,
-    exec_timeout: Option<Scalar>,
-    concurrency: Option<Scalar>,
-    min_bytes: Option<Scalar>,
-    measure_interval: Option<Scalar>,
-    method: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawPressure {
-    interval: Option<Scalar>,
-    min_free: Option<Scalar>,
-    docker_root: Option<String>,
-    memory_high: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawStore {
-    path: Option<String>,
-    retention: Option<Scalar>,
-    history_per_engine: Option<Scalar>,
-}
 
 /// A string or a number as written. Durations, sizes and counts accept both, because env
 /// values such as `8` or `30` reach us as integers, and the meaning (seconds, bytes) is fixed
@@ -769,6 +648,15 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+/// Reads `T` as written and turns it into the key's value with `f`, whose error is the message.
+fn read<'de, D, T, U>(d: D, f: impl FnOnce(T) -> Result<U, String>) -> Result<U, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    f(T::deserialize(d)?).map_err(D::Error::custom)
+}
+
 /// An array of strings; a single string is taken as a one-element list, which is what
 /// `ACESTREAM_AGENT_DISCOVERY__LABELS=acestream.engine=true` (no brackets) means.
 #[derive(Debug, Clone, PartialEq)]
@@ -797,281 +685,175 @@ impl<'de> Deserialize<'de> for StringList {
     }
 }
 
-fn resolve(raw: RawConfig, env: &EnvView<'_>) -> Result<Config, ConfigError> {
-    let d = defaults(env);
-
-    let http = HttpConfig {
-        listen: match raw.http.listen {
-            None => d.http.listen,
-            Some(s) => s.trim().parse().map_err(|_| {
-                invalid(
-                    "http.listen",
-                    format!("{s:?} is not an IP address and port such as \"0.0.0.0:9477\""),
-                )
-            })?,
-        },
-        token: match raw.http.token {
-            None => None,
-            Some(t) => Some(check_token(t)?),
-        },
-    };
-
-    let docker = DockerConfig {
-        host: match raw.docker.host {
-            None => None,
-            Some(h) if h.trim().is_empty() => {
-                return Err(invalid(
-                    "docker.host",
-                    "must not be empty (leave it unset to use DOCKER_HOST or the local socket)",
-                ))
-            }
-            Some(h) => Some(h),
-        },
-    };
-
-    let labels = match raw.discovery.labels {
-        None => d.discovery.labels,
-        Some(StringList(items)) => items
-            .iter()
-            .map(|s| s.parse::<LabelMatch>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|m| invalid("discovery.labels", m))?,
-    };
-    let images = match raw.discovery.images {
-        None => d.discovery.images,
-        Some(StringList(items)) => {
-            for image in &items {
-                check_image_glob(image).map_err(|m| invalid("discovery.images", m))?;
-            }
-            items
-        }
-    };
-    if labels.is_empty() && images.is_empty() {
-        return Err(invalid(
-            "discovery.labels",
-            "discovery.labels and discovery.images are both empty, \
-             so no container would ever be an engine",
-        ));
-    }
-    let discovery = DiscoveryConfig {
-        labels,
-        images,
-        engine_port: int_in(
-            "discovery.engine_port",
-            raw.discovery.engine_port,
-            1,
-            65_535,
-        )?
-        .map_or(Ok(d.discovery.engine_port), u16::try_from)
-        .map_err(|_| invalid("discovery.engine_port", "out of range"))?,
-        advertise_host: match raw.discovery.advertise_host {
-            None => d.discovery.advertise_host,
-            Some(h) => {
-                if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(invalid(
-                        "discovery.advertise_host",
-                        format!("{h:?} is not a host name or address"),
-                    ));
-                }
-                h
-            }
-        },
-        resync_interval: duration(
-            "discovery.resync_interval",
-            raw.discovery.resync_interval,
-            d.discovery.resync_interval,
-        )?,
-    };
-
-    let health = HealthConfig {
-        interval: duration("health.interval", raw.health.interval, d.health.interval)?,
-        timeout: duration("health.timeout", raw.health.timeout, d.health.timeout)?,
-    };
-    let activity = ActivityConfig {
-        interval: duration(
-            "activity.interval",
-            raw.activity.interval,
-            d.activity.interval,
-        )?,
-    };
-
-    let mut cleanup = CleanupConfig {
-        interval: optional_duration("cleanup.interval", raw.cleanup.interval, d.cleanup.interval)?,
-        idle_grace: optional_duration(
-            "cleanup.idle_grace",
-            raw.cleanup.idle_grace,
-            d.cleanup.idle_grace,
-        )?,
-        cache_path: match raw.cleanup.cache_path {
-            None => d.cleanup.cache_path,
-            Some(p) => {
-                validate_cache_path(&p).map_err(|m| invalid("cleanup.cache_path", m))?;
-                p
-            }
-        },
-        exec_timeout: duration(
-            "cleanup.exec_timeout",
-            raw.cleanup.exec_timeout,
-            d.cleanup.exec_timeout,
-        )?,
-        concurrency: int_in(
-            "cleanup.concurrency",
-            raw.cleanup.concurrency,
-            1,
-            MAX_CONCURRENCY,
-        )?
-        .map_or(d.cleanup.concurrency, |n| n as usize),
-        min_bytes: match raw.cleanup.min_bytes {
-            None => d.cleanup.min_bytes,
-            Some(v) => size("cleanup.min_bytes", v)?,
-        },
-        measure_interval: optional_duration(
-            "cleanup.measure_interval",
-            raw.cleanup.measure_interval,
-            d.cleanup.measure_interval,
-        )?,
-        method: match raw.cleanup.method {
-            None => d.cleanup.method,
-            Some(v) => cache_method(v)?,
-        },
-    };
-    if let Some(value) = env.get(AUTOSCALE_ENV) {
-        // An empty value (`AUTOSCALE_INTERVAL_S=` from a compose file's `${X:-}`) means unset.
-        let value = value.trim();
-        if !value.is_empty() {
-            let secs = value
-                .parse::<u64>()
-                .ok()
-                .filter(|&s| s > 0)
-                .ok_or_else(|| {
-                    invalid(
-                        AUTOSCALE_ENV,
-                        format!("{value:?} is not a positive whole number of seconds"),
-                    )
-                })?;
-            cleanup.interval = Some(Duration::from_secs(secs));
-        }
-    }
-
-    let pressure = PressureConfig {
-        interval: duration(
-            "pressure.interval",
-            raw.pressure.interval,
-            d.pressure.interval,
-        )?,
-        min_free: match raw.pressure.min_free {
-            None => d.pressure.min_free,
-            Some(v) => min_free(v)?,
-        },
-        docker_root: match raw.pressure.docker_root {
-            None => None,
-            Some(p) => {
-                if !p.starts_with('/') || p.chars().any(char::is_control) {
-                    return Err(invalid(
-                        "pressure.docker_root",
-                        format!("must be an absolute path: {p:?}"),
-                    ));
-                }
-                Some(PathBuf::from(p))
-            }
-        },
-        memory_high: match raw.pressure.memory_high {
-            None => d.pressure.memory_high,
-            Some(v) => memory_high(v)?,
-        },
-    };
-
-    let store = StoreConfig {
-        path: match raw.store.path {
-            None => d.store.path,
-            Some(p) if p.trim().is_empty() => {
-                return Err(invalid("store.path", "must not be empty"))
-            }
-            Some(p) => PathBuf::from(p),
-        },
-        retention: duration("store.retention", raw.store.retention, d.store.retention)?,
-        history_per_engine: int_in(
-            "store.history_per_engine",
-            raw.store.history_per_engine,
-            1,
-            MAX_HISTORY_PER_ENGINE,
-        )?
-        .map_or(d.store.history_per_engine, |n| n as usize),
-    };
-
-    Ok(Config {
-        http,
-        docker,
-        discovery,
-        health,
-        activity,
-        cleanup,
-        pressure,
-        store,
+fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    read(d, |s: String| {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address and port such as \"0.0.0.0:9477\""))
     })
 }
 
-fn check_token(token: String) -> Result<String, ConfigError> {
-    if token.is_empty() {
-        return Err(invalid(
-            "http.token",
-            "must not be empty (leave it unset to allow writes from loopback only)",
-        ));
-    }
-    if token == TOKEN_PLACEHOLDER {
-        return Err(invalid(
-            "http.token",
-            "\"<set>\" is the placeholder check-config prints, not a token",
-        ));
-    }
-    // It travels in `Authorization: Bearer <token>`, where whitespace would split it.
-    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(
-            "http.token",
-            "must not contain whitespace or control characters",
-        ));
-    }
-    Ok(token)
+fn token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    read(d, |token: String| {
+        if token.is_empty() {
+            return Err(
+                "must not be empty (leave it unset to allow writes from loopback only)".into(),
+            );
+        }
+        if token == TOKEN_PLACEHOLDER {
+            return Err("\"<set>\" is the placeholder check-config prints, not a token".into());
+        }
+        // It travels in `Authorization: Bearer <token>`, where whitespace would split it.
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain whitespace or control characters".into());
+        }
+        Ok(Some(token))
+    })
 }
 
-fn check_image_glob(image: &str) -> Result<(), String> {
-    if image.is_empty() {
-        return Err("image globs must not be empty".into());
-    }
-    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("image glob {image:?} contains whitespace"));
-    }
-    // Image names never contain commas; one here is a comma-separated list given as a single
-    // string, which would silently match nothing.
-    if image.contains(',') {
-        return Err(format!(
-            "image glob {image:?} contains ','; give several globs as an array: [\"a*\", \"b*\"]"
-        ));
-    }
-    Ok(())
+fn token_placeholder<S: Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(TOKEN_PLACEHOLDER)
 }
 
-fn duration(key: &str, value: Option<Scalar>, default: Duration) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(Scalar::Text(s)) if s.trim() == "off" => Err(invalid(
-            key,
-            "cannot be \"off\" (only cleanup.interval, cleanup.idle_grace, \
-             cleanup.measure_interval and pressure.min_free can)",
-        )),
-        Some(v) => scalar_duration(v).map_err(|m| invalid(key, m)),
+fn docker_host<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    read(d, |h: String| {
+        if h.trim().is_empty() {
+            return Err(
+                "must not be empty (leave it unset to use DOCKER_HOST or the local socket)".into(),
+            );
+        }
+        Ok(Some(h))
+    })
+}
+
+fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<LabelMatch>, D::Error> {
+    read(d, |StringList(items)| {
+        items.iter().map(|s| s.parse::<LabelMatch>()).collect()
+    })
+}
+
+fn images<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    read(d, |StringList(items)| {
+        for image in &items {
+            if image.is_empty() {
+                return Err("image globs must not be empty".into());
+            }
+            if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!("image glob {image:?} contains whitespace"));
+            }
+            // Image names never contain commas; one here is a comma-separated list given as a
+            // single string, which would silently match nothing.
+            if image.contains(',') {
+                return Err(format!(
+                    "image glob {image:?} contains ','; give several globs as an array: \
+                     [\"a*\", \"b*\"]"
+                ));
+            }
+        }
+        Ok(items)
+    })
+}
+
+fn advertise_host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    read(d, |h: String| {
+        if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{h:?} is not a host name or address"));
+        }
+        Ok(h)
+    })
+}
+
+fn cache_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    read(d, |p: String| validate_cache_path(&p).map(|()| p))
+}
+
+fn docker_root<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    read(d, |p: String| {
+        if !p.starts_with('/') || p.chars().any(char::is_control) {
+            return Err(format!("must be an absolute path: {p:?}"));
+        }
+        Ok(Some(PathBuf::from(p)))
+    })
+}
+
+fn store_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    read(d, |p: String| {
+        if p.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(PathBuf::from(p))
+    })
+}
+
+/// An integer key within `MIN..=MAX`; numeric strings are accepted too.
+fn int_in<'de, D, T, const MIN: i128, const MAX: i128>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    read(d, |value| {
+        let n = match value {
+            Scalar::Int(n) => n,
+            Scalar::Text(s) => s
+                .trim()
+                .parse::<i128>()
+                .map_err(|_| format!("{s:?} is not a whole number"))?,
+            Scalar::Float(f) => return Err(format!("{f} is not a whole number")),
+        };
+        if n < MIN || n > MAX {
+            return Err(format!("must be between {MIN} and {MAX}, got {n}"));
+        }
+        T::try_from(n).map_err(|_| "out of range".to_owned())
+    })
+}
+
+fn display<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+fn opt_path<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => path(p, s),
+        None => s.serialize_none(),
     }
 }
 
-fn optional_duration(
-    key: &str,
-    value: Option<Scalar>,
-    default: Option<Duration>,
-) -> Result<Option<Duration>, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(Scalar::Text(s)) if s.trim() == "off" => Ok(None),
-        Some(v) => scalar_duration(v).map(Some).map_err(|m| invalid(key, m)),
+/// A duration that cannot be `"off"`.
+mod duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        read(d, |value| match value {
+            Scalar::Text(s) if s.trim() == "off" => Err("cannot be \"off\" (only \
+                cleanup.interval, cleanup.idle_grace, cleanup.measure_interval and \
+                pressure.min_free can)"
+                .into()),
+            v => scalar_duration(v),
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+}
+
+/// A duration or `"off"` (`None`).
+mod duration_or_off {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        read(d, |value| match value {
+            Scalar::Text(s) if s.trim() == "off" => Ok(None),
+            v => scalar_duration(v).map(Some),
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.map_or_else(|| "off".to_owned(), format_duration))
     }
 }
 
@@ -1088,7 +870,23 @@ fn scalar_duration(value: Scalar) -> Result<Duration, String> {
     }
 }
 
-fn size(key: &str, value: Scalar) -> Result<u64, ConfigError> {
+/// A size in bytes; printed with a unit where that is exact, and `0` as the integer it is.
+mod size {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        read(d, scalar_size)
+    }
+
+    pub fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            0 => s.serialize_u64(0),
+            n => s.serialize_str(&format_size(*n)),
+        }
+    }
+}
+
+fn scalar_size(value: Scalar) -> Result<u64, String> {
     match value {
         Scalar::Text(s) => parse_size(&s),
         Scalar::Int(n) => {
@@ -1098,122 +896,114 @@ fn size(key: &str, value: Scalar) -> Result<u64, ConfigError> {
             "{f} is not a whole number of bytes; write a size such as \"1.5GiB\""
         )),
     }
-    .map_err(|m| invalid(key, m))
 }
 
-fn cache_method(value: Scalar) -> Result<CacheMethod, ConfigError> {
-    match value {
-        Scalar::Text(s) if s.trim() == "auto" => Ok(CacheMethod::Auto),
-        Scalar::Text(s) if s.trim() == "exec" => Ok(CacheMethod::Exec),
-        Scalar::Text(s) => Err(format!("expected \"auto\" or \"exec\", got {s:?}")),
-        _ => Err("expected \"auto\" or \"exec\"".to_owned()),
+impl<'de> Deserialize<'de> for CacheMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        read(d, |value| match value {
+            Scalar::Text(s) if s.trim() == "auto" => Ok(CacheMethod::Auto),
+            Scalar::Text(s) if s.trim() == "exec" => Ok(CacheMethod::Exec),
+            Scalar::Text(s) => Err(format!("expected \"auto\" or \"exec\", got {s:?}")),
+            _ => Err("expected \"auto\" or \"exec\"".to_owned()),
+        })
     }
-    .map_err(|m| invalid("cleanup.method", m))
 }
 
-fn min_free(value: Scalar) -> Result<Option<MinFree>, ConfigError> {
-    const KEY: &str = "pressure.min_free";
-    let text = match value {
-        Scalar::Text(s) => s,
-        other => {
-            let n = size(KEY, other)?;
-            return check_min_bytes(n).map(|b| Some(MinFree::Bytes(b)));
-        }
-    };
-    let text = text.trim();
-    if text == "off" {
-        return Ok(None);
+impl Serialize for CacheMethod {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
-    if let Some(number) = text.strip_suffix('%') {
-        let p: f64 = number
-            .trim()
-            .parse()
-            .map_err(|_| invalid(KEY, format!("{text:?} is not a percentage such as \"10%\"")))?;
-        if !(p > 0.0 && p < 100.0) {
-            return Err(invalid(
-                KEY,
-                format!("percentage must be between 0% and 100% (exclusive), got {text:?}"),
-            ));
-        }
-        return Ok(Some(MinFree::Percent(p)));
+}
+
+/// `pressure.min_free`: a percentage in (0, 100), a size, or `"off"`.
+mod min_free {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MinFree>, D::Error> {
+        read(d, |value| {
+            let text = match value {
+                Scalar::Text(s) => s,
+                other => return check_min_bytes(scalar_size(other)?),
+            };
+            let text = text.trim();
+            if text == "off" {
+                return Ok(None);
+            }
+            if let Some(number) = text.strip_suffix('%') {
+                let p: f64 = number
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{text:?} is not a percentage such as \"10%\""))?;
+                if !(p > 0.0 && p < 100.0) {
+                    return Err(format!(
+                        "percentage must be between 0% and 100% (exclusive), got {text:?}"
+                    ));
+                }
+                return Ok(Some(MinFree::Percent(p)));
+            }
+            let n = parse_size(text).map_err(|_| {
+                format!(
+                    "{text:?} is not a percentage such as \"10%\", a size such as \"5GiB\", \
+                     or \"off\""
+                )
+            })?;
+            check_min_bytes(n)
+        })
     }
-    let n = parse_size(text).map_err(|_| {
-        invalid(
-            KEY,
-            format!(
-                "{text:?} is not a percentage such as \"10%\", a size such as \"5GiB\", or \"off\""
-            ),
-        )
-    })?;
-    check_min_bytes(n).map(|b| Some(MinFree::Bytes(b)))
+
+    fn check_min_bytes(n: u64) -> Result<Option<MinFree>, String> {
+        if n == 0 {
+            return Err(
+                "must be greater than zero (use \"off\" to disable pressure cleanups)".into(),
+            );
+        }
+        Ok(Some(MinFree::Bytes(n)))
+    }
+
+    pub fn serialize<S: Serializer>(m: &Option<MinFree>, s: S) -> Result<S::Ok, S::Error> {
+        match m {
+            None => s.serialize_str("off"),
+            Some(MinFree::Percent(p)) => s.serialize_str(&format!("{p}%")),
+            Some(MinFree::Bytes(n)) => s.serialize_str(&format_size(*n)),
+        }
+    }
 }
 
 /// `pressure.memory_high`: a percentage of the container's memory limit in (0, 100], or "off".
-fn memory_high(value: Scalar) -> Result<Option<f64>, ConfigError> {
-    const KEY: &str = "pressure.memory_high";
-    let text =
-        match value {
-            Scalar::Text(s) => s,
-            _ => return Err(invalid(
-                KEY,
-                "must be a percentage of the container's memory limit such as \"90%\", or \"off\"",
-            )),
-        };
-    let text = text.trim();
-    if text == "off" {
-        return Ok(None);
-    }
-    let p: f64 = text
-        .strip_suffix('%')
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| {
-            invalid(
-                KEY,
-                format!("{text:?} is not a percentage such as \"90%\", or \"off\""),
-            )
-        })?;
-    if !(p > 0.0 && p <= 100.0) {
-        return Err(invalid(
-            KEY,
-            format!("percentage must be above 0% and at most 100%, got {text:?}"),
-        ));
-    }
-    Ok(Some(p))
-}
+mod memory_high {
+    use super::*;
 
-fn check_min_bytes(n: u64) -> Result<u64, ConfigError> {
-    if n == 0 {
-        return Err(invalid(
-            "pressure.min_free",
-            "must be greater than zero (use \"off\" to disable pressure cleanups)",
-        ));
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        read(d, |value| {
+            let Scalar::Text(text) = value else {
+                return Err(
+                    "must be a percentage of the container's memory limit such as \
+                            \"90%\", or \"off\""
+                        .into(),
+                );
+            };
+            let text = text.trim();
+            if text == "off" {
+                return Ok(None);
+            }
+            let p: f64 = text
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse().ok())
+                .ok_or_else(|| {
+                    format!("{text:?} is not a percentage such as \"90%\", or \"off\"")
+                })?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(format!(
+                    "percentage must be above 0% and at most 100%, got {text:?}"
+                ));
+            }
+            Ok(Some(p))
+        })
     }
-    Ok(n)
-}
 
-/// An integer key within `min..=max`; numeric strings are accepted too.
-fn int_in(
-    key: &str,
-    value: Option<Scalar>,
-    min: i128,
-    max: i128,
-) -> Result<Option<i128>, ConfigError> {
-    let n = match value {
-        None => return Ok(None),
-        Some(Scalar::Int(n)) => n,
-        Some(Scalar::Text(s)) => s
-            .trim()
-            .parse::<i128>()
-            .map_err(|_| invalid(key, format!("{s:?} is not a whole number")))?,
-        Some(Scalar::Float(f)) => return Err(invalid(key, format!("{f} is not a whole number"))),
-    };
-    if n < min || n > max {
-        return Err(invalid(
-            key,
-            format!("must be between {min} and {max}, got {n}"),
-        ));
+    pub fn serialize<S: Serializer>(p: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&p.map_or_else(|| "off".to_owned(), |p| format!("{p}%")))
     }
-    Ok(Some(n))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1235,6 +1025,12 @@ impl LabelMatch {
             (None, Some(_)) => true,
             (Some(want), Some(have)) => want == have,
         }
+    }
+}
+
+impl Serialize for LabelMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -1492,18 +1288,6 @@ pub fn hostname() -> String {
         Ok(name) if !name.trim().is_empty() => name.to_owned(),
         _ => "localhost".into(),
     }
-}
-
-fn quote(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
-fn quote_list(items: &[String]) -> String {
-    toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect()).to_string()
-}
-
-fn quote_opt_duration(d: Option<Duration>) -> String {
-    quote(&d.map_or_else(|| "off".to_owned(), format_duration))
 }
 
 // ---------------------------------------------------------------------------------------------
