@@ -83,7 +83,9 @@ const UNSET_NOTES: &[(&str, &str, &str)] = &[
 // Public types
 // ---------------------------------------------------------------------------------------------
 
-/// The effective, validated configuration.
+/// The effective, validated configuration. `Config::default()` is the built-in defaults only
+/// (no file, no environment; `store.path` is `./acestream-agent.redb`), handy for tests that
+/// want a config and change a field or two.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -312,7 +314,14 @@ impl Config {
         figment
             .extract::<Config>()
             .map_err(figment_error)
-            .and_then(|config| config.validate().map(|()| config))
+            .and_then(|mut config| {
+                // Over the extracted config rather than as a layer: a bad cleanup.interval
+                // below it is still an error, as the layers above a bad value are not.
+                if let Some(interval) = autoscale_interval(&env)? {
+                    config.cleanup.interval = Some(interval);
+                }
+                config.validate().map(|()| config)
+            })
             .map_err(|err| with_origin(err, &figment))
     }
 
@@ -422,7 +431,8 @@ impl Provider for Layer {
     }
 }
 
-/// Everything above the built-in defaults (which `#[serde(default)]` supplies), lowest first.
+/// Everything between the built-in defaults (which `#[serde(default)]` supplies) and
+/// `AUTOSCALE_INTERVAL_S`, lowest first.
 fn layers(file: Option<FileSource>, env: &EnvView<'_>) -> Result<Figment, ConfigError> {
     let mut figment = Figment::new();
     if let Some(path) = state_directory(env) {
@@ -442,9 +452,6 @@ fn layers(file: Option<FileSource>, env: &EnvView<'_>) -> Result<Figment, Config
     for layer in env_layers(env.0) {
         figment = figment.merge(layer);
     }
-    if let Some(secs) = autoscale_interval(env)? {
-        figment = figment.merge(Serialized::default("cleanup.interval", secs));
-    }
     Ok(figment)
 }
 
@@ -462,7 +469,7 @@ fn state_directory(env: &EnvView<'_>) -> Option<String> {
         })
 }
 
-fn autoscale_interval(env: &EnvView<'_>) -> Result<Option<u64>, ConfigError> {
+fn autoscale_interval(env: &EnvView<'_>) -> Result<Option<Duration>, ConfigError> {
     // An empty value (`AUTOSCALE_INTERVAL_S=` from a compose file's `${X:-}`) means unset.
     let Some(value) = env
         .get(AUTOSCALE_ENV)
@@ -475,7 +482,7 @@ fn autoscale_interval(env: &EnvView<'_>) -> Result<Option<u64>, ConfigError> {
         .parse::<u64>()
         .ok()
         .filter(|&s| s > 0)
-        .map(Some)
+        .map(|secs| Some(Duration::from_secs(secs)))
         .ok_or_else(|| {
             invalid(
                 AUTOSCALE_ENV,

@@ -801,3 +801,12 @@ fn load_reads_the_process_environment() {
         Ok(())
     });
 }
+
+#[test]
+fn autoscale_interval_does_not_hide_a_bad_cleanup_interval() {
+    let result = load_toml_env(
+        "[cleanup]\ninterval = \"soon\"\n",
+        &[("AUTOSCALE_INTERVAL_S", "45")],
+    );
+    assert_eq!(invalid_key(result), "cleanup.interval");
+}
