@@ -54,29 +54,20 @@ const SYSTEM_DIRS: &[&str] = &[
     "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
 ];
 
-/// Keys whose env values are taken verbatim. Every other env value goes through figment's
-/// value parser (so `8` is an integer and `[a,b]` an array), which would turn a token such as
-/// `007` into the integer 7 or `true` into a bool.
-const STRING_KEYS: &[&str] = &[
-    "http.listen",
-    "http.token",
-    "docker.host",
-    "discovery.advertise_host",
-    "cleanup.cache_path",
-    "pressure.docker_root",
-    "store.path",
-];
-
-/// What `check-config` prints for an optional key that is unset: serialization skips it (TOML
-/// has no null), but an operator reading the output should still see that the key exists.
-const UNSET_NOTES: &[(&str, &str, &str)] = &[
-    ("http", "token", "writes allowed from loopback only"),
-    ("docker", "host", "DOCKER_HOST, else the local socket"),
+/// Per section: the keys marked `env = verbatim` and the `unset` notes of its `section!` block.
+const SECTIONS: &[(&str, &[&str], &[(&str, &str)])] = &[
+    ("http", HttpConfig::VERBATIM, HttpConfig::UNSET),
+    ("docker", DockerConfig::VERBATIM, DockerConfig::UNSET),
     (
-        "pressure",
-        "docker_root",
-        "DockerRootDir from Docker's info",
+        "discovery",
+        DiscoveryConfig::VERBATIM,
+        DiscoveryConfig::UNSET,
     ),
+    ("health", HealthConfig::VERBATIM, HealthConfig::UNSET),
+    ("activity", ActivityConfig::VERBATIM, ActivityConfig::UNSET),
+    ("cleanup", CleanupConfig::VERBATIM, CleanupConfig::UNSET),
+    ("pressure", PressureConfig::VERBATIM, PressureConfig::UNSET),
+    ("store", StoreConfig::VERBATIM, StoreConfig::UNSET),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -102,9 +93,16 @@ pub struct Config {
 /// A config section: the struct with its serde derives and a `Default` built from the
 /// `= default` beside each field, so a key's type, default and parsing stay on one line group.
 /// Missing keys take the default through `#[serde(default)]`.
+///
+/// `; env = verbatim` marks a key whose env value is taken as written. Every other env value
+/// goes through figment's value parser (so `8` is an integer and `[a,b]` an array), which
+/// would turn a token such as `007` into the integer 7 or `true` into a bool.
+/// `; unset = "note"` is what `check-config` prints for an optional key that is unset:
+/// serialization skips it (TOML has no null), but an operator should still see the key.
 macro_rules! section {
     ($(#[$meta:meta])* pub struct $name:ident {
-        $($(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr,)*
+        $($(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr
+            $(; env = $verbatim:ident)? $(; unset = $note:literal)?,)*
     }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,17 +116,23 @@ macro_rules! section {
                 $name { $($field: $default,)* }
             }
         }
+
+        impl $name {
+            const VERBATIM: &[&str] = &[$($((stringify!($verbatim), stringify!($field)).1,)?)*];
+            const UNSET: &[(&str, &str)] = &[$($((stringify!($field), $note),)?)*];
+        }
     };
 }
 
 section! {
     pub struct HttpConfig {
         #[serde(deserialize_with = "listen", serialize_with = "display")]
-        pub listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9477)),
+        pub listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9477)); env = verbatim,
         /// When set, `POST`s need `Authorization: Bearer <token>`; when unset, loopback only.
         #[serde(deserialize_with = "token", serialize_with = "token_placeholder")]
         #[serde(skip_serializing_if = "Option::is_none")]
-        pub token: Option<String> = None,
+        pub token: Option<String> = None; env = verbatim;
+            unset = "writes allowed from loopback only",
     }
 }
 
@@ -137,7 +141,8 @@ section! {
         /// `None`: bollard's defaults, which honour `DOCKER_HOST` and fall back to the local
         /// socket.
         #[serde(deserialize_with = "docker_host", skip_serializing_if = "Option::is_none")]
-        pub host: Option<String> = None,
+        pub host: Option<String> = None; env = verbatim;
+            unset = "DOCKER_HOST, else the local socket",
     }
 }
 
@@ -154,7 +159,7 @@ section! {
         #[serde(deserialize_with = "int_in::<_, _, 1, 65_535>")]
         pub engine_port: u16 = 6878,
         #[serde(deserialize_with = "advertise_host")]
-        pub advertise_host: String = hostname(),
+        pub advertise_host: String = hostname(); env = verbatim,
         #[serde(with = "duration")]
         pub resync_interval: Duration = Duration::from_secs(60),
     }
@@ -193,7 +198,8 @@ section! {
         pub idle_grace: Option<Duration> = Some(Duration::from_secs(5)),
         /// Already checked by [`validate_cache_path`].
         #[serde(deserialize_with = "cache_path")]
-        pub cache_path: String = "/home/appuser/.ACEStream/.acestream_cache".into(),
+        pub cache_path: String = "/home/appuser/.ACEStream/.acestream_cache".into();
+            env = verbatim,
         #[serde(with = "duration")]
         pub exec_timeout: Duration = Duration::from_secs(60),
         #[serde(deserialize_with = "int_in::<_, _, 1, MAX_CONCURRENCY>")]
@@ -238,7 +244,8 @@ section! {
         /// `None`: use `DockerRootDir` from Docker's info.
         #[serde(deserialize_with = "docker_root", serialize_with = "opt_path")]
         #[serde(skip_serializing_if = "Option::is_none")]
-        pub docker_root: Option<PathBuf> = None,
+        pub docker_root: Option<PathBuf> = None; env = verbatim;
+            unset = "DockerRootDir from Docker's info",
         /// A memory cache's container is under pressure at this share of its memory limit, in
         /// percent; `None` = `"off"`.
         #[serde(with = "memory_high")]
@@ -259,7 +266,7 @@ section! {
     pub struct StoreConfig {
         /// Built-in default; `STATE_DIRECTORY` (see [`state_directory`]) is a layer above it.
         #[serde(deserialize_with = "store_path", serialize_with = "path")]
-        pub path: PathBuf = PathBuf::from("./acestream-agent.redb"),
+        pub path: PathBuf = PathBuf::from("./acestream-agent.redb"); env = verbatim,
         #[serde(with = "duration")]
         pub retention: Duration = Duration::from_secs(7 * 86_400),
         /// SPEC §5 `store.history_per_engine`: cleanup records kept per engine.
@@ -353,10 +360,10 @@ impl Config {
             out.push_str(block.trim_end_matches('\n'));
             out.push('\n');
             let section = block.lines().next().unwrap_or("");
-            for (_, key, note) in UNSET_NOTES
+            let notes = SECTIONS
                 .iter()
-                .filter(|(s, _, _)| section == format!("[{s}]"))
-            {
+                .filter(|(s, ..)| section == format!("[{s}]"));
+            for (key, note) in notes.flat_map(|(_, _, unset)| unset.iter()) {
                 if !block.lines().any(|l| l.starts_with(&format!("{key} = "))) {
                     out.push_str(&format!("# {key}: unset ({note})\n"));
                 }
@@ -524,7 +531,12 @@ fn env_layers(env: &[(String, String)]) -> impl Iterator<Item = Layer> + '_ {
         if key.split('.').any(str::is_empty) {
             return None;
         }
-        let value = if STRING_KEYS.contains(&key.as_str()) {
+        let verbatim = key.split_once('.').is_some_and(|(section, field)| {
+            SECTIONS
+                .iter()
+                .any(|(s, v, _)| *s == section && v.contains(&field))
+        });
+        let value = if verbatim {
             Value::from(raw.clone())
         } else {
             // Infallible: anything that is not a number, bool, array or dict stays a string.
