@@ -54,21 +54,31 @@ const SYSTEM_DIRS: &[&str] = &[
     "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
 ];
 
-/// Per section: the keys marked `env = verbatim` and the `unset` notes of its `section!` block.
-const SECTIONS: &[(&str, &[&str], &[(&str, &str)])] = &[
-    ("http", HttpConfig::VERBATIM, HttpConfig::UNSET),
-    ("docker", DockerConfig::VERBATIM, DockerConfig::UNSET),
-    (
-        "discovery",
-        DiscoveryConfig::VERBATIM,
-        DiscoveryConfig::UNSET,
-    ),
-    ("health", HealthConfig::VERBATIM, HealthConfig::UNSET),
-    ("activity", ActivityConfig::VERBATIM, ActivityConfig::UNSET),
-    ("cleanup", CleanupConfig::VERBATIM, CleanupConfig::UNSET),
-    ("pressure", PressureConfig::VERBATIM, PressureConfig::UNSET),
-    ("store", StoreConfig::VERBATIM, StoreConfig::UNSET),
+/// What `section!` records about a section's keys besides their serde definitions.
+struct Keys {
+    /// In declaration order, which is the order `check-config` prints them in.
+    fields: &'static [&'static str],
+    /// Marked `env = verbatim`.
+    verbatim: &'static [&'static str],
+    /// Marked `unset = "note"`, with the note.
+    unset: &'static [(&'static str, &'static str)],
+}
+
+const SECTIONS: &[(&str, Keys)] = &[
+    ("http", HttpConfig::KEYS),
+    ("docker", DockerConfig::KEYS),
+    ("discovery", DiscoveryConfig::KEYS),
+    ("health", HealthConfig::KEYS),
+    ("activity", ActivityConfig::KEYS),
+    ("cleanup", CleanupConfig::KEYS),
+    ("pressure", PressureConfig::KEYS),
+    ("store", StoreConfig::KEYS),
 ];
+const NO_KEYS: Keys = Keys {
+    fields: &[],
+    verbatim: &[],
+    unset: &[],
+};
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -118,8 +128,11 @@ macro_rules! section {
         }
 
         impl $name {
-            const VERBATIM: &[&str] = &[$($((stringify!($verbatim), stringify!($field)).1,)?)*];
-            const UNSET: &[(&str, &str)] = &[$($((stringify!($field), $note),)?)*];
+            const KEYS: Keys = Keys {
+                fields: &[$(stringify!($field),)*],
+                verbatim: &[$($((stringify!($verbatim), stringify!($field)).1,)?)*],
+                unset: &[$($((stringify!($field), $note),)?)*],
+            };
         }
     };
 }
@@ -357,17 +370,32 @@ impl Config {
             if !out.is_empty() {
                 out.push('\n');
             }
-            out.push_str(block.trim_end_matches('\n'));
+            let mut lines = block.lines();
+            let header = lines.next().unwrap_or("");
+            out.push_str(header);
             out.push('\n');
-            let section = block.lines().next().unwrap_or("");
-            let notes = SECTIONS
+            let keys = SECTIONS
                 .iter()
-                .filter(|(s, ..)| section == format!("[{s}]"));
-            for (key, note) in notes.flat_map(|(_, _, unset)| unset.iter()) {
-                if !block.lines().any(|l| l.starts_with(&format!("{key} = "))) {
-                    out.push_str(&format!("# {key}: unset ({note})\n"));
+                .find(|(s, _)| header == format!("[{s}]"))
+                .map_or(&NO_KEYS, |(_, keys)| keys);
+            let note = |field: &str| {
+                let (_, note) = keys.unset.iter().find(|(k, _)| *k == field)?;
+                Some(format!("# {field}: unset ({note})\n"))
+            };
+            // Each line is `field = value`, in declaration order; the note of an unset key goes
+            // where that key would be.
+            let mut fields = keys.fields.iter();
+            for line in lines {
+                for field in fields.by_ref() {
+                    if line.starts_with(&format!("{field} = ")) {
+                        break;
+                    }
+                    out.extend(note(field));
                 }
+                out.push_str(line);
+                out.push('\n');
             }
+            out.extend(fields.filter_map(|field| note(field)));
         }
         out
     }
@@ -532,9 +560,7 @@ fn env_layers(env: &[(String, String)]) -> impl Iterator<Item = Layer> + '_ {
             return None;
         }
         let verbatim = key.split_once('.').is_some_and(|(section, field)| {
-            SECTIONS
-                .iter()
-                .any(|(s, v, _)| *s == section && v.contains(&field))
+            (SECTIONS.iter()).any(|(s, keys)| *s == section && keys.verbatim.contains(&field))
         });
         let value = if verbatim {
             Value::from(raw.clone())
