@@ -74,11 +74,6 @@ const SECTIONS: &[(&str, Keys)] = &[
     ("pressure", PressureConfig::KEYS),
     ("store", StoreConfig::KEYS),
 ];
-const NO_KEYS: Keys = Keys {
-    fields: &[],
-    verbatim: &[],
-    unset: &[],
-};
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -329,15 +324,14 @@ impl Config {
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
         let file = read_file(file, default_file)?;
-        let env = EnvView::new(env);
-        let figment = layers(file, &env)?;
+        let figment = layers(file, env)?;
         figment
             .extract::<Config>()
             .map_err(figment_error)
             .and_then(|mut config| {
                 // Over the extracted config rather than as a layer: a bad cleanup.interval
                 // below it is still an error, as the layers above a bad value are not.
-                if let Some(interval) = autoscale_interval(&env)? {
+                if let Some(interval) = autoscale_interval(env)? {
                     config.cleanup.interval = Some(interval);
                 }
                 config.validate().map(|()| config)
@@ -374,17 +368,14 @@ impl Config {
             let header = lines.next().unwrap_or("");
             out.push_str(header);
             out.push('\n');
-            let keys = SECTIONS
-                .iter()
-                .find(|(s, _)| header == format!("[{s}]"))
-                .map_or(&NO_KEYS, |(_, keys)| keys);
+            let keys = SECTIONS.iter().find(|(s, _)| header == format!("[{s}]"));
             let note = |field: &str| {
-                let (_, note) = keys.unset.iter().find(|(k, _)| *k == field)?;
+                let (_, note) = keys?.1.unset.iter().find(|(k, _)| *k == field)?;
                 Some(format!("# {field}: unset ({note})\n"))
             };
             // Each line is `field = value`, in declaration order; the note of an unset key goes
             // where that key would be.
-            let mut fields = keys.fields.iter();
+            let mut fields = keys.map_or(&[][..], |(_, keys)| keys.fields).iter();
             for line in lines {
                 for field in fields.by_ref() {
                     if line.starts_with(&format!("{field} = ")) {
@@ -431,21 +422,10 @@ fn read_file(file: Option<&Path>, default_file: &Path) -> Result<Option<FileSour
     }
 }
 
-/// Case-sensitive view of the passed-in environment (last assignment wins, as in a shell).
-struct EnvView<'a>(&'a [(String, String)]);
-
-impl<'a> EnvView<'a> {
-    fn new(env: &'a [(String, String)]) -> Self {
-        EnvView(env)
-    }
-
-    fn get(&self, name: &str) -> Option<&'a str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
+/// Case-sensitive lookup in the passed-in environment (last assignment wins, as in a shell).
+fn env_get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let mut values = env.iter().filter(|(k, _)| k == name);
+    values.next_back().map(|(_, v)| v.as_str())
 }
 
 /// One figment layer made of an already parsed dict. We don't use figment's `Env` provider
@@ -468,7 +448,7 @@ impl Provider for Layer {
 
 /// Everything between the built-in defaults (which `#[serde(default)]` supplies) and
 /// `AUTOSCALE_INTERVAL_S`, lowest first.
-fn layers(file: Option<FileSource>, env: &EnvView<'_>) -> Result<Figment, ConfigError> {
+fn layers(file: Option<FileSource>, env: &[(String, String)]) -> Result<Figment, ConfigError> {
     let mut figment = Figment::new();
     if let Some(path) = state_directory(env) {
         figment = figment.merge(Serialized::default("store.path", path));
@@ -484,15 +464,15 @@ fn layers(file: Option<FileSource>, env: &EnvView<'_>) -> Result<Figment, Config
             dict,
         });
     }
-    for layer in env_layers(env.0) {
+    for layer in env_layers(env) {
         figment = figment.merge(layer);
     }
     Ok(figment)
 }
 
 /// The default `store.path` under systemd, which sets `STATE_DIRECTORY` from `StateDirectory=`.
-fn state_directory(env: &EnvView<'_>) -> Option<String> {
-    env.get("STATE_DIRECTORY")
+fn state_directory(env: &[(String, String)]) -> Option<String> {
+    env_get(env, "STATE_DIRECTORY")
         // systemd passes several directories colon-separated when the unit lists several.
         .and_then(|dirs| dirs.split(':').next())
         .filter(|first| !first.is_empty())
@@ -504,10 +484,9 @@ fn state_directory(env: &EnvView<'_>) -> Option<String> {
         })
 }
 
-fn autoscale_interval(env: &EnvView<'_>) -> Result<Option<Duration>, ConfigError> {
+fn autoscale_interval(env: &[(String, String)]) -> Result<Option<Duration>, ConfigError> {
     // An empty value (`AUTOSCALE_INTERVAL_S=` from a compose file's `${X:-}`) means unset.
-    let Some(value) = env
-        .get(AUTOSCALE_ENV)
+    let Some(value) = env_get(env, AUTOSCALE_ENV)
         .map(str::trim)
         .filter(|v| !v.is_empty())
     else {
