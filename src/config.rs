@@ -272,7 +272,7 @@ pub enum MinFree {
 
 section! {
     pub struct StoreConfig {
-        /// Built-in default; `STATE_DIRECTORY` (see [`state_directory`]) is a layer above it.
+        /// Built-in default; systemd's `STATE_DIRECTORY` is a layer above it.
         #[serde(deserialize_with = "store_path", serialize_with = "path")]
         pub path: PathBuf = PathBuf::from("./acestream-agent.redb"); env = verbatim,
         #[serde(with = "duration")]
