@@ -5,20 +5,29 @@
 //! the rest of the agent receives a `Config` that is already known to be sane. It must not touch
 //! Docker, the network or the store: `check-config` runs it on machines without any of them.
 //!
+//! Each key is defined once, in its section's `section!` block: its type, its default, and the
+//! serde helpers that read it (with its own checks) and print it for `check-config`. Rules that
+//! involve several keys are in [`Config::validate`].
+//!
 //! Errors name the offending key (`ConfigError::Invalid { key }`), which `check-config` prints
 //! before exiting 2; where the value came from (file or env var) is added to the message.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use figment::providers::Serialized;
 use figment::value::{Dict, Map, Value};
-use figment::{Figment, Metadata, Profile, Provider};
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
-use serde::Deserialize;
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::de::{self, Deserializer, Error as _, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+mod units;
+use units::{format_duration, format_size};
+pub use units::{parse_duration, parse_size};
 
 /// The file read when no `--config` is given; skipped silently when it does not exist.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/acestream-agent/config.toml";
@@ -45,25 +54,36 @@ const SYSTEM_DIRS: &[&str] = &[
     "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
 ];
 
-/// Keys whose env values are taken verbatim. Every other env value goes through figment's
-/// value parser (so `8` is an integer and `[a,b]` an array), which would turn a token such as
-/// `007` into the integer 7 or `true` into a bool.
-const STRING_KEYS: &[&str] = &[
-    "http.listen",
-    "http.token",
-    "docker.host",
-    "discovery.advertise_host",
-    "cleanup.cache_path",
-    "pressure.docker_root",
-    "store.path",
+/// What `section!` records about a section's keys besides their serde definitions.
+struct Keys {
+    /// In declaration order, which is the order `check-config` prints them in.
+    fields: &'static [&'static str],
+    /// Marked `env = verbatim`.
+    verbatim: &'static [&'static str],
+    /// Marked `unset = "note"`, with the note.
+    unset: &'static [(&'static str, &'static str)],
+}
+
+const SECTIONS: &[(&str, Keys)] = &[
+    ("http", HttpConfig::KEYS),
+    ("docker", DockerConfig::KEYS),
+    ("discovery", DiscoveryConfig::KEYS),
+    ("health", HealthConfig::KEYS),
+    ("activity", ActivityConfig::KEYS),
+    ("cleanup", CleanupConfig::KEYS),
+    ("pressure", PressureConfig::KEYS),
+    ("store", StoreConfig::KEYS),
 ];
 
 // ---------------------------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------------------------
 
-/// The effective, validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+/// The effective, validated configuration. `Config::default()` is the built-in defaults only
+/// (no file, no environment; `store.path` is `./acestream-agent.redb`), handy for tests that
+/// want a config and change a field or two.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
     pub docker: DockerConfig,
@@ -75,27 +95,82 @@ pub struct Config {
     pub store: StoreConfig,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpConfig {
-    pub listen: SocketAddr,
-    /// When set, `POST`s need `Authorization: Bearer <token>`; when unset, loopback only.
-    pub token: Option<String>,
+/// A config section: the struct with its serde derives and a `Default` built from the
+/// `= default` beside each field, so a key's type, default and parsing stay on one line group.
+/// Missing keys take the default through `#[serde(default)]`.
+///
+/// `; env = verbatim` marks a key whose env value is taken as written. Every other env value
+/// goes through figment's value parser (so `8` is an integer and `[a,b]` an array), which
+/// would turn a token such as `007` into the integer 7 or `true` into a bool.
+/// `; unset = "note"` is what `check-config` prints for an optional key that is unset:
+/// serialization skips it (TOML has no null), but an operator should still see the key.
+macro_rules! section {
+    ($(#[$meta:meta])* pub struct $name:ident {
+        $($(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr
+            $(; env = $verbatim:ident)? $(; unset = $note:literal)?,)*
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($field: $default,)* }
+            }
+        }
+
+        impl $name {
+            const KEYS: Keys = Keys {
+                fields: &[$(stringify!($field),)*],
+                verbatim: &[$($((stringify!($verbatim), stringify!($field)).1,)?)*],
+                unset: &[$($((stringify!($field), $note),)?)*],
+            };
+        }
+    };
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct DockerConfig {
-    /// `None`: bollard's defaults, which honour `DOCKER_HOST` and fall back to the local socket.
-    pub host: Option<String>,
+section! {
+    pub struct HttpConfig {
+        #[serde(deserialize_with = "listen", serialize_with = "display")]
+        pub listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9477)); env = verbatim,
+        /// When set, `POST`s need `Authorization: Bearer <token>`; when unset, loopback only.
+        #[serde(deserialize_with = "token", serialize_with = "token_placeholder")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub token: Option<String> = None; env = verbatim;
+            unset = "writes allowed from loopback only",
+    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct DiscoveryConfig {
-    pub labels: Vec<LabelMatch>,
-    /// Globs on the image name (`*` and `?`).
-    pub images: Vec<String>,
-    pub engine_port: u16,
-    pub advertise_host: String,
-    pub resync_interval: Duration,
+section! {
+    pub struct DockerConfig {
+        /// `None`: bollard's defaults, which honour `DOCKER_HOST` and fall back to the local
+        /// socket.
+        #[serde(deserialize_with = "docker_host", skip_serializing_if = "Option::is_none")]
+        pub host: Option<String> = None; env = verbatim;
+            unset = "DOCKER_HOST, else the local socket",
+    }
+}
+
+section! {
+    pub struct DiscoveryConfig {
+        #[serde(deserialize_with = "labels")]
+        pub labels: Vec<LabelMatch> = vec![
+            LabelMatch::new("orchestrator.managed", Some("acestream")),
+            LabelMatch::new("acestream.engine", Some("true")),
+        ],
+        /// Globs on the image name (`*` and `?`).
+        #[serde(deserialize_with = "images")]
+        pub images: Vec<String> = vec!["*acestream*".into(), "*acelink*".into()],
+        #[serde(deserialize_with = "int_in::<_, _, 1, 65_535>")]
+        pub engine_port: u16 = 6878,
+        #[serde(deserialize_with = "advertise_host")]
+        pub advertise_host: String = hostname(); env = verbatim,
+        #[serde(with = "duration")]
+        pub resync_interval: Duration = Duration::from_secs(60),
+    }
 }
 
 /// One `discovery.labels` entry: `key=value` (exact value) or `key` (present, any value).
@@ -105,32 +180,46 @@ pub struct LabelMatch {
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthConfig {
-    pub interval: Duration,
-    pub timeout: Duration,
+section! {
+    pub struct HealthConfig {
+        #[serde(with = "duration")]
+        pub interval: Duration = Duration::from_secs(20),
+        #[serde(with = "duration")]
+        pub timeout: Duration = Duration::from_secs(5),
+    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActivityConfig {
-    pub interval: Duration,
+section! {
+    pub struct ActivityConfig {
+        #[serde(with = "duration")]
+        pub interval: Duration = Duration::from_secs(5),
+    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct CleanupConfig {
-    /// Periodic sweep; `None` = `"off"`.
-    pub interval: Option<Duration>,
-    /// Delay after the last stream ends; `None` = `"off"`.
-    pub idle_grace: Option<Duration>,
-    /// Already checked by [`validate_cache_path`].
-    pub cache_path: String,
-    pub exec_timeout: Duration,
-    pub concurrency: usize,
-    pub min_bytes: u64,
-    /// Live size measurement; `None` = `"off"`.
-    pub measure_interval: Option<Duration>,
-    /// How caches are reached: from the host where the agent may, else `docker exec`.
-    pub method: CacheMethod,
+section! {
+    pub struct CleanupConfig {
+        /// Periodic sweep; `None` = `"off"`.
+        #[serde(with = "duration_or_off")]
+        pub interval: Option<Duration> = Some(Duration::from_secs(30)),
+        /// Delay after the last stream ends; `None` = `"off"`.
+        #[serde(with = "duration_or_off")]
+        pub idle_grace: Option<Duration> = Some(Duration::from_secs(5)),
+        /// Already checked by [`validate_cache_path`].
+        #[serde(deserialize_with = "cache_path")]
+        pub cache_path: String = "/home/appuser/.ACEStream/.acestream_cache".into();
+            env = verbatim,
+        #[serde(with = "duration")]
+        pub exec_timeout: Duration = Duration::from_secs(60),
+        #[serde(deserialize_with = "int_in::<_, _, 1, MAX_CONCURRENCY>")]
+        pub concurrency: usize = 4,
+        #[serde(with = "size")]
+        pub min_bytes: u64 = 0,
+        /// Live size measurement; `None` = `"off"`.
+        #[serde(with = "duration_or_off")]
+        pub measure_interval: Option<Duration> = Some(Duration::from_secs(5 * 60)),
+        /// How caches are reached: from the host where the agent may, else `docker exec`.
+        pub method: CacheMethod = CacheMethod::Auto,
+    }
 }
 
 /// `cleanup.method`: how the janitor reaches a container's cache directory.
@@ -153,16 +242,23 @@ impl CacheMethod {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct PressureConfig {
-    pub interval: Duration,
-    /// `None` = `"off"`.
-    pub min_free: Option<MinFree>,
-    /// `None`: use `DockerRootDir` from Docker's info.
-    pub docker_root: Option<PathBuf>,
-    /// A memory cache's container is under pressure at this share of its memory limit, in
-    /// percent; `None` = `"off"`.
-    pub memory_high: Option<f64>,
+section! {
+    pub struct PressureConfig {
+        #[serde(with = "duration")]
+        pub interval: Duration = Duration::from_secs(10),
+        /// `None` = `"off"`.
+        #[serde(with = "min_free")]
+        pub min_free: Option<MinFree> = Some(MinFree::Percent(10.0)),
+        /// `None`: use `DockerRootDir` from Docker's info.
+        #[serde(deserialize_with = "docker_root", serialize_with = "opt_path")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub docker_root: Option<PathBuf> = None; env = verbatim;
+            unset = "DockerRootDir from Docker's info",
+        /// A memory cache's container is under pressure at this share of its memory limit, in
+        /// percent; `None` = `"off"`.
+        #[serde(with = "memory_high")]
+        pub memory_high: Option<f64> = Some(90.0),
+    }
 }
 
 /// Free-space threshold of `pressure.min_free`.
@@ -174,12 +270,17 @@ pub enum MinFree {
     Bytes(u64),
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    pub retention: Duration,
-    /// SPEC §5 `store.history_per_engine`: cleanup records kept per engine.
-    pub history_per_engine: usize,
+section! {
+    pub struct StoreConfig {
+        /// Built-in default; systemd's `STATE_DIRECTORY` is a layer above it.
+        #[serde(deserialize_with = "store_path", serialize_with = "path")]
+        pub path: PathBuf = PathBuf::from("./acestream-agent.redb"); env = verbatim,
+        #[serde(with = "duration")]
+        pub retention: Duration = Duration::from_secs(7 * 86_400),
+        /// SPEC §5 `store.history_per_engine`: cleanup records kept per engine.
+        #[serde(deserialize_with = "int_in::<_, _, 1, MAX_HISTORY_PER_ENGINE>")]
+        pub history_per_engine: usize = 100,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,195 +324,71 @@ impl Config {
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
         let file = read_file(file, default_file)?;
-        build(file, env)
+        let figment = layers(file, env)?;
+        figment
+            .extract::<Config>()
+            .map_err(figment_error)
+            .and_then(|mut config| {
+                // Over the extracted config rather than as a layer: a bad cleanup.interval
+                // below it is still an error, as the layers above a bad value are not.
+                if let Some(interval) = autoscale_interval(env)? {
+                    config.cleanup.interval = Some(interval);
+                }
+                config.validate().map(|()| config)
+            })
+            .map_err(|err| with_origin(err, &figment))
+    }
+
+    /// The rules that involve more than one key; each key's own rules are checked as it is
+    /// read, by its deserializer.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.discovery.labels.is_empty() && self.discovery.images.is_empty() {
+            return Err(invalid(
+                "discovery.labels",
+                "discovery.labels and discovery.images are both empty, \
+                 so no container would ever be an engine",
+            ));
+        }
+        Ok(())
     }
 
     /// The effective config as TOML with every key, for `check-config`. Durations come back as
     /// `"30s"`/`"1h30m"`/`"off"`, the token as `"<set>"`, unset keys as comments. Loading the
     /// output as a file gives an equal `Config` (except the token).
     pub fn to_toml(&self) -> String {
+        // Every field serializes to a TOML string, integer or array of strings, and sections
+        // only hold such values, so the serializer has nothing it could refuse.
+        let text = toml::to_string(self).expect("a Config always serializes to TOML");
         let mut out = String::new();
-        let mut line = |s: String| {
-            out.push_str(&s);
+        for block in text.split_terminator("\n\n") {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            let mut lines = block.lines();
+            let header = lines.next().unwrap_or("");
+            out.push_str(header);
             out.push('\n');
-        };
-        let c = self;
-
-        line("[http]".into());
-        line(format!("listen = {}", quote(&c.http.listen.to_string())));
-        line(match &c.http.token {
-            Some(_) => format!("token = {}", quote(TOKEN_PLACEHOLDER)),
-            None => "# token: unset (writes allowed from loopback only)".into(),
-        });
-
-        line(String::new());
-        line("[docker]".into());
-        line(match &c.docker.host {
-            Some(h) => format!("host = {}", quote(h)),
-            None => "# host: unset (DOCKER_HOST, else the local socket)".into(),
-        });
-
-        line(String::new());
-        line("[discovery]".into());
-        let labels: Vec<String> = c.discovery.labels.iter().map(|l| l.to_string()).collect();
-        line(format!("labels = {}", quote_list(&labels)));
-        line(format!("images = {}", quote_list(&c.discovery.images)));
-        line(format!("engine_port = {}", c.discovery.engine_port));
-        line(format!(
-            "advertise_host = {}",
-            quote(&c.discovery.advertise_host)
-        ));
-        line(format!(
-            "resync_interval = {}",
-            quote(&format_duration(c.discovery.resync_interval))
-        ));
-
-        line(String::new());
-        line("[health]".into());
-        line(format!(
-            "interval = {}",
-            quote(&format_duration(c.health.interval))
-        ));
-        line(format!(
-            "timeout = {}",
-            quote(&format_duration(c.health.timeout))
-        ));
-
-        line(String::new());
-        line("[activity]".into());
-        line(format!(
-            "interval = {}",
-            quote(&format_duration(c.activity.interval))
-        ));
-
-        line(String::new());
-        line("[cleanup]".into());
-        line(format!(
-            "interval = {}",
-            quote_opt_duration(c.cleanup.interval)
-        ));
-        line(format!(
-            "idle_grace = {}",
-            quote_opt_duration(c.cleanup.idle_grace)
-        ));
-        line(format!("cache_path = {}", quote(&c.cleanup.cache_path)));
-        line(format!(
-            "exec_timeout = {}",
-            quote(&format_duration(c.cleanup.exec_timeout))
-        ));
-        line(format!("concurrency = {}", c.cleanup.concurrency));
-        line(match c.cleanup.min_bytes {
-            0 => "min_bytes = 0".into(),
-            n => format!("min_bytes = {}", quote(&format_size(n))),
-        });
-        line(format!(
-            "measure_interval = {}",
-            quote_opt_duration(c.cleanup.measure_interval)
-        ));
-        line(format!("method = {}", quote(c.cleanup.method.as_str())));
-
-        line(String::new());
-        line("[pressure]".into());
-        line(format!(
-            "interval = {}",
-            quote(&format_duration(c.pressure.interval))
-        ));
-        line(format!(
-            "min_free = {}",
-            quote(&match c.pressure.min_free {
-                None => "off".to_owned(),
-                Some(MinFree::Percent(p)) => format!("{p}%"),
-                Some(MinFree::Bytes(n)) => format_size(n),
-            })
-        ));
-        line(match &c.pressure.docker_root {
-            Some(p) => format!("docker_root = {}", quote(&p.to_string_lossy())),
-            None => "# docker_root: unset (DockerRootDir from Docker's info)".into(),
-        });
-        line(format!(
-            "memory_high = {}",
-            quote(&match c.pressure.memory_high {
-                None => "off".to_owned(),
-                Some(p) => format!("{p}%"),
-            })
-        ));
-
-        line(String::new());
-        line("[store]".into());
-        line(format!("path = {}", quote(&c.store.path.to_string_lossy())));
-        line(format!(
-            "retention = {}",
-            quote(&format_duration(c.store.retention))
-        ));
-        line(format!(
-            "history_per_engine = {}",
-            c.store.history_per_engine
-        ));
+            let keys = SECTIONS.iter().find(|(s, _)| header == format!("[{s}]"));
+            let note = |field: &str| {
+                let (_, note) = keys?.1.unset.iter().find(|(k, _)| *k == field)?;
+                Some(format!("# {field}: unset ({note})\n"))
+            };
+            // Each line is `field = value`, in declaration order; the note of an unset key goes
+            // where that key would be.
+            let mut fields = keys.map_or(&[][..], |(_, keys)| keys.fields).iter();
+            for line in lines {
+                for field in fields.by_ref() {
+                    if line.starts_with(&format!("{field} = ")) {
+                        break;
+                    }
+                    out.extend(note(field));
+                }
+                out.push_str(line);
+                out.push('\n');
+            }
+            out.extend(fields.filter_map(|field| note(field)));
+        }
         out
-    }
-}
-
-/// Built-in defaults only (no file, no environment; `store.path` is `./acestream-agent.redb`).
-/// Handy for tests that want a config and change a field or two.
-impl Default for Config {
-    fn default() -> Self {
-        defaults(&EnvView::new(&[]))
-    }
-}
-
-/// The SPEC table. `env` supplies `STATE_DIRECTORY`, which systemd sets from `StateDirectory=`.
-fn defaults(env: &EnvView<'_>) -> Config {
-    let store_path = env
-        .get("STATE_DIRECTORY")
-        // systemd passes several directories colon-separated when the unit lists several.
-        .and_then(|dirs| dirs.split(':').next())
-        .filter(|first| !first.is_empty())
-        .map(|dir| PathBuf::from(dir).join("state.redb"))
-        .unwrap_or_else(|| PathBuf::from("./acestream-agent.redb"));
-    Config {
-        http: HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9477)),
-            token: None,
-        },
-        docker: DockerConfig { host: None },
-        discovery: DiscoveryConfig {
-            labels: vec![
-                LabelMatch::new("orchestrator.managed", Some("acestream")),
-                LabelMatch::new("acestream.engine", Some("true")),
-            ],
-            images: vec!["*acestream*".into(), "*acelink*".into()],
-            engine_port: 6878,
-            advertise_host: hostname(),
-            resync_interval: Duration::from_secs(60),
-        },
-        health: HealthConfig {
-            interval: Duration::from_secs(20),
-            timeout: Duration::from_secs(5),
-        },
-        activity: ActivityConfig {
-            interval: Duration::from_secs(5),
-        },
-        cleanup: CleanupConfig {
-            interval: Some(Duration::from_secs(30)),
-            idle_grace: Some(Duration::from_secs(5)),
-            cache_path: "/home/appuser/.ACEStream/.acestream_cache".into(),
-            exec_timeout: Duration::from_secs(60),
-            concurrency: 4,
-            min_bytes: 0,
-            measure_interval: Some(Duration::from_secs(5 * 60)),
-            method: CacheMethod::Auto,
-        },
-        pressure: PressureConfig {
-            interval: Duration::from_secs(10),
-            min_free: Some(MinFree::Percent(10.0)),
-            docker_root: None,
-            memory_high: Some(90.0),
-        },
-        store: StoreConfig {
-            path: store_path,
-            retention: Duration::from_secs(7 * 86_400),
-            history_per_engine: 100,
-        },
     }
 }
 
@@ -445,34 +422,23 @@ fn read_file(file: Option<&Path>, default_file: &Path) -> Result<Option<FileSour
     }
 }
 
-/// Case-sensitive view of the passed-in environment (last assignment wins, as in a shell).
-struct EnvView<'a>(&'a [(String, String)]);
-
-impl<'a> EnvView<'a> {
-    fn new(env: &'a [(String, String)]) -> Self {
-        EnvView(env)
-    }
-
-    fn get(&self, name: &str) -> Option<&'a str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
+/// Case-sensitive lookup in the passed-in environment (last assignment wins, as in a shell).
+fn env_get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let mut values = env.iter().filter(|(k, _)| k == name);
+    values.next_back().map(|(_, v)| v.as_str())
 }
 
 /// One figment layer made of an already parsed dict. We don't use figment's `Env` provider
 /// because it reads the process environment, and `load_with` must be testable with an env
 /// passed in; nor `Toml::file`, because we want to tell "missing" from "unreadable" ourselves.
 struct Layer {
-    name: String,
+    metadata: Metadata,
     dict: Dict,
 }
 
 impl Provider for Layer {
     fn metadata(&self) -> Metadata {
-        Metadata::named(self.name.clone())
+        self.metadata.clone()
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
@@ -480,133 +446,112 @@ impl Provider for Layer {
     }
 }
 
-/// Where each key was set, so error messages can point at the file or the env var.
-#[derive(Default)]
-struct Origins {
-    file: Option<(PathBuf, Dict)>,
-    /// `section.key` -> the env var that set it.
-    env: BTreeMap<String, String>,
-}
-
-impl Origins {
-    fn describe(&self, key: &str) -> Option<String> {
-        if key == AUTOSCALE_ENV {
-            return None;
-        }
-        if let Some(var) = self.env.get(key) {
-            return Some(format!("set by {var}"));
-        }
-        let (path, dict) = self.file.as_ref()?;
-        dict_contains(dict, key).then(|| format!("in {}", path.display()))
-    }
-}
-
-fn dict_contains(dict: &Dict, key: &str) -> bool {
-    let mut parts = key.split('.');
-    let Some(mut value) = parts.next().and_then(|p| dict.get(p)) else {
-        return false;
-    };
-    for part in parts {
-        match value.as_dict().and_then(|d| d.get(part)) {
-            Some(inner) => value = inner,
-            None => return false,
-        }
-    }
-    true
-}
-
-fn build(file: Option<FileSource>, env: &[(String, String)]) -> Result<Config, ConfigError> {
-    let env = EnvView::new(env);
-    let mut origins = Origins::default();
+/// Everything between the built-in defaults (which `#[serde(default)]` supplies) and
+/// `AUTOSCALE_INTERVAL_S`, lowest first.
+fn layers(file: Option<FileSource>, env: &[(String, String)]) -> Result<Figment, ConfigError> {
     let mut figment = Figment::new();
-
+    if let Some(path) = state_directory(env) {
+        figment = figment.merge(Serialized::default("store.path", path));
+    }
     if let Some(FileSource { path, text }) = file {
         let dict: Dict = toml::from_str(&text).map_err(|e| ConfigError::File {
             path: path.clone(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        let name = format!("TOML file {}", path.display());
         figment = figment.merge(Layer {
-            name: format!("TOML file {}", path.display()),
-            dict: dict.clone(),
+            metadata: Metadata::from(name, Source::File(path)),
+            dict,
         });
-        origins.file = Some((path, dict));
     }
+    for layer in env_layers(env) {
+        figment = figment.merge(layer);
+    }
+    Ok(figment)
+}
 
-    let (env_dict, env_keys) = env_layer(env.0);
-    origins.env = env_keys;
-    figment = figment.merge(Layer {
-        name: format!("`{ENV_PREFIX}` environment variables"),
-        dict: env_dict,
-    });
+/// The default `store.path` under systemd, which sets `STATE_DIRECTORY` from `StateDirectory=`.
+fn state_directory(env: &[(String, String)]) -> Option<String> {
+    env_get(env, "STATE_DIRECTORY")
+        // systemd passes several directories colon-separated when the unit lists several.
+        .and_then(|dirs| dirs.split(':').next())
+        .filter(|first| !first.is_empty())
+        .map(|dir| {
+            PathBuf::from(dir)
+                .join("state.redb")
+                .to_string_lossy()
+                .into_owned()
+        })
+}
 
-    let result = figment
-        .extract::<RawConfig>()
-        .map_err(figment_error)
-        .and_then(|raw| resolve(raw, &env));
-    result.map_err(|err| match err {
-        ConfigError::Invalid { key, message } => {
-            let message = match origins.describe(&key) {
-                Some(origin) => format!("{message} ({origin})"),
-                None => message,
-            };
-            ConfigError::Invalid { key, message }
-        }
-        other => other,
-    })
+fn autoscale_interval(env: &[(String, String)]) -> Result<Option<Duration>, ConfigError> {
+    // An empty value (`AUTOSCALE_INTERVAL_S=` from a compose file's `${X:-}`) means unset.
+    let Some(value) = env_get(env, AUTOSCALE_ENV)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|&s| s > 0)
+        .map(|secs| Some(Duration::from_secs(secs)))
+        .ok_or_else(|| {
+            invalid(
+                AUTOSCALE_ENV,
+                format!("{value:?} is not a positive whole number of seconds"),
+            )
+        })
+}
+
+/// Adds where the offending key was set: the file, or the env var by the name it was given.
+fn with_origin(err: ConfigError, figment: &Figment) -> ConfigError {
+    let ConfigError::Invalid { key, message } = err else {
+        return err;
+    };
+    let origin = figment
+        .find_metadata(&key)
+        .and_then(|metadata| match &metadata.source {
+            Some(Source::File(path)) => Some(format!("in {}", path.display())),
+            Some(Source::Custom(var)) => Some(format!("set by {var}")),
+            _ => None,
+        });
+    let message = match origin {
+        Some(origin) => format!("{message} ({origin})"),
+        None => message,
+    };
+    ConfigError::Invalid { key, message }
 }
 
 /// Mirrors `Env::prefixed(ENV_PREFIX).split("__")`: case-insensitive prefix, `__` nests,
-/// keys lower-cased. Returns the dict and, per `section.key`, the variable that set it.
-fn env_layer(env: &[(String, String)]) -> (Dict, BTreeMap<String, String>) {
-    let mut dict = Dict::new();
-    let mut origins = BTreeMap::new();
-    for (name, raw) in env {
-        let Some(rest) = name
+/// keys lower-cased. One layer per variable, in order, so the last assignment wins as in a
+/// shell, and `find_metadata` names the variable (as the operator spelled it) behind a key.
+fn env_layers(env: &[(String, String)]) -> impl Iterator<Item = Layer> + '_ {
+    env.iter().filter_map(|(name, raw)| {
+        let rest = name
             .get(..ENV_PREFIX.len())
             .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
-            .and_then(|_| name.get(ENV_PREFIX.len()..))
-        else {
-            continue;
-        };
+            .and_then(|_| name.get(ENV_PREFIX.len()..))?;
         let key = rest.trim().replace("__", ".").to_ascii_lowercase();
-        let parts: Vec<&str> = key.split('.').collect();
         // Same rule as figment's Env: a key with an empty segment is not a key.
-        if parts.iter().any(|p| p.is_empty()) {
-            continue;
+        if key.split('.').any(str::is_empty) {
+            return None;
         }
-        let value = if STRING_KEYS.contains(&key.as_str()) {
+        let verbatim = key.split_once('.').is_some_and(|(section, field)| {
+            (SECTIONS.iter()).any(|(s, keys)| *s == section && keys.verbatim.contains(&field))
+        });
+        let value = if verbatim {
             Value::from(raw.clone())
         } else {
             // Infallible: anything that is not a number, bool, array or dict stays a string.
             raw.parse::<Value>().unwrap_or_else(|e| match e {})
         };
-        insert_nested(&mut dict, &parts, value);
-        origins.insert(
-            parts.iter().take(2).copied().collect::<Vec<_>>().join("."),
-            name.clone(),
-        );
-    }
-    (dict, origins)
-}
-
-fn insert_nested(dict: &mut Dict, path: &[&str], value: Value) {
-    match path {
-        [] => {}
-        [last] => {
-            dict.insert((*last).to_owned(), value);
-        }
-        [first, rest @ ..] => {
-            let entry = dict
-                .entry((*first).to_owned())
-                .or_insert_with(|| Value::from(Dict::new()));
-            if entry.as_dict().is_none() {
-                *entry = Value::from(Dict::new());
-            }
-            if let Value::Dict(_, inner) = entry {
-                insert_nested(inner, rest, value);
-            }
-        }
-    }
+        Some(Layer {
+            metadata: Metadata::from(format!("env {name}"), Source::Custom(name.clone())),
+            dict: figment::util::nest(&key, value).into_dict()?,
+        })
+    })
 }
 
 /// Turns figment's error into `Invalid` with a `section.key` name. Unknown fields carry the
@@ -630,7 +575,7 @@ fn figment_error(err: figment::Error) -> ConfigError {
                 )
             }
         }
-        // Our raw structs' names mean nothing to an operator: say "table" instead.
+        // Our section structs' names mean nothing to an operator: say "table" instead.
         Kind::InvalidType(actual, expected) if expected.starts_with("struct ") => {
             format!("invalid type: found {actual}, expected a table")
         }
@@ -646,87 +591,9 @@ fn figment_error(err: figment::Error) -> ConfigError {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raw (as written) config and resolution into `Config`
+// Serde helpers: each reads one kind of value as written and applies its key's own rules.
+// figment adds the key's path to their errors.
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawConfig {
-    http: RawHttp,
-    docker: RawDocker,
-    discovery: RawDiscovery,
-    health: RawHealth,
-    activity: RawActivity,
-    cleanup: RawCleanup,
-    pressure: RawPressure,
-    store: RawStore,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawHttp {
-    listen: Option<String>,
-    token: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawDocker {
-    host: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawDiscovery {
-    labels: Option<StringList>,
-    images: Option<StringList>,
-    engine_port: Option<Scalar>,
-    advertise_host: Option<String>,
-    resync_interval: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawHealth {
-    interval: Option<Scalar>,
-    timeout: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawActivity {
-    interval: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawCleanup {
-    interval: Option<Scalar>,
-    idle_grace: Option<Scalar>,
-    cache_path: Option<String>,
-    exec_timeout: Option<Scalar>,
-    concurrency: Option<Scalar>,
-    min_bytes: Option<Scalar>,
-    measure_interval: Option<Scalar>,
-    method: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawPressure {
-    interval: Option<Scalar>,
-    min_free: Option<Scalar>,
-    docker_root: Option<String>,
-    memory_high: Option<Scalar>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct RawStore {
-    path: Option<String>,
-    retention: Option<Scalar>,
-    history_per_engine: Option<Scalar>,
-}
 
 /// A string or a number as written. Durations, sizes and counts accept both, because env
 /// values such as `8` or `30` reach us as integers, and the meaning (seconds, bytes) is fixed
@@ -769,6 +636,15 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+/// Reads `T` as written and turns it into the key's value with `f`, whose error is the message.
+fn read<'de, D, T, U>(d: D, f: impl FnOnce(T) -> Result<U, String>) -> Result<U, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    f(T::deserialize(d)?).map_err(D::Error::custom)
+}
+
 /// An array of strings; a single string is taken as a one-element list, which is what
 /// `ACESTREAM_AGENT_DISCOVERY__LABELS=acestream.engine=true` (no brackets) means.
 #[derive(Debug, Clone, PartialEq)]
@@ -797,281 +673,175 @@ impl<'de> Deserialize<'de> for StringList {
     }
 }
 
-fn resolve(raw: RawConfig, env: &EnvView<'_>) -> Result<Config, ConfigError> {
-    let d = defaults(env);
-
-    let http = HttpConfig {
-        listen: match raw.http.listen {
-            None => d.http.listen,
-            Some(s) => s.trim().parse().map_err(|_| {
-                invalid(
-                    "http.listen",
-                    format!("{s:?} is not an IP address and port such as \"0.0.0.0:9477\""),
-                )
-            })?,
-        },
-        token: match raw.http.token {
-            None => None,
-            Some(t) => Some(check_token(t)?),
-        },
-    };
-
-    let docker = DockerConfig {
-        host: match raw.docker.host {
-            None => None,
-            Some(h) if h.trim().is_empty() => {
-                return Err(invalid(
-                    "docker.host",
-                    "must not be empty (leave it unset to use DOCKER_HOST or the local socket)",
-                ))
-            }
-            Some(h) => Some(h),
-        },
-    };
-
-    let labels = match raw.discovery.labels {
-        None => d.discovery.labels,
-        Some(StringList(items)) => items
-            .iter()
-            .map(|s| s.parse::<LabelMatch>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|m| invalid("discovery.labels", m))?,
-    };
-    let images = match raw.discovery.images {
-        None => d.discovery.images,
-        Some(StringList(items)) => {
-            for image in &items {
-                check_image_glob(image).map_err(|m| invalid("discovery.images", m))?;
-            }
-            items
-        }
-    };
-    if labels.is_empty() && images.is_empty() {
-        return Err(invalid(
-            "discovery.labels",
-            "discovery.labels and discovery.images are both empty, \
-             so no container would ever be an engine",
-        ));
-    }
-    let discovery = DiscoveryConfig {
-        labels,
-        images,
-        engine_port: int_in(
-            "discovery.engine_port",
-            raw.discovery.engine_port,
-            1,
-            65_535,
-        )?
-        .map_or(Ok(d.discovery.engine_port), u16::try_from)
-        .map_err(|_| invalid("discovery.engine_port", "out of range"))?,
-        advertise_host: match raw.discovery.advertise_host {
-            None => d.discovery.advertise_host,
-            Some(h) => {
-                if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(invalid(
-                        "discovery.advertise_host",
-                        format!("{h:?} is not a host name or address"),
-                    ));
-                }
-                h
-            }
-        },
-        resync_interval: duration(
-            "discovery.resync_interval",
-            raw.discovery.resync_interval,
-            d.discovery.resync_interval,
-        )?,
-    };
-
-    let health = HealthConfig {
-        interval: duration("health.interval", raw.health.interval, d.health.interval)?,
-        timeout: duration("health.timeout", raw.health.timeout, d.health.timeout)?,
-    };
-    let activity = ActivityConfig {
-        interval: duration(
-            "activity.interval",
-            raw.activity.interval,
-            d.activity.interval,
-        )?,
-    };
-
-    let mut cleanup = CleanupConfig {
-        interval: optional_duration("cleanup.interval", raw.cleanup.interval, d.cleanup.interval)?,
-        idle_grace: optional_duration(
-            "cleanup.idle_grace",
-            raw.cleanup.idle_grace,
-            d.cleanup.idle_grace,
-        )?,
-        cache_path: match raw.cleanup.cache_path {
-            None => d.cleanup.cache_path,
-            Some(p) => {
-                validate_cache_path(&p).map_err(|m| invalid("cleanup.cache_path", m))?;
-                p
-            }
-        },
-        exec_timeout: duration(
-            "cleanup.exec_timeout",
-            raw.cleanup.exec_timeout,
-            d.cleanup.exec_timeout,
-        )?,
-        concurrency: int_in(
-            "cleanup.concurrency",
-            raw.cleanup.concurrency,
-            1,
-            MAX_CONCURRENCY,
-        )?
-        .map_or(d.cleanup.concurrency, |n| n as usize),
-        min_bytes: match raw.cleanup.min_bytes {
-            None => d.cleanup.min_bytes,
-            Some(v) => size("cleanup.min_bytes", v)?,
-        },
-        measure_interval: optional_duration(
-            "cleanup.measure_interval",
-            raw.cleanup.measure_interval,
-            d.cleanup.measure_interval,
-        )?,
-        method: match raw.cleanup.method {
-            None => d.cleanup.method,
-            Some(v) => cache_method(v)?,
-        },
-    };
-    if let Some(value) = env.get(AUTOSCALE_ENV) {
-        // An empty value (`AUTOSCALE_INTERVAL_S=` from a compose file's `${X:-}`) means unset.
-        let value = value.trim();
-        if !value.is_empty() {
-            let secs = value
-                .parse::<u64>()
-                .ok()
-                .filter(|&s| s > 0)
-                .ok_or_else(|| {
-                    invalid(
-                        AUTOSCALE_ENV,
-                        format!("{value:?} is not a positive whole number of seconds"),
-                    )
-                })?;
-            cleanup.interval = Some(Duration::from_secs(secs));
-        }
-    }
-
-    let pressure = PressureConfig {
-        interval: duration(
-            "pressure.interval",
-            raw.pressure.interval,
-            d.pressure.interval,
-        )?,
-        min_free: match raw.pressure.min_free {
-            None => d.pressure.min_free,
-            Some(v) => min_free(v)?,
-        },
-        docker_root: match raw.pressure.docker_root {
-            None => None,
-            Some(p) => {
-                if !p.starts_with('/') || p.chars().any(char::is_control) {
-                    return Err(invalid(
-                        "pressure.docker_root",
-                        format!("must be an absolute path: {p:?}"),
-                    ));
-                }
-                Some(PathBuf::from(p))
-            }
-        },
-        memory_high: match raw.pressure.memory_high {
-            None => d.pressure.memory_high,
-            Some(v) => memory_high(v)?,
-        },
-    };
-
-    let store = StoreConfig {
-        path: match raw.store.path {
-            None => d.store.path,
-            Some(p) if p.trim().is_empty() => {
-                return Err(invalid("store.path", "must not be empty"))
-            }
-            Some(p) => PathBuf::from(p),
-        },
-        retention: duration("store.retention", raw.store.retention, d.store.retention)?,
-        history_per_engine: int_in(
-            "store.history_per_engine",
-            raw.store.history_per_engine,
-            1,
-            MAX_HISTORY_PER_ENGINE,
-        )?
-        .map_or(d.store.history_per_engine, |n| n as usize),
-    };
-
-    Ok(Config {
-        http,
-        docker,
-        discovery,
-        health,
-        activity,
-        cleanup,
-        pressure,
-        store,
+fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    read(d, |s: String| {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address and port such as \"0.0.0.0:9477\""))
     })
 }
 
-fn check_token(token: String) -> Result<String, ConfigError> {
-    if token.is_empty() {
-        return Err(invalid(
-            "http.token",
-            "must not be empty (leave it unset to allow writes from loopback only)",
-        ));
-    }
-    if token == TOKEN_PLACEHOLDER {
-        return Err(invalid(
-            "http.token",
-            "\"<set>\" is the placeholder check-config prints, not a token",
-        ));
-    }
-    // It travels in `Authorization: Bearer <token>`, where whitespace would split it.
-    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(
-            "http.token",
-            "must not contain whitespace or control characters",
-        ));
-    }
-    Ok(token)
+fn token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    read(d, |token: String| {
+        if token.is_empty() {
+            return Err(
+                "must not be empty (leave it unset to allow writes from loopback only)".into(),
+            );
+        }
+        if token == TOKEN_PLACEHOLDER {
+            return Err("\"<set>\" is the placeholder check-config prints, not a token".into());
+        }
+        // It travels in `Authorization: Bearer <token>`, where whitespace would split it.
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain whitespace or control characters".into());
+        }
+        Ok(Some(token))
+    })
 }
 
-fn check_image_glob(image: &str) -> Result<(), String> {
-    if image.is_empty() {
-        return Err("image globs must not be empty".into());
-    }
-    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("image glob {image:?} contains whitespace"));
-    }
-    // Image names never contain commas; one here is a comma-separated list given as a single
-    // string, which would silently match nothing.
-    if image.contains(',') {
-        return Err(format!(
-            "image glob {image:?} contains ','; give several globs as an array: [\"a*\", \"b*\"]"
-        ));
-    }
-    Ok(())
+fn token_placeholder<S: Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(TOKEN_PLACEHOLDER)
 }
 
-fn duration(key: &str, value: Option<Scalar>, default: Duration) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(Scalar::Text(s)) if s.trim() == "off" => Err(invalid(
-            key,
-            "cannot be \"off\" (only cleanup.interval, cleanup.idle_grace, \
-             cleanup.measure_interval and pressure.min_free can)",
-        )),
-        Some(v) => scalar_duration(v).map_err(|m| invalid(key, m)),
+fn docker_host<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    read(d, |h: String| {
+        if h.trim().is_empty() {
+            return Err(
+                "must not be empty (leave it unset to use DOCKER_HOST or the local socket)".into(),
+            );
+        }
+        Ok(Some(h))
+    })
+}
+
+fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<LabelMatch>, D::Error> {
+    read(d, |StringList(items)| {
+        items.iter().map(|s| s.parse::<LabelMatch>()).collect()
+    })
+}
+
+fn images<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    read(d, |StringList(items)| {
+        for image in &items {
+            if image.is_empty() {
+                return Err("image globs must not be empty".into());
+            }
+            if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!("image glob {image:?} contains whitespace"));
+            }
+            // Image names never contain commas; one here is a comma-separated list given as a
+            // single string, which would silently match nothing.
+            if image.contains(',') {
+                return Err(format!(
+                    "image glob {image:?} contains ','; give several globs as an array: \
+                     [\"a*\", \"b*\"]"
+                ));
+            }
+        }
+        Ok(items)
+    })
+}
+
+fn advertise_host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    read(d, |h: String| {
+        if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{h:?} is not a host name or address"));
+        }
+        Ok(h)
+    })
+}
+
+fn cache_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    read(d, |p: String| validate_cache_path(&p).map(|()| p))
+}
+
+fn docker_root<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    read(d, |p: String| {
+        if !p.starts_with('/') || p.chars().any(char::is_control) {
+            return Err(format!("must be an absolute path: {p:?}"));
+        }
+        Ok(Some(PathBuf::from(p)))
+    })
+}
+
+fn store_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    read(d, |p: String| {
+        if p.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(PathBuf::from(p))
+    })
+}
+
+/// An integer key within `MIN..=MAX`; numeric strings are accepted too.
+fn int_in<'de, D, T, const MIN: i128, const MAX: i128>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    read(d, |value| {
+        let n = match value {
+            Scalar::Int(n) => n,
+            Scalar::Text(s) => s
+                .trim()
+                .parse::<i128>()
+                .map_err(|_| format!("{s:?} is not a whole number"))?,
+            Scalar::Float(f) => return Err(format!("{f} is not a whole number")),
+        };
+        if n < MIN || n > MAX {
+            return Err(format!("must be between {MIN} and {MAX}, got {n}"));
+        }
+        T::try_from(n).map_err(|_| "out of range".to_owned())
+    })
+}
+
+fn display<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+fn opt_path<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => path(p, s),
+        None => s.serialize_none(),
     }
 }
 
-fn optional_duration(
-    key: &str,
-    value: Option<Scalar>,
-    default: Option<Duration>,
-) -> Result<Option<Duration>, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(Scalar::Text(s)) if s.trim() == "off" => Ok(None),
-        Some(v) => scalar_duration(v).map(Some).map_err(|m| invalid(key, m)),
+/// A duration that cannot be `"off"`.
+mod duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        read(d, |value| match value {
+            Scalar::Text(s) if s.trim() == "off" => Err("cannot be \"off\" (only \
+                cleanup.interval, cleanup.idle_grace, cleanup.measure_interval and \
+                pressure.min_free can)"
+                .into()),
+            v => scalar_duration(v),
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+}
+
+/// A duration or `"off"` (`None`).
+mod duration_or_off {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        read(d, |value| match value {
+            Scalar::Text(s) if s.trim() == "off" => Ok(None),
+            v => scalar_duration(v).map(Some),
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.map_or_else(|| "off".to_owned(), format_duration))
     }
 }
 
@@ -1088,7 +858,23 @@ fn scalar_duration(value: Scalar) -> Result<Duration, String> {
     }
 }
 
-fn size(key: &str, value: Scalar) -> Result<u64, ConfigError> {
+/// A size in bytes; printed with a unit where that is exact, and `0` as the integer it is.
+mod size {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        read(d, scalar_size)
+    }
+
+    pub fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            0 => s.serialize_u64(0),
+            n => s.serialize_str(&format_size(*n)),
+        }
+    }
+}
+
+fn scalar_size(value: Scalar) -> Result<u64, String> {
     match value {
         Scalar::Text(s) => parse_size(&s),
         Scalar::Int(n) => {
@@ -1098,122 +884,114 @@ fn size(key: &str, value: Scalar) -> Result<u64, ConfigError> {
             "{f} is not a whole number of bytes; write a size such as \"1.5GiB\""
         )),
     }
-    .map_err(|m| invalid(key, m))
 }
 
-fn cache_method(value: Scalar) -> Result<CacheMethod, ConfigError> {
-    match value {
-        Scalar::Text(s) if s.trim() == "auto" => Ok(CacheMethod::Auto),
-        Scalar::Text(s) if s.trim() == "exec" => Ok(CacheMethod::Exec),
-        Scalar::Text(s) => Err(format!("expected \"auto\" or \"exec\", got {s:?}")),
-        _ => Err("expected \"auto\" or \"exec\"".to_owned()),
+impl<'de> Deserialize<'de> for CacheMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        read(d, |value| match value {
+            Scalar::Text(s) if s.trim() == "auto" => Ok(CacheMethod::Auto),
+            Scalar::Text(s) if s.trim() == "exec" => Ok(CacheMethod::Exec),
+            Scalar::Text(s) => Err(format!("expected \"auto\" or \"exec\", got {s:?}")),
+            _ => Err("expected \"auto\" or \"exec\"".to_owned()),
+        })
     }
-    .map_err(|m| invalid("cleanup.method", m))
 }
 
-fn min_free(value: Scalar) -> Result<Option<MinFree>, ConfigError> {
-    const KEY: &str = "pressure.min_free";
-    let text = match value {
-        Scalar::Text(s) => s,
-        other => {
-            let n = size(KEY, other)?;
-            return check_min_bytes(n).map(|b| Some(MinFree::Bytes(b)));
-        }
-    };
-    let text = text.trim();
-    if text == "off" {
-        return Ok(None);
+impl Serialize for CacheMethod {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
-    if let Some(number) = text.strip_suffix('%') {
-        let p: f64 = number
-            .trim()
-            .parse()
-            .map_err(|_| invalid(KEY, format!("{text:?} is not a percentage such as \"10%\"")))?;
-        if !(p > 0.0 && p < 100.0) {
-            return Err(invalid(
-                KEY,
-                format!("percentage must be between 0% and 100% (exclusive), got {text:?}"),
-            ));
-        }
-        return Ok(Some(MinFree::Percent(p)));
+}
+
+/// `pressure.min_free`: a percentage in (0, 100), a size, or `"off"`.
+mod min_free {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MinFree>, D::Error> {
+        read(d, |value| {
+            let text = match value {
+                Scalar::Text(s) => s,
+                other => return check_min_bytes(scalar_size(other)?),
+            };
+            let text = text.trim();
+            if text == "off" {
+                return Ok(None);
+            }
+            if let Some(number) = text.strip_suffix('%') {
+                let p: f64 = number
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{text:?} is not a percentage such as \"10%\""))?;
+                if !(p > 0.0 && p < 100.0) {
+                    return Err(format!(
+                        "percentage must be between 0% and 100% (exclusive), got {text:?}"
+                    ));
+                }
+                return Ok(Some(MinFree::Percent(p)));
+            }
+            let n = parse_size(text).map_err(|_| {
+                format!(
+                    "{text:?} is not a percentage such as \"10%\", a size such as \"5GiB\", \
+                     or \"off\""
+                )
+            })?;
+            check_min_bytes(n)
+        })
     }
-    let n = parse_size(text).map_err(|_| {
-        invalid(
-            KEY,
-            format!(
-                "{text:?} is not a percentage such as \"10%\", a size such as \"5GiB\", or \"off\""
-            ),
-        )
-    })?;
-    check_min_bytes(n).map(|b| Some(MinFree::Bytes(b)))
+
+    fn check_min_bytes(n: u64) -> Result<Option<MinFree>, String> {
+        if n == 0 {
+            return Err(
+                "must be greater than zero (use \"off\" to disable pressure cleanups)".into(),
+            );
+        }
+        Ok(Some(MinFree::Bytes(n)))
+    }
+
+    pub fn serialize<S: Serializer>(m: &Option<MinFree>, s: S) -> Result<S::Ok, S::Error> {
+        match m {
+            None => s.serialize_str("off"),
+            Some(MinFree::Percent(p)) => s.serialize_str(&format!("{p}%")),
+            Some(MinFree::Bytes(n)) => s.serialize_str(&format_size(*n)),
+        }
+    }
 }
 
 /// `pressure.memory_high`: a percentage of the container's memory limit in (0, 100], or "off".
-fn memory_high(value: Scalar) -> Result<Option<f64>, ConfigError> {
-    const KEY: &str = "pressure.memory_high";
-    let text =
-        match value {
-            Scalar::Text(s) => s,
-            _ => return Err(invalid(
-                KEY,
-                "must be a percentage of the container's memory limit such as \"90%\", or \"off\"",
-            )),
-        };
-    let text = text.trim();
-    if text == "off" {
-        return Ok(None);
-    }
-    let p: f64 = text
-        .strip_suffix('%')
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| {
-            invalid(
-                KEY,
-                format!("{text:?} is not a percentage such as \"90%\", or \"off\""),
-            )
-        })?;
-    if !(p > 0.0 && p <= 100.0) {
-        return Err(invalid(
-            KEY,
-            format!("percentage must be above 0% and at most 100%, got {text:?}"),
-        ));
-    }
-    Ok(Some(p))
-}
+mod memory_high {
+    use super::*;
 
-fn check_min_bytes(n: u64) -> Result<u64, ConfigError> {
-    if n == 0 {
-        return Err(invalid(
-            "pressure.min_free",
-            "must be greater than zero (use \"off\" to disable pressure cleanups)",
-        ));
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        read(d, |value| {
+            let Scalar::Text(text) = value else {
+                return Err(
+                    "must be a percentage of the container's memory limit such as \
+                            \"90%\", or \"off\""
+                        .into(),
+                );
+            };
+            let text = text.trim();
+            if text == "off" {
+                return Ok(None);
+            }
+            let p: f64 = text
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse().ok())
+                .ok_or_else(|| {
+                    format!("{text:?} is not a percentage such as \"90%\", or \"off\"")
+                })?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(format!(
+                    "percentage must be above 0% and at most 100%, got {text:?}"
+                ));
+            }
+            Ok(Some(p))
+        })
     }
-    Ok(n)
-}
 
-/// An integer key within `min..=max`; numeric strings are accepted too.
-fn int_in(
-    key: &str,
-    value: Option<Scalar>,
-    min: i128,
-    max: i128,
-) -> Result<Option<i128>, ConfigError> {
-    let n = match value {
-        None => return Ok(None),
-        Some(Scalar::Int(n)) => n,
-        Some(Scalar::Text(s)) => s
-            .trim()
-            .parse::<i128>()
-            .map_err(|_| invalid(key, format!("{s:?} is not a whole number")))?,
-        Some(Scalar::Float(f)) => return Err(invalid(key, format!("{f} is not a whole number"))),
-    };
-    if n < min || n > max {
-        return Err(invalid(
-            key,
-            format!("must be between {min} and {max}, got {n}"),
-        ));
+    pub fn serialize<S: Serializer>(p: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&p.map_or_else(|| "off".to_owned(), |p| format!("{p}%")))
     }
-    Ok(Some(n))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1235,6 +1013,12 @@ impl LabelMatch {
             (None, Some(_)) => true,
             (Some(want), Some(have)) => want == have,
         }
+    }
+}
+
+impl Serialize for LabelMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -1294,150 +1078,8 @@ impl fmt::Display for MinFree {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Parsers and formatters
+// Cache paths, hostname
 // ---------------------------------------------------------------------------------------------
-
-const DURATION_UNITS: &[(&str, u64)] = &[
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-];
-
-/// `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"` and combinations such as `"1h30m"`; a plain
-/// integer is seconds. Whole numbers only, millisecond resolution; must be greater than zero.
-/// `"off"` is not a duration: the keys that allow it handle it before calling this.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let text = s.trim();
-    if text.is_empty() {
-        return Err("duration must not be empty".into());
-    }
-    let bad = || {
-        format!(
-            "invalid duration {s:?}: expected e.g. \"500ms\", \"30s\", \"5m\", \"2h\", \
-             \"7d\", \"1h30m\" or whole seconds"
-        )
-    };
-    let total_ms = if text.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = text
-            .parse()
-            .map_err(|_| format!("duration {s:?} is too large"))?;
-        secs.checked_mul(1_000)
-            .ok_or_else(|| format!("duration {s:?} is too large"))?
-    } else {
-        let mut rest = text;
-        let mut total: u64 = 0;
-        while !rest.is_empty() {
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            if digits == 0 {
-                return Err(bad());
-            }
-            let number: u64 = rest[..digits]
-                .parse()
-                .map_err(|_| format!("duration {s:?} is too large"))?;
-            rest = &rest[digits..];
-            let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-            let unit = &rest[..unit_len];
-            rest = rest[unit_len..].trim_start();
-            let &(_, factor) = DURATION_UNITS
-                .iter()
-                .find(|(name, _)| *name == unit)
-                .ok_or_else(bad)?;
-            total = number
-                .checked_mul(factor)
-                .and_then(|ms| total.checked_add(ms))
-                .ok_or_else(|| format!("duration {s:?} is too large"))?;
-        }
-        total
-    };
-    if total_ms == 0 {
-        return Err(format!("duration must be greater than zero, got {s:?}"));
-    }
-    Ok(Duration::from_millis(total_ms))
-}
-
-/// Inverse of [`parse_duration`]: `30s`, `5m`, `1h30m`, `7d`, `1500ms` → `1s500ms`.
-/// Sub-millisecond parts are dropped (parsed durations never have any).
-fn format_duration(d: Duration) -> String {
-    let mut ms = d.as_millis();
-    if ms == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    for &(name, factor) in DURATION_UNITS {
-        let factor = u128::from(factor);
-        if ms >= factor {
-            out.push_str(&format!("{}{name}", ms / factor));
-            ms %= factor;
-        }
-    }
-    out
-}
-
-const SIZE_UNITS: &[(&[&str], u64)] = &[
-    (&["", "b"], 1),
-    (&["k", "kb", "kib"], 1 << 10),
-    (&["m", "mb", "mib"], 1 << 20),
-    (&["g", "gb", "gib"], 1 << 30),
-    (&["t", "tb", "tib"], 1 << 40),
-];
-
-/// `"500MiB"`, `"5GiB"`, `"10KiB"`, `"1TiB"`, or plain bytes `"1024"`. Units are
-/// case-insensitive and always 1024-based, including `KB`/`MB`/`GB`/`TB` and `K`/`M`/`G`/`T`:
-/// SPEC says sizes are 1024-based, and the agent itself prints 1024-based sizes as "MB"/"GB",
-/// so reading "5GB" as anything else would disagree with our own logs. A fraction is allowed
-/// with a unit (`"1.5GiB"`) and rounded down to whole bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let text = s.trim();
-    if text.is_empty() {
-        return Err("size must not be empty".into());
-    }
-    let bad =
-        || format!("invalid size {s:?}: expected e.g. \"500MiB\", \"5GiB\" or a number of bytes");
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = (&text[..split], text[split..].trim().to_ascii_lowercase());
-    if number.is_empty() {
-        return Err(bad());
-    }
-    let &(_, factor) = SIZE_UNITS
-        .iter()
-        .find(|(names, _)| names.contains(&unit.as_str()))
-        .ok_or_else(bad)?;
-    let too_large = || format!("size {s:?} is too large");
-    if number.contains('.') {
-        if factor == 1 {
-            return Err(format!("size {s:?} is not a whole number of bytes"));
-        }
-        let value: f64 = number.parse().map_err(|_| bad())?;
-        let bytes = (value * factor as f64).floor();
-        // u64::MAX as f64 rounds up to 2^64, so `<` keeps the cast below in range.
-        if !(bytes.is_finite() && bytes < u64::MAX as f64) {
-            return Err(too_large());
-        }
-        return Ok(bytes as u64);
-    }
-    let value: u64 = number.parse().map_err(|_| too_large())?;
-    value.checked_mul(factor).ok_or_else(too_large)
-}
-
-/// Exact inverse of [`parse_size`]: the largest binary unit that divides `n`, else plain bytes.
-fn format_size(n: u64) -> String {
-    for &(names, factor) in SIZE_UNITS.iter().rev() {
-        if factor > 1 && n >= factor && n.is_multiple_of(factor) {
-            let unit = match names[2] {
-                "kib" => "KiB",
-                "mib" => "MiB",
-                "gib" => "GiB",
-                _ => "TiB",
-            };
-            return format!("{}{unit}", n / factor);
-        }
-    }
-    n.to_string()
-}
 
 /// The cache-path rule of SPEC §4, for `cleanup.cache_path` and for `acestream.cache_path`
 /// container labels: non-empty, absolute, normalised (no `.`/`..` segments, no `//`, no
@@ -1494,797 +1136,6 @@ pub fn hostname() -> String {
     }
 }
 
-fn quote(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
-fn quote_list(items: &[String]) -> String {
-    toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect()).to_string()
-}
-
-fn quote_opt_duration(d: Option<Duration>) -> String {
-    quote(&d.map_or_else(|| "off".to_owned(), format_duration))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tests
-// ---------------------------------------------------------------------------------------------
-
+/// The unit tests are in their own file so that this one reads as the definition of the keys.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    const SHIPPED: &str = include_str!("../config/acestream-agent.toml");
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    /// A default-file path that never exists, so no test depends on the machine's /etc.
-    fn no_default() -> PathBuf {
-        PathBuf::from("/nonexistent/acestream-agent-test/config.toml")
-    }
-
-    fn load_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::load_with(None, &no_default(), &env(pairs))
-    }
-
-    fn load_toml(text: &str) -> Result<Config, ConfigError> {
-        load_toml_env(text, &[])
-    }
-
-    fn load_toml_env(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let mut file = tempfile::NamedTempFile::new().expect("temp file");
-        file.write_all(text.as_bytes()).expect("write temp file");
-        Config::load_with(Some(file.path()), &no_default(), &env(pairs))
-    }
-
-    fn invalid_key(result: Result<Config, ConfigError>) -> String {
-        match result {
-            Err(ConfigError::Invalid { key, .. }) => key,
-            other => panic!("expected ConfigError::Invalid, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn defaults_match_spec_table() {
-        let c = load_env(&[]).expect("defaults load");
-        assert_eq!(c.http.listen, "0.0.0.0:9477".parse::<SocketAddr>().unwrap());
-        assert_eq!(c.http.token, None);
-        assert_eq!(c.docker.host, None);
-        assert_eq!(
-            c.discovery.labels,
-            vec![
-                LabelMatch::new("orchestrator.managed", Some("acestream")),
-                LabelMatch::new("acestream.engine", Some("true")),
-            ]
-        );
-        assert_eq!(c.discovery.images, vec!["*acestream*", "*acelink*"]);
-        assert_eq!(c.discovery.engine_port, 6878);
-        assert_eq!(c.discovery.advertise_host, hostname());
-        assert_eq!(c.discovery.resync_interval, Duration::from_secs(60));
-        assert_eq!(c.health.interval, Duration::from_secs(20));
-        assert_eq!(c.health.timeout, Duration::from_secs(5));
-        assert_eq!(c.activity.interval, Duration::from_secs(5));
-        assert_eq!(c.cleanup.interval, Some(Duration::from_secs(30)));
-        assert_eq!(c.cleanup.idle_grace, Some(Duration::from_secs(5)));
-        assert_eq!(
-            c.cleanup.cache_path,
-            "/home/appuser/.ACEStream/.acestream_cache"
-        );
-        assert_eq!(c.cleanup.exec_timeout, Duration::from_secs(60));
-        assert_eq!(c.cleanup.concurrency, 4);
-        assert_eq!(c.cleanup.min_bytes, 0);
-        assert_eq!(c.cleanup.measure_interval, Some(Duration::from_secs(300)));
-        assert_eq!(c.cleanup.method, CacheMethod::Auto);
-        assert_eq!(c.pressure.interval, Duration::from_secs(10));
-        assert_eq!(c.pressure.min_free, Some(MinFree::Percent(10.0)));
-        assert_eq!(c.pressure.docker_root, None);
-        assert_eq!(c.pressure.memory_high, Some(90.0));
-        assert_eq!(c.store.path, PathBuf::from("./acestream-agent.redb"));
-        assert_eq!(c.store.retention, Duration::from_secs(7 * 86_400));
-        assert_eq!(c.store.history_per_engine, 100);
-        assert_eq!(c, Config::default());
-    }
-
-    #[test]
-    fn store_path_follows_state_directory() {
-        let c = load_env(&[("STATE_DIRECTORY", "/var/lib/acestream-agent")]).unwrap();
-        assert_eq!(
-            c.store.path,
-            PathBuf::from("/var/lib/acestream-agent/state.redb")
-        );
-        let c = load_env(&[("STATE_DIRECTORY", "/var/lib/a:/var/lib/b")]).unwrap();
-        assert_eq!(c.store.path, PathBuf::from("/var/lib/a/state.redb"));
-        let c = load_env(&[("STATE_DIRECTORY", "")]).unwrap();
-        assert_eq!(c.store.path, PathBuf::from("./acestream-agent.redb"));
-        // An explicit store.path wins over STATE_DIRECTORY.
-        let c = load_toml_env(
-            "[store]\npath = \"/srv/x.redb\"\n",
-            &[("STATE_DIRECTORY", "/var/lib/acestream-agent")],
-        )
-        .unwrap();
-        assert_eq!(c.store.path, PathBuf::from("/srv/x.redb"));
-    }
-
-    #[test]
-    fn file_overrides_defaults_and_env_overrides_file() {
-        let text =
-            "[http]\nlisten = \"127.0.0.1:9000\"\n[health]\ninterval = \"1m\"\ntimeout = \"2s\"\n";
-        let c = load_toml(text).unwrap();
-        assert_eq!(
-            c.http.listen,
-            "127.0.0.1:9000".parse::<SocketAddr>().unwrap()
-        );
-        assert_eq!(c.health.interval, Duration::from_secs(60));
-        assert_eq!(c.health.timeout, Duration::from_secs(2));
-        assert_eq!(
-            c.activity.interval,
-            Duration::from_secs(5),
-            "untouched key keeps its default"
-        );
-
-        let c = load_toml_env(
-            text,
-            &[
-                ("ACESTREAM_AGENT_HTTP__LISTEN", "127.0.0.1:1"),
-                ("ACESTREAM_AGENT_HEALTH__INTERVAL", "90s"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(c.http.listen, "127.0.0.1:1".parse::<SocketAddr>().unwrap());
-        assert_eq!(c.health.interval, Duration::from_secs(90));
-        assert_eq!(
-            c.health.timeout,
-            Duration::from_secs(2),
-            "file value not overridden by env"
-        );
-    }
-
-    #[test]
-    fn default_file_is_read_when_no_config_is_given() {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        file.write_all(b"[cleanup]\nconcurrency = 2\n").unwrap();
-        let c = Config::load_with(None, file.path(), &[]).unwrap();
-        assert_eq!(c.cleanup.concurrency, 2);
-        // --config replaces the default file rather than stacking on it.
-        let mut other = tempfile::NamedTempFile::new().unwrap();
-        other
-            .write_all(b"[cleanup]\nmin_bytes = \"1MiB\"\n")
-            .unwrap();
-        let c = Config::load_with(Some(other.path()), file.path(), &[]).unwrap();
-        assert_eq!(c.cleanup.concurrency, 4);
-        assert_eq!(c.cleanup.min_bytes, 1 << 20);
-    }
-
-    #[test]
-    fn env_values_are_typed_like_figment_env() {
-        let c = load_env(&[
-            ("ACESTREAM_AGENT_HTTP__LISTEN", "127.0.0.1:1"),
-            (
-                "ACESTREAM_AGENT_DISCOVERY__LABELS",
-                "[a=b, c.d=true, present]",
-            ),
-            (
-                "ACESTREAM_AGENT_DISCOVERY__IMAGES",
-                "[\"ghcr.io/x/*\", \"*engine*\"]",
-            ),
-            ("ACESTREAM_AGENT_CLEANUP__CONCURRENCY", "8"),
-            ("ACESTREAM_AGENT_HEALTH__INTERVAL", "45"),
-            ("ACESTREAM_AGENT_DISCOVERY__ENGINE_PORT", "16878"),
-            ("ACESTREAM_AGENT_HTTP__TOKEN", "007"),
-            ("ACESTREAM_AGENT_CLEANUP__MIN_BYTES", "2048"),
-            ("acestream_agent_store__retention", "2d"),
-        ])
-        .unwrap();
-        assert_eq!(c.http.listen, "127.0.0.1:1".parse::<SocketAddr>().unwrap());
-        assert_eq!(
-            c.discovery.labels,
-            vec![
-                LabelMatch::new("a", Some("b")),
-                LabelMatch::new("c.d", Some("true")),
-                LabelMatch::new("present", None),
-            ]
-        );
-        assert_eq!(c.discovery.images, vec!["ghcr.io/x/*", "*engine*"]);
-        assert_eq!(c.cleanup.concurrency, 8);
-        assert_eq!(
-            c.health.interval,
-            Duration::from_secs(45),
-            "integer env duration = seconds"
-        );
-        assert_eq!(c.discovery.engine_port, 16878);
-        assert_eq!(
-            c.http.token.as_deref(),
-            Some("007"),
-            "token kept verbatim, not as number 7"
-        );
-        assert_eq!(c.cleanup.min_bytes, 2048);
-        assert_eq!(c.store.retention, Duration::from_secs(2 * 86_400));
-
-        // Without brackets a single label is one entry.
-        let c =
-            load_env(&[("ACESTREAM_AGENT_DISCOVERY__LABELS", "acestream.engine=true")]).unwrap();
-        assert_eq!(
-            c.discovery.labels,
-            vec![LabelMatch::new("acestream.engine", Some("true"))]
-        );
-    }
-
-    #[test]
-    fn memory_high_is_a_percentage_or_off() {
-        let c = load_toml("[pressure]\nmemory_high = \"75%\"\n").unwrap();
-        assert_eq!(c.pressure.memory_high, Some(75.0));
-        let c = load_env(&[("ACESTREAM_AGENT_PRESSURE__MEMORY_HIGH", "off")]).unwrap();
-        assert_eq!(c.pressure.memory_high, None);
-        assert_eq!(
-            load_toml("[pressure]\nmemory_high = \"100%\"\n")
-                .unwrap()
-                .pressure
-                .memory_high,
-            Some(100.0)
-        );
-        for bad in ["\"0%\"", "\"101%\"", "\"90\"", "90", "\"lots\""] {
-            assert_eq!(
-                invalid_key(load_toml(&format!("[pressure]\nmemory_high = {bad}\n"))),
-                "pressure.memory_high",
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn integer_durations_in_toml_are_seconds() {
-        let c = load_toml("[discovery]\nresync_interval = 120\n").unwrap();
-        assert_eq!(c.discovery.resync_interval, Duration::from_secs(120));
-    }
-
-    #[test]
-    fn cleanup_method_is_auto_or_exec() {
-        let c = load_toml("[cleanup]\nmethod = \"exec\"\n").unwrap();
-        assert_eq!(c.cleanup.method, CacheMethod::Exec);
-        let c = load_toml("[cleanup]\nmethod = \"auto\"\n").unwrap();
-        assert_eq!(c.cleanup.method, CacheMethod::Auto);
-        match load_toml("[cleanup]\nmethod = \"host\"\n") {
-            Err(e) => assert!(
-                e.to_string()
-                    .contains(r#"expected "auto" or "exec", got "host""#),
-                "{e}"
-            ),
-            Ok(c) => panic!("accepted {c:?}"),
-        }
-    }
-
-    #[test]
-    fn off_is_accepted_where_documented() {
-        let c = load_toml(
-            "[cleanup]\ninterval = \"off\"\nidle_grace = \"off\"\nmeasure_interval = \"off\"\n\
-             [pressure]\nmin_free = \"off\"\n",
-        )
-        .unwrap();
-        assert_eq!(c.cleanup.interval, None);
-        assert_eq!(c.cleanup.idle_grace, None);
-        assert_eq!(c.cleanup.measure_interval, None);
-        assert_eq!(c.pressure.min_free, None);
-        for key in [
-            "discovery.resync_interval",
-            "health.interval",
-            "health.timeout",
-            "activity.interval",
-            "cleanup.exec_timeout",
-            "pressure.interval",
-            "store.retention",
-        ] {
-            let (section, name) = key.split_once('.').unwrap();
-            let text = format!("[{section}]\n{name} = \"off\"\n");
-            assert_eq!(
-                invalid_key(load_toml(&text)),
-                key,
-                "{key} must not accept off"
-            );
-        }
-    }
-
-    #[test]
-    fn autoscale_interval_sets_cleanup_interval() {
-        let c = load_toml_env(
-            "[cleanup]\ninterval = \"off\"\n",
-            &[
-                ("ACESTREAM_AGENT_CLEANUP__INTERVAL", "10m"),
-                ("AUTOSCALE_INTERVAL_S", "45"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            c.cleanup.interval,
-            Some(Duration::from_secs(45)),
-            "highest layer wins"
-        );
-        let c = load_env(&[("AUTOSCALE_INTERVAL_S", "")]).unwrap();
-        assert_eq!(
-            c.cleanup.interval,
-            Some(Duration::from_secs(30)),
-            "empty means unset"
-        );
-        for bad in ["0", "-5", "abc", "1.5", "30s"] {
-            assert_eq!(
-                invalid_key(load_env(&[("AUTOSCALE_INTERVAL_S", bad)])),
-                "AUTOSCALE_INTERVAL_S",
-                "value {bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn missing_config_file_is_a_file_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("nope.toml");
-        match Config::load_with(Some(&missing), &no_default(), &[]) {
-            Err(ConfigError::File { path, message }) => {
-                assert_eq!(path, missing);
-                assert_eq!(message, "not found");
-            }
-            other => panic!("expected File error, got {other:?}"),
-        }
-        // A missing *default* file is fine: defaults apply.
-        let c = Config::load_with(None, &missing, &[]).unwrap();
-        assert_eq!(c, load_env(&[]).unwrap());
-        // A directory is unreadable as a file, explicit or default.
-        match Config::load_with(None, dir.path(), &[]) {
-            Err(ConfigError::File { path, message }) => {
-                assert_eq!(path, dir.path());
-                assert!(message.starts_with("cannot read"), "{message}");
-            }
-            other => panic!("expected File error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn toml_syntax_error_is_a_file_error() {
-        match load_toml("[http\nlisten = 1") {
-            Err(ConfigError::File { message, .. }) => {
-                assert!(message.contains("line 1"), "{message}")
-            }
-            other => panic!("expected File error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected_by_name() {
-        assert_eq!(
-            invalid_key(load_toml("[http]\nlistn = \"x\"\n")),
-            "http.listn"
-        );
-        assert_eq!(invalid_key(load_toml("[bogus]\na = 1\n")), "bogus");
-        assert_eq!(invalid_key(load_toml("top = 1\n")), "top");
-        assert_eq!(
-            invalid_key(load_env(&[("ACESTREAM_AGENT_HTTP__LISTN", "x")])),
-            "http.listn"
-        );
-        // A single underscore does not nest, so this is an unknown section, not http.listen.
-        assert_eq!(
-            invalid_key(load_env(&[("ACESTREAM_AGENT_HTTP_LISTEN", "x")])),
-            "http_listen"
-        );
-    }
-
-    #[test]
-    fn error_messages_name_key_and_origin() {
-        let err = load_toml("[cleanup]\nconcurrency = 0\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with(
-                "invalid value for `cleanup.concurrency`: must be between 1 and 64, got 0 (in "
-            ),
-            "{err}"
-        );
-        let err = load_env(&[("ACESTREAM_AGENT_HEALTH__TIMEOUT", "0")])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "invalid value for `health.timeout`: duration must be greater than zero, got 0 (set by ACESTREAM_AGENT_HEALTH__TIMEOUT)"
-        );
-        let err = load_toml("http = 5\n").unwrap_err().to_string();
-        assert!(
-            err.starts_with(
-                "invalid value for `http`: invalid type: found signed int `5`, expected a table"
-            ),
-            "{err}"
-        );
-        let err = load_toml("[http]\nlistn = 1\n").unwrap_err().to_string();
-        assert!(
-            err.starts_with(
-                "invalid value for `http.listn`: unknown key (known in [http]: listen, token)"
-            ),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn bad_values_are_invalid_with_their_key() {
-        let cases: &[(&str, &str)] = &[
-            ("[http]\nlisten = \"localhost\"", "http.listen"),
-            ("[http]\nlisten = \"0.0.0.0\"", "http.listen"),
-            ("[http]\nlisten = 9477", "http.listen"),
-            ("[http]\ntoken = \"\"", "http.token"),
-            ("[http]\ntoken = \"<set>\"", "http.token"),
-            ("[http]\ntoken = \"a b\"", "http.token"),
-            ("[docker]\nhost = \"\"", "docker.host"),
-            ("[discovery]\nengine_port = 0", "discovery.engine_port"),
-            ("[discovery]\nengine_port = 65536", "discovery.engine_port"),
-            ("[discovery]\nengine_port = -1", "discovery.engine_port"),
-            (
-                "[discovery]\nengine_port = \"http\"",
-                "discovery.engine_port",
-            ),
-            ("[discovery]\nlabels = [\"\"]", "discovery.labels"),
-            ("[discovery]\nlabels = [\"=v\"]", "discovery.labels"),
-            ("[discovery]\nlabels = [1]", "discovery.labels"),
-            ("[discovery]\nlabels = []\nimages = []", "discovery.labels"),
-            ("[discovery]\nimages = [\"\"]", "discovery.images"),
-            ("[discovery]\nimages = [\"*a*,*b*\"]", "discovery.images"),
-            (
-                "[discovery]\nadvertise_host = \"\"",
-                "discovery.advertise_host",
-            ),
-            (
-                "[discovery]\nresync_interval = \"0s\"",
-                "discovery.resync_interval",
-            ),
-            ("[health]\ninterval = 0", "health.interval"),
-            ("[health]\ninterval = -5", "health.interval"),
-            ("[health]\ninterval = \"-5s\"", "health.interval"),
-            ("[health]\ninterval = \"soon\"", "health.interval"),
-            ("[health]\ninterval = 1.5", "health.interval"),
-            ("[health]\ninterval = true", "health.interval"),
-            ("[health]\ntimeout = \"5x\"", "health.timeout"),
-            ("[activity]\ninterval = \"\"", "activity.interval"),
-            ("[cleanup]\ninterval = \"0\"", "cleanup.interval"),
-            ("[cleanup]\nidle_grace = \"0ms\"", "cleanup.idle_grace"),
-            (
-                "[cleanup]\nmeasure_interval = \"never\"",
-                "cleanup.measure_interval",
-            ),
-            ("[cleanup]\nexec_timeout = \"0s\"", "cleanup.exec_timeout"),
-            ("[cleanup]\nconcurrency = 0", "cleanup.concurrency"),
-            ("[cleanup]\nconcurrency = 65", "cleanup.concurrency"),
-            ("[cleanup]\nmin_bytes = -1", "cleanup.min_bytes"),
-            ("[cleanup]\nmethod = \"host\"", "cleanup.method"),
-            ("[cleanup]\nmethod = 1", "cleanup.method"),
-            ("[cleanup]\nmin_bytes = \"5 parsecs\"", "cleanup.min_bytes"),
-            ("[cleanup]\ncache_path = \"relative\"", "cleanup.cache_path"),
-            ("[cleanup]\ncache_path = \"/etc\"", "cleanup.cache_path"),
-            ("[pressure]\ninterval = \"0s\"", "pressure.interval"),
-            ("[pressure]\nmin_free = \"0%\"", "pressure.min_free"),
-            ("[pressure]\nmin_free = \"100%\"", "pressure.min_free"),
-            ("[pressure]\nmin_free = \"150%\"", "pressure.min_free"),
-            ("[pressure]\nmin_free = \"-1%\"", "pressure.min_free"),
-            ("[pressure]\nmin_free = \"x%\"", "pressure.min_free"),
-            ("[pressure]\nmin_free = \"0\"", "pressure.min_free"),
-            ("[pressure]\nmin_free = 0", "pressure.min_free"),
-            ("[pressure]\nmin_free = \"lots\"", "pressure.min_free"),
-            (
-                "[pressure]\ndocker_root = \"docker\"",
-                "pressure.docker_root",
-            ),
-            ("[store]\npath = \"\"", "store.path"),
-            ("[store]\nretention = \"0d\"", "store.retention"),
-            (
-                "[store]\nhistory_per_engine = 0",
-                "store.history_per_engine",
-            ),
-            ("[http]\nlisten = [1]", "http.listen"),
-            ("http = 5", "http"),
-            ("[cleanup]\nconcurrency = \"x\"", "cleanup.concurrency"),
-        ];
-        for (text, key) in cases {
-            assert_eq!(invalid_key(load_toml(text)), *key, "config:\n{text}");
-        }
-    }
-
-    #[test]
-    fn good_values_are_accepted() {
-        let c = load_toml(
-            "[http]\nlisten = \"[::1]:8080\"\ntoken = \"s3cret\"\n\
-             [docker]\nhost = \"unix:///run/docker.sock\"\n\
-             [discovery]\nlabels = []\nimages = [\"*ace*\"]\nengine_port = 65535\nadvertise_host = \"agent.example\"\n\
-             [cleanup]\ncache_path = \"/dev/shm/.ACEStream/.acestream_cache\"\nmin_bytes = \"1.5KiB\"\nconcurrency = 64\n\
-             [pressure]\nmin_free = \"5GiB\"\ndocker_root = \"/var/lib/docker\"\n\
-             [store]\nhistory_per_engine = 10\n",
-        )
-        .unwrap();
-        assert_eq!(c.http.listen, "[::1]:8080".parse::<SocketAddr>().unwrap());
-        assert_eq!(c.http.token.as_deref(), Some("s3cret"));
-        assert_eq!(c.docker.host.as_deref(), Some("unix:///run/docker.sock"));
-        assert!(c.discovery.labels.is_empty());
-        assert_eq!(c.discovery.images, vec!["*ace*"]);
-        assert_eq!(c.discovery.engine_port, 65535);
-        assert_eq!(c.discovery.advertise_host, "agent.example");
-        assert_eq!(c.cleanup.cache_path, "/dev/shm/.ACEStream/.acestream_cache");
-        assert_eq!(c.cleanup.min_bytes, 1536);
-        assert_eq!(c.cleanup.concurrency, 64);
-        assert_eq!(c.pressure.min_free, Some(MinFree::Bytes(5 << 30)));
-        assert_eq!(
-            c.pressure.docker_root,
-            Some(PathBuf::from("/var/lib/docker"))
-        );
-        assert_eq!(c.store.history_per_engine, 10);
-
-        let c = load_toml("[pressure]\nmin_free = \"12.5%\"\n").unwrap();
-        assert_eq!(c.pressure.min_free, Some(MinFree::Percent(12.5)));
-        let c = load_toml("[pressure]\nmin_free = 1073741824\n").unwrap();
-        assert_eq!(c.pressure.min_free, Some(MinFree::Bytes(1 << 30)));
-    }
-
-    #[test]
-    fn parse_duration_table() {
-        let ok: &[(&str, u64)] = &[
-            ("500ms", 500),
-            ("30s", 30_000),
-            ("5m", 300_000),
-            ("2h", 7_200_000),
-            ("7d", 604_800_000),
-            ("1h30m", 5_400_000),
-            ("1m30s", 90_000),
-            ("1s500ms", 1_500),
-            ("1h 30m", 5_400_000),
-            ("30", 30_000),
-            (" 45s ", 45_000),
-            ("1", 1_000),
-        ];
-        for (input, ms) in ok {
-            assert_eq!(
-                parse_duration(input),
-                Ok(Duration::from_millis(*ms)),
-                "{input:?}"
-            );
-        }
-        for bad in [
-            "",
-            "0",
-            "0s",
-            "0ms",
-            "0h0m",
-            "-5s",
-            "s",
-            "5x",
-            "1.5s",
-            "5M",
-            "off",
-            "abc",
-            "30 seconds",
-            "99999999999999999999s",
-            "9999999999999999d",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
-        }
-        assert_eq!(
-            parse_duration("0s").unwrap_err(),
-            "duration must be greater than zero, got \"0s\""
-        );
-    }
-
-    #[test]
-    fn format_duration_round_trips() {
-        let cases: &[(u64, &str)] = &[
-            (30_000, "30s"),
-            (300_000, "5m"),
-            (5_400_000, "1h30m"),
-            (604_800_000, "7d"),
-            (1_500, "1s500ms"),
-            (90_061_001, "1d1h1m1s1ms"),
-        ];
-        for (ms, text) in cases {
-            let d = Duration::from_millis(*ms);
-            assert_eq!(format_duration(d), *text);
-            assert_eq!(parse_duration(text), Ok(d));
-        }
-    }
-
-    #[test]
-    fn parse_size_table() {
-        let ok: &[(&str, u64)] = &[
-            ("0", 0),
-            ("1024", 1024),
-            ("500MiB", 500 << 20),
-            ("5GiB", 5 << 30),
-            ("10KiB", 10 << 10),
-            ("1TiB", 1 << 40),
-            ("5GB", 5 << 30),
-            ("5gb", 5 << 30),
-            ("5G", 5 << 30),
-            ("1 MiB", 1 << 20),
-            ("100B", 100),
-            ("1.5KiB", 1536),
-            ("0.5GiB", 1 << 29),
-        ];
-        for (input, bytes) in ok {
-            assert_eq!(parse_size(input), Ok(*bytes), "{input:?}");
-        }
-        for bad in [
-            "",
-            "MiB",
-            "-1",
-            "1.5",
-            "5XB",
-            "5 parsecs",
-            "1.2.3GiB",
-            "99999999999TiB",
-            "18446744073709551616",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
-        }
-        for n in [1u64, 1023, 1024, 1536, 5 << 30, 1 << 40, 3 << 41, u64::MAX] {
-            assert_eq!(parse_size(&format_size(n)), Ok(n), "{n}");
-        }
-        assert_eq!(format_size(5 << 30), "5GiB");
-        assert_eq!(format_size(1536), "1536");
-    }
-
-    #[test]
-    fn validate_cache_path_table() {
-        let cases: &[(&str, bool)] = &[
-            ("/", false),
-            ("/etc", false),
-            ("/home", false),
-            ("/tmp", false),
-            ("/var", false),
-            ("relative", false),
-            ("./cache", false),
-            ("/a/../b", false),
-            ("/a/./b", false),
-            ("/a/..", false),
-            ("/a//b", false),
-            ("/a/", false),
-            ("", false),
-            ("/a\0b", false),
-            ("/a\nb", false),
-            ("/home/appuser/.ACEStream/.acestream_cache", true),
-            ("/root/.ACEStream/.acestream_cache", true),
-            ("/dev/shm/.ACEStream/.acestream_cache", true),
-            ("/cache", true),
-            ("/etc/acestream", true),
-            ("/a/..b/c.", true),
-        ];
-        for (path, ok) in cases {
-            assert_eq!(
-                validate_cache_path(path).is_ok(),
-                *ok,
-                "{path:?}: {:?}",
-                validate_cache_path(path)
-            );
-        }
-        assert_eq!(
-            validate_cache_path("foo").unwrap_err(),
-            "cache path must be absolute: \"foo\""
-        );
-    }
-
-    #[test]
-    fn label_match_semantics() {
-        let labels: HashMap<String, String> = [("a", "1"), ("b", "")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        assert!("a=1".parse::<LabelMatch>().unwrap().matches(&labels));
-        assert!(!"a=2".parse::<LabelMatch>().unwrap().matches(&labels));
-        assert!("a".parse::<LabelMatch>().unwrap().matches(&labels));
-        assert!("b=".parse::<LabelMatch>().unwrap().matches(&labels));
-        assert!(!"c".parse::<LabelMatch>().unwrap().matches(&labels));
-        assert_eq!(
-            "k=v=w".parse::<LabelMatch>().unwrap(),
-            LabelMatch::new("k", Some("v=w"))
-        );
-        assert_eq!("k=v".parse::<LabelMatch>().unwrap().to_string(), "k=v");
-        assert_eq!("k".parse::<LabelMatch>().unwrap().to_string(), "k");
-        assert!("=v".parse::<LabelMatch>().is_err());
-        assert!("".parse::<LabelMatch>().is_err());
-    }
-
-    #[test]
-    fn min_free_display() {
-        assert_eq!(MinFree::Percent(10.0).to_string(), "10%");
-        assert_eq!(MinFree::Percent(12.5).to_string(), "12.5%");
-        assert_eq!(MinFree::Bytes(5 << 30).to_string(), "5.00 GB");
-        assert_eq!(MinFree::Bytes(1536 << 20).to_string(), "1.50 GB");
-        assert_eq!(MinFree::Bytes(512 << 10).to_string(), "512.00 KB");
-        assert_eq!(MinFree::Bytes(100).to_string(), "100 bytes");
-    }
-
-    #[test]
-    fn to_toml_round_trips() {
-        let defaults = load_env(&[]).unwrap();
-        assert_eq!(load_toml(&defaults.to_toml()).unwrap(), defaults);
-
-        let mut custom = defaults.clone();
-        custom.http.listen = "[::1]:1".parse().unwrap();
-        custom.docker.host = Some("tcp://docker:2375".into());
-        custom.discovery.labels = vec![
-            LabelMatch::new("x", None),
-            LabelMatch::new("y", Some("a \"q\"")),
-        ];
-        custom.discovery.images = vec![];
-        custom.discovery.advertise_host = "h.example".into();
-        custom.discovery.resync_interval = Duration::from_millis(5_400_500);
-        custom.cleanup.interval = None;
-        custom.cleanup.idle_grace = None;
-        custom.cleanup.measure_interval = None;
-        custom.cleanup.min_bytes = 1536;
-        custom.cleanup.cache_path = "/root/.ACEStream/.acestream_cache".into();
-        custom.pressure.min_free = Some(MinFree::Bytes(5 << 30));
-        custom.pressure.docker_root = Some("/srv/docker".into());
-        custom.store.path = "/var/lib/acestream-agent/state.redb".into();
-        let text = custom.to_toml();
-        assert_eq!(load_toml(&text).unwrap(), custom, "{text}");
-
-        custom.pressure.min_free = None;
-        custom.cleanup.min_bytes = 1 << 20;
-        assert_eq!(load_toml(&custom.to_toml()).unwrap(), custom);
-        custom.pressure.min_free = Some(MinFree::Percent(2.5));
-        assert_eq!(load_toml(&custom.to_toml()).unwrap(), custom);
-    }
-
-    #[test]
-    fn to_toml_hides_the_token() {
-        let mut c = load_env(&[]).unwrap();
-        c.http.token = Some("hunter2".into());
-        let text = c.to_toml();
-        assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("token = \"<set>\""), "{text}");
-        assert_eq!(
-            invalid_key(load_toml(&text)),
-            "http.token",
-            "placeholder is not a token"
-        );
-        assert!(text.contains("resync_interval = \"1m\""), "{text}");
-        assert!(text.contains("measure_interval = \"5m\""), "{text}");
-        assert!(text.contains("retention = \"7d\""), "{text}");
-    }
-
-    #[test]
-    fn shipped_config_file_equals_defaults() {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        file.write_all(SHIPPED.as_bytes()).unwrap();
-        let loaded = Config::load_with(Some(file.path()), &no_default(), &[]).unwrap();
-        assert_eq!(loaded, load_env(&[]).unwrap());
-        // store.path is commented out in the shipped file, so systemd's StateDirectory still
-        // decides where the store lives.
-        let state = env(&[("STATE_DIRECTORY", "/var/lib/acestream-agent")]);
-        let loaded = Config::load_with(Some(file.path()), &no_default(), &state).unwrap();
-        assert_eq!(
-            loaded.store.path,
-            PathBuf::from("/var/lib/acestream-agent/state.redb")
-        );
-        // Every key of to_toml's output appears in the shipped file, commented or not.
-        for line in load_env(&[]).unwrap().to_toml().lines() {
-            let key = line
-                .trim_start_matches("# ")
-                .split([' ', ':'])
-                .next()
-                .unwrap_or("");
-            if key.is_empty() {
-                continue;
-            }
-            assert!(
-                SHIPPED.lines().any(|l| l
-                    .trim_start_matches("# ")
-                    .starts_with(&format!("{key} = "))
-                    || l == key),
-                "shipped file lacks {key:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn hostname_is_not_empty() {
-        let name = hostname();
-        assert!(!name.is_empty());
-        assert!(!name.contains('\0'));
-    }
-}
+mod tests;
