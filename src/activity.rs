@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
@@ -61,7 +61,7 @@ struct Probes {
 
 impl ProbePorts {
     fn lock(&self) -> std::sync::MutexGuard<'_, Probes> {
-        self.0.lock().expect("probe ports lock poisoned")
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn hold(&self, port: u16) -> PortGuard {
@@ -118,12 +118,11 @@ pub struct PauseGuard {
 
 impl Drop for PauseGuard {
     fn drop(&mut self) {
-        if let Ok(mut p) = self.ports.0.lock() {
-            if let Some(n) = p.paused.get_mut(&self.engine) {
-                *n -= 1;
-                if *n == 0 {
-                    p.paused.remove(&self.engine);
-                }
+        let mut p = self.ports.lock();
+        if let Some(n) = p.paused.get_mut(&self.engine) {
+            *n -= 1;
+            if *n == 0 {
+                p.paused.remove(&self.engine);
             }
         }
     }
@@ -136,13 +135,12 @@ pub(crate) struct PortGuard {
 
 impl Drop for PortGuard {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.ports.0.lock() {
-            let now = Instant::now();
-            s.ports.insert(self.port, Some(now));
-            // Bounded by the ports that closed within the grace period.
-            s.ports
-                .retain(|_, r| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE));
-        }
+        let mut s = self.ports.lock();
+        let now = Instant::now();
+        s.ports.insert(self.port, Some(now));
+        // Bounded by the ports that closed within the grace period.
+        s.ports
+            .retain(|_, r| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE));
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// What a guarded call gave.
@@ -41,7 +41,7 @@ impl Guarded {
     pub fn is_stuck(&self, key: &str) -> bool {
         self.stuck
             .lock()
-            .expect("stuck lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .contains(key)
     }
 
@@ -60,7 +60,7 @@ impl Guarded {
             let r = f();
             // Under the lock, so the timeout path below either sees this call finished or
             // marks it stuck before this removes the mark.
-            let mut s = stuck.lock().expect("stuck lock poisoned");
+            let mut s = stuck.lock().unwrap_or_else(PoisonError::into_inner);
             fin.store(true, Ordering::SeqCst);
             if s.remove(&k) {
                 recovered(&k);
@@ -71,7 +71,7 @@ impl Guarded {
             Ok(Ok(r)) => Call::Done(r),
             Ok(Err(_)) => Call::Unavailable,
             Err(_) => {
-                let mut s = self.stuck.lock().expect("stuck lock poisoned");
+                let mut s = self.stuck.lock().unwrap_or_else(PoisonError::into_inner);
                 if !finished.load(Ordering::SeqCst) && s.insert(key.to_string()) {
                     (self.on_stuck)(key, self.timeout.as_secs_f64());
                 }
