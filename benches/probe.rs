@@ -136,7 +136,16 @@ where
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing to filter here.
+    // `cargo bench` passes `--bench`. `cargo test --all-targets` runs this binary without it
+    // and `cargo nextest` asks it to `--list` its tests: there are none, so say nothing and
+    // exit (as benches/agent.rs does).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        if !args.iter().any(|a| a == "--list") {
+            eprintln!("benchmarks run with `cargo bench --bench probe` (see BENCHMARKS.md)");
+        }
+        return;
+    }
     let n: usize = std::env::var("ACESTREAM_BENCH_PROBE_ENGINES")
         .ok()
         .and_then(|v| v.parse().ok())
