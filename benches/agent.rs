@@ -1811,59 +1811,46 @@ fn robust_perception_bytes(text: &str) -> f64 {
 
 /// A Prometheus server (Debian's /usr/bin/prometheus) scraping one target every second.
 struct Prometheus {
-    child: Child,
+    /// Spawned by the harness (`common::prom`), killed on drop.
+    server: common::prom::Server,
     addr: SocketAddr,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Prometheus {
     fn start(target: SocketAddr) -> Prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("prometheus.yml");
         std::fs::write(
-            &config,
+            dir.path().join("prometheus.yml"),
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  \
                  - job_name: agent\n    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .expect("prometheus.yml");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-        let child = Command::new("/usr/bin/prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("cannot start /usr/bin/prometheus (Debian package prometheus)");
-        let mut p = Prometheus { child, addr, dir };
+        let mut server = common::prom::start_prometheus(dir.path());
+        let addr = server.addr;
         let t0 = Instant::now();
         loop {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("prometheus exited ({status}):\n{}", p.log());
+            if let Some(status) = server.exited() {
+                panic!("prometheus exited ({status}):\n{}", server.log_tail());
             }
             if std::net::TcpStream::connect(addr).is_ok()
                 && raw_get(addr, "/-/ready", &[]).status == 200
             {
-                return p;
+                return Prometheus {
+                    server,
+                    addr,
+                    _dir: dir,
+                };
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
                 "prometheus not ready:\n{}",
-                p.log()
+                server.log_tail()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
     /// The value of an instant query whose result is one sample; `None` while there is none.
@@ -1884,14 +1871,6 @@ impl Prometheus {
             .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(f64::NAN)
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 
@@ -2086,7 +2065,7 @@ fn measure_scrape(p: &Params, agent: &AgentProc, engines: usize) -> ScrapeAt {
         assert!(
             t0.elapsed() < deadline,
             "prometheus scraped {n} times:\n{}",
-            prom.log()
+            prom.server.log_tail()
         );
         std::thread::sleep(Duration::from_millis(200));
     };

@@ -346,10 +346,10 @@ async fn three_hosts_under_one_prometheus_and_alertmanager() {
     let hook = Webhook::start().await;
     alertmanager_config(dir.path(), hook.addr);
     let mut am = prom::start_alertmanager(dir.path());
-    am.wait_ready().await;
+    am.wait_ready(Duration::from_secs(30)).await;
     prometheus_config(dir.path(), am.addr, &fleet);
     let mut prometheus = prom::start_prometheus(dir.path());
-    prometheus.wait_ready().await;
+    prometheus.wait_ready(Duration::from_secs(30)).await;
     let p = prometheus.addr;
     let names: Vec<&str> = hosts.iter().map(|(n, _)| n.as_str()).collect();
     eventually(WAIT, "up == 1 for the three hosts, by name", || async {
@@ -647,7 +647,7 @@ async fn shipped_scrape_config_names_instances_by_host() {
     )
     .unwrap();
     let mut prometheus = prom::start_prometheus(dir.path());
-    prometheus.wait_ready().await;
+    prometheus.wait_ready(Duration::from_secs(30)).await;
     let targets = eventually(WAIT, "the five shipped targets", || async {
         let (_, body) = try_http_get(prometheus.addr, "/api/v1/targets").await?;
         let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;

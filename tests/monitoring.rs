@@ -21,7 +21,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use acestream_agent::config::{Config, MinFree};
@@ -1084,11 +1084,11 @@ fn grafana_provisioning_loads_the_dashboard_from_a_folder() {
 // live: a real Prometheus scraping a real agent
 // ---------------------------------------------------------------------------
 
-/// A Prometheus server on a free loopback port; killed on drop, also when a test panics.
+/// A Prometheus server on a free loopback port (`common::prom`), with this test's config:
+/// the agent its one target, the shipped rules, 1 s intervals.
 struct PromServer {
-    child: Child,
+    server: common::prom::Server,
     addr: SocketAddr,
-    log: PathBuf,
 }
 
 impl PromServer {
@@ -1100,54 +1100,14 @@ impl PromServer {
              scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{agent}']\n",
             rules = rules.display()
         );
-        let config_path = dir.join("prometheus.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = dir.join("prometheus.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new("/usr/bin/prometheus")
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start /usr/bin/prometheus ({e}): install Debian's `prometheus` package (bash .ci/run does)")
-            });
-        PromServer { child, addr, log }
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let server = common::prom::start_prometheus(dir);
+        let addr = server.addr;
+        PromServer { server, addr }
     }
 
     async fn wait_ready(&mut self) {
-        let addr = self.addr;
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("prometheus exited ({status}):\n{}", self.log_tail());
-            }
-            if let Ok((200, _)) = try_http_get(addr, "/-/ready").await {
-                println!("prometheus ready on {addr} after {:?}", start.elapsed());
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "prometheus not ready on {addr} within 20 s:\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.server.wait_ready(Duration::from_secs(20)).await;
     }
 
     /// `GET /api/v1/query`; `Ok(samples)` for a vector result, `Err` with Prometheus' error
@@ -1185,13 +1145,6 @@ impl PromServer {
                     .unwrap_or(f64::NAN),
             })
             .collect())
-    }
-}
-
-impl Drop for PromServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

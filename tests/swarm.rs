@@ -8,7 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 use common::*;
@@ -17,18 +17,10 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "swarm-test-token";
 
-/// A Prometheus for the test, killed on drop.
+/// A Prometheus for the test (`common::prom`, killed on drop) and the directory of its config.
 struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
+    server: common::prom::Server,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Prometheus {
@@ -59,38 +51,14 @@ impl Prometheus {
             dir.path().join("acestream-agent.rules.yml"),
         )
         .unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("prometheus (Debian package prometheus)");
         Prometheus {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            server: common::prom::start_prometheus(dir.path()),
             _dir: dir,
         }
     }
 
     async fn query(&self, q: &str) -> Result<Vec<Value>, String> {
-        let q = common::prom::urlencode(q);
-        let (status, body) = try_http_get(self.addr, &format!("/api/v1/query?query={q}")).await?;
-        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if status != 200 {
-            return Err(body);
-        }
-        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+        common::prom::query(self.server.addr, q).await
     }
 }
 

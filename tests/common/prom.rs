@@ -31,25 +31,32 @@ impl Server {
         Server { child, addr, log }
     }
 
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// Waits for `GET /-/ready` to answer 200 (both servers have it); panics with the log tail.
-    pub async fn wait_ready(&mut self) {
+    /// Waits up to `within` for `GET /-/ready` to answer 200 (both servers have it); panics
+    /// with the log tail.
+    pub async fn wait_ready(&mut self, within: Duration) {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
+            if let Some(status) = self.exited() {
                 panic!("{} exited ({status}):\n{}", self.addr, self.log_tail());
             }
             if let Ok((200, _)) = try_http_get(self.addr, "/-/ready").await {
+                println!("{} ready after {:?}", self.addr, start.elapsed());
                 return;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{} not ready within 30 s:\n{}",
+                start.elapsed() < within,
+                "{} not ready within {within:?}:\n{}",
                 self.addr,
                 self.log_tail()
             );
