@@ -42,11 +42,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::cache::{Mode, Outcome, Sizes};
 use crate::config::validate_cache_path;
 use crate::mountinfo::parse_mountinfo;
-use crate::procfs::ContainerProc;
+use crate::procfs::{open_dir_at, ContainerProc};
 use crate::procnet;
 use rustix::fs::{
-    fstat, openat, openat2, statat, statx, unlinkat, AtFlags, Dir, FileType, Mode as FileMode,
-    OFlags, ResolveFlags, Stat, StatxFlags,
+    fstat, openat2, statat, statx, unlinkat, AtFlags, Dir, FileType, Mode as FileMode, OFlags,
+    ResolveFlags, Stat, StatxFlags,
 };
 use rustix::io::Errno;
 
@@ -536,16 +536,6 @@ pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Stat> {
     Ok(statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
 }
 
-/// A directory below `dir`, opened for listing (`extra`: e.g. `O_NOFOLLOW`).
-pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, path: &[u8], extra: OFlags) -> io::Result<OwnedFd> {
-    Ok(openat(
-        dir,
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | extra,
-        FileMode::empty(),
-    )?)
-}
-
 fn is_dir(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::Directory
 }
@@ -569,7 +559,7 @@ pub(crate) struct Entry {
 pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<Entry>> {
     // A descriptor of its own, opened as "." so the listing starts at the beginning whatever
     // was read from `dir` before (and whether `dir` itself is an `O_PATH` handle).
-    let fd = open_dir_at(dir, b".", OFlags::empty())?;
+    let fd = open_dir_at(dir, ".", OFlags::empty())?;
     let mut names = Vec::new();
     for e in Dir::new(fd)? {
         let e = e?;
@@ -591,7 +581,7 @@ mod tests {
     use std::path::Path;
 
     fn root_of(p: &Path) -> OwnedFd {
-        openat(
+        rustix::fs::openat(
             rustix::fs::CWD,
             p,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,

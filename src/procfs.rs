@@ -12,8 +12,7 @@
 //! Blocking: callers run these functions in `spawn_blocking`.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{openat, Dir, Mode, OFlags, CWD};
@@ -34,7 +33,7 @@ impl ContainerProc {
         if pid == 0 {
             return Err(io::Error::other("the container's process id is not known"));
         }
-        let dir = open_dir(CWD, format!("/proc/{pid}").as_str())
+        let dir = open_dir_at(CWD, format!("/proc/{pid}").as_str(), OFlags::empty())
             .map_err(|e| io::Error::new(e.kind(), format!("/proc/{pid}: {e}")))?;
         let proc = ContainerProc { dir, pid };
         if !in_cgroup_of(&proc.read("cgroup")?, container_id) {
@@ -126,28 +125,17 @@ impl ContainerProc {
 
     /// The process's children (of all its threads), from `task/<tid>/children`.
     pub fn children(&self) -> io::Result<Vec<u32>> {
-        let task = open_dir(&self.dir, "task")?;
-        let mut tids = vec![];
+        let task = open_dir_at(&self.dir, "task", OFlags::empty())?;
+        let mut out = vec![];
         for e in Dir::read_from(&task)? {
             let e = e?;
-            let name = e.file_name().to_string_lossy();
-            if name != "." && name != ".." {
-                tids.push(name.into_owned());
+            let tid = e.file_name().to_string_lossy();
+            if tid == "." || tid == ".." {
+                continue;
             }
-        }
-        let mut out = vec![];
-        for t in tids {
-            let mut text = String::new();
-            if openat(
-                &task,
-                format!("{t}/children").as_str(),
-                OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(io::Error::from)
-            .and_then(|fd| File::from(fd).read_to_string(&mut text))
-            .is_ok()
-            {
+            // Through the pinned handle like every other read; a thread gone since the
+            // listing has no children to give.
+            if let Ok(text) = self.read(&format!("task/{tid}/children")) {
                 out.extend(
                     text.split_whitespace()
                         .filter_map(|p| p.parse::<u32>().ok()),
@@ -165,11 +153,16 @@ impl ContainerProc {
     }
 }
 
-fn open_dir(at: impl AsFd, path: &str) -> io::Result<OwnedFd> {
+/// A directory below `dir`, opened for listing (`extra`: e.g. `O_NOFOLLOW`).
+pub(crate) fn open_dir_at(
+    dir: impl AsFd,
+    path: impl rustix::path::Arg,
+    extra: OFlags,
+) -> io::Result<OwnedFd> {
     Ok(openat(
-        at,
+        dir,
         path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | extra,
         Mode::empty(),
     )?)
 }
