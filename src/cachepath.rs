@@ -205,11 +205,13 @@ pub fn choose(i: &Inputs, q: &Questions, f: &Facts, mounts: &[Mount]) -> (CacheC
                     .clone()
                     .or_else(|| i.args.state_dir.clone()),
             };
+            let named = named
+                .unwrap_or_default()
+                .replace(crate::cmdline::UNKNOWN, "…");
             return (
                 CacheChoice {
-                    path: named
-                        .unwrap_or_default()
-                        .replace(crate::cmdline::UNKNOWN, "…"),
+                    written: named.clone(),
+                    path: named,
                     source,
                     error: Some(e),
                     medium: CacheMedium::Disk,
@@ -294,12 +296,31 @@ pub fn choose(i: &Inputs, q: &Questions, f: &Facts, mounts: &[Mount]) -> (CacheC
     (
         CacheChoice {
             path: final_path,
+            written: path,
             source,
             error,
             medium,
         },
         settled,
     )
+}
+
+/// A choice made again for the same engine process (`again`), keeping the resolution learned
+/// first (`first`, of a path that existed then) where the same path is chosen: a cache
+/// directory, or one on its way, swapped for a symlink since is then refused by the cleanup,
+/// which never follows one, instead of followed to wherever the link points now. A first
+/// resolution that was refused (a link to `/etc`) is not kept: the path is judged afresh, as at
+/// discovery.
+pub fn keep_resolution(first: &CacheChoice, again: CacheChoice) -> CacheChoice {
+    if first.error.is_some() || first.written != again.written || first.path == again.path {
+        return again;
+    }
+    CacheChoice {
+        path: first.path.clone(),
+        error: None,
+        medium: first.medium,
+        ..again
+    }
 }
 
 /// The tmpfs holding a memory cache at `path`, as a path inside the container: the tmpfs mount
@@ -653,6 +674,40 @@ mod tests {
         assert!(c.0.error.unwrap().contains("cannot be resolved"));
         // Not asked (no /proc, no exec): as written.
         assert_eq!(choose(&label, &q, &Facts::default(), &[]).0.path, "/cache");
+    }
+
+    /// Read again for the same process, a path that existed keeps its first resolution when it
+    /// has become a symlink since (to a plain directory or to a system one); a refused first
+    /// resolution, or another path chosen, is judged afresh.
+    #[test]
+    fn a_path_read_again_keeps_its_first_resolution() {
+        let label = Inputs {
+            label: Some("/cache".into()),
+            ..inputs()
+        };
+        let first = pick(&label, &["/cache"]).0;
+        assert_eq!(
+            (first.path.as_str(), first.written.as_str()),
+            ("/cache", "/cache")
+        );
+        let swapped = pick_with(&label, &["/cache"], &[("/cache", "/outside")], &[]).0;
+        assert_eq!(swapped.path, "/outside", "followed when judged alone");
+        assert_eq!(keep_resolution(&first, swapped.clone()), first);
+        let to_etc = pick_with(&label, &["/cache"], &[("/cache", "/etc")], &[]).0;
+        assert!(to_etc.error.is_some());
+        assert_eq!(keep_resolution(&first, to_etc.clone()), first);
+        // Refused at discovery: what the container shows now counts.
+        assert_eq!(keep_resolution(&to_etc, swapped.clone()), swapped);
+        // Another path (the engine started with its flags since): its own resolution.
+        let other = Inputs {
+            label: Some("/data".into()),
+            ..inputs()
+        };
+        let moved = pick_with(&other, &["/data"], &[("/data", "/srv/data")], &[]).0;
+        assert_eq!(keep_resolution(&first, moved.clone()), moved);
+        // A link there at discovery stays followed: the same resolution again.
+        let linked = pick_with(&label, &["/cache"], &[("/cache", "/srv/c")], &[]).0;
+        assert_eq!(keep_resolution(&linked, linked.clone()).path, "/srv/c");
     }
 
     #[test]

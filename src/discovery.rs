@@ -471,6 +471,8 @@ struct Learned {
     /// itself (or from the image, where the process cannot be seen), and what the cache
     /// path depends on exists.
     settled: bool,
+    /// The cache path existed (its resolution is kept for the process, `keep_resolution`).
+    cache_settled: bool,
 }
 
 /// Argument files of one container read through `docker exec` at most.
@@ -579,13 +581,14 @@ impl Inspector {
             .and_then(|s| s.pid)
             .and_then(|p| u32::try_from(p).ok())
             .unwrap_or(0);
-        if let Some(l) = self
+        let before = self
             .learned
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
-            .filter(|l| l.pid == pid && l.settled)
-        {
+            .filter(|l| l.pid == pid)
+            .cloned();
+        if let Some(l) = before.as_ref().filter(|l| l.settled) {
             return l.clone();
         }
         let config = c.config.as_ref();
@@ -682,13 +685,22 @@ impl Inspector {
             },
         };
         let asked = facts.is_some();
-        let (cache, settled_cache) =
+        let (mut cache, settled_cache) =
             cachepath::choose(&inputs, &q, &facts.unwrap_or_default(), &mounts_of(c));
+        if let Some(b) = before.filter(|b| b.cache_settled) {
+            let now = cache.path.clone();
+            cache = cachepath::keep_resolution(&b.cache, cache);
+            if cache.path != now {
+                debug!(container_id = %short, cache_path = %cache.path, resolves_now_to = %now,
+                    "the cache path resolves elsewhere than at discovery; keeping the path discovered");
+            }
+        }
         let learned = Learned {
             pid,
             args,
             cache,
             settled: settled_args && settled_cache && asked,
+            cache_settled: settled_cache && asked,
         };
         debug!(container_id = %short, port = ?learned.args.http_port, cache_path = %learned.cache.path,
             source = learned.cache.source.as_str(), settled = learned.settled, "engine container read");
@@ -1186,6 +1198,7 @@ mod tests {
     fn cache() -> CacheChoice {
         CacheChoice {
             path: "/c".into(),
+            written: "/c".into(),
             source: crate::model::CachePathSource::Config,
             error: None,
             medium: crate::model::CacheMedium::Disk,

@@ -853,6 +853,7 @@ mod tests {
                     },
                     cache: CacheChoice {
                         path: "/cache".into(),
+                        written: "/cache".into(),
                         source: CachePathSource::Config,
                         error: None,
                         medium: CacheMedium::Disk,

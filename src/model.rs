@@ -184,6 +184,8 @@ impl CacheMedium {
 pub struct CacheChoice {
     /// Symlinks resolved inside the container's root.
     pub path: String,
+    /// As chosen, before symlinks were resolved.
+    pub written: String,
     pub source: CachePathSource,
     /// Why this path is refused; such an engine is never cleaned.
     pub error: Option<String>,

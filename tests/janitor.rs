@@ -737,6 +737,16 @@ async fn cache_dir_symlinks_to_system_dirs_or_swapped_in_later_are_refused() {
         "sh",
         &swapped.cache_dir,
     ]);
+    // A re-read of the same process (a rename is one) must not follow the link that now
+    // stands where the cache directory was: the path discovered is kept, and refused.
+    let renamed = format!("{}-renamed", swapped.name);
+    docker_cli(&["rename", &swapped.name, &renamed]);
+    let e = case
+        .wait_engine(&swapped.id, Duration::from_secs(10), "the re-read", |v| {
+            v["container_name"] == renamed.as_str()
+        })
+        .await;
+    assert_eq!(e["cache_path"], DEFAULT_CACHE_DIR, "{e}");
     stream_visit(case.agent.addr, &swapped.id).await;
     let e = case
         .wait_engine(&swapped.id, Duration::from_secs(10), "the refusal", |v| {
