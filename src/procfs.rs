@@ -57,31 +57,10 @@ impl ContainerProc {
         )?)
     }
 
-    /// At most `max` bytes of a file of `/proc/<pid>/`. Plain reads to the end: std's
-    /// `read_to_end` first asks a file's size (a statx and an lseek more per read, and /proc
-    /// says 0), which a probe every second of every engine pays for.
+    /// At most `max` bytes of a file of `/proc/<pid>/`, read from the start of a new open.
     fn read_max(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
         let fd = self.open_file(name)?;
-        let mut out = Vec::new();
-        let mut chunk = 4096u64;
-        loop {
-            let room = (max - out.len() as u64).min(chunk) as usize;
-            if room == 0 {
-                return Ok(out);
-            }
-            let start = out.len();
-            out.resize(start + room, 0);
-            match rustix::io::read(&fd, &mut out[start..]) {
-                Ok(0) => {
-                    out.truncate(start);
-                    return Ok(out);
-                }
-                Ok(n) => out.truncate(start + n),
-                Err(Errno::INTR) => out.truncate(start),
-                Err(e) => return Err(e.into()),
-            }
-            chunk = (chunk * 2).min(1 << 20);
-        }
+        read_to_max(max, |buf, _| rustix::io::read(&fd, buf))
     }
 
     /// A file of `/proc/<pid>/`; errors name it and keep their kind.
@@ -179,32 +158,172 @@ pub fn connection_tables(pid: u32, container_id: &str) -> io::Result<String> {
 /// container is first seen or its pid changes (a restart), and reused until then, so a probe
 /// every second costs a read, not an open and a cgroup check.
 #[derive(Default)]
-pub struct Kept(HashMap<String, ContainerProc>);
+pub struct Kept(HashMap<String, Watched>);
+
+/// One container's kept handle, with its connection-table files kept open too (opened the
+/// first time a read needs them) and read again from offset 0 each time: a `/proc` file
+/// renders its text afresh on every read from the start, and the open (a lookup through
+/// `/proc/<pid>/net`) costs more than the read. An open file of `/proc/<pid>/net` keeps the
+/// network namespace it was opened in even after the process exits, so every read first asks
+/// the pidfd whether the process still runs: once it is gone the files are never read again.
+/// Without a pidfd (a kernel before 5.3) nothing is kept but the handle.
+struct Watched {
+    proc: ContainerProc,
+    pidfd: Option<OwnedFd>,
+    files: HashMap<&'static str, OwnedFd>,
+}
+
+impl Watched {
+    fn open(pid: u32, container_id: &str) -> io::Result<Watched> {
+        // The pidfd first: a process still running after the handle was opened and checked is
+        // the one both name (its pid cannot have been reused while it runs).
+        let pidfd = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0)).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
+        let proc = ContainerProc::open(pid, container_id)?;
+        let w = Watched {
+            proc,
+            pidfd,
+            files: HashMap::new(),
+        };
+        if w.exited() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("process {pid} exited"),
+            ));
+        }
+        Ok(w)
+    }
+
+    /// Whether the process has exited (its pidfd is readable); without a pidfd, never.
+    fn exited(&self) -> bool {
+        let Some(fd) = &self.pidfd else { return false };
+        let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+        let now = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+    }
+
+    /// A file of `/proc/<pid>/` through a kept descriptor (`net/snmp`, `net/tcp`, `net/tcp6`).
+    fn read(&mut self, name: &'static str) -> io::Result<String> {
+        if self.pidfd.is_none() {
+            return self.proc.read(name);
+        }
+        let named =
+            |e: io::Error| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.proc.pid));
+        let fd = match self.files.entry(name) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.proc.open_file(name).map_err(named)?)
+            }
+        };
+        let bytes = if name == SINGLE_RECORD {
+            read_single_record(fd)
+        } else {
+            read_to_max(u64::MAX, |buf, at| rustix::io::pread(&*fd, buf, at))
+        }
+        .map_err(named)?;
+        String::from_utf8(bytes).map_err(|_| {
+            named(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            ))
+        })
+    }
+
+    fn connection_tables(&mut self) -> io::Result<String> {
+        if self.exited() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("process {} exited", self.proc.pid),
+            ));
+        }
+        procnet::read_tables(|f| {
+            // `read_tables` names only these; anything else is read through the handle.
+            let name = match f {
+                "net/snmp" => "net/snmp",
+                "net/tcp" => "net/tcp",
+                "net/tcp6" => "net/tcp6",
+                other => return self.proc.read(other),
+            };
+            self.read(name)
+        })
+    }
+}
+
+/// The kept file whose text the kernel renders as one record (`single_open`): a read that does
+/// not fill the buffer has all of it. Reading on to the end would cost a second rendering, as
+/// a `pread` past the start of a `/proc` file renders it again from the start to get there.
+const SINGLE_RECORD: &str = "net/snmp";
+
+/// A single-record `/proc` file from offset 0, in one read where it fits 4 KiB (`net/snmp` is
+/// ~1.5 KiB), else read to the end.
+fn read_single_record(fd: &OwnedFd) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4 << 10];
+    loop {
+        match rustix::io::pread(fd, &mut buf, 0) {
+            Ok(n) if n < buf.len() => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Ok(_) => return read_to_max(u64::MAX, |b, at| rustix::io::pread(fd, b, at)),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// At most `max` bytes, read by `read(buffer, offset)` until it gives 0. Plain reads to the
+/// end: std's `read_to_end` first asks a file's size (a statx and an lseek more per read, and
+/// /proc says 0), which a probe every second of every engine pays for.
+fn read_to_max(
+    max: u64,
+    mut read: impl FnMut(&mut [u8], u64) -> rustix::io::Result<usize>,
+) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk = 4096u64;
+    loop {
+        let room = (max - out.len() as u64).min(chunk) as usize;
+        if room == 0 {
+            return Ok(out);
+        }
+        let start = out.len();
+        out.resize(start + room, 0);
+        match read(&mut out[start..], start as u64) {
+            Ok(0) => {
+                out.truncate(start);
+                return Ok(out);
+            }
+            Ok(n) => out.truncate(start + n),
+            Err(Errno::INTR) => out.truncate(start),
+            Err(e) => return Err(e.into()),
+        }
+        chunk = (chunk * 2).min(1 << 20);
+    }
+}
 
 impl Kept {
     /// The container's connection tables through its kept handle. A read that fails through
     /// a kept handle is tried once more through a new one: the process it pinned is gone,
     /// and a new one may have the same pid (a restart Docker reports with the old pid).
     pub fn connection_tables(&mut self, pid: u32, container_id: &str) -> io::Result<String> {
-        if let Some(p) = self.0.get(container_id).filter(|p| p.pid == pid) {
-            if let Ok(text) = p.connection_tables() {
+        if let Some(w) = self.0.get_mut(container_id).filter(|w| w.proc.pid == pid) {
+            if let Ok(text) = w.connection_tables() {
                 return Ok(text);
             }
         }
         self.0.remove(container_id);
-        let proc = ContainerProc::open(pid, container_id)?;
-        let text = proc.connection_tables()?;
-        self.0.insert(container_id.to_string(), proc);
+        let mut w = Watched::open(pid, container_id)?;
+        let text = w.connection_tables()?;
+        self.0.insert(container_id.to_string(), w);
         Ok(text)
     }
 
     /// Drops the handles of containers not in `keep` (gone, stopped, or read otherwise).
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.0.retain(|id, _| keep(id));
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -258,6 +377,63 @@ mod tests {
         );
         assert!(kept.connection_tables(0, id).is_err());
         assert!(kept.is_empty());
+    }
+
+    /// A process's handle without the cgroup check (these tests' processes are in no
+    /// container), kept the way `Kept` keeps a container's.
+    fn watched(pid: u32) -> Watched {
+        let dir = open_dir_at(CWD, format!("/proc/{pid}").as_str(), OFlags::empty()).unwrap();
+        let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
+        assert!(pidfd.is_some(), "pidfd_open (Linux 5.3+)");
+        Watched {
+            proc: ContainerProc { dir, pid },
+            pidfd,
+            files: HashMap::new(),
+        }
+    }
+
+    /// A connection to a new listener: (its port, the client's address, both ends).
+    fn connect() -> (u16, std::net::SocketAddr, [std::net::TcpStream; 2]) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (port, client.local_addr().unwrap(), [client, server])
+    }
+
+    /// The kept files are read afresh each time (a connection made after they were opened is
+    /// in the next read, one closed is not), and once the process has exited they are never
+    /// read again.
+    #[test]
+    fn kept_files_show_the_namespace_now_and_nothing_once_the_process_is_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut w = watched(child.id());
+        // One connection held throughout: `CurrEstab` > 0, so the tables are read.
+        let (a_port, a, _a) = connect();
+        let tables = w.connection_tables().unwrap();
+        assert_eq!(procnet::clients_of(&tables, a_port), vec![a], "{tables}");
+        let mut kept: Vec<_> = w.files.keys().copied().collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["net/snmp", "net/tcp", "net/tcp6"]);
+        let (b_port, b, b_ends) = connect();
+        let tables = w.connection_tables().unwrap();
+        assert_eq!(procnet::clients_of(&tables, b_port), vec![b], "{tables}");
+        drop(b_ends);
+        let tables = w.connection_tables().unwrap();
+        assert_eq!(procnet::clients_of(&tables, b_port), vec![], "{tables}");
+        assert_eq!(procnet::clients_of(&tables, a_port), vec![a], "{tables}");
+        assert!(!w.exited());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(w.exited());
+        let err = w.connection_tables().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert!(err.to_string().contains("exited"), "{err}");
     }
 
     #[test]
