@@ -109,30 +109,58 @@ struct Row {
     wall_per_tick_ms: f64,
 }
 
-/// Runs `tick` `TICKS` times, `RUNS` times over, and takes the medians.
-fn measure<F, Fut>(rt: &tokio::runtime::Runtime, what: &'static str, n: usize, mut tick: F) -> Row
+/// One run: `tick` `TICKS` times; (CPU µs per engine per tick, wall ms per tick).
+fn run_once<F, Fut>(rt: &tokio::runtime::Runtime, n: usize, tick: &mut F) -> (f64, f64)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = usize>,
 {
-    // Warm-up: the blocking pool's threads, the first opens.
-    rt.block_on(tick());
-    let mut cpu = vec![];
-    let mut wall = vec![];
-    for _ in 0..RUNS {
-        let (c0, w0) = (cpu_now(), Instant::now());
-        for _ in 0..TICKS {
-            rt.block_on(tick());
+    let (c0, w0) = (cpu_now(), Instant::now());
+    for _ in 0..TICKS {
+        rt.block_on(tick());
+    }
+    let (c, w) = (cpu_now() - c0, w0.elapsed());
+    (
+        c.as_secs_f64() * 1e6 / (TICKS * n) as f64,
+        w.as_secs_f64() * 1e3 / TICKS as f64,
+    )
+}
+
+/// The share of the machine's CPU time that was idle over `window` (`/proc/stat`).
+fn idle_share(window: Duration) -> f64 {
+    let read = || -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let v: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // idle + iowait, and the total.
+        (
+            v.get(3).unwrap_or(&0) + v.get(4).unwrap_or(&0),
+            v.iter().sum(),
+        )
+    };
+    let (i0, t0) = read();
+    std::thread::sleep(window);
+    let (i1, t1) = read();
+    (i1 - i0) as f64 / (t1 - t0).max(1) as f64
+}
+
+/// Waits (at most a minute) until the machine is quiet after the containers' start: 90 % of
+/// its CPU idle over a second. Returns the last idle share seen.
+fn wait_quiet() -> f64 {
+    let mut idle = 0.0;
+    for _ in 0..60 {
+        idle = idle_share(Duration::from_secs(1));
+        if idle >= 0.9 {
+            break;
         }
-        let (c, w) = (cpu_now() - c0, w0.elapsed());
-        cpu.push(c.as_secs_f64() * 1e6 / (TICKS * n) as f64);
-        wall.push(w.as_secs_f64() * 1e3 / TICKS as f64);
     }
-    Row {
-        what,
-        cpu_per_engine_us: median(cpu),
-        wall_per_tick_ms: median(wall),
-    }
+    idle
 }
 
 fn main() {
@@ -167,25 +195,43 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let idle = wait_quiet();
     let load = load_average();
     let guarded = Guarded::new(Duration::from_secs(5), |_, _| {}, |_| {});
     let kept = std::cell::RefCell::new(None);
+    let mut before = || tick_per_engine(&targets);
+    let mut now = || {
+        let (g, k, t) = (&guarded, &kept, &targets);
+        async move {
+            let mut mine = k.take();
+            let r = tick_batched(g, &mut mine, t).await;
+            *k.borrow_mut() = mine;
+            r
+        }
+    };
+    // Warm-up (the blocking pool's threads, the first opens), then the two shapes run by
+    // turns, so both meet the same machine.
+    rt.block_on(before());
+    rt.block_on(now());
+    let (mut b, mut w) = (vec![], vec![]);
+    for _ in 0..RUNS {
+        b.push(run_once(&rt, n, &mut before));
+        w.push(run_once(&rt, n, &mut now));
+    }
+    let row = |what, runs: Vec<(f64, f64)>| Row {
+        what,
+        cpu_per_engine_us: median(runs.iter().map(|r| r.0).collect()),
+        wall_per_tick_ms: median(runs.iter().map(|r| r.1).collect()),
+    };
     let rows = vec![
-        measure(&rt, "per engine (before issue 18)", n, || {
-            tick_per_engine(&targets)
-        }),
-        measure(&rt, "one task per tick, kept handles (now)", n, || {
-            let (g, k, t) = (&guarded, &kept, &targets);
-            async move {
-                let mut mine = k.take();
-                let r = tick_batched(g, &mut mine, t).await;
-                *k.borrow_mut() = mine;
-                r
-            }
-        }),
+        row("per engine (before issue 18)", b),
+        row("one task per tick, kept handles and files (now)", w),
     ];
     println!();
-    println!("connection probe, {n} engines, {TICKS} ticks x {RUNS} runs (median), load average at start {load}");
+    println!(
+        "connection probe, {n} engines, {TICKS} ticks x {RUNS} runs each by turns (median); at the start {:.0} % of the CPU idle, load average {load}",
+        idle * 100.0
+    );
     println!();
     println!("| probe | CPU per engine per tick | wall per tick |");
     println!("|---|---|---|");
