@@ -104,10 +104,7 @@ impl Matcher {
         if !state.and_then(|s| s.running).unwrap_or(false) {
             return None;
         }
-        let pid = state
-            .and_then(|s| s.pid)
-            .and_then(|p| u32::try_from(p).ok())
-            .unwrap_or(0);
+        let pid = pid_of(c);
         let name = c
             .name
             .clone()
@@ -367,6 +364,15 @@ const READ_AGAIN_AFTER: Duration = Duration::from_secs(2);
 /// How many `container:` links are followed to the namespace's real owner.
 const MAX_OWNER_CHAIN: usize = 4;
 
+/// The container's main process as Docker reports it; 0 when not running (or not known).
+fn pid_of(c: &ContainerInspectResponse) -> u32 {
+    c.state
+        .as_ref()
+        .and_then(|s| s.pid)
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(0)
+}
+
 /// The container's mounts: inspect's `Mounts` (bind, volume, `--mount type=tmpfs`) plus
 /// `HostConfig.Tmpfs`, where `--tmpfs` mounts appear (they are not listed in `Mounts`).
 pub fn mounts_of(c: &ContainerInspectResponse) -> Vec<Mount> {
@@ -575,12 +581,7 @@ impl Inspector {
     /// learned again (SPEC §1, §4).
     async fn learn(&self, c: &ContainerInspectResponse) -> Learned {
         let id = c.id.clone().unwrap_or_default();
-        let pid = c
-            .state
-            .as_ref()
-            .and_then(|s| s.pid)
-            .and_then(|p| u32::try_from(p).ok())
-            .unwrap_or(0);
+        let pid = pid_of(c);
         let before = self
             .learned
             .lock()
@@ -826,10 +827,7 @@ impl Inspector {
             let direct = direct.get_or_insert(id).clone();
             let state = o.state.as_ref();
             let running = state.and_then(|s| s.running).unwrap_or(false);
-            let pid = state
-                .and_then(|s| s.pid)
-                .and_then(|p| u32::try_from(p).ok())
-                .unwrap_or(0);
+            let pid = pid_of(&o);
             match network_of(&o) {
                 NetRef::Host => {
                     return Owner {
