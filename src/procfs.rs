@@ -66,21 +66,18 @@ impl ContainerProc {
     /// A file of `/proc/<pid>/`; errors name it and keep their kind.
     pub fn read(&self, name: &str) -> io::Result<String> {
         self.read_max(name, u64::MAX)
-            .and_then(|b| {
-                String::from_utf8(b).map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "stream did not contain valid UTF-8",
-                    )
-                })
-            })
-            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.pid)))
+            .and_then(utf8)
+            .map_err(|e| self.named(name, e))
     }
 
     /// A file of `/proc/<pid>/` as bytes (`cmdline`, `environ`: NUL-separated), at most `max`.
     pub fn read_bytes(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
-        self.read_max(name, max)
-            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.pid)))
+        self.read_max(name, max).map_err(|e| self.named(name, e))
+    }
+
+    /// `e` of file `name`, named by its path, its kind kept.
+    fn named(&self, name: &str, e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.pid))
     }
 
     /// Whether the process checked at the open still runs: its `stat` still opens through
@@ -170,29 +167,49 @@ pub struct Kept(HashMap<String, Watched>);
 struct Watched {
     proc: ContainerProc,
     pidfd: Option<OwnedFd>,
-    files: HashMap<&'static str, OwnedFd>,
+    files: HashMap<String, OwnedFd>,
+}
+
+/// A pidfd of process `pid`; `None` where the kernel has none (before 5.3).
+fn pidfd_of(pid: u32) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// A `/proc` file's text.
+fn utf8(bytes: Vec<u8>) -> io::Result<String> {
+    String::from_utf8(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
 }
 
 impl Watched {
     fn open(pid: u32, container_id: &str) -> io::Result<Watched> {
         // The pidfd first: a process still running after the handle was opened and checked is
         // the one both name (its pid cannot have been reused while it runs).
-        let pidfd = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0)).and_then(|p| {
-            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
-        });
+        let pidfd = pidfd_of(pid);
         let proc = ContainerProc::open(pid, container_id)?;
         let w = Watched {
             proc,
             pidfd,
             files: HashMap::new(),
         };
-        if w.exited() {
+        w.running()?;
+        Ok(w)
+    }
+
+    /// An error once the process has exited.
+    fn running(&self) -> io::Result<()> {
+        if self.exited() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("process {pid} exited"),
+                format!("process {} exited", self.proc.pid),
             ));
         }
-        Ok(w)
+        Ok(())
     }
 
     /// Whether the process has exited (its pidfd is readable); without a pidfd, never.
@@ -207,49 +224,30 @@ impl Watched {
     }
 
     /// A file of `/proc/<pid>/` through a kept descriptor (`net/snmp`, `net/tcp`, `net/tcp6`).
-    fn read(&mut self, name: &'static str) -> io::Result<String> {
+    fn read(&mut self, name: &str) -> io::Result<String> {
         if self.pidfd.is_none() {
             return self.proc.read(name);
         }
-        let named =
-            |e: io::Error| io::Error::new(e.kind(), format!("/proc/{}/{name}: {e}", self.proc.pid));
-        let fd = match self.files.entry(name) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(self.proc.open_file(name).map_err(named)?)
-            }
-        };
-        let bytes = if name == SINGLE_RECORD {
+        if !self.files.contains_key(name) {
+            let fd = self
+                .proc
+                .open_file(name)
+                .map_err(|e| self.proc.named(name, e))?;
+            self.files.insert(name.to_string(), fd);
+        }
+        let fd = &self.files[name];
+        if name == SINGLE_RECORD {
             read_single_record(fd)
         } else {
-            read_to_max(u64::MAX, |buf, at| rustix::io::pread(&*fd, buf, at))
+            read_to_max(u64::MAX, |buf, at| rustix::io::pread(fd, buf, at))
         }
-        .map_err(named)?;
-        String::from_utf8(bytes).map_err(|_| {
-            named(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "stream did not contain valid UTF-8",
-            ))
-        })
+        .and_then(utf8)
+        .map_err(|e| self.proc.named(name, e))
     }
 
     fn connection_tables(&mut self) -> io::Result<String> {
-        if self.exited() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("process {} exited", self.proc.pid),
-            ));
-        }
-        procnet::read_tables(|f| {
-            // `read_tables` names only these; anything else is read through the handle.
-            let name = match f {
-                "net/snmp" => "net/snmp",
-                "net/tcp" => "net/tcp",
-                "net/tcp6" => "net/tcp6",
-                other => return self.proc.read(other),
-            };
-            self.read(name)
-        })
+        self.running()?;
+        procnet::read_tables(|f| self.read(f))
     }
 }
 
@@ -383,9 +381,7 @@ mod tests {
     /// container), kept the way `Kept` keeps a container's.
     fn watched(pid: u32) -> Watched {
         let dir = open_dir_at(CWD, format!("/proc/{pid}").as_str(), OFlags::empty()).unwrap();
-        let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
-            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
-        });
+        let pidfd = pidfd_of(pid);
         assert!(pidfd.is_some(), "pidfd_open (Linux 5.3+)");
         Watched {
             proc: ContainerProc { dir, pid },
@@ -417,7 +413,7 @@ mod tests {
         let (a_port, a, _a) = connect();
         let tables = w.connection_tables().unwrap();
         assert_eq!(procnet::clients_of(&tables, a_port), vec![a], "{tables}");
-        let mut kept: Vec<_> = w.files.keys().copied().collect();
+        let mut kept: Vec<_> = w.files.keys().map(String::as_str).collect();
         kept.sort_unstable();
         assert_eq!(kept, ["net/snmp", "net/tcp", "net/tcp6"]);
         let (b_port, b, b_ends) = connect();
