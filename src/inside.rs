@@ -567,15 +567,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn root_of(p: &std::path::Path) -> OwnedFd {
-        openat(
-            rustix::fs::CWD,
-            p,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap()
-    }
+    use crate::procfs::tests::root_of;
 
     /// A container-like tree: `/srv/ace/.ACEStream -> /dev/shm/.ACEStream` (absolute, so in
     /// the root), a relative link, a loop, a link that tries to climb out.

@@ -345,8 +345,14 @@ fn in_cgroup_of(cgroup: &str, container_id: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A directory of the test's own, pinned as a container's root is (hostfs and inside
+    /// tests build their trees under it).
+    pub(crate) fn root_of(p: &std::path::Path) -> OwnedFd {
+        open_dir_at(rustix::fs::CWD, p, OFlags::PATH).expect("open the test's root")
+    }
 
     #[test]
     fn connection_tables_refuse_a_process_that_is_not_the_containers() {
