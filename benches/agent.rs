@@ -5,6 +5,7 @@
 //! cargo bench --bench agent                          # full run (several minutes), prints the tables
 //! ACESTREAM_BENCH_SMOKE=1 cargo bench --bench agent  # tiny run: 2-3 engines, 1 s loads, 2 files
 //! ACESTREAM_BENCH_ONLY=scrape cargo bench --bench agent  # the scrape section (issue 16) alone
+//! ACESTREAM_BENCH_ONLY=sweep cargo bench --bench agent   # the two sweep sections alone
 //! ```
 //!
 //! Real Docker, fake engines (tests/fixtures/fake-engine, built by tests/common/mod.rs), the
@@ -64,7 +65,7 @@ pub struct Params {
     pub reaction_runs: usize,
     /// `cleanup.idle_grace` of the reaction agent (the default in a full run).
     pub idle_grace: Duration,
-    /// `ACESTREAM_BENCH_ONLY`: run one section only (`scrape`); `None`: every section.
+    /// `ACESTREAM_BENCH_ONLY`: run one section only (`scrape`, `sweep`); `None`: every section.
     pub only: Option<String>,
     /// Engines behind the two scrape agents (issue 16): a host of each size.
     pub scrape_engines: [usize; 2],
@@ -131,7 +132,8 @@ impl Params {
     }
 
     /// `ACESTREAM_BENCH_SMOKE=1` → smoke; `ACESTREAM_BENCH_RUNS=N` overrides the repetitions;
-    /// `ACESTREAM_BENCH_ONLY=scrape` runs the scrape section (issue 16) alone.
+    /// `ACESTREAM_BENCH_ONLY=scrape` runs the scrape section (issue 16) alone, `=sweep` the
+    /// two sweep sections.
     pub fn from_env() -> Params {
         let smoke = std::env::var("ACESTREAM_BENCH_SMOKE").is_ok_and(|v| v != "0" && !v.is_empty());
         let mut p = if smoke {
@@ -2485,8 +2487,8 @@ fn sizing(sa: &ScrapeAt, sb: &ScrapeAt) -> String {
 pub fn run(p: &Params) -> String {
     let only = p.only.as_deref();
     assert!(
-        matches!(only, None | Some("scrape")),
-        "ACESTREAM_BENCH_ONLY={only:?}: the one section that runs alone is `scrape`"
+        matches!(only, None | Some("scrape") | Some("sweep")),
+        "ACESTREAM_BENCH_ONLY={only:?}: the sections that run alone are `scrape` and `sweep`"
     );
     require_tool("wrk", "wrk");
     require_tool("nginx", "nginx-light");
@@ -2502,11 +2504,19 @@ pub fn run(p: &Params) -> String {
     let load_start = loadavg();
     let run = unique_name("bench");
     eprintln!("bench: params {p:?}");
-    if only.is_none() {
-        bench_all_but_scrape(p, &run, &mut table, &rt);
+    match only {
+        None => bench_all_but_scrape(p, &run, &mut table, &rt),
+        Some("sweep") => {
+            eprintln!("bench: starting {} engines", p.idle_engines);
+            let engines = start_engines(&run, p.idle_engines, p.idle_engines);
+            bench_sweeps(p, &run, engines, &mut table, &rt);
+        }
+        _ => {}
     }
-    eprintln!("bench: scrapes");
-    bench_scrape(p, &run, &mut table, &rt);
+    if only != Some("sweep") {
+        eprintln!("bench: scrapes");
+        bench_scrape(p, &run, &mut table, &rt);
+    }
 
     table.notes.push(format!(
         "machine: {} cores, load average before/after: {} / {}; total bench time {:.0} s",
@@ -2582,6 +2592,17 @@ fn bench_all_but_scrape(p: &Params, run: &str, table: &mut Table, rt: &tokio::ru
 
     eprintln!("bench: idle cost");
     bench_idle(p, run, &engines, table, rt);
+    bench_sweeps(p, run, engines, table, rt);
+}
+
+/// The sweep over the engines' own caches (which it fills), then over bind-mounted ones.
+fn bench_sweeps(
+    p: &Params,
+    run: &str,
+    engines: Vec<TestEngine>,
+    table: &mut Table,
+    rt: &tokio::runtime::Runtime,
+) {
     eprintln!("bench: sweep");
     bench_sweep(p, run, &engines, Caches::ContainerLayer, table, rt);
     drop(engines);
@@ -2604,14 +2625,7 @@ fn bench_all_but_scrape(p: &Params, run: &str, table: &mut Table, rt: &tokio::ru
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`. `cargo test --all-targets` runs this binary without it
-    // and `cargo nextest` asks it to `--list` its tests: there are none, so say nothing and
-    // exit (the smoke run is tests/bench_smoke.rs).
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        if !args.iter().any(|a| a == "--list") {
-            eprintln!("benchmarks run with `cargo bench --bench agent` (see BENCHMARKS.md)");
-        }
+    if !bench_requested("agent") {
         return;
     }
     let p = Params::from_env();

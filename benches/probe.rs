@@ -14,7 +14,10 @@
 //!
 //! Rows: "per engine" is the probe's shape before issue 18 (every engine its own
 //! `spawn_blocking` that opens `/proc/<pid>`, checks its cgroup and reads the tables, with
-//! today's `procfs` reads); "one task per tick" is what `activity.rs` does now.
+//! today's `procfs` reads); "one task per tick" is what `activity.rs` does now; "the kernel
+//! alone" is one `pread` of each engine's kept `net/snmp` and nothing else, the floor under
+//! an idle engine's probe on this machine (its cost differs between machines several times
+//! over, so it is measured in the same run).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -103,6 +106,18 @@ async fn tick_batched(
         .sum()
 }
 
+/// The kernel's part: one `pread` at offset 0 of every engine's `/proc/<pid>/net/snmp`, kept
+/// open, in this thread, with nothing else around it. What an idle engine's probe cannot go
+/// under whatever the agent does, so the table tells the agent's share from the machine's.
+fn tick_snmp_only(files: &[std::fs::File]) -> usize {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 4096];
+    files
+        .iter()
+        .map(|f| f.read_at(&mut buf, 0).expect("pread net/snmp"))
+        .sum()
+}
+
 struct Row {
     what: &'static str,
     cpu_per_engine_us: f64,
@@ -164,14 +179,7 @@ fn wait_quiet() -> f64 {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`. `cargo test --all-targets` runs this binary without it
-    // and `cargo nextest` asks it to `--list` its tests: there are none, so say nothing and
-    // exit (as benches/agent.rs does).
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        if !args.iter().any(|a| a == "--list") {
-            eprintln!("benchmarks run with `cargo bench --bench probe` (see BENCHMARKS.md)");
-        }
+    if !bench_requested("probe") {
         return;
     }
     let n: usize = std::env::var("ACESTREAM_BENCH_PROBE_ENGINES")
@@ -209,14 +217,20 @@ fn main() {
             r
         }
     };
-    // Warm-up (the blocking pool's threads, the first opens), then the two shapes run by
-    // turns, so both meet the same machine.
+    let snmp: Vec<std::fs::File> = targets
+        .iter()
+        .map(|t| std::fs::File::open(format!("/proc/{}/net/snmp", t.pid)).expect("open net/snmp"))
+        .collect();
+    let mut floor = || std::future::ready(tick_snmp_only(&snmp));
+    // Warm-up (the blocking pool's threads, the first opens), then the shapes run by turns,
+    // so all meet the same machine.
     rt.block_on(before());
     rt.block_on(now());
-    let (mut b, mut w) = (vec![], vec![]);
+    let (mut b, mut w, mut f) = (vec![], vec![], vec![]);
     for _ in 0..RUNS {
         b.push(run_once(&rt, n, &mut before));
         w.push(run_once(&rt, n, &mut now));
+        f.push(run_once(&rt, n, &mut floor));
     }
     let row = |what, runs: Vec<(f64, f64)>| Row {
         what,
@@ -226,6 +240,7 @@ fn main() {
     let rows = vec![
         row("per engine (before issue 18)", b),
         row("one task per tick, kept handles and files (now)", w),
+        row("the kernel alone: one pread of each kept net/snmp", f),
     ];
     println!();
     println!(

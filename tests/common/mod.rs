@@ -106,6 +106,21 @@ fn docker(args: &[&str]) -> String {
     try_docker(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Whether a bench binary (`benches/<name>.rs`) was started by `cargo bench`, which passes
+/// `--bench`. `cargo test --all-targets` runs the binary without it and `cargo nextest` asks it
+/// to `--list` its tests: there are none, so it says nothing to nextest, points a person at the
+/// right command, and the caller returns.
+pub fn bench_requested(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--bench") {
+        return true;
+    }
+    if !args.iter().any(|a| a == "--list") {
+        eprintln!("benchmarks run with `cargo bench --bench {name}` (see BENCHMARKS.md)");
+    }
+    false
+}
+
 /// `docker ARGS` on the system daemon, for a test's own steps (stop, rename, inspect): its
 /// trimmed stdout; panics with stderr when it fails.
 pub fn docker_cli(args: &[&str]) -> String {
