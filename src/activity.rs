@@ -9,8 +9,9 @@
 //! Cost: one tick reads every engine in one blocking task, through handles kept for the
 //! containers' lives (`procfs::Kept`: opened and cgroup-checked again only when a pid
 //! changes). A `spawn_blocking` per engine that re-opened and re-checked `/proc/<pid>` cost
-//! ~100 µs per engine per tick, 2 % of a core at 150 engines and a 1 s interval
-//! (BENCHMARKS.md, `cargo bench --bench probe`). The task runs under the same stuck-call guard
+//! ~100 µs per engine per tick, 2 % of a core at 150 engines and a 1 s interval; this costs
+//! 6-7 µs, of which ~2 µs are the agent's and the rest the kernel rendering `net/snmp`
+//! (BENCHMARKS.md, `cargo bench --bench probe`, which measures that floor too). The task runs under the same stuck-call guard
 //! as disk pressure's statvfs (`stuck::Guarded`): a read of `/proc` that does not return skips
 //! the host probe, instead of blocking one more thread per tick.
 //!
