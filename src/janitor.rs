@@ -6,7 +6,8 @@
 //! once (`limit`), every measurement or cleanup bounded by `cleanup.exec_timeout`, and none
 //! started on an engine whose previous one timed out and is still running (inside the
 //! container, or as a host thread stuck in the filesystem), so a hung `du` cannot pile up one
-//! more process per sweep.
+//! more process per sweep. A host walk runs under `stuck::Guarded` keyed by engine, the guard
+//! of disk pressure and the connection probe; a hung exec is Docker's to ask about.
 //!
 //! How a cache is reached (`cleanup.method`): from the host through `/proc/<pid>/root`
 //! (`hostfs`, no exec: Docker's daemons spend nothing on a sweep that finds empty caches),
@@ -33,6 +34,7 @@ use crate::metrics::{CacheAccess, Metrics};
 use crate::model::{id12, CleanupRecord, EngineState, Trigger};
 use crate::registry::{RegistryCmd, RegistryError, RegistryEvent, RegistryHandle};
 use crate::shutdown::Shutdown;
+use crate::stuck::{Call, Guarded};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CleanupError {
@@ -66,8 +68,11 @@ struct Inner {
     docker: DockerClient,
     /// std `Mutex`: held to insert or remove an id, never across an `.await`.
     inflight: Mutex<HashSet<String>>,
-    /// Work that timed out, per engine, until it is seen finished.
-    hung: Mutex<HashMap<String, Hung>>,
+    /// Execs that timed out, per engine (Docker's exec id), until Docker says they ended.
+    hung_execs: Mutex<HashMap<String, String>>,
+    /// Host walks, per engine: one that outlived its deadline keeps that engine from a new
+    /// cleanup until its thread returns.
+    walks: Guarded,
     limit: Arc<Semaphore>,
     exec_timeout: Duration,
     min_bytes: u64,
@@ -87,24 +92,20 @@ enum Reach {
     Cache,
     #[cfg(test)]
     Fake(tests::FakeCaches),
+    /// Only the host walk replaced (by a blocking stand-in), behind the real deadline and
+    /// stuck-call guard.
+    #[cfg(test)]
+    FakeWalk(tests::FakeWalk),
 }
 
-/// Sets its flag when dropped: a host walk's "finished" mark (dropped by the walk however it
-/// ends) and its "cancel" flag (dropped by the janitor when it stops waiting).
+/// Sets a host walk's "cancel" flag when dropped: by the janitor when it stops waiting (its
+/// deadline passed, or the agent is shutting down).
 struct SetOnDrop(Arc<AtomicBool>);
 
 impl Drop for SetOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
     }
-}
-
-/// A measurement or cleanup that outlived its deadline.
-enum Hung {
-    /// Docker's id of the exec, still running in the container.
-    Exec(String),
-    /// Set by the blocking host walk when it finally returns.
-    Host(Arc<AtomicBool>),
 }
 
 struct InflightGuard {
@@ -160,7 +161,12 @@ impl Janitor {
                 registry,
                 docker,
                 inflight: Mutex::new(HashSet::new()),
-                hung: Mutex::new(HashMap::new()),
+                hung_execs: Mutex::new(HashMap::new()),
+                walks: Guarded::new(
+                    cfg.exec_timeout,
+                    logging::cache_walk_stuck,
+                    logging::cache_walk_recovered,
+                ),
                 limit: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
                 exec_timeout: cfg.exec_timeout,
                 min_bytes: cfg.min_bytes,
@@ -178,6 +184,14 @@ impl Janitor {
         Arc::get_mut(&mut self.inner)
             .expect("with_fake is called right after new, before any clone")
             .reach = Reach::Fake(fake);
+        self
+    }
+
+    #[cfg(test)]
+    fn with_fake_walk(mut self, walk: tests::FakeWalk) -> Janitor {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_fake_walk is called right after new, before any clone")
+            .reach = Reach::FakeWalk(walk);
         self
     }
 
@@ -215,6 +229,8 @@ impl Janitor {
             Reach::Cache => {}
             #[cfg(test)]
             Reach::Fake(f) => return f.run(id, mode).await,
+            #[cfg(test)]
+            Reach::FakeWalk(_) => {}
         }
         if self.inner.method == CacheMethod::Auto {
             match self.run_on_host(e, mode, own.clone()).await {
@@ -245,10 +261,10 @@ impl Janitor {
             Err(err) => {
                 if let (DockerError::ExecTimeout { .. }, Some(x)) = (&err, exec_id) {
                     self.inner
-                        .hung
+                        .hung_execs
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .insert(id.clone(), Hung::Exec(x));
+                        .insert(id.clone(), x);
                 }
                 Outcome::Failed {
                     before: None,
@@ -266,19 +282,51 @@ impl Janitor {
         mode: Mode,
         own: Vec<u16>,
     ) -> Result<Outcome, hostfs::Unavailable> {
-        let finished = Arc::new(AtomicBool::new(false));
         let cancel = Arc::new(AtomicBool::new(false));
+        let work = self.host_walk(e, mode, own, cancel.clone());
+        // Past the deadline the walk is told to stop: nothing is deleted after the janitor
+        // has given up on it (its re-check and its record would be stale).
+        // (Also when this future itself is dropped, at shutdown.)
+        let _cancel_on_drop = SetOnDrop(cancel);
+        match self.inner.walks.run(&e.engine.container_id, work).await {
+            Call::Done(r) => r,
+            Call::Panicked(why) => Ok(Outcome::Failed {
+                before: None,
+                reason: format!("cache walk failed: {why}"),
+            }),
+            // `previous_exec_hung` refused the engine if an earlier walk was still stuck, and
+            // `inflight` lets one cleanup per engine run: this one timed out now.
+            Call::Unavailable => Ok(Outcome::Failed {
+                before: None,
+                reason: format!(
+                    "the cache walk did not finish within {:?} (filesystem not answering?)",
+                    self.inner.exec_timeout
+                ),
+            }),
+        }
+    }
+
+    /// The blocking host walk of one engine's cache, told to stop once `stop` is set.
+    fn host_walk(
+        &self,
+        e: &EngineState,
+        mode: Mode,
+        own: Vec<u16>,
+        stop: Arc<AtomicBool>,
+    ) -> Box<dyn FnOnce() -> Result<Outcome, hostfs::Unavailable> + Send> {
+        #[cfg(test)]
+        if let Reach::FakeWalk(walk) = &self.inner.reach {
+            let walk = walk.clone();
+            let id = e.engine.container_id.clone();
+            return Box::new(move || Ok(walk.run(&id, mode, &stop)));
+        }
         let (pid, id, path, port) = (
             e.runtime.pid,
             e.engine.container_id.clone(),
             e.engine.cache_path.clone(),
             e.runtime.container_port,
         );
-        // Marks the walk finished however it ends (a panic included), so the engine is not
-        // left "hung" for good.
-        let (done, stop) = (SetOnDrop(finished.clone()), cancel.clone());
-        let work = tokio::task::spawn_blocking(move || {
-            let _done = done;
+        Box::new(move || {
             let t = hostfs::Target {
                 pid,
                 container_id: &id,
@@ -288,56 +336,30 @@ impl Janitor {
                 cancel: &stop,
             };
             hostfs::run(&t, mode)
-        });
-        // Past the deadline the walk is told to stop: nothing is deleted after the janitor
-        // has given up on it (its re-check and its record would be stale).
-        // (Also when this future itself is dropped, at shutdown.)
-        let _cancel_on_drop = SetOnDrop(cancel);
-        match tokio::time::timeout(self.inner.exec_timeout, work).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(join)) => Ok(Outcome::Failed {
-                before: None,
-                reason: format!("cache walk failed: {join}"),
-            }),
-            Err(_) => {
-                self.inner
-                    .hung
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(e.engine.container_id.clone(), Hung::Host(finished));
-                Ok(Outcome::Failed {
-                    before: None,
-                    reason: format!(
-                        "the cache walk did not finish within {:?} (filesystem not answering?)",
-                        self.inner.exec_timeout
-                    ),
-                })
-            }
-        }
+        })
     }
 
-    /// Whether earlier timed-out work still runs for this engine.
+    /// Whether earlier timed-out work still runs for this engine: its host walk not returned,
+    /// or its exec still running in the container.
     async fn previous_exec_hung(&self, id: &str) -> bool {
-        let exec = {
-            let hung = self
-                .inner
-                .hung
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match hung.get(id) {
-                None => return false,
-                Some(Hung::Host(done)) => Err(done.load(Ordering::Acquire)),
-                Some(Hung::Exec(x)) => Ok(x.clone()),
-            }
+        if self.inner.walks.is_stuck(id) {
+            return true;
+        }
+        let exec = self
+            .inner
+            .hung_execs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned();
+        let Some(exec) = exec else {
+            return false;
         };
-        let running = match exec {
-            Err(finished) => !finished,
-            Ok(exec) => matches!(self.inner.docker.exec_running(&exec).await, Ok(true)),
-        };
+        let running = matches!(self.inner.docker.exec_running(&exec).await, Ok(true));
         if !running {
             // Finished, or unknown to Docker (container restarted): free to try again.
             self.inner
-                .hung
+                .hung_execs
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(id);
@@ -779,6 +801,40 @@ mod tests {
         }
     }
 
+    /// The host walk alone replaced: a walk of an engine in `hang` blocks until `release`,
+    /// and every walk notes whether it had been told to stop by the time it returned.
+    #[derive(Clone, Default)]
+    pub(super) struct FakeWalk {
+        hang: Arc<Mutex<HashSet<String>>>,
+        released: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        returned: Arc<Mutex<Vec<(String, bool)>>>,
+    }
+
+    impl FakeWalk {
+        pub(super) fn run(&self, id: &str, mode: Mode, stop: &AtomicBool) -> Outcome {
+            if self.hang.lock().unwrap().contains(id) {
+                let (done, cv) = &*self.released;
+                let mut released = done.lock().unwrap();
+                while !*released {
+                    released = cv.wait(released).unwrap();
+                }
+            }
+            let told = stop.load(Ordering::Acquire);
+            self.returned.lock().unwrap().push((id.to_string(), told));
+            let after = matches!(mode, Mode::Clear { .. }).then_some(0);
+            Outcome::Done(Sizes {
+                before: 1_000,
+                after,
+            })
+        }
+
+        fn release(&self) {
+            let (done, cv) = &*self.released;
+            *done.lock().unwrap() = true;
+            cv.notify_all();
+        }
+    }
+
     struct Rig {
         registry: RegistryHandle,
         janitor: Janitor,
@@ -799,6 +855,18 @@ mod tests {
     }
 
     async fn rig(concurrency: usize, triggers: Triggers, fake: FakeCaches) -> Rig {
+        rig_on(concurrency, triggers, fake, None, Duration::from_secs(60)).await
+    }
+
+    /// A rig whose janitor reaches caches through `walk` (the host path, with its deadline
+    /// `exec_timeout`) instead of `fake`, when given.
+    async fn rig_on(
+        concurrency: usize,
+        triggers: Triggers,
+        fake: FakeCaches,
+        walk: Option<FakeWalk>,
+        exec_timeout: Duration,
+    ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.redb"), 100).unwrap();
         let (registry, parts) =
@@ -809,14 +877,17 @@ mod tests {
             parts.handle.clone(),
             DockerClient::new(None),
             JanitorConfig {
-                exec_timeout: Duration::from_secs(60),
+                exec_timeout,
                 concurrency,
                 min_bytes: 0,
                 method: CacheMethod::Auto,
             },
             Arc::new(Metrics::new()),
-        )
-        .with_fake(fake.clone());
+        );
+        let janitor = match walk {
+            Some(w) => janitor.with_fake_walk(w),
+            None => janitor.with_fake(fake.clone()),
+        };
         tokio::spawn(
             janitor
                 .clone()
@@ -860,7 +931,14 @@ mod tests {
                     },
                 }))
                 .await;
-            self.settle().await;
+            // A few rounds: on a multi-threaded runtime in real time the registry task may
+            // not have run after one.
+            for _ in 0..500 {
+                self.settle().await;
+                if self.find(&id).is_some_and(|e| e.running) {
+                    break;
+                }
+            }
             assert!(self.state(&id).running, "engine {n} upserted");
             id
         }
@@ -890,14 +968,17 @@ mod tests {
             }
         }
 
-        fn state(&self, id: &str) -> EngineState {
+        fn find(&self, id: &str) -> Option<EngineState> {
             self.registry
                 .snapshot()
                 .engines
                 .iter()
                 .find(|e| e.engine.container_id == id)
                 .cloned()
-                .expect("engine in the snapshot")
+        }
+
+        fn state(&self, id: &str) -> EngineState {
+            self.find(id).expect("engine in the snapshot")
         }
     }
 
@@ -953,6 +1034,66 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         r.settle().await;
         assert_eq!(r.fake.clears(&id), 1);
+    }
+
+    /// In real time: a blocking walk keeps paused time from moving (tokio does not auto-advance
+    /// while a `spawn_blocking` task runs), so its deadline would never come.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_host_walk_holds_back_its_engine_only_until_it_returns() {
+        let walk = FakeWalk::default();
+        let deadline = Duration::from_millis(200);
+        let r = rig_on(
+            4,
+            Triggers::default(),
+            FakeCaches::default(),
+            Some(walk.clone()),
+            deadline,
+        )
+        .await;
+        let (a, b) = (r.engine(1, 0).await, r.engine(2, 0).await);
+        walk.hang.lock().unwrap().insert(a.clone());
+
+        let rec = r.janitor.cleanup(&a, Trigger::Manual).await.unwrap();
+        assert!(!rec.success);
+        assert_eq!(
+            rec.error.as_deref(),
+            Some("cache cleanup failed: the cache walk did not finish within 200ms (filesystem not answering?)")
+        );
+        assert!(r.janitor.inner.walks.is_stuck(&a));
+        // While that walk hangs, its engine gets no new one; another engine is cleaned.
+        let err = r.janitor.cleanup(&a, Trigger::Manual).await.unwrap_err();
+        assert_eq!(err, CleanupError::PreviousExecHung(id12(&a).into()));
+        let rec = r.janitor.cleanup(&b, Trigger::Manual).await.unwrap();
+        assert!(rec.success, "{rec:?}");
+        assert_eq!(rec.freed_bytes, 1_000);
+
+        // The hung walk returns: it had been told to stop (nothing deleted after the janitor
+        // gave up on it), and the engine can be cleaned again.
+        walk.hang.lock().unwrap().clear();
+        walk.release();
+        for _ in 0..500 {
+            if !r.janitor.inner.walks.is_stuck(&a) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!r.janitor.inner.walks.is_stuck(&a));
+        let returned = walk.returned.lock().unwrap().clone();
+        assert_eq!(returned, vec![(b.clone(), false), (a.clone(), true)]);
+        let rec = r.janitor.cleanup(&a, Trigger::Manual).await.unwrap();
+        assert!(rec.success, "{rec:?}");
+        assert_eq!(rec.freed_bytes, 1_000);
+        let counts = || {
+            let c = r.state(&a).counters.get(Trigger::Manual);
+            (c.cleanups, c.failures)
+        };
+        for _ in 0..500 {
+            if counts() == (1, 1) {
+                break;
+            }
+            r.settle().await;
+        }
+        assert_eq!(counts(), (1, 1), "one cleanup, one failure (the hung walk)");
     }
 
     #[tokio::test(start_paused = true)]

@@ -251,6 +251,19 @@ pub fn proc_read_stuck(what: &str, seconds: f64) {
         "Reading {what} from /proc timed out after {seconds}s; skipping the host probe until that read returns");
 }
 
+/// A host walk of an engine's cache (keyed by container id) outlived its deadline.
+pub fn cache_walk_stuck(container_id: &str, seconds: f64) {
+    let id = id12(container_id);
+    tracing::warn!(container_id = %id, timeout_seconds = seconds,
+        "The walk of this engine's cache did not return within {seconds}s (filesystem not answering?); no new cleanup of it until it does");
+}
+
+/// A hung host walk of an engine's cache returned at last.
+pub fn cache_walk_recovered(container_id: &str) {
+    let id = id12(container_id);
+    info!(container_id = %id, "The hung walk of this engine's cache returned; it can be cleaned again");
+}
+
 /// A stuck read of `/proc` returned at last.
 pub fn proc_read_recovered(what: &str) {
     info!("Reading {what} from /proc works again");

@@ -500,7 +500,7 @@ impl Worker {
                 let path = stat_path.clone();
                 match self.guarded.run(&stat_path, move || statvfs(&path)).await {
                     Call::Done(r) => r.map(|v| (v, None)),
-                    Call::Unavailable => return,
+                    Call::Unavailable | Call::Panicked(_) => return,
                 }
             }
             FsKind::Memory {
@@ -527,7 +527,7 @@ impl Worker {
                         return;
                     }
                     Call::Done(r) => r,
-                    Call::Unavailable => return,
+                    Call::Unavailable | Call::Panicked(_) => return,
                 }
             }
         };

@@ -2,7 +2,9 @@
 //! hung mount (NFS, FUSE), a read of `/proc` that waits in the kernel. A call that timed out
 //! leaves its thread blocked; its key is then marked stuck and skipped until that call
 //! returns, so blocked threads do not pile up one per tick (node_exporter's
-//! `stuckMountWatcher`). Disk pressure and the connection probe use it.
+//! `stuckMountWatcher`). Disk pressure, the connection probe and the janitor's host walks
+//! (keyed by engine: a walk hung in one container's filesystem holds back that engine only)
+//! use it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +16,28 @@ pub enum Call<T> {
     Done(T),
     /// Timed out now, or still stuck from an earlier call.
     Unavailable,
+    /// The call panicked: why, as the runtime tells it.
+    Panicked(String),
+}
+
+/// Ends a call however it ends (a panic included): marks it finished and clears its key's
+/// stuck mark, under the lock, so the timeout path either sees the call finished or marks it
+/// stuck before this removes the mark. A key whose call panicked is not left stuck for good.
+struct Finish {
+    stuck: Arc<Mutex<HashSet<String>>>,
+    key: String,
+    finished: Arc<AtomicBool>,
+    recovered: fn(&str),
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let mut s = self.stuck.lock().unwrap_or_else(PoisonError::into_inner);
+        self.finished.store(true, Ordering::SeqCst);
+        if s.remove(&self.key) {
+            (self.recovered)(&self.key);
+        }
+    }
 }
 
 /// Runs blocking calls off the async threads with a deadline. A key (a path, a task) whose
@@ -54,22 +78,19 @@ impl Guarded {
             return Call::Unavailable;
         }
         let finished = Arc::new(AtomicBool::new(false));
-        let (stuck, k, fin) = (self.stuck.clone(), key.to_string(), finished.clone());
-        let recovered = self.on_recovered;
+        let finish = Finish {
+            stuck: self.stuck.clone(),
+            key: key.to_string(),
+            finished: finished.clone(),
+            recovered: self.on_recovered,
+        };
         let handle = tokio::task::spawn_blocking(move || {
-            let r = f();
-            // Under the lock, so the timeout path below either sees this call finished or
-            // marks it stuck before this removes the mark.
-            let mut s = stuck.lock().unwrap_or_else(PoisonError::into_inner);
-            fin.store(true, Ordering::SeqCst);
-            if s.remove(&k) {
-                recovered(&k);
-            }
-            r
+            let _finish = finish;
+            f()
         });
         match tokio::time::timeout(self.timeout, handle).await {
             Ok(Ok(r)) => Call::Done(r),
-            Ok(Err(_)) => Call::Unavailable,
+            Ok(Err(join)) => Call::Panicked(join.to_string()),
             Err(_) => {
                 let mut s = self.stuck.lock().unwrap_or_else(PoisonError::into_inner);
                 if !finished.load(Ordering::SeqCst) && s.insert(key.to_string()) {
@@ -121,5 +142,44 @@ mod tests {
         }
         assert!(!g.is_stuck("/hung"));
         assert!(matches!(g.run("/hung", || 3).await, Call::Done(3)));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_panics_says_why_and_leaves_its_key_usable() {
+        // Time enough for the panic hook, which may print a backtrace.
+        let patient = Guarded::new(
+            Duration::from_secs(30),
+            logging::filesystem_stuck,
+            logging::filesystem_recovered,
+        );
+        match patient.run("/p", || -> u8 { panic!("walk broke") }).await {
+            Call::Panicked(why) => assert!(why.contains("walk broke"), "{why}"),
+            _ => panic!("a panic is not a result"),
+        }
+        assert!(!patient.is_stuck("/p"));
+        let g = Guarded::new(
+            Duration::from_millis(50),
+            logging::filesystem_stuck,
+            logging::filesystem_recovered,
+        );
+        // Timed out first, then panicked: the mark goes with the thread.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let r = g
+            .run("/p", move || -> u8 {
+                let _ = rx.recv();
+                panic!("late")
+            })
+            .await;
+        assert!(matches!(r, Call::Unavailable));
+        assert!(g.is_stuck("/p"));
+        tx.send(()).unwrap();
+        for _ in 0..200 {
+            if !g.is_stuck("/p") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!g.is_stuck("/p"), "a panicked call is not stuck for good");
+        assert!(matches!(g.run("/p", || 4).await, Call::Done(4)));
     }
 }
