@@ -180,18 +180,10 @@ impl Janitor {
     }
 
     #[cfg(test)]
-    fn with_fake(mut self, fake: tests::FakeCaches) -> Janitor {
+    fn with_reach(mut self, reach: Reach) -> Janitor {
         Arc::get_mut(&mut self.inner)
-            .expect("with_fake is called right after new, before any clone")
-            .reach = Reach::Fake(fake);
-        self
-    }
-
-    #[cfg(test)]
-    fn with_fake_walk(mut self, walk: tests::FakeWalk) -> Janitor {
-        Arc::get_mut(&mut self.inner)
-            .expect("with_fake_walk is called right after new, before any clone")
-            .reach = Reach::FakeWalk(walk);
+            .expect("with_reach is called right after new, before any clone")
+            .reach = reach;
         self
     }
 
@@ -885,8 +877,8 @@ mod tests {
             Arc::new(Metrics::new()),
         );
         let janitor = match walk {
-            Some(w) => janitor.with_fake_walk(w),
-            None => janitor.with_fake(fake.clone()),
+            Some(w) => janitor.with_reach(Reach::FakeWalk(w)),
+            None => janitor.with_reach(Reach::Fake(fake.clone())),
         };
         tokio::spawn(
             janitor

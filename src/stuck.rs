@@ -107,13 +107,27 @@ mod tests {
     use super::*;
     use crate::logging;
 
-    #[tokio::test]
-    async fn a_hung_call_marks_its_path_stuck_until_it_returns() {
-        let g = Guarded::new(
-            Duration::from_millis(50),
+    fn guard(timeout: Duration) -> Guarded {
+        Guarded::new(
+            timeout,
             logging::filesystem_stuck,
             logging::filesystem_recovered,
-        );
+        )
+    }
+
+    /// Waits (at most 2 s) for `key`'s stuck call to return.
+    async fn until_returned(g: &Guarded, key: &str) {
+        for _ in 0..200 {
+            if !g.is_stuck(key) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_call_marks_its_path_stuck_until_it_returns() {
+        let g = guard(Duration::from_millis(50));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let r = g
             .run("/hung", move || {
@@ -134,12 +148,7 @@ mod tests {
         assert!(matches!(g.run("/fine", || 2).await, Call::Done(2)));
         // The hung call returns: the path is usable again.
         tx.send(()).unwrap();
-        for _ in 0..200 {
-            if !g.is_stuck("/hung") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_returned(&g, "/hung").await;
         assert!(!g.is_stuck("/hung"));
         assert!(matches!(g.run("/hung", || 3).await, Call::Done(3)));
     }
@@ -147,21 +156,13 @@ mod tests {
     #[tokio::test]
     async fn a_call_that_panics_says_why_and_leaves_its_key_usable() {
         // Time enough for the panic hook, which may print a backtrace.
-        let patient = Guarded::new(
-            Duration::from_secs(30),
-            logging::filesystem_stuck,
-            logging::filesystem_recovered,
-        );
+        let patient = guard(Duration::from_secs(30));
         match patient.run("/p", || -> u8 { panic!("walk broke") }).await {
             Call::Panicked(why) => assert!(why.contains("walk broke"), "{why}"),
             _ => panic!("a panic is not a result"),
         }
         assert!(!patient.is_stuck("/p"));
-        let g = Guarded::new(
-            Duration::from_millis(50),
-            logging::filesystem_stuck,
-            logging::filesystem_recovered,
-        );
+        let g = guard(Duration::from_millis(50));
         // Timed out first, then panicked: the mark goes with the thread.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let r = g
@@ -173,12 +174,7 @@ mod tests {
         assert!(matches!(r, Call::Unavailable));
         assert!(g.is_stuck("/p"));
         tx.send(()).unwrap();
-        for _ in 0..200 {
-            if !g.is_stuck("/p") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_returned(&g, "/p").await;
         assert!(!g.is_stuck("/p"), "a panicked call is not stuck for good");
         assert!(matches!(g.run("/p", || 4).await, Call::Done(4)));
     }
