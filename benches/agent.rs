@@ -269,17 +269,6 @@ impl Table {
 // small helpers
 // ---------------------------------------------------------------------------
 
-fn median(mut v: Vec<f64>) -> f64 {
-    assert!(!v.is_empty(), "median of nothing");
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -2504,16 +2493,14 @@ pub fn run(p: &Params) -> String {
     let load_start = loadavg();
     let run = unique_name("bench");
     eprintln!("bench: params {p:?}");
-    match only {
-        None => bench_all_but_scrape(p, &run, &mut table, &rt),
-        Some("sweep") => {
-            eprintln!("bench: starting {} engines", p.idle_engines);
-            let engines = start_engines(&run, p.idle_engines, p.idle_engines);
-            bench_sweeps(p, &run, engines, &mut table, &rt);
+    if only == Some("sweep") {
+        eprintln!("bench: starting {} engines", p.idle_engines);
+        let engines = start_engines(&run, p.idle_engines, p.idle_engines);
+        bench_sweeps(p, &run, engines, &mut table, &rt);
+    } else {
+        if only.is_none() {
+            bench_all_but_scrape(p, &run, &mut table, &rt);
         }
-        _ => {}
-    }
-    if only != Some("sweep") {
         eprintln!("bench: scrapes");
         bench_scrape(p, &run, &mut table, &rt);
     }

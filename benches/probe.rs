@@ -48,11 +48,6 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// One engine as the probe sees it.
 #[derive(Clone)]
 struct Target {

@@ -11,9 +11,10 @@
 //! changes). A `spawn_blocking` per engine that re-opened and re-checked `/proc/<pid>` cost
 //! ~100 µs per engine per tick, 2 % of a core at 150 engines and a 1 s interval; this costs
 //! 6-7 µs, of which ~2 µs are the agent's and the rest the kernel rendering `net/snmp`
-//! (BENCHMARKS.md, `cargo bench --bench probe`, which measures that floor too). The task runs under the same stuck-call guard
-//! as disk pressure's statvfs (`stuck::Guarded`): a read of `/proc` that does not return skips
-//! the host probe, instead of blocking one more thread per tick.
+//! (BENCHMARKS.md, `cargo bench --bench probe`, which measures that floor too). The task
+//! runs under the same stuck-call guard as disk pressure's statvfs (`stuck::Guarded`): a read
+//! of `/proc` that does not return skips the host probe, instead of blocking one more thread
+//! per tick.
 //!
 //! Also home of [`ProbePorts`]: the health checks' own connections, which this probe and the
 //! janitor's live-connection guard must not count as clients.

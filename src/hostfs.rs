@@ -561,11 +561,11 @@ pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<Entry>> {
     // A descriptor of its own, opened as "." so the listing starts at the beginning whatever
     // was read from `dir` before (and whether `dir` itself is an `O_PATH` handle).
     let fd = open_dir_at(dir, ".", OFlags::empty())?;
-    // glibc's readdir buffer. `rustix::fs::Dir` starts at 768 bytes and grows by as much, so a
-    // directory of a few hundred entries cost it five getdents where this costs one, each a
-    // round trip to the storage driver's daemon on a FUSE-backed root (fuse-overlayfs): the
-    // sweep of `cargo bench --bench agent` was 20 % slower with it. A name is at most 255 bytes,
-    // so one entry always fits.
+    // glibc's readdir buffer. `rustix::fs::Dir` starts at 768 bytes and grows by as much per
+    // call, so one host cleanup of a 200-file cache (three listings) cost 10 getdents where
+    // this costs 6, each a round trip to the storage driver's daemon on a FUSE-backed root
+    // (fuse-overlayfs): the sweep of `cargo bench --bench agent` was ~20 % slower with it. A
+    // name is at most 255 bytes, so one entry always fits.
     let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 * 1024];
     let mut entries = RawDir::new(fd, &mut buf);
     let mut names = Vec::new();

@@ -106,6 +106,19 @@ fn docker(args: &[&str]) -> String {
     try_docker(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The median of a bench's repeated measurements (the mean of the middle two for an even
+/// count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    assert!(!v.is_empty(), "median of nothing");
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// Whether a bench binary (`benches/<name>.rs`) was started by `cargo bench`, which passes
 /// `--bench`. `cargo test --all-targets` runs the binary without it and `cargo nextest` asks it
 /// to `--list` its tests: there are none, so it says nothing to nextest, points a person at the
