@@ -36,6 +36,10 @@ use crate::{logging, procfs, procnet};
 
 pub const CONN_PREFIX: &str = "conn:";
 
+/// The exec that reads a container's connection tables where the host's /proc does not show
+/// its process.
+pub const EXEC_TABLES: [&str; 3] = ["cat", "/proc/net/tcp", "/proc/net/tcp6"];
+
 /// How long a probe's port stays excluded after its connection closed. The connection probe
 /// reads `/proc` and looks ports up afterwards, and the engine's side of a closed connection
 /// leaves ESTABLISHED only once the FIN has arrived: a check that ends in between would
@@ -274,10 +278,7 @@ impl Activity {
             }
             None => {
                 self.metrics.count_probe(CacheAccess::Exec);
-                let argv: Vec<String> = ["cat", "/proc/net/tcp", "/proc/net/tcp6"]
-                    .into_iter()
-                    .map(String::from)
-                    .collect();
+                let argv: Vec<String> = EXEC_TABLES.into_iter().map(String::from).collect();
                 match self.docker.exec(id, &argv, self.exec_timeout, |_| {}).await {
                     Ok(out) => out.stdout,
                     Err(err) => {

@@ -866,6 +866,8 @@ pub struct Discovery {
     /// (the container's hostname, which no client can dial): Docker's name for the host is
     /// advertised instead.
     pub advertise_docker_name: bool,
+    /// Told the agent's own network when Docker is reached (the agent in a container).
+    pub reach: crate::reach::Reach,
 }
 
 impl Inspector {
@@ -1095,6 +1097,12 @@ impl Discovery {
             }
             Ok(_) => {}
             Err(e) => return e,
+        }
+        if let Some(own) = &self.inspector.matcher.own_id {
+            match self.docker.inspect(own).await {
+                Ok(c) => self.reach.set_own(crate::reach::OwnNetwork::of(&c)),
+                Err(e) => return e,
+            }
         }
         // Taken before the list: events from this second on are replayed by Docker.
         let since = chrono::Utc::now().timestamp() - 1;

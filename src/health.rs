@@ -19,6 +19,7 @@ use tracing::{debug, info};
 
 use crate::activity::ProbePorts;
 use crate::model::{id12, EngineState, HealthStatus};
+use crate::reach::Reach;
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
 
@@ -121,6 +122,8 @@ pub struct Health {
     pub interval: Duration,
     pub timeout: Duration,
     pub ports: ProbePorts,
+    /// Explains a failed probe that is the agent's network's doing.
+    pub reach: Reach,
 }
 
 impl Health {
@@ -138,6 +141,8 @@ impl Health {
             let snap = self.registry.snapshot();
             let now = Instant::now();
             due.retain(|id, _| snap.engines.iter().any(|e| &e.engine.container_id == id));
+            self.reach
+                .retain(|id| snap.engines.iter().any(|e| e.engine.container_id == id));
             let todo: Vec<&EngineState> = snap
                 .engines
                 .iter()
@@ -185,9 +190,12 @@ impl Health {
                 Ok((code, _)) if status == HealthStatus::Unhealthy => info!(
                     container_id = %id12(&id), status = code,
                     "engine {} unhealthy: HTTP {code}", id12(&id)),
-                Err(err) if status == HealthStatus::Unhealthy => info!(
-                    container_id = %id12(&id), error = %err,
-                    "engine {} unhealthy: {err}", id12(&id)),
+                Err(err) if status == HealthStatus::Unhealthy => {
+                    if !self.reach.explain(e, addr, &err.to_string()).await {
+                        info!(container_id = %id12(&id), error = %err,
+                            "engine {} unhealthy: {err}", id12(&id));
+                    }
+                }
                 _ => debug!(container_id = %id12(&id), "engine {} healthy", id12(&id)),
             }
         }

@@ -40,6 +40,7 @@ pub mod notify;
 pub mod pressure;
 pub mod procfs;
 pub mod procnet;
+pub mod reach;
 pub mod registry;
 pub mod selfcheck;
 pub mod shutdown;
@@ -181,6 +182,7 @@ impl Agent {
             cfg.cleanup.exec_timeout,
         );
         let ports = ProbePorts::default();
+        let reach = reach::Reach::new(docker.clone(), cfg.cleanup.exec_timeout, in_container);
         let janitor = Janitor::new(
             parts.handle.clone(),
             docker.clone(),
@@ -214,6 +216,7 @@ impl Agent {
                 resync: cfg.discovery.resync_interval,
                 advertise_docker_name: in_container
                     && cfg.discovery.advertise_host == config::hostname(),
+                reach: reach.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -223,6 +226,7 @@ impl Agent {
                 interval: cfg.health.interval,
                 timeout: cfg.health.timeout,
                 ports: ports.clone(),
+                reach: reach.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -273,6 +277,7 @@ impl Agent {
                 docker: docker.clone(),
                 cleanup_method: cfg.cleanup.method,
                 metrics: metrics.clone(),
+                reach,
             },
             janitor,
             store,

@@ -127,6 +127,17 @@ impl ContainerProc {
     pub fn connection_tables(&self) -> io::Result<String> {
         procnet::read_tables(|f| self.read(f))
     }
+
+    /// Both TCP tables of the namespace whatever is established, listening sockets included
+    /// (`net/tcp6` optional, as in `procnet::read_tables`).
+    pub fn tcp_tables(&self) -> io::Result<String> {
+        let mut text = self.read("net/tcp")?;
+        if let Ok(t6) = self.read("net/tcp6") {
+            text.push('\n');
+            text.push_str(&t6);
+        }
+        Ok(text)
+    }
 }
 
 /// A directory below `dir`, opened for listing (`extra`: e.g. `O_NOFOLLOW`).

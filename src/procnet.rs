@@ -10,6 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// TCP state `01` in the kernel's table.
 const ESTABLISHED: &str = "01";
+/// TCP state `0A`: a listening socket.
+const LISTEN: &str = "0A";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conn {
@@ -40,6 +42,20 @@ pub fn clients_of(text: &str, port: u16) -> Vec<SocketAddr> {
         .filter(|c| c.local.port() == port)
         .map(|c| c.remote)
         .collect()
+}
+
+/// Whether a table (or both, concatenated) has a socket listening on `port`: the engine's
+/// server is up in its namespace, whatever stops a probe from reaching it.
+pub fn listening(text: &str, port: u16) -> bool {
+    text.lines().any(|line| {
+        let mut f = line.split_whitespace();
+        let (Some(_sl), Some(local), Some(_remote), Some(state)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            return false;
+        };
+        state == LISTEN && parse_addr(local).is_some_and(|a| a.port() == port)
+    })
 }
 
 /// The established-connection tables of one network namespace, as one text for
@@ -178,6 +194,19 @@ mod tests {
         assert_eq!(read_tables(files(2, true)).unwrap(), "tcp\n\ntcp6\n");
         assert_eq!(read_tables(files(2, false)).unwrap(), "tcp\n");
         assert!(read_tables(|_| Err(Error::from(ErrorKind::NotFound))).is_err());
+    }
+
+    #[test]
+    fn listening_sockets_by_port() {
+        // The IPv4 table listens on 6894 (0x1AEE); 40000 (0x9C40) is only a connection's port.
+        assert!(listening(TCP, 6894));
+        assert!(!listening(TCP, 40000));
+        assert!(!listening(TCP, 80));
+        // A dual-stack listener on `::` is in tcp6 only.
+        assert!(listening(TCP6, 6894));
+        assert!(listening(&format!("{TCP}\n{TCP6}"), 6894));
+        assert!(!listening("", 6894));
+        assert!(!listening(TCP.lines().next().unwrap(), 6894));
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! the host, cleans from the host through `pid: host` (no `exec_create` in `docker events`),
 //! reports healthy, stops cleanly on `docker stop` and keeps its history on the volume; without
 //! `pid: host` it falls back to `docker exec`, says so once, and `GET /agent` tells which.
+//! On the host's network, as shipped, it reaches engines wherever they run on the host (the
+//! default bridge, another project's network, the host's network); on a network of its own it
+//! says once which network mode it needs.
 
 mod common;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -42,13 +46,12 @@ fn docker(args: &[&str]) -> String {
     stdout(&run(Command::new("docker").args(args)))
 }
 
-/// A compose project of the shipped compose file and an override that points it at the
-/// test's image, port, token and engines; `docker-compose down -v` on drop.
-struct Project {
+/// A compose project in a directory of its own: `docker-compose -p NAME -f FILE…`, taken
+/// down with its volumes on drop, also when the test panics.
+struct Compose {
     name: String,
     dir: tempfile::TempDir,
-    addr: SocketAddr,
-    case: String,
+    files: Vec<&'static str>,
 }
 
 fn compose() -> Vec<String> {
@@ -63,49 +66,163 @@ fn compose() -> Vec<String> {
     }
 }
 
+/// The labels every container of a test carries: the run (the harness's sweep of leftovers)
+/// and the case (what the case's agent discovers, and `exec_creates` filters on).
+fn test_labels(case: &str) -> String {
+    format!(
+        "      - \"{TEST_LABEL}={}\"\n      - \"{TEST_CREATED_LABEL}={}\"\n      - \"{CASE_LABEL}={case}\"\n",
+        run_id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    )
+}
+
+impl Compose {
+    /// `files`: (name, text), in the order compose merges them.
+    fn new(case: &str, files: &[(&'static str, String)]) -> Compose {
+        let dir = tempfile::tempdir().unwrap();
+        for (file, text) in files {
+            std::fs::write(dir.path().join(file), text).unwrap();
+        }
+        Compose {
+            name: case
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+                .to_lowercase(),
+            dir,
+            files: files.iter().map(|(f, _)| *f).collect(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let c = compose();
+        let mut cmd = Command::new(&c[0]);
+        cmd.args(&c[1..]).arg("-p").arg(&self.name);
+        for f in &self.files {
+            cmd.arg("-f").arg(self.dir.path().join(f));
+        }
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        stdout(&run(self.command().args(args)))
+    }
+
+    /// The container id of a service.
+    fn id(&self, service: &str) -> String {
+        let id = self.run(&["ps", "-q", service]);
+        assert_eq!(id.len(), 64, "{service}: {id:?}");
+        id
+    }
+
+    fn logs(&self, service: &str) -> String {
+        let out = self
+            .command()
+            .args(["logs", "--no-color", service])
+            .output()
+            .expect("compose logs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self.command().args(["down", "-v", "-t", "2"]).output();
+    }
+}
+
+/// How a test runs the shipped compose file.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// As shipped; false drops `pid: host` (a Swarm service, a cautious operator).
+    pid_host: bool,
+    /// As shipped (`network_mode: host`); false is the agent on its project's own network,
+    /// the file's shape before it ran on the host's network, its port published.
+    host_network: bool,
+    /// Two engines, `engine-a` and `engine-b`, in the agent's own project.
+    engines: bool,
+}
+
+const AS_SHIPPED: Shape = Shape {
+    pid_host: true,
+    host_network: true,
+    engines: true,
+};
+
+/// The shipped compose file and an override that points it at the test's image, port, token
+/// and engines.
+struct Project {
+    compose: Compose,
+    addr: SocketAddr,
+    case: String,
+}
+
+/// The shipped compose file without the line `line` (an override cannot unset a key).
+fn without_line(text: &str, line: &str) -> String {
+    let cut: String = text
+        .lines()
+        .filter(|l| l.trim() != line)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(cut, text, "the shipped compose file has `{line}`");
+    cut
+}
+
 impl Project {
-    /// `pid_host`: as shipped; false drops `pid: host` (a Swarm service, a cautious operator).
-    fn up(prefix: &str, pid_host: bool) -> Project {
+    /// `env`: more of the agent's environment (`KEY: "value"` lines' key and value).
+    fn up(prefix: &str, shape: Shape, env: &[(&str, &str)]) -> Project {
+        Project::up_for(&unique_name(prefix), shape, env)
+    }
+
+    /// For the engines of `case` (labelled `CASE_LABEL=case`), started by the test.
+    fn up_for(case: &str, shape: Shape, env: &[(&str, &str)]) -> Project {
         let image = agent_image();
         let engine = fake_engine_image();
-        let case = unique_name(prefix);
-        let name = case
-            .replace(|c: char| !c.is_ascii_alphanumeric(), "")
-            .to_lowercase();
+        let case = case.to_string();
         let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let labels = format!(
-            "      - \"{TEST_LABEL}={}\"\n      - \"{TEST_CREATED_LABEL}={}\"\n      - \"{CASE_LABEL}={case}\"\n",
-            run_id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
+        let labels = test_labels(&case);
+        let mut base =
+            std::fs::read_to_string(repo().join("packaging/compose/compose.yml")).unwrap();
+        assert!(
+            !base.contains("ports:"),
+            "on the host's network the agent publishes nothing"
         );
-        // Compose merges the override into the shipped file; `pid` cannot be unset by an
-        // override, so the no-pid run writes the shipped file without it.
-        let base = std::fs::read_to_string(repo().join("packaging/compose/compose.yml")).unwrap();
-        // An override adds to `ports` rather than replacing it: the test's own port (the
-        // shipped 9477 may be taken) is written into the copy.
-        let base = base.replace("\"9477:9477\"", &format!("\"127.0.0.1:{port}:9477\""));
-        let base = if pid_host {
-            base
+        if !shape.pid_host {
+            base = without_line(&base, "pid: host");
+        }
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let ports = if shape.host_network {
+            // On the host's network the agent binds the host's port: the test's own.
+            env.push((
+                "ACESTREAM_AGENT_HTTP__LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            ));
+            String::new()
         } else {
-            let cut: String = base
-                .lines()
-                .filter(|l| l.trim() != "pid: host")
-                .map(|l| format!("{l}\n"))
-                .collect();
-            assert_ne!(cut, base, "the shipped compose file has `pid: host`");
-            cut
+            base = without_line(&base, "network_mode: host");
+            format!("    ports:\n      - \"127.0.0.1:{port}:9477\"\n")
         };
-        std::fs::write(dir.path().join("compose.yml"), base).unwrap();
+        let env: String = env
+            .iter()
+            .map(|(k, v)| format!("      {k}: \"{v}\"\n"))
+            .collect();
+        let engines = if shape.engines {
+            format!(
+                "  engine-a:\n    image: {engine}\n    labels:\n{labels}  engine-b:\n    image: {engine}\n    labels:\n{labels}"
+            )
+        } else {
+            String::new()
+        };
         let override_file = format!(
             r#"version: "2.4"
 services:
   acestream-agent:
     image: {image}
-    labels:
+{ports}    labels:
 {labels}    environment:
       ACESTREAM_AGENT_HTTP__TOKEN: "{TOKEN}"
       ACESTREAM_AGENT_DISCOVERY__LABELS: "[{CASE_LABEL}={case}]"
@@ -114,20 +231,15 @@ services:
       ACESTREAM_AGENT_CLEANUP__IDLE_GRACE: "off"
       ACESTREAM_AGENT_PRESSURE__MIN_FREE: "off"
       ACESTREAM_AGENT_ACTIVITY__INTERVAL: "500ms"
-  engine-a:
-    image: {engine}
-    labels:
-{labels}  engine-b:
-    image: {engine}
-    labels:
-{labels}"#,
+{env}{engines}"#,
             image_glob = image.split(':').next().unwrap().to_string() + ":*",
         );
-        std::fs::write(dir.path().join("compose.test.yml"), override_file).unwrap();
         let p = Project {
-            name,
+            compose: Compose::new(
+                &case,
+                &[("compose.yml", base), ("compose.test.yml", override_file)],
+            ),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
             case,
         };
         p.compose(&["up", "-d"]);
@@ -135,24 +247,12 @@ services:
     }
 
     fn compose(&self, args: &[&str]) -> String {
-        let c = compose();
-        let mut cmd = Command::new(&c[0]);
-        cmd.args(&c[1..])
-            .arg("-p")
-            .arg(&self.name)
-            .arg("-f")
-            .arg(self.dir.path().join("compose.yml"))
-            .arg("-f")
-            .arg(self.dir.path().join("compose.test.yml"))
-            .args(args);
-        stdout(&run(&mut cmd))
+        self.compose.run(args)
     }
 
     /// The container id of a service.
     fn id(&self, service: &str) -> String {
-        let id = self.compose(&["ps", "-q", service]);
-        assert_eq!(id.len(), 64, "{service}: {id:?}");
-        id
+        self.compose.id(service)
     }
 
     async fn wait_ready(&self) {
@@ -183,35 +283,7 @@ services:
     }
 
     fn logs(&self) -> String {
-        let c = compose();
-        let out = Command::new(&c[0])
-            .args(&c[1..])
-            .arg("-p")
-            .arg(&self.name)
-            .arg("-f")
-            .arg(self.dir.path().join("compose.yml"))
-            .arg("-f")
-            .arg(self.dir.path().join("compose.test.yml"))
-            .args(["logs", "--no-color", "acestream-agent"])
-            .output()
-            .expect("compose logs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let c = compose();
-        let _ = Command::new(&c[0])
-            .args(&c[1..])
-            .arg("-p")
-            .arg(&self.name)
-            .arg("-f")
-            .arg(self.dir.path().join("compose.yml"))
-            .arg("-f")
-            .arg(self.dir.path().join("compose.test.yml"))
-            .args(["down", "-v", "-t", "2"])
-            .output();
+        self.compose.logs("acestream-agent")
     }
 }
 
@@ -294,7 +366,7 @@ fn the_image_is_small_labelled_and_has_a_healthcheck() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as_compose_runs_it_the_agent_cleans_from_the_host_stops_cleanly_and_keeps_its_history() {
-    let p = Project::up("ctr-compose", true);
+    let p = Project::up("ctr-compose", AS_SHIPPED, &[]);
     let (a, b, agent) = (p.id("engine-a"), p.id("engine-b"), p.id("acestream-agent"));
     p.wait_ready().await;
     let list = wait_engines(&p, &[&a, &b]).await;
@@ -307,6 +379,7 @@ async fn as_compose_runs_it_the_agent_cleans_from_the_host_stops_cleanly_and_kee
     assert_eq!(info["in_container"], true, "{info}");
     assert_eq!(info["container_id"], agent.as_str(), "{info}");
     assert_eq!(info["advertise_host"], docker_name.as_str(), "{info}");
+    assert_eq!(info["network_mode"], "host", "{info}");
     assert_eq!(info["docker"]["up"], true, "{info}");
     assert!(info["docker"]["version"].is_string(), "{info}");
 
@@ -361,7 +434,14 @@ async fn as_compose_runs_it_the_agent_cleans_from_the_host_stops_cleanly_and_kee
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_pid_host_the_agent_works_through_exec_and_says_so() {
-    let p = Project::up("ctr-nopid", false);
+    let p = Project::up(
+        "ctr-nopid",
+        Shape {
+            pid_host: false,
+            ..AS_SHIPPED
+        },
+        &[],
+    );
     let (a, b) = (p.id("engine-a"), p.id("engine-b"));
     p.wait_ready().await;
     wait_engines(&p, &[&a, &b]).await;
@@ -382,6 +462,214 @@ async fn without_pid_host_the_agent_works_through_exec_and_says_so() {
     let said = lines_with(&logs, "Cannot reach this engine's cache from the host");
     assert_eq!(said.len(), 1, "said once:\n{logs}");
     assert!(said[0].contains(&b[..12]), "{}", said[0]);
+}
+
+/// The health interval of the reach tests: short, so "within two intervals" is seconds.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(3);
+
+/// The engines of `case` as `/engines` lists them, by container id, read once.
+async fn engines_by_id(p: &Project) -> Result<HashMap<String, Value>, String> {
+    let (status, body) = try_http_get(p.addr, "/engines").await?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    if status != 200 {
+        return Err(body);
+    }
+    Ok(v.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e["container_id"].as_str().unwrap_or("").to_string(), e))
+        .collect())
+}
+
+/// Engines wherever they run on the host (the default bridge with a published port, a
+/// network of another compose project with nothing published, the host's network) answer
+/// the agent the shipped compose file runs: healthy within two health intervals, cleaned from
+/// the host (no exec), and the agent's own probes never taken for streams. On its own project
+/// network (the file's earlier shape) Docker's network isolation kept the first two unhealthy,
+/// and the third is out of reach of any container not on the host's network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_anywhere_on_the_host_are_healthy_and_cleaned_from_the_host() {
+    let case = unique_name("ctr-reach");
+    // The default bridge, its port published as the common `docker run -p` line does.
+    let bridge = case_engine(&case, "ctr-bridge").start();
+    // Another compose project's network, nothing published (acexy's compose file).
+    let other = Compose::new(
+        &unique_name("ctr-other"),
+        &[(
+            "compose.yml",
+            format!(
+                "version: \"2.4\"\nservices:\n  engine:\n    image: {}\n    labels:\n{}",
+                fake_engine_image(),
+                test_labels(&case)
+            ),
+        )],
+    );
+    other.run(&["up", "-d"]);
+    let project_engine = other.id("engine");
+    // The host's network, on a port of its own.
+    let port = free_port().to_string();
+    let host = case_engine(&case, "ctr-hostnet")
+        .publish(false)
+        .docker_arg("--network")
+        .docker_arg("host")
+        .args(&["--http-port", &port])
+        .start();
+    let ids = [bridge.id.clone(), project_engine.clone(), host.id.clone()];
+
+    let p = Project::up_for(
+        &case,
+        Shape {
+            engines: false,
+            ..AS_SHIPPED
+        },
+        &[(
+            "ACESTREAM_AGENT_HEALTH__INTERVAL",
+            &format!("{}s", HEALTH_INTERVAL.as_secs()),
+        )],
+    );
+    p.wait_ready().await;
+    let info = p.get("/agent").await;
+    assert_eq!(info["network_mode"], "host", "{info}");
+    assert_eq!(info["host_network"], true, "{info}");
+    // The engines ran before the agent: its first list has them, and each is checked within
+    // a second of being listed.
+    let healthy = eventually(
+        2 * HEALTH_INTERVAL,
+        "all three engines healthy within two health intervals",
+        || async {
+            let list = engines_by_id(&p).await?;
+            let ok = ids.iter().all(|id| {
+                list.get(id)
+                    .is_some_and(|e| e["health_status"] == "healthy")
+            });
+            ok.then_some(list.clone()).ok_or(format!("{list:?}"))
+        },
+    )
+    .await;
+    assert_eq!(healthy[&host.id]["port"], port.parse::<u64>().unwrap());
+
+    // Two more health checks of each, and at every reading meanwhile no engine has a stream:
+    // the agent's probe connections are its own, wherever the engine is.
+    let first: HashMap<String, Value> = ids
+        .iter()
+        .map(|id| (id.clone(), healthy[id]["last_health_check"].clone()))
+        .collect();
+    let checks: std::sync::Mutex<HashMap<String, Vec<Value>>> = Default::default();
+    eventually(
+        4 * HEALTH_INTERVAL,
+        "two more health checks of each engine",
+        || async {
+            let list = engines_by_id(&p).await?;
+            let mut checks = checks.lock().unwrap();
+            for id in &ids {
+                let e = &list[id];
+                assert_eq!(
+                    e["streams"],
+                    serde_json::json!([]),
+                    "a probe taken for a stream: {e}"
+                );
+                assert_eq!(e["health_status"], "healthy", "{e}");
+                let seen = checks.entry(id.clone()).or_default();
+                let at = &e["last_health_check"];
+                if *at != first[id] && !seen.contains(at) {
+                    seen.push(at.clone());
+                }
+            }
+            let done = ids
+                .iter()
+                .all(|id| checks.get(id).is_some_and(|c| c.len() >= 2));
+            done.then_some(()).ok_or(format!("{checks:?}"))
+        },
+    )
+    .await;
+
+    // Each cache cleaned from the host, through the engine's /proc/<pid>/root.
+    bridge.write_cache_file("live.1", 100_000);
+    write_cache(&project_engine, 110_000);
+    host.write_cache_file("live.1", 120_000);
+    let since = unix_time();
+    for (id, bytes) in ids.iter().zip([100_000u64, 110_000, 120_000]) {
+        let record = p.cleanup(id).await;
+        assert_eq!(record["success"], true, "{record}");
+        assert!(record["freed_bytes"].as_u64() >= Some(bytes), "{record}");
+    }
+    let until = unix_time() + 0.5;
+    assert_eq!(
+        exec_creates(&case, since, until),
+        Vec::<(String, String)>::new(),
+        "execs during the cleanups"
+    );
+    assert!(bridge.list_cache().is_empty(), "{:?}", bridge.list_cache());
+    assert!(host.list_cache().is_empty(), "{:?}", host.list_cache());
+    let info = p.get("/agent").await;
+    assert_eq!(info["cache_access"]["in_use"], "host", "{info}");
+    assert_eq!(info["connection_probe"]["in_use"], "host", "{info}");
+}
+
+/// The agent on a network of its own (not the host's) beside an engine on the default
+/// bridge: Docker's isolation drops its probes. The engine listens in its namespace, so the
+/// agent says once, as a warning, that it needs the host's network, instead of a bare
+/// "timed out"; `GET /agent` names the network it is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_network_of_its_own_the_agent_says_it_needs_the_host_network() {
+    let case = unique_name("ctr-isolated");
+    let engine = case_engine(&case, "ctr-isolated").start();
+    let p = Project::up_for(
+        &case,
+        Shape {
+            host_network: false,
+            engines: false,
+            ..AS_SHIPPED
+        },
+        &[
+            ("ACESTREAM_AGENT_HEALTH__INTERVAL", "2s"),
+            ("ACESTREAM_AGENT_HEALTH__TIMEOUT", "1s"),
+        ],
+    );
+    p.wait_ready().await;
+    let info = p.get("/agent").await;
+    assert_eq!(
+        info["network_mode"],
+        format!("{}_default", p.compose.name),
+        "{info}"
+    );
+    assert_eq!(info["host_network"], false, "{info}");
+    let needle = "listens on port 6878, but the agent cannot reach it";
+    eventually(WAIT, "the warning", || async {
+        let logs = p.logs();
+        (!lines_with(&logs, needle).is_empty())
+            .then_some(())
+            .ok_or(logs)
+    })
+    .await;
+    // Three more failed checks: still said once.
+    let seen: std::sync::Mutex<Vec<Value>> = Default::default();
+    eventually(WAIT, "three more health checks", || async {
+        let list = engines_by_id(&p).await?;
+        let e = list.get(&engine.id).ok_or(format!("{list:?}"))?;
+        assert_eq!(e["health_status"], "unhealthy", "{e}");
+        let at = e["last_health_check"].clone();
+        let mut seen = seen.lock().unwrap();
+        if !seen.contains(&at) {
+            seen.push(at);
+        }
+        (seen.len() > 3).then_some(()).ok_or(format!("{seen:?}"))
+    })
+    .await;
+    let logs = p.logs();
+    let said = lines_with(&logs, needle);
+    assert_eq!(said.len(), 1, "said once:\n{logs}");
+    assert!(said[0].contains("WARN"), "{}", said[0]);
+    assert!(said[0].contains(&engine.id[..12]), "{}", said[0]);
+    assert!(said[0].contains("network_mode: host"), "{}", said[0]);
+    assert!(
+        said[0].contains(&format!("on the {}_default network", p.compose.name)),
+        "{}",
+        said[0]
+    );
+    let bare = format!("engine {} unhealthy", &engine.id[..12]);
+    assert!(lines_with(&logs, &bare).is_empty(), "{logs}");
 }
 
 /// The shipped compose files are valid for the compose at hand, and the Prometheus configs

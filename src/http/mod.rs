@@ -533,10 +533,13 @@ fn agent_info(state: &AppState, snap: &crate::model::Snapshot) -> serde_json::Va
         json!({"in_use": in_use, "host": host, "exec": exec})
     };
     let a = &state.agent;
+    let net = a.reach.own();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "in_container": a.in_container,
         "container_id": a.container_id,
+        "network_mode": net.as_ref().map(|n| n.mode.as_str()),
+        "host_network": net.as_ref().map(|n| n.host),
         "advertise_host": state.lookup.advertise_host(),
         "docker": {
             "up": snap.docker_up,
@@ -557,6 +560,8 @@ pub struct AgentFacts {
     pub docker: crate::docker::DockerClient,
     pub cleanup_method: crate::config::CacheMethod,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The network the agent runs on.
+    pub reach: crate::reach::Reach,
 }
 
 /// Waits (briefly) until the rendered views show the registry's latest snapshot, so that a
