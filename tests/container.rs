@@ -712,10 +712,12 @@ fn the_shipped_compose_and_prometheus_files_are_valid() {
     let stack = std::fs::read_to_string(repo().join("packaging/swarm/stack.yml")).unwrap();
     for needed in [
         "mode: global",
-        "mode: host",
-        "published: 9477",
+        "    networks:\n      - host\n",
+        "  host:\n    name: host\n    external: true\n",
         "/var/run/docker.sock",
     ] {
         assert!(stack.contains(needed), "stack.yml lacks {needed:?}");
     }
+    // On the host's network there is no port to publish.
+    assert!(!stack.contains("ports:"), "{stack}");
 }

@@ -1,9 +1,11 @@
 //! The agent as a Swarm global service (packaging/swarm): a second Docker daemon, private to
 //! this test, in a network namespace of its own (a real second host has its own network), made
-//! a one-node swarm; the shipped stack deployed on it; its agent task serves `/engines` with the
-//! node's engines (through `docker exec`: a Swarm service has no `pid: host`), and a real
-//! Prometheus with the shipped `dockerswarm_sd_configs` finds the task and scrapes it. The
-//! system daemon is never made a swarm node; the private one is torn down whatever happens.
+//! a one-node swarm; the shipped stack deployed on it; its agent task, on the host's network,
+//! serves `/engines` with the node's engines healthy (the daemon isolates its networks from
+//! each other as on a real host: from the stack's own overlay they were unreachable), reading
+//! them through `docker exec` (a Swarm service has no `pid: host`), and a real Prometheus with
+//! the shipped `dockerswarm_sd_configs` finds the node's agent and scrapes it. The system
+//! daemon is never made a swarm node; the private one is torn down whatever happens.
 
 mod common;
 
@@ -110,7 +112,7 @@ async fn a_global_service_runs_an_agent_per_node_and_prometheus_finds_it() {
         "acestream",
     ]);
 
-    // The node's agent, on the node's own address (port published in host mode).
+    // The node's agent, on the node's own address (the host's network).
     let agent = SocketAddr::from((host.addr, 9477));
     let list = eventually(
         WAIT,
@@ -148,6 +150,7 @@ async fn a_global_service_runs_an_agent_per_node_and_prometheus_finds_it() {
     })
     .await;
     assert_eq!(info["in_container"], true, "{info}");
+    assert_eq!(info["network_mode"], "host", "{info}");
     assert_eq!(info["advertise_host"], node_name.as_str(), "{info}");
     assert_eq!(info["connection_probe"]["in_use"], "exec", "{info}");
 

@@ -127,7 +127,9 @@ impl PrivateHost {
             .arg(self.path("p"))
             .arg("-H")
             .arg(&self.docker_host)
-            .args(["--iptables=false", "--storage-driver", "fuse-overlayfs"])
+            // iptables on, as on a real host: its rules live in this namespace, and Docker's
+            // isolation of its networks from each other holds here as it does there.
+            .args(["--iptables=true", "--storage-driver", "fuse-overlayfs"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
