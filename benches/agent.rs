@@ -1486,6 +1486,10 @@ fn fake_engine(i: usize) -> Engine {
         cache_path_source: None,
         cache_medium: Default::default(),
         cache_mountpoint: None,
+        restarts_total: 0,
+        last_restart: None,
+        unhealthy_since: None,
+        heal_state: Default::default(),
     }
 }
 
@@ -1504,6 +1508,7 @@ fn bench_store(p: &Params, table: &mut Table, rt: &tokio::runtime::Runtime) {
                     engine: e.clone(),
                     counters: TriggerCounters::default(),
                     gone_at: None,
+                    heal: Default::default(),
                 });
                 for k in 0..h {
                     let at = chrono::Utc::now() - chrono::Duration::minutes((h - k) as i64);
@@ -1558,7 +1563,7 @@ fn bench_store(p: &Params, table: &mut Table, rt: &tokio::runtime::Runtime) {
             .into_iter()
             .map(|pe| EngineState {
                 running: true,
-                ..EngineState::remembered(pe.engine, pe.counters)
+                ..EngineState::remembered(pe.engine, pe.counters, pe.heal)
             })
             .collect(),
         docker_up: true,

@@ -26,8 +26,8 @@ use serde::de::{self, Deserializer, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 mod units;
-use units::{format_duration, format_size};
-pub use units::{parse_duration, parse_size};
+use units::format_size;
+pub use units::{format_duration, parse_duration, parse_size};
 
 /// The file read when no `--config` is given; skipped silently when it does not exist.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/acestream-agent/config.toml";
@@ -72,6 +72,7 @@ const SECTIONS: &[(&str, Keys)] = &[
     ("activity", ActivityConfig::KEYS),
     ("cleanup", CleanupConfig::KEYS),
     ("pressure", PressureConfig::KEYS),
+    ("heal", HealConfig::KEYS),
     ("store", StoreConfig::KEYS),
 ];
 
@@ -92,6 +93,7 @@ pub struct Config {
     pub activity: ActivityConfig,
     pub cleanup: CleanupConfig,
     pub pressure: PressureConfig,
+    pub heal: HealConfig,
     pub store: StoreConfig,
 }
 
@@ -268,6 +270,36 @@ pub enum MinFree {
     Percent(f64),
     /// Absolute number of bytes available to unprivileged users.
     Bytes(u64),
+}
+
+section! {
+    /// Restarting stuck engines (README "Stuck engines").
+    pub struct HealConfig {
+        pub enabled: bool = true,
+        /// How long an engine that answered since its start must fail every probe.
+        #[serde(with = "duration")]
+        pub after: Duration = Duration::from_secs(3 * 60),
+        /// Docker's `t` for the restart: SIGTERM, then SIGKILL after this (whole seconds).
+        #[serde(with = "whole_seconds")]
+        pub stop_timeout: Duration = Duration::from_secs(10),
+        /// Restarts within `window` before an engine is quarantined.
+        #[serde(deserialize_with = "int_in::<_, _, 1, 100>")]
+        pub max_restarts: u32 = 3,
+        #[serde(with = "duration")]
+        pub window: Duration = Duration::from_secs(3600),
+        /// Restarts by heal on this host in any hour, all engines together.
+        #[serde(deserialize_with = "int_in::<_, _, 1, 10_000>")]
+        pub max_per_hour: u32 = 10,
+        /// Engines never restarted (someone else replaces them), as `discovery.labels`;
+        /// `acestream.heal=false` always is.
+        #[serde(deserialize_with = "labels")]
+        pub skip_labels: Vec<LabelMatch> = vec![LabelMatch::new(
+            "orchestrator.managed",
+            Some("acestream"),
+        )],
+        /// An engine all of whose streams are stalled counts as stuck although it has streams.
+        pub stalled: bool = false,
+    }
 }
 
 section! {
@@ -821,6 +853,32 @@ mod duration {
                 pressure.min_free can)"
                 .into()),
             v => scalar_duration(v),
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+}
+
+/// A duration of whole seconds, zero allowed (Docker's restart `t`).
+mod whole_seconds {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        read(d, |value| {
+            let d = match value {
+                Scalar::Int(0) => Duration::ZERO,
+                Scalar::Text(s) if s.trim() == "0" || s.trim() == "0s" => Duration::ZERO,
+                v => scalar_duration(v)?,
+            };
+            if d.subsec_nanos() != 0 {
+                return Err(format!(
+                    "{} is not a whole number of seconds",
+                    format_duration(d)
+                ));
+            }
+            Ok(d)
         })
     }
 

@@ -168,6 +168,35 @@ impl DockerClient {
         }
     }
 
+    /// `POST /containers/{id}/restart?t=<stop_timeout>`: Docker stops the container (SIGTERM,
+    /// SIGKILL after `stop_timeout`) and starts it again, and answers once it has. The deadline
+    /// is the stop grace plus the short calls' own.
+    pub async fn restart(&self, id: &str, stop_timeout: Duration) -> Result<(), DockerError> {
+        let c = self.client()?;
+        let t = i32::try_from(stop_timeout.as_secs()).unwrap_or(i32::MAX);
+        let opts = bollard::query_parameters::RestartContainerOptions {
+            t: Some(t),
+            signal: None,
+        };
+        let after = stop_timeout + CALL_TIMEOUT;
+        match tokio::time::timeout(after, c.restart_container(id, Some(opts))).await {
+            Err(_) => Err(DockerError::Timeout {
+                call: "restart",
+                after,
+            }),
+            Ok(Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            })) => Err(DockerError::NotFound {
+                id12: id12(id).to_string(),
+            }),
+            Ok(Err(e)) => Err(DockerError::Api {
+                call: "restart",
+                message: e.to_string(),
+            }),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
     /// The daemon's name for its host (`Name` of `docker info`: the machine's hostname, or what
     /// the daemon was configured to call itself), and its version, which is kept.
     pub async fn host_name(&self) -> Result<Option<String>, DockerError> {

@@ -46,6 +46,9 @@ pub enum CleanupError {
     HasStreams(String),
     #[error("engine {0} is not running")]
     NotRunning(String),
+    /// Heal is restarting it (or another delete won the race).
+    #[error("engine {0} is not cleaned now: {1}")]
+    Restarting(String, &'static str),
     #[error("engine {0} is not cleaned: {1}")]
     InvalidCachePath(String, String),
     #[error(
@@ -425,6 +428,9 @@ impl Janitor {
                 return Err(CleanupError::HasStreams(short));
             }
             Err(RegistryError::Closed) => return Err(CleanupError::Closed),
+            Err(RegistryError::Busy(_, why)) => {
+                return Err(CleanupError::Restarting(short, why));
+            }
             Err(_) => return Err(CleanupError::NotRunning(short)),
         }
         let min_bytes = self.inner.min_bytes;

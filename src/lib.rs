@@ -27,6 +27,7 @@ pub mod cmdline;
 pub mod config;
 pub mod discovery;
 pub mod docker;
+pub mod heal;
 pub mod health;
 pub mod hostfs;
 pub mod http;
@@ -258,6 +259,13 @@ impl Agent {
             }
             .run(shutdown.clone()),
         );
+        let (heal, heal_handle) = heal::Heal::new(
+            parts.handle.clone(),
+            docker.clone(),
+            heal::Policy::from_config(&cfg.heal),
+            cfg.heal.stop_timeout,
+        );
+        tasks.spawn(heal.run(shutdown.clone()));
         tasks.spawn(janitor.clone().run(
             janitor_events,
             janitor::Triggers {
@@ -280,6 +288,7 @@ impl Agent {
                 reach,
             },
             janitor,
+            heal: heal_handle,
             store,
             token: cfg.http.token.clone(),
             history_limit: cfg.store.history_per_engine,

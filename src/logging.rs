@@ -233,6 +233,35 @@ impl SaidOnce {
     }
 }
 
+/// Heal is about to restart a stuck engine (warning: a recoverable fault the agent acts on).
+pub fn heal_restarting(
+    id: &str,
+    name: &str,
+    failing_for: std::time::Duration,
+    n: usize,
+    window: std::time::Duration,
+) {
+    let failing =
+        crate::config::format_duration(std::time::Duration::from_secs(failing_for.as_secs()));
+    let window = crate::config::format_duration(window);
+    tracing::warn!(container_id = %id12(id), container_name = %name, restart = n,
+        "Engine {} ({name}) has not answered its status API for {failing}; restarting it (restart {n} within {window})", id12(id));
+}
+
+/// An engine the agent restarted answers its status probe again.
+pub fn heal_recovered(id: &str, name: &str) {
+    info!(container_id = %id12(id), container_name = %name,
+        "Engine {} is healthy again after its restart", id12(id));
+}
+
+/// An engine restarted `n` times within the window is stuck once more: left alone (error:
+/// it needs a person).
+pub fn heal_quarantined(id: &str, name: &str, n: usize, window: std::time::Duration) {
+    let window = crate::config::format_duration(window);
+    tracing::error!(container_id = %id12(id), container_name = %name, restarts = n,
+        "Engine {} restarted {n} times within {window} and is still stuck; quarantined until it is healthy or restarted by hand", id12(id));
+}
+
 /// "Cannot <what> from the host (<why>); using docker exec": once per engine at info (every
 /// exec costs dockerd CPU, which an operator should know of), the repeats at debug. One line
 /// shape for the cache janitor and the connection probe.

@@ -677,6 +677,10 @@ pub mod testing {
                 cache_path_source: None,
                 cache_medium: Default::default(),
                 cache_mountpoint: Some("/var/lib/docker".to_owned()),
+                restarts_total: 0,
+                last_restart: None,
+                unhealthy_since: None,
+                heal_state: Default::default(),
             },
             counters: TriggerCounters::default(),
             runtime: Runtime::default(),
@@ -685,6 +689,7 @@ pub mod testing {
             memory: None,
             cache_empty_since: None,
             running: true,
+            heal: Default::default(),
         }
     }
 

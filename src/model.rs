@@ -129,6 +129,141 @@ pub struct Engine {
     #[serde(default)]
     pub cache_medium: CacheMedium,
     pub cache_mountpoint: Option<String>,
+    /// Restarts of the container by the agent (heal), every trigger.
+    #[serde(default)]
+    pub restarts_total: u64,
+    #[serde(default)]
+    pub last_restart: Option<Timestamp>,
+    /// The first failed status probe since the engine last answered (or since its container
+    /// last started); `null` while it answers.
+    #[serde(default)]
+    pub unhealthy_since: Option<Timestamp>,
+    #[serde(default)]
+    pub heal_state: HealState,
+}
+
+/// Where an engine stands with heal (README "Stuck engines").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealState {
+    /// Answering, busy, or not a stuck engine (never healthy since its start).
+    #[default]
+    Ok,
+    /// Stuck: failing every probe, counting toward `heal.after`.
+    Waiting,
+    /// Stuck again after a restart, counting toward a doubled wait.
+    Backoff,
+    /// Restarted `heal.max_restarts` times within `heal.window` and still stuck: left alone
+    /// until it answers, someone else restarts it, or a person asks for a heal.
+    Quarantined,
+    /// Labelled to be left alone (`heal.skip_labels`, `acestream.heal=false`).
+    Skipped,
+    /// `heal.enabled = false`.
+    Off,
+}
+
+impl HealState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealState::Ok => "ok",
+            HealState::Waiting => "waiting",
+            HealState::Backoff => "backoff",
+            HealState::Quarantined => "quarantined",
+            HealState::Skipped => "skipped",
+            HealState::Off => "off",
+        }
+    }
+}
+
+/// What made the agent restart an engine. Also the `trigger` label of
+/// `acestream_engine_restarts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealTrigger {
+    /// It failed every status probe for `heal.after` (or its back-off).
+    Unhealthy,
+    /// All its streams were stalled (`heal.stalled`).
+    Stalled,
+    /// `POST /engines/{id}/heal`.
+    Manual,
+}
+
+impl HealTrigger {
+    pub const ALL: [HealTrigger; 3] = [
+        HealTrigger::Unhealthy,
+        HealTrigger::Stalled,
+        HealTrigger::Manual,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealTrigger::Unhealthy => "unhealthy",
+            HealTrigger::Stalled => "stalled",
+            HealTrigger::Manual => "manual",
+        }
+    }
+}
+
+impl fmt::Display for HealTrigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What heal remembers of one engine across agent restarts and `kill -9` (kept in the store
+/// with the engine). The policy that reads it is in `heal`; the registry keeps it up to date
+/// from health results, container starts and restart records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealBook {
+    /// Restarts Docker carried out, by trigger (`HealTrigger::ALL` order).
+    pub restarts: [u64; 3],
+    /// When the agent's automatic restarts began (failed ones too), oldest first, kept for
+    /// the longer of `heal.window` and an hour: the back-off and quarantine count and the
+    /// host's hourly cap.
+    pub recent: Vec<Timestamp>,
+    /// Restarts before this moment no longer count toward the back-off and quarantine: the
+    /// engine answered again, or someone else restarted it.
+    pub counted_from: Option<Timestamp>,
+    pub quarantined: Option<Timestamp>,
+    /// The container process these facts are about (its pid): a new one is a container start.
+    pub pid: u32,
+    /// The engine answered its status probe since its container last started, or before the
+    /// agent's own restart of it.
+    pub healthy_since_start: bool,
+    /// The agent asked Docker to restart the container and has not yet seen it start again: the
+    /// next new process is the agent's doing.
+    pub restart_pending: bool,
+    /// Restarted by the agent and not yet healthy again (for the "healthy again" line).
+    pub recovering: bool,
+}
+
+impl HealBook {
+    pub fn restarts(&self, t: HealTrigger) -> u64 {
+        self.restarts[t as usize]
+    }
+
+    pub fn count_restart(&mut self, t: HealTrigger) {
+        self.restarts[t as usize] += 1;
+    }
+
+    pub fn restarts_total(&self) -> u64 {
+        self.restarts.iter().sum()
+    }
+}
+
+/// One restart of an engine by the agent, as kept in its heal history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealRecord {
+    pub container_id: String,
+    pub container_name: String,
+    pub trigger: HealTrigger,
+    pub unhealthy_since: Option<Timestamp>,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub duration_seconds: f64,
+    pub success: bool,
+    pub error: Option<String>,
 }
 
 /// Where an engine's cache path came from, in the order SPEC §4 tries them.
@@ -305,15 +440,17 @@ pub struct EngineState {
     pub cache_empty_since: Option<Timestamp>,
     /// Docker no longer lists it (kept from the store until discovery has re-listed).
     pub running: bool,
+    pub heal: HealBook,
 }
 
 impl EngineState {
     /// An engine as the store remembers it: not (yet) seen running, nothing known of its
     /// container.
-    pub fn remembered(engine: Engine, counters: TriggerCounters) -> EngineState {
+    pub fn remembered(engine: Engine, counters: TriggerCounters, heal: HealBook) -> EngineState {
         EngineState {
             engine,
             counters,
+            heal,
             runtime: Runtime::default(),
             cache_path_error: None,
             cleaning: false,

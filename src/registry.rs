@@ -14,9 +14,11 @@ use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
+use crate::logging;
 use crate::model::{
-    id12, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem, HealthStatus,
-    MemoryUse, Snapshot, StreamRecord, StreamStatus, Timestamp, TriggerCounters,
+    id12, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem, HealBook, HealRecord,
+    HealState, HealTrigger, HealthStatus, MemoryUse, Snapshot, StreamRecord, StreamStatus,
+    Timestamp, TriggerCounters,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{Batch, PersistedEngine, Store};
@@ -40,6 +42,9 @@ pub enum RegistryError {
     HasStreams(String),
     #[error("engine {0} is not running")]
     NotRunning(String),
+    /// Its cache is being deleted, or it is being restarted.
+    #[error("engine {0} is busy: {1}")]
+    Busy(String, &'static str),
     #[error("{0}")]
     BadRequest(String),
     #[error("engine {0} already has {MAX_STREAMS_PER_ENGINE} active streams")]
@@ -135,6 +140,29 @@ pub enum RegistryCmd {
         ack: oneshot::Sender<()>,
     },
     SweepDone(Timestamp),
+    /// The idle re-check right before heal restarts an engine; on `Ok` the restart is marked
+    /// pending (and, for an automatic one, counted) and committed before the reply.
+    BeginRestart {
+        id: String,
+        trigger: HealTrigger,
+        /// Automatic restarts that began before this moment are forgotten (they count for
+        /// neither the back-off nor the host's hourly cap any more).
+        forget_before: Timestamp,
+        reply: oneshot::Sender<Result<RestartStart, RegistryError>>,
+    },
+    FinishRestart {
+        record: HealRecord,
+        /// Answered once the record is committed.
+        ack: oneshot::Sender<()>,
+    },
+    /// Heal gave up on a stuck engine until it answers, is restarted by someone else, or a
+    /// person asks.
+    Quarantine {
+        id: String,
+        at: Timestamp,
+    },
+    /// Where engines stand with heal now (only those that changed).
+    HealStates(Vec<(String, HealState)>),
     /// What the pressure task last read (SPEC §7): every watched filesystem, and when given,
     /// the filesystem of each engine's cache (`None`: tmpfs or not resolvable).
     Filesystems {
@@ -143,6 +171,13 @@ pub enum RegistryCmd {
         /// The memory use of every engine whose cache is in memory and could be read.
         memory: Vec<(String, MemoryUse)>,
     },
+}
+
+/// What the registry knew of an engine as its restart was approved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestartStart {
+    pub container_name: String,
+    pub unhealthy_since: Option<Timestamp>,
 }
 
 /// Cloneable access to the registry for every worker and the HTTP API.
@@ -210,6 +245,29 @@ impl RegistryHandle {
             ack,
         })
         .await
+    }
+
+    /// Heal's idle re-check right before a restart (see `RegistryCmd::BeginRestart`).
+    pub async fn begin_restart(
+        &self,
+        id: &str,
+        trigger: HealTrigger,
+        forget_before: Timestamp,
+    ) -> Result<RestartStart, RegistryError> {
+        let id = id.to_string();
+        self.ask(|reply| RegistryCmd::BeginRestart {
+            id,
+            trigger,
+            forget_before,
+            reply,
+        })
+        .await?
+    }
+
+    /// Records a finished restart; returns once it is committed.
+    pub async fn finish_restart(&self, record: HealRecord) -> Result<(), RegistryError> {
+        self.ask(|ack| RegistryCmd::FinishRestart { record, ack })
+            .await
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -280,6 +338,7 @@ pub struct Registry {
 struct Pending {
     engines: HashSet<String>,
     records: Vec<CleanupRecord>,
+    heal_records: Vec<HealRecord>,
     streams: HashSet<String>,
     delete_streams: HashSet<String>,
     last_sweep: Option<Timestamp>,
@@ -289,6 +348,7 @@ impl Pending {
     fn is_empty(&self) -> bool {
         self.engines.is_empty()
             && self.records.is_empty()
+            && self.heal_records.is_empty()
             && self.streams.is_empty()
             && self.delete_streams.is_empty()
             && self.last_sweep.is_none()
@@ -318,7 +378,7 @@ impl Registry {
                 gone.insert(p.engine.container_id.clone(), p);
             } else {
                 let id = p.engine.container_id.clone();
-                engines.insert(id, EngineState::remembered(p.engine, p.counters));
+                engines.insert(id, EngineState::remembered(p.engine, p.counters, p.heal));
             }
         }
         let streams = StreamTable::new(loaded.streams);
@@ -460,6 +520,7 @@ impl Registry {
                     engine: e.engine.clone(),
                     counters: e.counters,
                     gone_at: None,
+                    heal: e.heal.clone(),
                 });
             } else if let Some(g) = self.gone.get(id) {
                 b.engines.push(g.clone());
@@ -468,6 +529,7 @@ impl Registry {
             }
         }
         b.records = self.pending.records.clone();
+        b.heal_records = self.pending.heal_records.clone();
         for id in &self.pending.streams {
             if let Some(s) = self.streams.get(id) {
                 b.streams.push(s.clone());
@@ -549,6 +611,7 @@ impl Registry {
                 if version.is_some() {
                     e.engine.version = version;
                 }
+                heal_on_health(e, status, at);
                 self.pending.engines.insert(id);
                 true
             }
@@ -623,6 +686,10 @@ impl Registry {
                     ))),
                     Some(e) if !e.running => Err(RegistryError::NotRunning(e.id12().into())),
                     Some(e) if !e.is_idle() => Err(RegistryError::HasStreams(e.id12().into())),
+                    Some(e) if e.heal.restart_pending => Err(RegistryError::Busy(
+                        e.id12().into(),
+                        "it is being restarted",
+                    )),
                     Some(e) => {
                         e.cleaning = true;
                         Ok(())
@@ -647,6 +714,50 @@ impl Registry {
                 self.last_sweep = Some(at);
                 self.pending.last_sweep = Some(at);
                 true
+            }
+            RegistryCmd::BeginRestart {
+                id,
+                trigger,
+                forget_before,
+                reply,
+            } => {
+                let r = self.begin_restart(&id, trigger, forget_before, now);
+                let changed = r.is_ok();
+                // After the commit: a restart approved is one the store already counts, so a
+                // `kill -9` during it cannot lose it.
+                self.after_commit.push(Box::new(move || {
+                    let _ = reply.send(r);
+                }));
+                changed
+            }
+            RegistryCmd::FinishRestart { record, ack } => {
+                self.finish_restart(record);
+                self.after_commit.push(Box::new(move || {
+                    let _ = ack.send(());
+                }));
+                true
+            }
+            RegistryCmd::Quarantine { id, at } => {
+                let Some(e) = self.engines.get_mut(&id) else {
+                    return false;
+                };
+                e.heal.quarantined = Some(at);
+                e.engine.heal_state = HealState::Quarantined;
+                self.pending.engines.insert(id);
+                true
+            }
+            RegistryCmd::HealStates(states) => {
+                let mut changed = false;
+                for (id, state) in states {
+                    if let Some(e) = self.engines.get_mut(&id) {
+                        if e.engine.heal_state != state {
+                            e.engine.heal_state = state;
+                            self.pending.engines.insert(id);
+                            changed = true;
+                        }
+                    }
+                }
+                changed
             }
             RegistryCmd::Filesystems {
                 filesystems,
@@ -688,8 +799,8 @@ impl Registry {
         let state = match self.engines.remove(&id) {
             Some(e) => e,
             None => {
-                let (engine, counters) = match self.gone.remove(&id) {
-                    Some(g) => (g.engine, g.counters),
+                let (engine, counters, heal) = match self.gone.remove(&id) {
+                    Some(g) => (g.engine, g.counters, g.heal),
                     None => (
                         Engine {
                             container_id: id.clone(),
@@ -717,15 +828,20 @@ impl Registry {
                             cache_path_source: Some(d.cache.source),
                             cache_medium: d.cache.medium,
                             cache_mountpoint: None,
+                            restarts_total: 0,
+                            last_restart: None,
+                            unhealthy_since: None,
+                            heal_state: HealState::Ok,
                         },
                         TriggerCounters::default(),
+                        HealBook::default(),
                     ),
                 };
                 info!(container_id = %id12(&id), container_name = %d.container_name,
                     "Engine discovered: {} ({})", d.container_name, id12(&id));
                 EngineState {
                     running: true,
-                    ..EngineState::remembered(engine, counters)
+                    ..EngineState::remembered(engine, counters, heal)
                 }
             }
         };
@@ -760,6 +876,7 @@ impl Registry {
             e.engine.last_cleanup_error = Some(err.clone());
         }
         e.cache_path_error = cache_path_error;
+        heal_on_start(&mut e, d.runtime.pid, now);
         e.runtime = d.runtime;
         e.running = true;
         self.engines.insert(id.clone(), e);
@@ -791,6 +908,7 @@ impl Registry {
                 engine,
                 counters: e.counters,
                 gone_at: Some(now),
+                heal: e.heal,
             },
         );
         self.pending.engines.insert(id.to_string());
@@ -989,6 +1107,76 @@ impl Registry {
         }
     }
 
+    fn begin_restart(
+        &mut self,
+        id: &str,
+        trigger: HealTrigger,
+        forget_before: Timestamp,
+        now: Timestamp,
+    ) -> Result<RestartStart, RegistryError> {
+        let e = match self.engines.get_mut(id) {
+            None => {
+                return Err(RegistryError::UnknownEngine(format!(
+                    "no engine {}",
+                    id12(id)
+                )))
+            }
+            Some(e) => e,
+        };
+        if !e.running {
+            return Err(RegistryError::NotRunning(e.id12().into()));
+        }
+        if !e.is_idle() {
+            return Err(RegistryError::HasStreams(e.id12().into()));
+        }
+        if e.cleaning {
+            return Err(RegistryError::Busy(
+                e.id12().into(),
+                "its cache is being deleted",
+            ));
+        }
+        if e.heal.restart_pending {
+            return Err(RegistryError::Busy(
+                e.id12().into(),
+                "it is being restarted",
+            ));
+        }
+        e.heal.recent.retain(|t| *t >= forget_before);
+        if trigger != HealTrigger::Manual {
+            e.heal.recent.push(now);
+        }
+        e.heal.restart_pending = true;
+        let start = RestartStart {
+            container_name: e.engine.container_name.clone(),
+            unhealthy_since: e.engine.unhealthy_since,
+        };
+        self.pending.engines.insert(id.to_string());
+        Ok(start)
+    }
+
+    fn finish_restart(&mut self, record: HealRecord) {
+        let id = record.container_id.clone();
+        let (engine, heal) = if let Some(e) = self.engines.get_mut(&id) {
+            (&mut e.engine, &mut e.heal)
+        } else if let Some(g) = self.gone.get_mut(&id) {
+            (&mut g.engine, &mut g.heal)
+        } else {
+            return;
+        };
+        if record.success {
+            heal.count_restart(record.trigger);
+            heal.recovering = true;
+            engine.last_restart = Some(record.finished_at);
+            engine.restarts_total = heal.restarts_total();
+        } else {
+            // Docker did not restart it (or did not say so in time): a new process seen later
+            // is taken for someone else's restart, which asks nothing of the engine's past.
+            heal.restart_pending = false;
+        }
+        self.pending.engines.insert(id);
+        self.pending.heal_records.push(record);
+    }
+
     fn finish_cleanup(&mut self, record: CleanupRecord, current_bytes: Option<u64>) {
         let id = record.container_id.clone();
         let (engine, counters) = if let Some(e) = self.engines.get_mut(&id) {
@@ -1037,4 +1225,49 @@ impl Registry {
         self.pending.engines.insert(id);
         self.pending.records.push(record);
     }
+}
+
+/// Heal's facts after a status probe: the first failure since the engine last answered starts
+/// `unhealthy_since`; an answer clears it, makes the engine one that was healthy since its
+/// start, ends a quarantine (its restarts count afresh) and ends a recovery.
+fn heal_on_health(e: &mut EngineState, status: HealthStatus, at: Timestamp) {
+    match status {
+        HealthStatus::Healthy => {
+            e.engine.unhealthy_since = None;
+            e.heal.healthy_since_start = true;
+            if e.heal.quarantined.take().is_some() {
+                e.heal.counted_from = Some(at);
+            }
+            if std::mem::take(&mut e.heal.recovering) {
+                logging::heal_recovered(&e.engine.container_id, &e.engine.container_name);
+            }
+        }
+        HealthStatus::Unhealthy => {
+            e.engine.unhealthy_since.get_or_insert(at);
+        }
+        HealthStatus::Unknown => {}
+    }
+}
+
+/// Heal's facts when discovery reads the engine: a new container process is a container start.
+/// The agent's own restart keeps what the engine's health was before it (a stuck engine that
+/// stays stuck is restarted again after its back-off); anyone else's starts afresh: not yet
+/// healthy since this start, out of quarantine, its restarts counted anew.
+fn heal_on_start(e: &mut EngineState, pid: u32, now: Timestamp) {
+    let h = &mut e.heal;
+    if pid == 0 || pid == h.pid {
+        return;
+    }
+    if h.restart_pending {
+        h.restart_pending = false;
+    } else {
+        h.healthy_since_start = false;
+        h.recovering = false;
+        if h.pid != 0 {
+            h.quarantined = None;
+            h.counted_from = Some(now);
+        }
+    }
+    h.pid = pid;
+    e.engine.unhealthy_since = None;
 }

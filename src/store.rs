@@ -23,7 +23,9 @@ use redb::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CleanupRecord, Engine, StreamRecord, Timestamp, TriggerCounters};
+use crate::model::{
+    CleanupRecord, Engine, HealBook, HealRecord, StreamRecord, Timestamp, TriggerCounters,
+};
 
 /// Layout of the tables and their values. Bump it when either changes in a way an older agent
 /// cannot read; an older agent then refuses the file instead of misreading it.
@@ -35,6 +37,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ENGINES: TableDefinition<&str, &[u8]> = TableDefinition::new("engines");
 /// Keyed by (container id, seq): a range over one id yields its history oldest first.
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("cleanup_history");
+/// Restarts by heal, keyed as `HISTORY`. Stores written before heal lack it: a write creates
+/// it, a read of a missing one is an empty history (older agents ignore the extra table).
+const HEALS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("heal_history");
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 
 const META_SCHEMA_VERSION: &str = "schema_version";
@@ -51,6 +56,9 @@ pub struct PersistedEngine {
     pub engine: Engine,
     pub counters: TriggerCounters,
     pub gone_at: Option<Timestamp>,
+    /// Absent in records written before heal.
+    #[serde(default)]
+    pub heal: HealBook,
 }
 
 /// Everything the registry changed since its last commit; written in one transaction.
@@ -62,6 +70,8 @@ pub struct Batch {
     pub delete_engines: Vec<String>,
     /// Appended to each record's engine history.
     pub records: Vec<CleanupRecord>,
+    /// Appended to each record's engine heal history.
+    pub heal_records: Vec<HealRecord>,
     /// Upserted by stream id.
     pub streams: Vec<StreamRecord>,
     /// Applied after `streams`, so a delete wins.
@@ -74,6 +84,7 @@ impl Batch {
         self.engines.is_empty()
             && self.delete_engines.is_empty()
             && self.records.is_empty()
+            && self.heal_records.is_empty()
             && self.streams.is_empty()
             && self.delete_streams.is_empty()
             && self.last_sweep.is_none()
@@ -235,6 +246,7 @@ impl Store {
             {
                 let mut engines = txn.open_table(ENGINES)?;
                 let mut history = txn.open_table(HISTORY)?;
+                let mut heals = txn.open_table(HEALS)?;
                 let mut streams = txn.open_table(STREAMS)?;
                 let mut meta = txn.open_table(META)?;
 
@@ -243,26 +255,13 @@ impl Store {
                     engines.insert(id, encode(e, || format!("engine {id}"))?.as_slice())?;
                 }
 
-                let mut touched = BTreeSet::new();
-                for r in &batch.records {
-                    let id = r.container_id.as_str();
-                    // Trimming keeps the newest entry, so the last key is the highest seq ever
-                    // given to this engine and seq keeps growing across restarts.
-                    let next = match history.range(history_range(id))?.next_back() {
-                        Some(last) => last?.0.value().1 + 1,
-                        None => 0,
-                    };
-                    let value = encode(r, || format!("history {id}#{next}"))?;
-                    history.insert((id, next), value.as_slice())?;
-                    touched.insert(id);
-                }
-                for id in touched {
-                    trim_history(&mut history, id, keep)?;
-                }
+                append(&mut history, &batch.records, |r| &r.container_id, keep)?;
+                append(&mut heals, &batch.heal_records, |r| &r.container_id, keep)?;
 
                 for id in &batch.delete_engines {
                     engines.remove(id.as_str())?;
                     history.retain_in(history_range(id), |_, _| false)?;
+                    heals.retain_in(history_range(id), |_, _| false)?;
                 }
 
                 for s in &batch.streams {
@@ -292,15 +291,14 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<CleanupRecord>, StoreError> {
         self.inner.run("read history", |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(HISTORY)?;
-            let mut out = Vec::new();
-            for entry in table.range(history_range(container_id))?.rev().take(limit) {
-                let (key, value) = entry?;
-                let (id, seq) = key.value();
-                out.push(decode(value.value(), || format!("history {id}#{seq}"))?);
-            }
-            Ok(out)
+            read_history(db, HISTORY, container_id, limit)
+        })
+    }
+
+    /// The engine's heal records (restarts by the agent), newest first, at most `limit`.
+    pub fn heals(&self, container_id: &str, limit: usize) -> Result<Vec<HealRecord>, StoreError> {
+        self.inner.run("read heal history", |db| {
+            read_history(db, HEALS, container_id, limit)
         })
     }
 
@@ -317,6 +315,7 @@ impl Store {
             {
                 let mut engines = txn.open_table(ENGINES)?;
                 let mut history = txn.open_table(HISTORY)?;
+                let mut heals = txn.open_table(HEALS)?;
                 let mut streams = txn.open_table(STREAMS)?;
 
                 let mut old_engines = Vec::new();
@@ -341,6 +340,7 @@ impl Store {
                 for id in &old_engines {
                     engines.remove(id.as_str())?;
                     history.retain_in(history_range(id), |_, _| false)?;
+                    heals.retain_in(history_range(id), |_, _| false)?;
                 }
                 for id in &old_streams {
                     streams.remove(id.as_str())?;
@@ -477,12 +477,62 @@ fn history_range(id: &str) -> std::ops::RangeInclusive<(&str, u64)> {
     (id, 0)..=(id, u64::MAX)
 }
 
-/// Drops the oldest entries of one engine's history beyond `keep`.
-fn trim_history(
-    history: &mut redb::Table<(&str, u64), &[u8]>,
-    id: &str,
+type HistoryTable<'txn> = redb::Table<'txn, (&'static str, u64), &'static [u8]>;
+
+/// Appends records to their engines' histories in `table` and trims each engine touched to
+/// its newest `keep`.
+fn append<R: Serialize>(
+    table: &mut HistoryTable<'_>,
+    records: &[R],
+    id_of: impl Fn(&R) -> &String,
     keep: usize,
 ) -> Result<(), Fail> {
+    let mut touched = BTreeSet::new();
+    for r in records {
+        let id = id_of(r).as_str();
+        // Trimming keeps the newest entry, so the last key is the highest seq ever given to
+        // this engine and seq keeps growing across restarts.
+        let next = match table.range(history_range(id))?.next_back() {
+            Some(last) => last?.0.value().1 + 1,
+            None => 0,
+        };
+        let value = encode(r, || format!("{} {id}#{next}", table.name()))?;
+        table.insert((id, next), value.as_slice())?;
+        touched.insert(id);
+    }
+    for id in touched {
+        trim_history(table, id, keep)?;
+    }
+    Ok(())
+}
+
+/// One engine's records of a history table, newest first, at most `limit`; a table that does
+/// not exist yet (a store from before it) is an empty history.
+fn read_history<R: DeserializeOwned>(
+    db: &Database,
+    def: TableDefinition<(&str, u64), &[u8]>,
+    id: &str,
+    limit: usize,
+) -> Result<Vec<R>, Fail> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(def) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(vec![]),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in table.range(history_range(id))?.rev().take(limit) {
+        let (key, value) = entry?;
+        let (id, seq) = key.value();
+        out.push(decode(value.value(), || {
+            format!("{} {id}#{seq}", def.name())
+        })?);
+    }
+    Ok(out)
+}
+
+/// Drops the oldest entries of one engine's history beyond `keep`.
+fn trim_history(history: &mut HistoryTable<'_>, id: &str, keep: usize) -> Result<(), Fail> {
     let mut seqs = Vec::new();
     for entry in history.range(history_range(id))? {
         seqs.push(entry?.0.value().1);
@@ -688,6 +738,7 @@ fn create_schema(db: &Database) -> Result<(), redb::Error> {
         meta.insert(META_SCHEMA_VERSION, version.as_bytes())?;
         txn.open_table(ENGINES)?;
         txn.open_table(HISTORY)?;
+        txn.open_table(HEALS)?;
         txn.open_table(STREAMS)?;
     }
     txn.commit()?;
@@ -739,9 +790,14 @@ mod tests {
                 cache_path_source: None,
                 cache_medium: Default::default(),
                 cache_mountpoint: Some("/".to_string()),
+                restarts_total: 0,
+                last_restart: None,
+                unhealthy_since: None,
+                heal_state: Default::default(),
             },
             counters,
             gone_at,
+            heal: Default::default(),
         }
     }
 

@@ -71,6 +71,17 @@ fn defaults_match_spec_table() {
     assert_eq!(c.pressure.min_free, Some(MinFree::Percent(10.0)));
     assert_eq!(c.pressure.docker_root, None);
     assert_eq!(c.pressure.memory_high, Some(90.0));
+    assert!(c.heal.enabled);
+    assert_eq!(c.heal.after, Duration::from_secs(180));
+    assert_eq!(c.heal.stop_timeout, Duration::from_secs(10));
+    assert_eq!(c.heal.max_restarts, 3);
+    assert_eq!(c.heal.window, Duration::from_secs(3600));
+    assert_eq!(c.heal.max_per_hour, 10);
+    assert_eq!(
+        c.heal.skip_labels,
+        vec![LabelMatch::new("orchestrator.managed", Some("acestream"))]
+    );
+    assert!(!c.heal.stalled);
     assert_eq!(c.store.path, PathBuf::from("./acestream-agent.redb"));
     assert_eq!(c.store.retention, Duration::from_secs(7 * 86_400));
     assert_eq!(c.store.history_per_engine, 100);
@@ -761,6 +772,46 @@ fn shipped_config_file_equals_defaults() {
                 .lines()
                 .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} = ")) || l == key),
             "shipped file lacks {key:?}"
+        );
+    }
+}
+
+#[test]
+fn heal_keys_from_env_and_file_and_their_bounds() {
+    let c = load_env(&[
+        ("ACESTREAM_AGENT_HEAL__ENABLED", "false"),
+        ("ACESTREAM_AGENT_HEAL__AFTER", "90s"),
+        ("ACESTREAM_AGENT_HEAL__STOP_TIMEOUT", "0"),
+        ("ACESTREAM_AGENT_HEAL__SKIP_LABELS", "[a=b, c]"),
+        ("ACESTREAM_AGENT_HEAL__STALLED", "true"),
+    ])
+    .unwrap();
+    assert!(!c.heal.enabled);
+    assert_eq!(c.heal.after, Duration::from_secs(90));
+    assert_eq!(c.heal.stop_timeout, Duration::ZERO);
+    assert_eq!(
+        c.heal.skip_labels,
+        vec![LabelMatch::new("a", Some("b")), LabelMatch::new("c", None)]
+    );
+    assert!(c.heal.stalled);
+    let c = load_toml("[heal]\nmax_restarts = 5\nwindow = \"2h\"\nskip_labels = []\n").unwrap();
+    assert_eq!(
+        (c.heal.max_restarts, c.heal.window),
+        (5, Duration::from_secs(7200))
+    );
+    assert!(c.heal.skip_labels.is_empty());
+    for (key, value) in [
+        ("ACESTREAM_AGENT_HEAL__AFTER", "off"),
+        ("ACESTREAM_AGENT_HEAL__AFTER", "0"),
+        ("ACESTREAM_AGENT_HEAL__STOP_TIMEOUT", "1500ms"),
+        ("ACESTREAM_AGENT_HEAL__MAX_RESTARTS", "0"),
+        ("ACESTREAM_AGENT_HEAL__MAX_PER_HOUR", "0"),
+        ("ACESTREAM_AGENT_HEAL__ENABLED", "maybe"),
+    ] {
+        let k = invalid_key(load_env(&[(key, value)]));
+        assert!(
+            key.to_lowercase().ends_with(&k.replace('.', "__")),
+            "{key}={value}: {k}"
         );
     }
 }

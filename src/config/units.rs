@@ -65,7 +65,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Inverse of [`parse_duration`]: `30s`, `5m`, `1h30m`, `7d`, `1500ms` → `1s500ms`.
 /// Sub-millisecond parts are dropped (parsed durations never have any).
-pub(super) fn format_duration(d: Duration) -> String {
+pub fn format_duration(d: Duration) -> String {
     let mut ms = d.as_millis();
     if ms == 0 {
         return "0s".into();

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::heal::HealError;
 use crate::janitor::{CleanupError, Janitor};
 use crate::model::{StreamStatus, Trigger};
 use crate::registry::{self, RegistryError, RegistryHandle, StreamEnd, StreamStart};
@@ -67,6 +68,7 @@ pub struct AppState {
     pub lookup: crate::discovery::Lookup,
     pub agent: AgentFacts,
     pub janitor: Janitor,
+    pub heal: crate::heal::HealHandle,
     pub store: Store,
     pub token: Option<String>,
     pub history_limit: usize,
@@ -118,7 +120,9 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
 fn registry_error(e: RegistryError) -> Resp {
     let status = match e {
         RegistryError::UnknownEngine(_) | RegistryError::UnknownStream(_) => StatusCode::NOT_FOUND,
-        RegistryError::HasStreams(_) | RegistryError::NotRunning(_) => StatusCode::CONFLICT,
+        RegistryError::HasStreams(_) | RegistryError::NotRunning(_) | RegistryError::Busy(..) => {
+            StatusCode::CONFLICT
+        }
         RegistryError::BadRequest(_) => StatusCode::BAD_REQUEST,
         RegistryError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
         RegistryError::Closed => StatusCode::SERVICE_UNAVAILABLE,
@@ -599,7 +603,13 @@ async fn manual_cleanup(key: &str, state: &AppState) -> Resp {
     }
 }
 
-async fn history(key: &str, state: &AppState) -> Resp {
+/// The two per-engine histories the store keeps.
+enum History {
+    Cleanups,
+    Heals,
+}
+
+async fn history(key: &str, state: &AppState, which: History) -> Resp {
     let snap = state.rendered.borrow().snapshot.clone();
     let Some(e) = registry::find(&snap, key) else {
         return error(StatusCode::NOT_FOUND, format!("no engine {:?}", short(key)));
@@ -607,10 +617,36 @@ async fn history(key: &str, state: &AppState) -> Resp {
     let id = e.engine.container_id.clone();
     let store = state.store.clone();
     let limit = state.history_limit;
-    match tokio::task::spawn_blocking(move || store.history(&id, limit)).await {
+    let read = move || match which {
+        History::Cleanups => store.history(&id, limit).map(|v| json!(v)),
+        History::Heals => store.heals(&id, limit).map(|v| json!(v)),
+    };
+    match tokio::task::spawn_blocking(read).await {
         Ok(Ok(v)) => json_resp(StatusCode::OK, &v),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn manual_heal(key: &str, state: &AppState) -> Resp {
+    let heal = state.heal.clone();
+    let key = key.to_string();
+    // Apart from the request, as a cleanup is: a client that hangs up does not cancel it.
+    let result = tokio::spawn(async move { heal.heal(&key).await }).await;
+    views_caught_up(state).await;
+    match result {
+        Ok(Ok(rec)) if rec.success => json_resp(StatusCode::OK, &rec),
+        Ok(Ok(rec)) => json_resp(StatusCode::INTERNAL_SERVER_ERROR, &rec),
+        Ok(Err(HealError::UnknownEngine(k))) => {
+            error(StatusCode::NOT_FOUND, format!("no engine {}", short(&k)))
+        }
+        Ok(Err(e @ HealError::DockerDown(_))) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Ok(Err(e @ HealError::Off)) => error(StatusCode::CONFLICT, e),
+        Ok(Err(HealError::Registry(e))) => registry_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("heal task failed: {e}"),
+        ),
     }
 }
 
@@ -652,6 +688,8 @@ pub enum Route {
     Engine(String),
     Cleanups(String),
     Cleanup(String),
+    Heals(String),
+    Heal(String),
     StreamStarted,
     StreamEnded,
     Streams,
@@ -684,6 +722,8 @@ pub fn route(method: &Method, path: &str) -> Route {
         ["engines", key] if is_get => Route::Engine(key.to_string()),
         ["engines", key, "cleanups"] if is_get => Route::Cleanups(key.to_string()),
         ["engines", key, "cleanup"] if is_post => Route::Cleanup(key.to_string()),
+        ["engines", key, "heals"] if is_get => Route::Heals(key.to_string()),
+        ["engines", key, "heal"] if is_post => Route::Heal(key.to_string()),
         ["events", "stream_started"] if is_post => Route::StreamStarted,
         ["events", "stream_ended"] if is_post => Route::StreamEnded,
         ["streams"] if is_get => Route::Streams,
@@ -695,10 +735,12 @@ pub fn route(method: &Method, path: &str) -> Route {
         | ["engines"]
         | ["engines", _]
         | ["engines", _, "cleanups"]
+        | ["engines", _, "heals"]
         | ["streams"] => Route::MethodNotAllowed("GET, HEAD"),
-        ["engines", _, "cleanup"] | ["events", "stream_started"] | ["events", "stream_ended"] => {
-            Route::MethodNotAllowed("POST")
-        }
+        ["engines", _, "cleanup"]
+        | ["engines", _, "heal"]
+        | ["events", "stream_started"]
+        | ["events", "stream_ended"] => Route::MethodNotAllowed("POST"),
         _ => Route::NotFound,
     }
 }
@@ -763,7 +805,12 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> R
                 format!("no engine {:?}", short(&key)),
             ),
         },
-        Route::Cleanups(key) => history(&key, state).await,
+        Route::Cleanups(key) => history(&key, state, History::Cleanups).await,
+        Route::Heals(key) => history(&key, state, History::Heals).await,
+        Route::Heal(key) => match write(&req) {
+            Err(r) => r,
+            Ok(()) => manual_heal(&key, state).await,
+        },
         Route::Cleanup(key) => match write(&req) {
             Err(r) => r,
             Ok(()) => manual_cleanup(&key, state).await,
