@@ -238,8 +238,9 @@ impl Policy {
             return plan;
         }
         // The one failing longest first.
-        due.sort_by(|a, b| b.2.cmp(&a.2));
-        let (e, trigger, failing_for, n) = due[0];
+        let Some(&(e, trigger, failing_for, n)) = due.iter().max_by_key(|d| d.2) else {
+            return plan;
+        };
         plan.restart = Some((
             e.engine.container_id.clone(),
             e.engine.container_name.clone(),
