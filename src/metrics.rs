@@ -23,7 +23,9 @@ use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tokio::sync::Notify;
 
-use crate::model::{Counters, EngineState, Filesystem, HealthStatus, Snapshot, Timestamp, Trigger};
+use crate::model::{
+    Counters, EngineState, Filesystem, HealTrigger, HealthStatus, Snapshot, Timestamp, Trigger,
+};
 
 /// Labels every per-engine series starts with (SPEC: `container_id` is the 12-char prefix).
 const ENGINE: [&str; 2] = ["container_name", "container_id"];
@@ -114,6 +116,21 @@ const FREED_BYTES_TOTAL: Family = counter(
     "Bytes freed by cache cleanups of the engine, by trigger.",
     &["container_name", "container_id", "trigger"],
 );
+const RESTARTS_TOTAL: Family = counter(
+    "acestream_engine_restarts_total",
+    "Restarts of the engine's container by the agent (heal), by trigger: unhealthy, stalled, manual.",
+    &["container_name", "container_id", "trigger"],
+);
+const ENGINE_LAST_RESTART: Family = gauge(
+    "acestream_engine_last_restart_timestamp_seconds",
+    "Unix time the agent last restarted the engine; absent if never.",
+    &ENGINE,
+);
+const ENGINE_QUARANTINED: Family = gauge(
+    "acestream_engine_quarantined",
+    "1 if heal gave up on the engine (restarted heal.max_restarts times within heal.window and still stuck), else 0.",
+    &ENGINE,
+);
 const AGENT_DOCKER_UP: Family = gauge(
     "acestream_agent_docker_up",
     "1 if the agent is connected to the Docker API, 0 while it is unreachable (engines shown are the last known).",
@@ -183,7 +200,7 @@ const DISK_PRESSURE: Family = gauge(
 );
 
 /// Every family `SnapshotCollector` emits, for `Collector::desc` and the tests.
-const SNAPSHOT_FAMILIES: [&Family; 22] = [
+const SNAPSHOT_FAMILIES: [&Family; 25] = [
     &ENGINE_INFO,
     &ENGINE_HEALTHY,
     &ENGINE_ACTIVE_STREAMS,
@@ -197,6 +214,9 @@ const SNAPSHOT_FAMILIES: [&Family; 22] = [
     &CLEANUPS_TOTAL,
     &CLEANUP_FAILURES_TOTAL,
     &FREED_BYTES_TOTAL,
+    &RESTARTS_TOTAL,
+    &ENGINE_LAST_RESTART,
+    &ENGINE_QUARANTINED,
     &AGENT_DOCKER_UP,
     &AGENT_ENGINES,
     &AGENT_BUILD_INFO,
@@ -489,6 +509,24 @@ impl Collector for SnapshotCollector<'_> {
             c.failures
         }));
         out.push(per_trigger(&FREED_BYTES_TOTAL, engines, |c| c.freed_bytes));
+        out.push(family(
+            &RESTARTS_TOTAL,
+            engines.iter().flat_map(|e| {
+                HealTrigger::ALL.into_iter().map(move |t| {
+                    series(
+                        &RESTARTS_TOTAL,
+                        &[&e.engine.container_name, e.id12(), t.as_str()],
+                        e.heal.restarts(t) as f64,
+                    )
+                })
+            }),
+        ));
+        out.push(per_engine(&ENGINE_LAST_RESTART, engines, |e| {
+            e.engine.last_restart.map(unix_seconds)
+        }));
+        out.push(per_engine(&ENGINE_QUARANTINED, engines, |e| {
+            Some(flag(e.heal.quarantined.is_some()))
+        }));
 
         out.push(single(&AGENT_DOCKER_UP, Some(flag(s.docker_up))));
         out.push(single(&AGENT_ENGINES, Some(engines.len() as f64)));
@@ -770,7 +808,14 @@ pub mod testing {
             e.version = None;
             e.image = "acestream/engine:3.1.74".to_owned();
             e.cache_mountpoint = Some("/srv/acestream".to_owned());
+            // Restarted three times by heal and once by hand, then quarantined.
+            e.unhealthy_since = Some(ts(T0 - 900, 0));
+            e.last_restart = Some(ts(T0 - 1_200, 125_000));
+            e.restarts_total = 4;
+            e.heal_state = crate::model::HealState::Quarantined;
         }
+        unhealthy.heal.restarts = [3, 0, 1];
+        unhealthy.heal.quarantined = Some(ts(T0 - 600, 0));
 
         let mut odd = engine(
             "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100",
