@@ -441,6 +441,73 @@ async fn cleanup_state(addr: SocketAddr, ids: &[&str]) -> Vec<(usize, u64)> {
     out
 }
 
+/// Heal never restarts while Docker is away: an engine that answered, then hangs, is failing
+/// for many times `heal.after` with the socket cut, and nothing is attempted (no record, no
+/// restart, its container untouched); once Docker is back it is restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_engine_is_restarted_while_docker_is_away() {
+    let case = unique_name("fault-heal");
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = DockerProxy::start(dir.path());
+    let mut cfg = config(&case, &dir.path().join("state.redb"));
+    cfg.docker.host = Some(proxy.host());
+    cfg.health.timeout = Duration::from_secs(1);
+    cfg.heal.after = Duration::from_secs(1);
+    let engine = case_engine(&case, "fault-heal").start();
+    let agent = start_agent(cfg).await;
+    let addr = agent.addr;
+    wait_docker(addr, true, Duration::from_secs(10)).await;
+    wait_engine(addr, &engine.id, Duration::from_secs(10), "healthy", |v| {
+        v["health_status"] == "healthy"
+    })
+    .await;
+    let started = |id: &str| docker_cli(&["inspect", "-f", "{{.State.StartedAt}}", id]);
+    let before = started(&engine.id);
+
+    proxy.set(false);
+    wait_docker(addr, false, Duration::from_secs(5)).await;
+    engine.exec(&["touch", "/tmp/hang-until-restart"]);
+    // Probes go to the engine, not through Docker: it is seen failing, for 5 x heal.after.
+    let v = wait_engine(
+        addr,
+        &engine.id,
+        Duration::from_secs(30),
+        "failing for 5 x heal.after",
+        |v| {
+            v["unhealthy_since"].as_str().is_some_and(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .is_ok_and(|t| (chrono::Utc::now() - t.to_utc()).num_seconds() >= 5)
+            })
+        },
+    )
+    .await;
+    assert_eq!(v["restarts_total"], 0, "{v}");
+    assert_eq!(v["heal_state"], "waiting", "stuck, held back: {v}");
+    let (status, heals) = http_get_json(addr, &format!("/engines/{}/heals", engine.id)).await;
+    assert_eq!((status, heals), (200, json!([])));
+    assert_eq!(
+        started(&engine.id),
+        before,
+        "restarted while Docker was away"
+    );
+    let (status, v) = http_post(addr, &format!("/engines/{}/heal", engine.id), "", &[]).await;
+    assert_eq!(status, 503, "a manual heal while Docker is away: {v}");
+
+    proxy.set(true);
+    wait_docker(addr, true, Duration::from_secs(15)).await;
+    let v = wait_engine(
+        addr,
+        &engine.id,
+        Duration::from_secs(30),
+        "restarted once Docker is back",
+        |v| v["restarts_total"] == 1 && v["health_status"] == "healthy",
+    )
+    .await;
+    assert_eq!(v["heal_state"], "ok", "{v}");
+    assert_ne!(started(&engine.id), before);
+    agent.stop().await;
+}
+
 /// Docker away: `/engines` keeps the last known state, `docker_up` goes 0 then 1, no cleanup
 /// is attempted against containers the agent cannot see (sweeps run every 300 ms meanwhile),
 /// and on return discovery resyncs: a container removed meanwhile is gone, one started
