@@ -495,6 +495,7 @@ fn alert_rules_pass_promtool_check() {
             "AcestreamIdleEngineCacheLarge",
             "AcestreamCleanupSweepStalled",
             "AcestreamEngineUnhealthy",
+            "AcestreamEngineQuarantined",
             "AcestreamDiskPressureUnresolved",
             "AcestreamFilesystemFillingUp",
             "AcestreamMemoryCacheNearLimit",
@@ -843,6 +844,8 @@ fn dashboard_has_the_panels_operators_need() {
         rows.contains(&"Memory caches"),
         "the Disk row's memory twin: {rows:?}"
     );
+    // Heal: how often the agent restarts engines, and which it gave up on.
+    assert!(rows.contains(&"Heal"), "rows: {rows:?}");
     for (t, metrics) in [
         (
             "Free space vs threshold, by filesystem",
@@ -884,6 +887,22 @@ fn dashboard_has_the_panels_operators_need() {
         (
             "Memory pressure, by engine",
             vec!["acestream_disk_pressure"],
+        ),
+        (
+            "Restarts in the time range",
+            vec!["acestream_engine_restarts_total"],
+        ),
+        ("Quarantined engines", vec!["acestream_engine_quarantined"]),
+        (
+            "Restarts and quarantine, by engine",
+            vec![
+                "acestream_engine_quarantined",
+                "acestream_engine_restarts_total",
+            ],
+        ),
+        (
+            "Restarts per hour, by engine and trigger",
+            vec!["acestream_engine_restarts_total"],
         ),
     ] {
         let got = metric_of(t);
@@ -1382,6 +1401,42 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
                 ensure(s.value == 1.0, || format!("healthy = {}", s.value))
             }),
         ),
+        // Heal: both engines healthy all along, so never restarted nor quarantined; every
+        // trigger's series is there at 0.
+        (
+            "Restarts in the time range/A",
+            check(|r, _| {
+                let got: BTreeMap<&str, f64> =
+                    r.iter().map(|s| (s.label("trigger"), s.value)).collect();
+                ensure(
+                    got.keys().copied().eq(["manual", "stalled", "unhealthy"]),
+                    || format!("triggers {got:?}"),
+                )?;
+                ensure(got.values().all(|v| *v == 0.0), || {
+                    format!("restarts: {got:?}")
+                })
+            }),
+        ),
+        (
+            "Quarantined engines/A",
+            one("none quarantined", |v| v == 0.0),
+        ),
+        (
+            "Restarts and quarantine, by engine/A",
+            per_engine(both(), None, |_, s, _| {
+                ensure(s.value == 0.0, || format!("quarantined = {}", s.value))
+            }),
+        ),
+        ("Restarts and quarantine, by engine/B", no_restarts()),
+        ("Restarts and quarantine, by engine/C", no_restarts()),
+        ("Restarts and quarantine, by engine/D", no_restarts()),
+        ("Restarts and quarantine, by engine/E", no_restarts()),
+        // Only restarted engines are drawn: none. Checked for validity (and its selector for
+        // matching series) only.
+        (
+            "Restarts per hour, by engine and trigger/A",
+            check(|r, _| ensure(r.is_empty(), || format!("{r:?}"))),
+        ),
         (
             "Cleanup duration/A",
             check(|r, _| {
@@ -1500,6 +1555,13 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
     ]
 }
 
+/// One series per engine, both at 0 restarts.
+fn no_restarts() -> Check {
+    per_engine(both(), None, |_, s, _| {
+        ensure(s.value == 0.0, || format!("{} restarts", s.value))
+    })
+}
+
 /// Exactly one series, of a named filesystem, whose value satisfies `ok`.
 fn one_filesystem(ok: impl Fn(f64) -> bool + 'static) -> Check {
     check(move |r, _| match r {
@@ -1553,6 +1615,13 @@ fn alert_expectations() -> Vec<(&'static str, Check)> {
             "AcestreamEngineUnhealthy",
             per_engine(both(), None, |_, s, _| {
                 ensure(s.value == 1.0, || format!("healthy = {}", s.value))
+            }),
+        ),
+        // Both healthy all along: heal never gave up on either.
+        (
+            "AcestreamEngineQuarantined",
+            per_engine(both(), None, |_, s, _| {
+                ensure(s.value == 0.0, || format!("quarantined = {}", s.value))
             }),
         ),
         (

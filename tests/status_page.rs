@@ -1,16 +1,19 @@
 //! The built-in status page (SPEC §6 `GET /`), rendered by a real browser: headless Chromium
 //! loads it from a running agent that watches two fake engines, and the test reads the DOM
-//! the page's script built from `/engines`.
+//! the page's script built from `/engines`. What no test agent's engines show (restarts hours
+//! ago, a quarantined engine) it renders from a crafted `/engines` body, served with the page.
 //!
 //! Needs Debian's `chromium` package; without it these tests fail and say so.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADVERTISE_HOST: &str = "status-page-host.example";
 const CHROMIUM: &str = "chromium";
@@ -30,6 +33,97 @@ async fn start_agent(prefix: &str) -> TestAgent {
         cfg
     })
     .await
+}
+
+/// Serves the status page at `/` and `engines` as the `/engines` body (404 for anything
+/// else), one request per connection: the page as an agent serves it, with engines no test
+/// agent has (quarantined, restarted hours ago). Lives as long as the test's runtime.
+async fn serve_page_with(engines: &Value) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the stub agent");
+    let addr = listener.local_addr().unwrap();
+    let engines = engines.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let engines = engines.clone();
+            tokio::spawn(async move {
+                let mut req = vec![];
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&req);
+                let path = head.split_whitespace().nth(1).unwrap_or("");
+                let (status, content_type, body) = match path {
+                    "/" => (
+                        "200 OK",
+                        "text/html; charset=utf-8",
+                        include_str!("../src/http/status.html").to_string(),
+                    ),
+                    "/engines" => ("200 OK", "application/json", engines),
+                    _ => ("404 Not Found", "text/plain", "not found".to_string()),
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n\
+                     Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An `/engines` item as the agent writes it (`model::Engine`), healthy and idle, never
+/// cleaned nor restarted; `heal` fields (and any other) set on top.
+fn engine_json(id_char: char, name: &str, heal: Value) -> Value {
+    let now = chrono::Utc::now();
+    let mut e = json!({
+        "container_id": id_char.to_string().repeat(64),
+        "container_name": name,
+        "host": ADVERTISE_HOST,
+        "port": 6878,
+        "streams": [],
+        "health_status": "healthy",
+        "last_health_check": rfc3339(now),
+        "last_stream_usage": null,
+        "last_cache_cleanup": null,
+        "cache_size_bytes": null,
+        "image": "acestream/engine:latest",
+        "labels": {},
+        "version": null,
+        "first_seen": rfc3339(now - chrono::Duration::days(5)),
+        "last_seen": rfc3339(now),
+        "cache_current_bytes": null,
+        "cache_measured_at": null,
+        "cleanups_total": 0,
+        "cleanup_failures_total": 0,
+        "cache_freed_bytes_total": 0,
+        "last_cleanup_error": null,
+        "cache_path": "/home/appuser/.ACEStream/.acestream_cache",
+        "cache_path_source": "config",
+        "cache_medium": "disk",
+        "cache_mountpoint": null,
+        "restarts_total": 0,
+        "last_restart": null,
+        "unhealthy_since": null,
+        "heal_state": "ok"
+    });
+    for (k, v) in heal.as_object().expect("an object of fields") {
+        e[k] = v.clone();
+    }
+    e
+}
+
+/// A moment as `/engines` writes it (chrono's serde: RFC 3339, UTC).
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> Value {
+    json!(t)
 }
 
 // ---------------------------------------------------------------------------
@@ -143,7 +237,10 @@ fn text_after(html: &str, from: usize, open: &str, close: &str) -> Option<String
 struct Card {
     container_id: String,
     title: String,
+    /// The health badge (the first one).
     badge: String,
+    /// Every badge in the card's head, in page order: health, then `quarantined` if so.
+    badges: Vec<String>,
     /// (data-row, label, value) in page order.
     rows: Vec<(String, String, String)>,
 }
@@ -181,6 +278,13 @@ fn cards(dom: &str) -> Vec<Card> {
         let body = &dom[tag_end..end];
         let title = text_after(body, 0, "<h2", "</h2>").expect("card has a title");
         let badge = text_after(body, 0, "<span class=\"badge", "</span>").unwrap_or_default();
+        let head_end = body.find(" class=\"rows\"").unwrap_or(body.len());
+        let mut badges = vec![];
+        let mut b = 0;
+        while let Some(p) = body[b..head_end].find("<span class=\"badge") {
+            badges.push(text_after(body, b + p, "<span", "</span>").expect("badge text"));
+            b += p + 1;
+        }
         let mut rows = vec![];
         let mut r = 0;
         while let Some(p) = body[r..].find(" data-row=\"") {
@@ -198,6 +302,7 @@ fn cards(dom: &str) -> Vec<Card> {
             container_id,
             title,
             badge,
+            badges,
             rows,
         });
     }
@@ -268,6 +373,13 @@ async fn status_page_shows_one_card_per_engine_with_the_seed_rows() {
             format!("Engine: {}", e["container_name"].as_str().unwrap())
         );
         assert_eq!(card.badge, "healthy");
+        // Heal: never restarted, not quarantined, so no badge but the health one.
+        assert_eq!(card.badges, ["healthy"], "{card:?}");
+        assert_eq!(e["restarts_total"], 0, "{e}");
+        assert_eq!(e["last_restart"], Value::Null, "{e}");
+        assert_eq!(e["heal_state"], "ok", "{e}");
+        assert_eq!(card.row("restarts"), "0");
+        assert_eq!(card.row("last-restart"), "Never");
         let labels: Vec<&str> = card
             .rows
             .iter()
@@ -349,6 +461,92 @@ async fn status_page_shows_one_card_per_engine_with_the_seed_rows() {
         );
     }
     agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_restarts_and_marks_quarantined_engines() {
+    // Three engines heal has dealt with, as /engines reports them: one it gave up on, one
+    // stuck again after a restart (waiting longer before the next), one healed days ago.
+    let now = chrono::Utc::now();
+    let ago = |secs: i64| rfc3339(now - chrono::Duration::seconds(secs));
+    let engines = json!([
+        engine_json(
+            'a',
+            "heal-a-quarantined",
+            json!({
+                "health_status": "unhealthy",
+                "restarts_total": 3,
+                "last_restart": ago(2 * 3600 + 300),
+                "unhealthy_since": ago(3 * 3600),
+                "heal_state": "quarantined"
+            })
+        ),
+        engine_json(
+            'b',
+            "heal-b-backoff",
+            json!({
+                "health_status": "unhealthy",
+                "restarts_total": 1,
+                "last_restart": ago(5 * 60 + 10),
+                "unhealthy_since": ago(4 * 60),
+                "heal_state": "backoff"
+            })
+        ),
+        engine_json(
+            'c',
+            "heal-c-healed",
+            json!({
+                "restarts_total": 2,
+                "last_restart": ago(3 * 86400 + 3600)
+            })
+        ),
+    ]);
+    let addr = serve_page_with(&engines).await;
+    let dom = dump_dom(&format!("http://{addr}/")).await;
+    let cards = cards(&dom);
+    let shown: Vec<(&str, Vec<&str>, &str, &str)> = cards
+        .iter()
+        .map(|c| {
+            (
+                c.title.as_str(),
+                c.badges.iter().map(String::as_str).collect(),
+                c.row("restarts"),
+                c.row("last-restart"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "Engine: heal-a-quarantined",
+                vec!["unhealthy", "quarantined"],
+                "3",
+                "2h ago"
+            ),
+            ("Engine: heal-b-backoff", vec!["unhealthy"], "1", "5m ago"),
+            ("Engine: heal-c-healed", vec!["healthy"], "2", "3d ago"),
+        ],
+        "(title, badges, restarts, last restart) per card; DOM:\n{dom}"
+    );
+    assert_eq!(cards[0].container_id, "a".repeat(64));
+    // The badge is marked for scripts and says what to do.
+    let at = dom
+        .find("<span class=\"badge badge-quarantined\"")
+        .expect("a quarantined badge in the DOM");
+    let tag = &dom[at..at + dom[at..].find('>').unwrap()];
+    assert_eq!(
+        attr(tag, "data-heal").as_deref(),
+        Some("quarantined"),
+        "{tag}"
+    );
+    assert!(
+        attr(tag, "title").is_some_and(|t| t.contains("POST /engines/aaaaaaaaaaaa/heal")),
+        "{tag}"
+    );
+    // The rest of the card as for any engine.
+    assert_eq!(cards[0].row("endpoint"), format!("{ADVERTISE_HOST}:6878"));
+    assert_eq!(cards[0].row("last-used"), "Never");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
