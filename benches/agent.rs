@@ -6,6 +6,7 @@
 //! ACESTREAM_BENCH_SMOKE=1 cargo bench --bench agent  # tiny run: 2-3 engines, 1 s loads, 2 files
 //! ACESTREAM_BENCH_ONLY=scrape cargo bench --bench agent  # the scrape section (issue 16) alone
 //! ACESTREAM_BENCH_ONLY=sweep cargo bench --bench agent   # the two sweep sections alone
+//! ACESTREAM_BENCH_ONLY=heal cargo bench --bench agent    # heal's idle cost alone
 //! ```
 //!
 //! Real Docker, fake engines (tests/fixtures/fake-engine, built by tests/common/mod.rs), the
@@ -171,6 +172,8 @@ pub const ROWS: &[&str] = &[
     "idle agent CPU",
     "idle added dockerd+containerd CPU",
     "idle agent RSS",
+    "idle agent CPU, heal on vs off ({b} engines)",
+    "heal pass over {b} engines",
     "store open (+load)",
     "/engines render, store engines",
     "GET /engines, store engines",
@@ -1125,6 +1128,97 @@ fn bench_idle(
         "-".into(),
         "≤ 20 MiB",
         Some(mib(hwm) <= 20.0),
+    );
+}
+
+/// What heal costs an idle host: the same engines (a large host's, `scrape_engines[1]`) under
+/// an agent with heal on and under one with heal off, by turns and one at a time (two agents
+/// at once would take each other's probes for clients), each measured over `idle_window` once
+/// every engine answered; and the policy's pass over a snapshot of that many engines, alone.
+fn bench_heal(p: &Params, run: &str, table: &mut Table, rt: &tokio::runtime::Runtime) {
+    let n = p.scrape_engines[1];
+    let heal_run = format!("{run}-heal");
+    eprintln!("bench: heal, starting {n} engines");
+    let engines = start_engines(&heal_run, n, 0);
+    let ids: Vec<String> = engines.iter().map(|e| e.id.clone()).collect();
+    let label = format!("{BENCH_LABEL}={heal_run}");
+    let (mut on, mut off) = (vec![], vec![]);
+    for round in 0..p.runs {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for heal in order {
+            let agent = AgentProc::start(
+                &label,
+                &[("ACESTREAM_AGENT_HEAL__ENABLED", heal.to_string())],
+            );
+            rt.block_on(wait_engines(agent.addr, &ids, "the heal engines listed"));
+            rt.block_on(eventually(
+                Duration::from_secs(60),
+                "health checks",
+                || async {
+                    let listed = engines_json(agent.addr).await;
+                    listed
+                        .iter()
+                        .all(|e| e["health_status"] == "healthy")
+                        .then_some(())
+                },
+            ));
+            let pid = agent.pid();
+            let a0 = process_cpu_seconds(pid);
+            let t0 = Instant::now();
+            std::thread::sleep(p.idle_window);
+            let pct = (process_cpu_seconds(pid) - a0) / t0.elapsed().as_secs_f64() * 100.0;
+            if heal { &mut on } else { &mut off }.push(pct);
+            agent.stop();
+        }
+    }
+    drop(engines);
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
+    };
+    let (off_lo, off_hi) = spread(&off);
+    let (on_lo, on_hi) = spread(&on);
+    let (a, b) = (median(on), median(off));
+    // "Nothing measurable": the difference is within what the heal-off runs vary by among
+    // themselves (or a hundredth of a percent of a core, the figure's last digit).
+    let noise = (off_hi - off_lo).max(0.01);
+    table.row(
+        &format!("idle agent CPU, heal on vs off ({n} engines)"),
+        format!("{a:.3} % of a core (on: {on_lo:.3}-{on_hi:.3})"),
+        format!("heal off: {b:.3} % ({off_lo:.3}-{off_hi:.3})"),
+        "on − off within the off runs' spread",
+        Some(a - b <= noise),
+    );
+
+    let snap = Snapshot {
+        engines: (0..n)
+            .map(|i| EngineState {
+                running: true,
+                ..EngineState::remembered(fake_engine(i), Default::default(), Default::default())
+            })
+            .collect(),
+        docker_up: true,
+        ..Default::default()
+    };
+    let policy = acestream_agent::heal::Policy::from_config(&Config::default().heal);
+    let now = chrono::Utc::now();
+    let passes = 2000;
+    let t0 = Instant::now();
+    for _ in 0..passes {
+        std::hint::black_box(policy.plan(std::hint::black_box(&snap), now));
+    }
+    let us = t0.elapsed().as_secs_f64() * 1e6 / passes as f64;
+    table.row(
+        &format!("heal pass over {n} engines"),
+        format!("{us:.1} µs"),
+        "-".into(),
+        "-",
+        None,
     );
 }
 
@@ -2481,8 +2575,8 @@ fn sizing(sa: &ScrapeAt, sb: &ScrapeAt) -> String {
 pub fn run(p: &Params) -> String {
     let only = p.only.as_deref();
     assert!(
-        matches!(only, None | Some("scrape") | Some("sweep")),
-        "ACESTREAM_BENCH_ONLY={only:?}: the sections that run alone are `scrape` and `sweep`"
+        matches!(only, None | Some("scrape") | Some("sweep") | Some("heal")),
+        "ACESTREAM_BENCH_ONLY={only:?}: the sections that run alone are `scrape`, `sweep` and `heal`"
     );
     require_tool("wrk", "wrk");
     require_tool("nginx", "nginx-light");
@@ -2502,9 +2596,12 @@ pub fn run(p: &Params) -> String {
         eprintln!("bench: starting {} engines", p.idle_engines);
         let engines = start_engines(&run, p.idle_engines, p.idle_engines);
         bench_sweeps(p, &run, engines, &mut table, &rt);
+    } else if only == Some("heal") {
+        bench_heal(p, &run, &mut table, &rt);
     } else {
         if only.is_none() {
             bench_all_but_scrape(p, &run, &mut table, &rt);
+            bench_heal(p, &run, &mut table, &rt);
         }
         eprintln!("bench: scrapes");
         bench_scrape(p, &run, &mut table, &rt);
