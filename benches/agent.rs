@@ -748,6 +748,18 @@ async fn wait_engines(addr: SocketAddr, ids: &[String], what: &str) {
 /// The `TEST_CREATED_LABEL` value for bench engines: half an hour ahead, which protects them
 /// from the harness's stale-container sweep of concurrent test processes (it removes test
 /// containers older than 10 minutes; a full run takes longer).
+/// Waits until every engine the agent lists has answered its health check.
+async fn wait_all_healthy(addr: SocketAddr, within: Duration) {
+    eventually(within, "health checks", || async {
+        let listed = engines_json(addr).await;
+        listed
+            .iter()
+            .all(|e| e["health_status"] == "healthy")
+            .then_some(())
+    })
+    .await;
+}
+
 fn created_label() -> String {
     (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1155,17 +1167,7 @@ fn bench_heal(p: &Params, run: &str, table: &mut Table, rt: &tokio::runtime::Run
                 &[("ACESTREAM_AGENT_HEAL__ENABLED", heal.to_string())],
             );
             rt.block_on(wait_engines(agent.addr, &ids, "the heal engines listed"));
-            rt.block_on(eventually(
-                Duration::from_secs(60),
-                "health checks",
-                || async {
-                    let listed = engines_json(agent.addr).await;
-                    listed
-                        .iter()
-                        .all(|e| e["health_status"] == "healthy")
-                        .then_some(())
-                },
-            ));
+            rt.block_on(wait_all_healthy(agent.addr, Duration::from_secs(60)));
             let pid = agent.pid();
             let a0 = process_cpu_seconds(pid);
             let t0 = Instant::now();
@@ -2662,17 +2664,7 @@ fn bench_all_but_scrape(p: &Params, run: &str, table: &mut Table, rt: &tokio::ru
     let ids: Vec<String> = engines.iter().map(|e| e.id.clone()).collect();
     rt.block_on(wait_engines(agent.addr, &ids, "every engine to be listed"));
     // Health results in, so the bodies are the steady-state ones.
-    rt.block_on(eventually(
-        Duration::from_secs(30),
-        "health checks",
-        || async {
-            let listed = engines_json(agent.addr).await;
-            listed
-                .iter()
-                .all(|e| e["health_status"] == "healthy")
-                .then_some(())
-        },
-    ));
+    rt.block_on(wait_all_healthy(agent.addr, Duration::from_secs(30)));
     eprintln!("bench: HTTP");
     bench_http(p, &agent, &proxy, table, rt);
     eprintln!("bench: reactions");

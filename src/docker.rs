@@ -35,6 +35,29 @@ pub enum DockerError {
     NotFound { id12: String },
 }
 
+/// The answer to a call about one container, with its deadline: a 404 is
+/// `DockerError::NotFound` naming the container.
+fn on_container<T>(
+    call: &'static str,
+    id: &str,
+    after: Duration,
+    r: Result<Result<T, bollard::errors::Error>, tokio::time::error::Elapsed>,
+) -> Result<T, DockerError> {
+    match r {
+        Err(_) => Err(DockerError::Timeout { call, after }),
+        Ok(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        })) => Err(DockerError::NotFound {
+            id12: id12(id).to_string(),
+        }),
+        Ok(Err(e)) => Err(DockerError::Api {
+            call,
+            message: e.to_string(),
+        }),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
 /// Output of a finished exec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExecOutput {
@@ -145,27 +168,12 @@ impl DockerClient {
 
     pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
         let c = self.client()?;
-        match tokio::time::timeout(
+        let r = tokio::time::timeout(
             CALL_TIMEOUT,
             c.inspect_container(id, None::<InspectContainerOptions>),
         )
-        .await
-        {
-            Err(_) => Err(DockerError::Timeout {
-                call: "inspect",
-                after: CALL_TIMEOUT,
-            }),
-            Ok(Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            })) => Err(DockerError::NotFound {
-                id12: id12(id).to_string(),
-            }),
-            Ok(Err(e)) => Err(DockerError::Api {
-                call: "inspect",
-                message: e.to_string(),
-            }),
-            Ok(Ok(v)) => Ok(v),
-        }
+        .await;
+        on_container("inspect", id, CALL_TIMEOUT, r)
     }
 
     /// `POST /containers/{id}/restart?t=<stop_timeout>`: Docker stops the container (SIGTERM,
@@ -179,22 +187,8 @@ impl DockerClient {
             signal: None,
         };
         let after = stop_timeout + CALL_TIMEOUT;
-        match tokio::time::timeout(after, c.restart_container(id, Some(opts))).await {
-            Err(_) => Err(DockerError::Timeout {
-                call: "restart",
-                after,
-            }),
-            Ok(Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            })) => Err(DockerError::NotFound {
-                id12: id12(id).to_string(),
-            }),
-            Ok(Err(e)) => Err(DockerError::Api {
-                call: "restart",
-                message: e.to_string(),
-            }),
-            Ok(Ok(())) => Ok(()),
-        }
+        let r = tokio::time::timeout(after, c.restart_container(id, Some(opts))).await;
+        on_container("restart", id, after, r)
     }
 
     /// The daemon's name for its host (`Name` of `docker info`: the machine's hostname, or what

@@ -147,17 +147,24 @@ async fn over_health_checks(
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_engine_is_restarted_once_and_answers_again() {
-    let case = unique_name("heal-once");
-    let engine = case_engine(&case, "heal-once").start();
+/// An engine of a new case and the agent binary over it (its store and log in the returned
+/// directory), once the engine answered.
+async fn engine_and_agent(prefix: &str) -> (String, TestEngine, tempfile::TempDir, Child) {
+    let case = unique_name(prefix);
+    let engine = case_engine(&case, prefix).start();
     let dir = tempfile::tempdir().unwrap();
     let agent = Child::start(&case, dir.path(), "agent");
-    let addr = agent.addr;
-    wait_engine(addr, &engine.id, WAIT, "healthy", |e| {
+    wait_engine(agent.addr, &engine.id, WAIT, "healthy", |e| {
         e["health_status"] == "healthy"
     })
     .await;
+    (case, engine, dir, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_engine_is_restarted_once_and_answers_again() {
+    let (_case, engine, _dir, agent) = engine_and_agent("heal-once").await;
+    let addr = agent.addr;
     let before = started_at(&engine.id);
     engine.exec(&["touch", "/tmp/hang-until-restart"]);
     let e = wait_engine(addr, &engine.id, WAIT, "restarted and healthy again", |e| {
@@ -271,15 +278,8 @@ fn prometheus(dir: &Path, agent: SocketAddr) -> common::prom::Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_stuck_after_every_restart_backs_off_then_is_quarantined_until_a_person_heals_it()
 {
-    let case = unique_name("heal-quarantine");
-    let engine = case_engine(&case, "heal-quar").start();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Child::start(&case, dir.path(), "agent");
+    let (_case, engine, _dir, agent) = engine_and_agent("heal-quar").await;
     let addr = agent.addr;
-    wait_engine(addr, &engine.id, WAIT, "healthy", |e| {
-        e["health_status"] == "healthy"
-    })
-    .await;
     // Hangs again after every restart.
     engine.exec(&["touch", "/tmp/hang"]);
     let e = wait_engine(addr, &engine.id, WAIT, "quarantined", |e| {
@@ -511,14 +511,7 @@ async fn two_stuck_engines_are_restarted_one_after_the_other() {
 /// the engine stays quarantined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_back_off_and_quarantine_survive_kill_9() {
-    let case = unique_name("heal-kill9");
-    let engine = case_engine(&case, "heal-kill9").start();
-    let dir = tempfile::tempdir().unwrap();
-    let first = Child::start(&case, dir.path(), "first");
-    wait_engine(first.addr, &engine.id, WAIT, "healthy", |e| {
-        e["health_status"] == "healthy"
-    })
-    .await;
+    let (case, engine, dir, first) = engine_and_agent("heal-kill9").await;
     engine.exec(&["touch", "/tmp/hang"]);
     wait_engine(first.addr, &engine.id, WAIT, "restarted once", |e| {
         e["restarts_total"] == 1
@@ -571,4 +564,48 @@ async fn restarts_back_off_and_quarantine_survive_kill_9() {
     .await;
     assert_eq!(started_at(&engine.id), quarantined_at);
     assert_eq!(heals(third.addr, &engine.id).await.len(), 2);
+}
+
+/// `POST /engines/{id}/heal` answers what it did not do: 404 for an engine the agent does not
+/// know, 409 for one with a client; with `heal.enabled = false` every engine is `off` and the
+/// request is 409 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_heal_is_refused_for_unknown_busy_engines_and_with_heal_off() {
+    let agent = TestAgent::start("heal-manual", "127.0.0.1:0", heal_config).await;
+    let addr = agent.addr();
+    let busy = agent.engine("heal-manual").await;
+    agent.wait_healthy(&busy).await;
+    let (status, body) = http_post(addr, "/engines/0123456789ab/heal", "", &[]).await;
+    assert_eq!(status, 404, "{body}");
+    let _client = busy.stream_client();
+    wait_engine(addr, &busy.id, WAIT, "its client seen", |e| {
+        e["streams"].as_array().is_some_and(|s| !s.is_empty())
+    })
+    .await;
+    let before = started_at(&busy.id);
+    let (status, body) = http_post(addr, &format!("/engines/{}/heal", busy.id), "", &[]).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("has active streams"), "{body}");
+    assert_eq!(started_at(&busy.id), before);
+    assert!(heals(addr, &busy.id).await.is_empty());
+    let case = agent.case.clone();
+    agent.stop().await;
+
+    let off = TestAgent::start_for(case, "127.0.0.1:0", |case, store| {
+        let mut cfg = heal_config(case, store);
+        cfg.heal.enabled = false;
+        cfg
+    })
+    .await;
+    let e = wait_engine(off.addr(), &busy.id, WAIT, "heal off", |e| {
+        e["heal_state"] == "off"
+    })
+    .await;
+    assert_eq!(e["restarts_total"], 0, "{e}");
+    let (status, body) =
+        http_post(off.addr(), &format!("/engines/{}/heal", busy.id), "", &[]).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("heal is turned off"), "{body}");
+    assert_eq!(started_at(&busy.id), before);
+    off.stop().await;
 }
