@@ -47,7 +47,8 @@ fn dashboard_queries() -> BTreeMap<String, String> {
                 .as_str()
                 .unwrap()
                 .replace(r#"job=~"$job", instance=~"$instance""#, ALL)
-                .replace("$__rate_interval", "15s");
+                .replace("$__rate_interval", "15s")
+                .replace("$__range", "1h");
             assert!(!expr.contains('$'), "a variable left in {expr}");
             out.insert(
                 format!(
