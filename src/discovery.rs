@@ -187,6 +187,7 @@ impl Matcher {
                 net,
                 probe,
                 mounts,
+                paused: state.and_then(|s| s.paused).unwrap_or(false),
             },
             cache,
         })
@@ -1030,7 +1031,8 @@ impl Discovery {
 
     async fn on_event(&self, action: &str, id: &str) -> Result<(), DockerError> {
         match action {
-            "start" | "rename" => self.refresh(id).await?,
+            // A paused engine fails its probes but is frozen on purpose: heal must know.
+            "start" | "rename" | "pause" | "unpause" => self.refresh(id).await?,
             "die" | "stop" | "destroy" => {
                 self.registry
                     .send(RegistryCmd::Remove(id.to_string()))

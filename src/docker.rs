@@ -224,10 +224,12 @@ impl DockerClient {
         filters.insert("type".to_string(), vec!["container".to_string()]);
         filters.insert(
             "event".to_string(),
-            ["start", "die", "stop", "destroy", "rename"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            [
+                "start", "die", "stop", "destroy", "rename", "pause", "unpause",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         );
         let opts = EventsOptions {
             since: Some(since.to_string()),

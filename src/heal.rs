@@ -138,6 +138,7 @@ impl Policy {
         let stuck_since = match e.engine.unhealthy_since {
             Some(since)
                 if e.running
+                    && !e.runtime.paused
                     && e.engine.health_status == HealthStatus::Unhealthy
                     && e.heal.healthy_since_start
                     && e.is_idle() =>
@@ -507,6 +508,9 @@ mod tests {
         let mut stopped = stuck("a", 0);
         stopped.running = false;
         assert_eq!(p.judge(&stopped, later), Verdict::Rest(HealState::Ok));
+        let mut paused = stuck("a", 0);
+        paused.runtime.paused = true;
+        assert_eq!(p.judge(&paused, later), Verdict::Rest(HealState::Ok));
         let mut off = p.clone();
         off.enabled = false;
         assert_eq!(

@@ -364,6 +364,9 @@ pub struct Runtime {
     /// The container's mounts (inspect `Mounts`, plus `HostConfig.Tmpfs`), to find the host
     /// filesystem its cache lives on (SPEC §7).
     pub mounts: Vec<Mount>,
+    /// `docker pause`d: it answers nothing because someone froze it on purpose, which a restart
+    /// would undo, so heal leaves it alone.
+    pub paused: bool,
 }
 
 /// What kind of storage a container mount is.

@@ -1141,6 +1141,12 @@ impl Registry {
                 "it is being restarted",
             ));
         }
+        if e.runtime.paused {
+            return Err(RegistryError::Busy(
+                e.id12().into(),
+                "it is paused (docker unpause it first)",
+            ));
+        }
         e.heal.recent.retain(|t| *t >= forget_before);
         if trigger != HealTrigger::Manual {
             e.heal.recent.push(now);

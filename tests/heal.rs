@@ -393,7 +393,8 @@ async fn an_engine_stuck_after_every_restart_backs_off_then_is_quarantined_until
 
 /// Engines heal must leave alone, beside one it restarts in the same time (so the wait was
 /// long enough for heal to act): one with a client connected (its API hung), one never healthy
-/// (probed on a wrong port), one with the orchestrator's label, one with `acestream.heal=false`.
+/// (probed on a wrong port), one with the orchestrator's label, one with `acestream.heal=false`,
+/// one `docker pause`d (frozen on purpose: a restart would undo that).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_never_healthy_and_labelled_engines_are_never_restarted() {
     let agent = TestAgent::start("heal-never", "127.0.0.1:0", heal_config).await;
@@ -410,7 +411,8 @@ async fn busy_never_healthy_and_labelled_engines_are_never_restarted() {
     let opted_out = case_engine(&case, "heal-optout")
         .label("acestream.heal", "false")
         .start();
-    for e in [&control, &busy, &orchestrated, &opted_out] {
+    let paused = case_engine(&case, "heal-paused").start();
+    for e in [&control, &busy, &orchestrated, &opted_out, &paused] {
         agent.wait_healthy(e).await;
     }
     wait_engine(addr, &never.id, WAIT, "unhealthy", |e| {
@@ -422,11 +424,12 @@ async fn busy_never_healthy_and_labelled_engines_are_never_restarted() {
         e["streams"].as_array().is_some_and(|s| !s.is_empty())
     })
     .await;
-    let left_alone = [&busy, &never, &orchestrated, &opted_out];
+    let left_alone = [&busy, &never, &orchestrated, &opted_out, &paused];
     let started: Vec<String> = left_alone.iter().map(|e| started_at(&e.id)).collect();
     for e in [&control, &busy, &orchestrated, &opted_out] {
         e.exec(&["touch", "/tmp/hang-until-restart"]);
     }
+    docker_cli(&["pause", &paused.id]);
     wait_engine(
         addr,
         &control.id,
@@ -455,6 +458,18 @@ async fn busy_never_healthy_and_labelled_engines_are_never_restarted() {
         assert_eq!(heals(addr, &e.id).await, Vec::<Value>::new(), "{}", e.name);
         assert_eq!(&started_at(&e.id), before, "{} was restarted", e.name);
     }
+    assert_eq!(
+        docker_cli(&["inspect", "-f", "{{.State.Status}}", &paused.id]),
+        "paused"
+    );
+    let (status, body) = http_post(addr, &format!("/engines/{}/heal", paused.id), "", &[]).await;
+    assert_eq!(status, 409, "a manual heal of a paused engine: {body}");
+    assert!(body.contains("paused"), "{body}");
+    docker_cli(&["unpause", &paused.id]);
+    wait_engine(addr, &paused.id, WAIT, "answering once unpaused", |v| {
+        v["health_status"] == "healthy"
+    })
+    .await;
     // The client of the busy engine still receives its stream.
     let got = client.bytes_read();
     eventually(WAIT, "more stream bytes", || async {
@@ -608,4 +623,39 @@ async fn a_manual_heal_is_refused_for_unknown_busy_engines_and_with_heal_off() {
     assert!(body.contains("heal is turned off"), "{body}");
     assert_eq!(started_at(&busy.id), before);
     off.stop().await;
+}
+
+/// A restart Docker refuses is a failed heal record with Docker's reason: an engine whose bind
+/// mount's source is gone is stopped by Docker and cannot be started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_docker_refuses_is_a_failed_record_with_its_reason() {
+    let agent = TestAgent::start("heal-refused", "127.0.0.1:0", heal_config).await;
+    let addr = agent.addr();
+    let source = tempfile::tempdir().unwrap();
+    let engine = case_engine(&agent.case, "heal-refused")
+        .docker_arg("--mount")
+        .docker_arg(&format!(
+            "type=bind,source={},destination=/data",
+            source.path().display()
+        ))
+        .start();
+    agent.wait_healthy(&engine).await;
+    drop(source);
+    let (status, body) = http_post(addr, &format!("/engines/{}/heal", engine.id), "", &[]).await;
+    assert_eq!(status, 500, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&r["trigger"], &r["success"]),
+        (&"manual".into(), &false.into())
+    );
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("docker restart:") && error.contains("Cannot restart container"),
+        "Docker's reason: {r}"
+    );
+    assert_eq!(
+        docker_cli(&["inspect", "-f", "{{.State.Running}}", &engine.id]),
+        "false"
+    );
+    agent.stop().await;
 }
