@@ -1586,6 +1586,13 @@ fn fake_engine(i: usize) -> Engine {
         last_restart: None,
         unhealthy_since: None,
         heal_state: Default::default(),
+        peers: None,
+        speed_down_bytes: None,
+        speed_up_bytes: None,
+        stalled_streams: 0,
+        cache_limit_bytes: None,
+        cache_limit_source: None,
+        live_cache_type: None,
     }
 }
 

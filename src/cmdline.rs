@@ -12,18 +12,54 @@
 //! occurrence wins, `@file` is expanded in place, and a token with other characters around
 //! the flag (`" --bind-all"`, `-–http-port`) is no flag.
 
-/// What an engine's command line says about where it listens and keeps its cache.
+/// What an engine's command line says about where it listens and keeps its cache, and how
+/// large it lets its cache grow.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineArgs {
     pub http_port: Option<u16>,
     pub cache_dir: Option<String>,
     pub state_dir: Option<String>,
+    /// In bytes: `--cache-limit N` (GiB, as the engine's console help has it),
+    /// `--disk-cache-limit N` or `--cache-max-bytes N` (bytes), the last one given.
+    pub disk_cache_limit: Option<u64>,
+    /// `--memory-cache-limit N`, bytes.
+    pub memory_cache_limit: Option<u64>,
+    /// `--live-cache-type memory|disk`.
+    pub live_cache_type: Option<String>,
 }
 
 impl EngineArgs {
     pub fn is_empty(&self) -> bool {
-        self.http_port.is_none() && self.cache_dir.is_none() && self.state_dir.is_none()
+        *self == EngineArgs::default()
     }
+}
+
+/// The flags `parse_flags` reads; every other argument is passed over.
+const FLAGS: &[&str] = &[
+    "--http-port",
+    "--cache-dir",
+    "--state-dir",
+    "--cache-limit",
+    "--disk-cache-limit",
+    "--cache-max-bytes",
+    "--memory-cache-limit",
+    "--live-cache-type",
+];
+
+/// A size flag's value: whole bytes, or `unit` bytes times a decimal number (`2.5` GiB); 0 and
+/// nonsense are no value.
+fn size_value(value: &str, unit: u64) -> Option<u64> {
+    let v = value.trim();
+    let bytes = match v.parse::<u64>() {
+        Ok(n) => n.checked_mul(unit)?,
+        Err(_) if unit > 1 => {
+            let f = v.parse::<f64>().ok().filter(|f| f.is_finite() && *f > 0.0)?;
+            let b = f * unit as f64;
+            (b < u64::MAX as f64).then_some(b as u64)?
+        }
+        Err(_) => return None,
+    };
+    (bytes > 0).then_some(bytes)
 }
 
 /// Stands for a part of a word whose value cannot be known without running the shell (a
@@ -54,7 +90,7 @@ pub fn parse_flags(argv: &[String]) -> EngineArgs {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
             _ => (a, None),
         };
-        if !matches!(flag, "--http-port" | "--cache-dir" | "--state-dir") {
+        if !FLAGS.contains(&flag) {
             i += 1;
             continue;
         }
@@ -80,6 +116,25 @@ pub fn parse_flags(argv: &[String]) -> EngineArgs {
             }
             "--cache-dir" if !value.is_empty() => out.cache_dir = Some(value),
             "--state-dir" if !value.is_empty() => out.state_dir = Some(value),
+            "--cache-limit" => {
+                if let Some(b) = size_value(&value, 1 << 30) {
+                    out.disk_cache_limit = Some(b);
+                }
+            }
+            "--disk-cache-limit" | "--cache-max-bytes" => {
+                if let Some(b) = size_value(&value, 1) {
+                    out.disk_cache_limit = Some(b);
+                }
+            }
+            "--memory-cache-limit" => {
+                if let Some(b) = size_value(&value, 1) {
+                    out.memory_cache_limit = Some(b);
+                }
+            }
+            "--live-cache-type" => match value.trim() {
+                t @ ("memory" | "disk") => out.live_cache_type = Some(t.to_string()),
+                _ => {}
+            },
             _ => {}
         }
     }
@@ -568,6 +623,47 @@ mod tests {
     }
 
     #[test]
+    fn cache_limits_and_the_live_cache_type() {
+        let a = parse_flags(&v(&[
+            "start-engine",
+            "--cache-limit",
+            "2",
+            "--live-cache-type=memory",
+            "--memory-cache-limit",
+            "104857600",
+        ]));
+        assert_eq!(a.disk_cache_limit, Some(2 << 30));
+        assert_eq!(a.memory_cache_limit, Some(104_857_600));
+        assert_eq!(a.live_cache_type.as_deref(), Some("memory"));
+        // Bytes flags; the last size flag given wins; a half GiB.
+        let a = parse_flags(&v(&["--cache-limit=1", "--disk-cache-limit", "5000000"]));
+        assert_eq!(a.disk_cache_limit, Some(5_000_000));
+        let a = parse_flags(&v(&["--cache-max-bytes=7000", "--cache-limit", "0.5"]));
+        assert_eq!(a.disk_cache_limit, Some(1 << 29));
+        // No value: 0, words, a fraction of a byte, an unknown cache type.
+        for bad in [
+            v(&["--cache-limit", "0"]),
+            v(&["--disk-cache-limit", "lots"]),
+            v(&["--disk-cache-limit", "1.5"]),
+            v(&["--cache-limit", "-1"]),
+            v(&["--live-cache-type", "ssd"]),
+            v(&["--disk-cache-limit", "--cache-dir"]),
+        ] {
+            let a = parse_flags(&bad);
+            assert_eq!(
+                (a.disk_cache_limit, a.live_cache_type),
+                (None, None),
+                "{bad:?}"
+            );
+        }
+        // An argument file line `flag value`, as the engine reads it.
+        assert_eq!(
+            parse_flags(&argfile_tokens("--disk-cache-limit 123456\n")).disk_cache_limit,
+            Some(123_456)
+        );
+    }
+
+    #[test]
     fn flags_both_ways_last_one_wins() {
         let a = parse_flags(&v(&[
             "acestreamengine",
@@ -585,6 +681,7 @@ mod tests {
                 http_port: Some(16215),
                 cache_dir: Some("/srv/ace/cache".into()),
                 state_dir: Some("/tmp/state/.ACEStream".into()),
+                ..EngineArgs::default()
             }
         );
     }

@@ -73,6 +73,7 @@ const SECTIONS: &[(&str, Keys)] = &[
     ("cleanup", CleanupConfig::KEYS),
     ("pressure", PressureConfig::KEYS),
     ("heal", HealConfig::KEYS),
+    ("streams", StreamsConfig::KEYS),
     ("store", StoreConfig::KEYS),
 ];
 
@@ -94,6 +95,7 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     pub pressure: PressureConfig,
     pub heal: HealConfig,
+    pub streams: StreamsConfig,
     pub store: StoreConfig,
 }
 
@@ -299,6 +301,18 @@ section! {
         )],
         /// An engine all of whose streams are stalled counts as stuck although it has streams.
         pub stalled: bool = false,
+    }
+}
+
+section! {
+    /// What the engines say about their streams (README "Stream statistics").
+    pub struct StreamsConfig {
+        /// How often each started stream's statistics are asked of its engine; `None` = `"off"`.
+        #[serde(with = "duration_or_off")]
+        pub stat_interval: Option<Duration> = Some(Duration::from_secs(10)),
+        /// A stream whose every answer said no peers and no download for this long is stalled.
+        #[serde(with = "duration")]
+        pub stall_after: Duration = Duration::from_secs(120),
     }
 }
 
@@ -849,8 +863,8 @@ mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         read(d, |value| match value {
             Scalar::Text(s) if s.trim() == "off" => Err("cannot be \"off\" (only \
-                cleanup.interval, cleanup.idle_grace, cleanup.measure_interval and \
-                pressure.min_free can)"
+                cleanup.interval, cleanup.idle_grace, cleanup.measure_interval, \
+                streams.stat_interval and pressure.min_free can)"
                 .into()),
             v => scalar_duration(v),
         })

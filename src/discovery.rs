@@ -190,6 +190,7 @@ impl Matcher {
                 paused: state.and_then(|s| s.paused).unwrap_or(false),
             },
             cache,
+            limits: Default::default(),
         })
     }
 }
@@ -566,12 +567,17 @@ impl Inspector {
             }),
             None => std::borrow::Cow::Borrowed(&self.matcher),
         };
-        let d = matcher.engine_from(
+        let mut d = matcher.engine_from(
             c,
             owner.as_ref(),
             learned.args.http_port,
             learned.cache.clone(),
         )?;
+        d.limits = crate::model::CacheLimits {
+            disk: learned.args.disk_cache_limit,
+            memory: learned.args.memory_cache_limit,
+            live_cache_type: learned.args.live_cache_type.clone(),
+        };
         if let Some(o) = &owner {
             self.check_namespace(&d, o);
         }

@@ -927,6 +927,7 @@ mod tests {
                         error: None,
                         medium: CacheMedium::Disk,
                     },
+                    limits: Default::default(),
                 }))
                 .await;
             // A few rounds: on a multi-threaded runtime in real time the registry task may

@@ -45,6 +45,7 @@ pub mod reach;
 pub mod registry;
 pub mod selfcheck;
 pub mod shutdown;
+pub mod stats;
 pub mod store;
 pub mod streams;
 pub mod stuck;
@@ -259,6 +260,18 @@ impl Agent {
             }
             .run(shutdown.clone()),
         );
+        if let Some(interval) = cfg.streams.stat_interval {
+            tasks.spawn(
+                stats::StreamStats {
+                    registry: parts.handle.clone(),
+                    interval,
+                    timeout: cfg.health.timeout,
+                    stall_after: cfg.streams.stall_after,
+                    ports: ports.clone(),
+                }
+                .run(shutdown.clone()),
+            );
+        }
         let (heal, heal_handle) = heal::Heal::new(
             parts.handle.clone(),
             docker.clone(),

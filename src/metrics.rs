@@ -719,6 +719,13 @@ pub mod testing {
                 last_restart: None,
                 unhealthy_since: None,
                 heal_state: Default::default(),
+                peers: None,
+                speed_down_bytes: None,
+                speed_up_bytes: None,
+                stalled_streams: 0,
+                cache_limit_bytes: None,
+                cache_limit_source: None,
+                live_cache_type: None,
             },
             counters: TriggerCounters::default(),
             runtime: Runtime::default(),
@@ -728,6 +735,7 @@ pub mod testing {
             cache_empty_since: None,
             running: true,
             heal: Default::default(),
+            streams_stalled_since: None,
         }
     }
 

@@ -140,6 +140,53 @@ pub struct Engine {
     pub unhealthy_since: Option<Timestamp>,
     #[serde(default)]
     pub heal_state: HealState,
+    /// Sums over its started streams' statistics, as the engine last answered them (README
+    /// "Stream statistics"); `null` while no stream of it has statistics.
+    #[serde(default)]
+    pub peers: Option<u64>,
+    #[serde(default)]
+    pub speed_down_bytes: Option<u64>,
+    #[serde(default)]
+    pub speed_up_bytes: Option<u64>,
+    #[serde(default)]
+    pub stalled_streams: u64,
+    /// The engine's own cache limit: what its streams' `disk_cache_stats` say, else its
+    /// command line; `null` when neither says.
+    #[serde(default)]
+    pub cache_limit_bytes: Option<u64>,
+    #[serde(default)]
+    pub cache_limit_source: Option<CacheLimitSource>,
+    /// `--live-cache-type` of its command line (`memory`, `disk`).
+    #[serde(default)]
+    pub live_cache_type: Option<String>,
+}
+
+/// Where an engine's cache limit came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheLimitSource {
+    /// `disk_cache_stats.disk_cache_limit` of a stream's statistics.
+    Engine,
+    /// `--cache-limit`, `--disk-cache-limit`, `--cache-max-bytes`, or `--memory-cache-limit`
+    /// for a cache in memory.
+    CommandLine,
+}
+
+/// What an engine's command line says of its cache limits (discovery reads it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheLimits {
+    pub disk: Option<u64>,
+    pub memory: Option<u64>,
+    pub live_cache_type: Option<String>,
+}
+
+impl CacheLimits {
+    /// The limit of the cache directory: the disk cache's, else for a cache in memory (a
+    /// tmpfs) the memory cache's.
+    pub fn of_cache(&self, medium: CacheMedium) -> Option<u64> {
+        self.disk
+            .or(self.memory.filter(|_| medium == CacheMedium::Memory))
+    }
 }
 
 /// Where an engine stands with heal (README "Stuck engines").
@@ -444,6 +491,9 @@ pub struct EngineState {
     /// Docker no longer lists it (kept from the store until discovery has re-listed).
     pub running: bool,
     pub heal: HealBook,
+    /// Since when every started stream of it with statistics is stalled (at least one);
+    /// `None` otherwise. Heal's `stalled` trigger.
+    pub streams_stalled_since: Option<Timestamp>,
 }
 
 impl EngineState {
@@ -454,6 +504,7 @@ impl EngineState {
             engine,
             counters,
             heal,
+            streams_stalled_since: None,
             runtime: Runtime::default(),
             cache_path_error: None,
             cleaning: false,
@@ -491,6 +542,7 @@ pub struct DiscoveredEngine {
     pub port: u16,
     pub runtime: Runtime,
     pub cache: CacheChoice,
+    pub limits: CacheLimits,
 }
 
 /// One cleanup attempt, as kept in the per-engine history and returned by the manual trigger.
@@ -541,6 +593,27 @@ pub struct StreamRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Timestamp>,
     pub status: StreamStatus,
+    #[serde(flatten)]
+    pub stats: StreamStats,
+}
+
+/// What the engine last said of a started stream (its `stat_url`), README "Stream statistics".
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamStats {
+    pub peers: Option<u64>,
+    /// The engine's `speed_down` (KiB/s) in bytes per second.
+    pub speed_down_bytes: Option<u64>,
+    pub speed_up_bytes: Option<u64>,
+    pub downloaded_bytes: Option<u64>,
+    pub uploaded_bytes: Option<u64>,
+    /// The engine's `status` (`dl`, `prebuf`, ...), or why there is none (`error: …` from the
+    /// engine, `refused: …` for a `stat_url` the agent does not ask).
+    pub stat_status: Option<String>,
+    /// When the engine last answered.
+    pub stat_at: Option<Timestamp>,
+    /// Every answer for `streams.stall_after` said no peers and no download (or none came).
+    pub stalled: bool,
 }
 
 /// The agent's whole state at one moment, published by the registry after every change.

@@ -16,9 +16,9 @@ use tracing::{error, info, warn};
 
 use crate::logging;
 use crate::model::{
-    id12, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem, HealBook, HealRecord,
-    HealState, HealTrigger, HealthStatus, MemoryUse, Snapshot, StreamRecord, StreamStatus,
-    Timestamp, TriggerCounters,
+    id12, CacheLimitSource, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem,
+    HealBook, HealRecord, HealState, HealTrigger, HealthStatus, MemoryUse, Snapshot,
+    StreamRecord, StreamStatus, Timestamp, TriggerCounters,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{Batch, PersistedEngine, Store};
@@ -163,6 +163,13 @@ pub enum RegistryCmd {
     },
     /// Where engines stand with heal now (only those that changed).
     HealStates(Vec<(String, HealState)>),
+    /// One round of stream statistics (README "Stream statistics"): what each started stream's
+    /// engine said at `at`.
+    StreamStats {
+        at: Timestamp,
+        stall_after: Duration,
+        results: Vec<(String, StatResult)>,
+    },
     /// What the pressure task last read (SPEC §7): every watched filesystem, and when given,
     /// the filesystem of each engine's cache (`None`: tmpfs or not resolvable).
     Filesystems {
@@ -171,6 +178,39 @@ pub enum RegistryCmd {
         /// The memory use of every engine whose cache is in memory and could be read.
         memory: Vec<(String, MemoryUse)>,
     },
+}
+
+/// What one stream's engine said of it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StatResult {
+    Answer(StatAnswer),
+    /// No answer in time, or no JSON: the stream's last values stay, and count as not flowing.
+    Failed,
+    /// The engine answered with an error (`{"response": null, "error": "…"}`).
+    EngineError(String),
+    /// The agent does not ask the engine for this `stat_url` (why).
+    Refused(String),
+}
+
+/// The fields of an engine's statistics answer the agent keeps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatAnswer {
+    pub status: Option<String>,
+    pub peers: Option<u64>,
+    /// KiB/s, as the engine says.
+    pub speed_down: Option<u64>,
+    pub speed_up: Option<u64>,
+    pub downloaded: Option<u64>,
+    pub uploaded: Option<u64>,
+    /// `disk_cache_stats.disk_cache_limit`, bytes.
+    pub disk_cache_limit: Option<u64>,
+}
+
+impl StatAnswer {
+    /// Data is moving: a peer, or a download speed.
+    pub fn flowing(&self) -> bool {
+        self.peers.unwrap_or(0) > 0 || self.speed_down.unwrap_or(0) > 0
+    }
 }
 
 /// What the registry knew of an engine as its restart was approved.
@@ -332,6 +372,14 @@ pub struct Registry {
     /// Replies held back until the batch that contains their change is committed and
     /// published: a proxy told "started" or a caller handed a cleanup record can rely on it.
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
+    /// Started streams by id: when data last moved (a peer or a download speed in an answer),
+    /// or when the agent began watching them. In memory only: after a restart of the agent a
+    /// stream's stall is timed afresh.
+    flowing: HashMap<String, Timestamp>,
+    /// When this registry began (what a stream started before it is watched from).
+    began: Timestamp,
+    /// `streams.stall_after`, as the statistics worker last said.
+    stall_after: chrono::Duration,
 }
 
 #[derive(Default)]
@@ -378,10 +426,21 @@ impl Registry {
                 gone.insert(p.engine.container_id.clone(), p);
             } else {
                 let id = p.engine.container_id.clone();
-                engines.insert(id, EngineState::remembered(p.engine, p.counters, p.heal));
+                let mut engine = p.engine;
+                // Stream statistics are live values: none until the engine is asked again.
+                engine.peers = None;
+                engine.speed_down_bytes = None;
+                engine.speed_up_bytes = None;
+                engine.stalled_streams = 0;
+                engines.insert(id, EngineState::remembered(engine, p.counters, p.heal));
             }
         }
-        let streams = StreamTable::new(loaded.streams);
+        // A stall is timed afresh by this run (`flowing`); the flags of the last run's say
+        // nothing yet.
+        let streams = StreamTable::new(loaded.streams.into_iter().map(|mut r| {
+            r.stats.stalled = false;
+            r
+        }));
         let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
         let (events_tx, _) = broadcast::channel(1024);
         let (tx, rx) = mpsc::channel(1024);
@@ -401,6 +460,9 @@ impl Registry {
             snapshot_tx,
             events_tx: events_tx.clone(),
             after_commit: Vec::new(),
+            flowing: HashMap::new(),
+            began: Utc::now(),
+            stall_after: chrono::Duration::MAX,
         };
         let ids: Vec<String> = reg.engines.keys().cloned().collect();
         for id in ids {
@@ -746,6 +808,11 @@ impl Registry {
                 self.pending.engines.insert(id);
                 true
             }
+            RegistryCmd::StreamStats {
+                at,
+                stall_after,
+                results,
+            } => self.stream_stats(at, stall_after, results),
             RegistryCmd::HealStates(states) => {
                 let mut changed = false;
                 for (id, state) in states {
@@ -832,6 +899,13 @@ impl Registry {
                             last_restart: None,
                             unhealthy_since: None,
                             heal_state: HealState::Ok,
+                            peers: None,
+                            speed_down_bytes: None,
+                            speed_up_bytes: None,
+                            stalled_streams: 0,
+                            cache_limit_bytes: None,
+                            cache_limit_source: None,
+                            live_cache_type: None,
                         },
                         TriggerCounters::default(),
                         HealBook::default(),
@@ -868,6 +942,14 @@ impl Registry {
         e.engine.cache_path = cache_path;
         e.engine.cache_path_source = Some(d.cache.source);
         e.engine.cache_medium = d.cache.medium;
+        // What a stream of this process reported wins over the command line; a new process
+        // may run with another limit.
+        if restarted || e.engine.cache_limit_source != Some(CacheLimitSource::Engine) {
+            let limit = d.limits.of_cache(d.cache.medium);
+            e.engine.cache_limit_bytes = limit;
+            e.engine.cache_limit_source = limit.map(|_| CacheLimitSource::CommandLine);
+        }
+        e.engine.live_cache_type = d.limits.live_cache_type.clone();
         if cache_path_error.is_some() && e.cache_path_error != cache_path_error {
             warn!(container_id = %id12(&id), error = cache_path_error.as_deref().unwrap_or(""),
                 "engine will not be cleaned");
@@ -936,6 +1018,7 @@ impl Registry {
         e.engine.streams = streams;
         e.engine.last_stream_usage = Some(now);
         self.pending.engines.insert(id.to_string());
+        self.sum_stats(id);
         match (was_idle, now_idle) {
             (false, true) => self.emit(RegistryEvent::BecameIdle {
                 id: id.to_string(),
@@ -1021,6 +1104,7 @@ impl Registry {
             started_at: now,
             ended_at: None,
             status: StreamStatus::Started,
+            stats: Default::default(),
         };
         // A stream id moving to another engine ends where it was.
         let previous = self.streams.insert(record.clone());
@@ -1105,6 +1189,108 @@ impl Registry {
             self.pending.streams.remove(&id);
             self.pending.delete_streams.insert(id);
         }
+    }
+
+    /// Applies one round of statistics to the started streams, then each engine's sums.
+    fn stream_stats(
+        &mut self,
+        at: Timestamp,
+        stall_after: Duration,
+        results: Vec<(String, StatResult)>,
+    ) -> bool {
+        let stall_after = chrono::Duration::from_std(stall_after).unwrap_or(chrono::Duration::MAX);
+        let mut engines = HashSet::new();
+        self.stall_after = stall_after;
+        self.flowing.retain(|sid, _| {
+            self.streams
+                .get(sid)
+                .is_some_and(|r| r.status == StreamStatus::Started)
+        });
+        for (sid, result) in results {
+            let (container_id, watched_from) = match self.streams.get(&sid) {
+                Some(r) if r.status == StreamStatus::Started => {
+                    (r.container_id.clone(), r.started_at.max(self.began))
+                }
+                _ => continue,
+            };
+            let flowing_at = *self.flowing.entry(sid.clone()).or_insert(watched_from);
+            if let StatResult::Answer(a) = &result {
+                if let (Some(limit), Some(e)) =
+                    (a.disk_cache_limit, self.engines.get_mut(&container_id))
+                {
+                    e.engine.cache_limit_bytes = Some(limit);
+                    e.engine.cache_limit_source = Some(CacheLimitSource::Engine);
+                }
+            }
+            let Some(st) = self.streams.stats_mut(&sid) else {
+                continue;
+            };
+            let flowing_at = match result {
+                StatResult::Answer(a) => {
+                    st.peers = a.peers;
+                    st.speed_down_bytes = a.speed_down.map(|k| k.saturating_mul(1024));
+                    st.speed_up_bytes = a.speed_up.map(|k| k.saturating_mul(1024));
+                    st.downloaded_bytes = a.downloaded;
+                    st.uploaded_bytes = a.uploaded;
+                    st.stat_status = a.status.clone();
+                    st.stat_at = Some(at);
+                    if a.flowing() {
+                        self.flowing.insert(sid.clone(), at);
+                        at
+                    } else {
+                        flowing_at
+                    }
+                }
+                StatResult::Failed => flowing_at,
+                StatResult::EngineError(e) => {
+                    st.stat_status = Some(format!("error: {e}"));
+                    flowing_at
+                }
+                StatResult::Refused(why) => {
+                    st.stat_status = Some(format!("refused: {why}"));
+                    flowing_at
+                }
+            };
+            st.stalled = at - flowing_at >= stall_after;
+            engines.insert(container_id);
+        }
+        for id in &engines {
+            self.sum_stats(id);
+        }
+        !engines.is_empty()
+    }
+
+    /// An engine's sums over its started streams' statistics, and since when all of them
+    /// are stalled.
+    fn sum_stats(&mut self, id: &str) {
+        let Some(e) = self.engines.get_mut(id) else {
+            return;
+        };
+        let started: Vec<&StreamRecord> = self
+            .streams
+            .started_ids(id)
+            .iter()
+            .filter_map(|sid| self.streams.get(sid))
+            .collect();
+        let sum = |f: fn(&StreamRecord) -> Option<u64>| -> Option<u64> {
+            started.iter().filter_map(|r| f(r)).reduce(|a, b| a.saturating_add(b))
+        };
+        e.engine.peers = sum(|r| r.stats.peers);
+        e.engine.speed_down_bytes = sum(|r| r.stats.speed_down_bytes);
+        e.engine.speed_up_bytes = sum(|r| r.stats.speed_up_bytes);
+        let watched: Vec<&&StreamRecord> =
+            started.iter().filter(|r| !r.stat_url.is_empty()).collect();
+        let stalled = watched.iter().filter(|r| r.stats.stalled).count();
+        e.engine.stalled_streams = stalled as u64;
+        e.streams_stalled_since = (stalled > 0 && stalled == watched.len())
+            .then(|| {
+                watched
+                    .iter()
+                    .filter_map(|r| self.flowing.get(&r.id))
+                    .max()
+                    .and_then(|t| t.checked_add_signed(self.stall_after))
+            })
+            .flatten();
     }
 
     fn begin_restart(

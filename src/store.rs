@@ -794,6 +794,13 @@ mod tests {
                 last_restart: None,
                 unhealthy_since: None,
                 heal_state: Default::default(),
+                peers: None,
+                speed_down_bytes: None,
+                speed_up_bytes: None,
+                stalled_streams: 0,
+                cache_limit_bytes: None,
+                cache_limit_source: None,
+                live_cache_type: None,
             },
             counters,
             gone_at,
@@ -836,6 +843,7 @@ mod tests {
             } else {
                 StreamStatus::Started
             },
+            stats: Default::default(),
         }
     }
 

@@ -42,6 +42,12 @@ impl StreamTable {
         self.by_id.get(id)
     }
 
+    /// The statistics of a record, to change in place: nothing the indexes key on (status,
+    /// engine, times) can change through them.
+    pub fn stats_mut(&mut self, id: &str) -> Option<&mut crate::model::StreamStats> {
+        self.by_id.get_mut(id).map(|r| &mut r.stats)
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &StreamRecord> {
         self.by_id.values()
     }
@@ -165,6 +171,7 @@ mod tests {
             started_at: at(started),
             ended_at: None,
             status: StreamStatus::Started,
+            stats: Default::default(),
         }
     }
 

@@ -82,6 +82,8 @@ fn defaults_match_spec_table() {
         vec![LabelMatch::new("orchestrator.managed", Some("acestream"))]
     );
     assert!(!c.heal.stalled);
+    assert_eq!(c.streams.stat_interval, Some(Duration::from_secs(10)));
+    assert_eq!(c.streams.stall_after, Duration::from_secs(120));
     assert_eq!(c.store.path, PathBuf::from("./acestream-agent.redb"));
     assert_eq!(c.store.retention, Duration::from_secs(7 * 86_400));
     assert_eq!(c.store.history_per_engine, 100);
@@ -814,6 +816,21 @@ fn heal_keys_from_env_and_file_and_their_bounds() {
             "{key}={value}: {k}"
         );
     }
+}
+
+#[test]
+fn streams_keys_and_off() {
+    let c = load_env(&[
+        ("ACESTREAM_AGENT_STREAMS__STAT_INTERVAL", "off"),
+        ("ACESTREAM_AGENT_STREAMS__STALL_AFTER", "30s"),
+    ])
+    .unwrap();
+    assert_eq!(c.streams.stat_interval, None);
+    assert_eq!(c.streams.stall_after, Duration::from_secs(30));
+    assert_eq!(
+        invalid_key(load_env(&[("ACESTREAM_AGENT_STREAMS__STALL_AFTER", "off")])),
+        "streams.stall_after"
+    );
 }
 
 #[test]
