@@ -53,7 +53,10 @@ fn size_value(value: &str, unit: u64) -> Option<u64> {
     let bytes = match v.parse::<u64>() {
         Ok(n) => n.checked_mul(unit)?,
         Err(_) if unit > 1 => {
-            let f = v.parse::<f64>().ok().filter(|f| f.is_finite() && *f > 0.0)?;
+            let f = v
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite() && *f > 0.0)?;
             let b = f * unit as f64;
             (b < u64::MAX as f64).then_some(b as u64)?
         }

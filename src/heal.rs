@@ -45,6 +45,8 @@ pub struct Policy {
     pub window: Duration,
     pub max_per_hour: u32,
     pub skip_labels: Vec<LabelMatch>,
+    /// An engine all of whose streams are stalled counts as stuck (`heal.stalled`).
+    pub stalled: bool,
 }
 
 /// What the policy says of one engine now.
@@ -88,6 +90,7 @@ impl Policy {
             window: c.window,
             max_per_hour: c.max_per_hour,
             skip_labels: c.skip_labels.clone(),
+            stalled: c.stalled,
         }
     }
 
@@ -135,16 +138,17 @@ impl Policy {
             // Being restarted: as it stood.
             return Verdict::Rest(e.engine.heal_state);
         }
-        let stuck_since = match e.engine.unhealthy_since {
-            Some(since)
-                if e.running
-                    && !e.runtime.paused
-                    && e.engine.health_status == HealthStatus::Unhealthy
-                    && e.heal.healthy_since_start
-                    && e.is_idle() =>
+        if !e.running || e.runtime.paused || !e.heal.healthy_since_start {
+            return Verdict::Rest(HealState::Ok);
+        }
+        let (stuck_since, trigger) = match (e.engine.unhealthy_since, e.streams_stalled_since) {
+            (Some(since), _)
+                if e.engine.health_status == HealthStatus::Unhealthy && e.is_idle() =>
             {
-                since
+                (since, HealTrigger::Unhealthy)
             }
+            // Answering, streaming, and every stream it has statistics for is stalled.
+            (_, Some(since)) if self.stalled => (since, HealTrigger::Stalled),
             _ => return Verdict::Rest(HealState::Ok),
         };
         let k = self.counted(e, now);
@@ -161,7 +165,7 @@ impl Policy {
             return Verdict::Quarantine { n: k };
         }
         Verdict::Restart {
-            trigger: HealTrigger::Unhealthy,
+            trigger,
             failing_for: (now - stuck_since).to_std().unwrap_or_default(),
             n: k + 1,
         }
@@ -366,7 +370,7 @@ impl Heal {
                 }
             }
             if let Some((id, name, trigger, failing_for, n)) = plan.restart {
-                logging::heal_restarting(&id, &name, failing_for, n, self.policy.window);
+                logging::heal_restarting(&id, &name, trigger, failing_for, n, self.policy.window);
                 // Whatever the outcome, the next pass sees it in the snapshot.
                 let _ = self.restart(&id, trigger).await;
                 continue;
@@ -517,6 +521,36 @@ mod tests {
             off.judge(&stuck("a", 0), later),
             Verdict::Rest(HealState::Off)
         );
+    }
+
+    #[test]
+    fn with_heal_stalled_an_engine_whose_streams_are_all_stalled_is_stuck() {
+        let mut p = policy();
+        let mut e = stuck("a", 0);
+        // Answering, one stream, stalled since 100.
+        e.engine.health_status = HealthStatus::Healthy;
+        e.engine.unhealthy_since = None;
+        e.engine.streams = vec!["k|s".into()];
+        e.streams_stalled_since = Some(at(100));
+        assert_eq!(p.judge(&e, at(10_000)), Verdict::Rest(HealState::Ok));
+        p.stalled = true;
+        assert!(matches!(
+            p.judge(&e, at(279)),
+            Verdict::Wait {
+                state: HealState::Waiting,
+                ..
+            }
+        ));
+        assert_eq!(
+            p.judge(&e, at(280)),
+            Verdict::Restart {
+                trigger: HealTrigger::Stalled,
+                failing_for: Duration::from_secs(180),
+                n: 1
+            }
+        );
+        e.streams_stalled_since = None;
+        assert_eq!(p.judge(&e, at(10_000)), Verdict::Rest(HealState::Ok));
     }
 
     #[test]

@@ -237,6 +237,7 @@ impl SaidOnce {
 pub fn heal_restarting(
     id: &str,
     name: &str,
+    trigger: crate::model::HealTrigger,
     failing_for: std::time::Duration,
     n: usize,
     window: std::time::Duration,
@@ -244,8 +245,17 @@ pub fn heal_restarting(
     let failing =
         crate::config::format_duration(std::time::Duration::from_secs(failing_for.as_secs()));
     let window = crate::config::format_duration(window);
-    tracing::warn!(container_id = %id12(id), container_name = %name, restart = n,
-        "Engine {} ({name}) has not answered its status API for {failing}; restarting it (restart {n} within {window})", id12(id));
+    let id12 = id12(id);
+    match trigger {
+        crate::model::HealTrigger::Stalled => {
+            tracing::warn!(container_id = %id12, container_name = %name, restart = n, trigger = %trigger,
+            "Engine {id12} ({name}) has had every stream stalled for {failing}; restarting it (restart {n} within {window})")
+        }
+        _ => {
+            tracing::warn!(container_id = %id12, container_name = %name, restart = n, trigger = %trigger,
+            "Engine {id12} ({name}) has not answered its status API for {failing}; restarting it (restart {n} within {window})")
+        }
+    }
 }
 
 /// An engine the agent restarted answers its status probe again.

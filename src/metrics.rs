@@ -131,6 +131,31 @@ const ENGINE_QUARANTINED: Family = gauge(
     "1 if heal gave up on the engine (restarted heal.max_restarts times within heal.window and still stuck), else 0.",
     &ENGINE,
 );
+const ENGINE_PEERS: Family = gauge(
+    "acestream_engine_peers",
+    "Peers of the engine's started streams, summed, as the engine last said; absent while no stream of it has statistics.",
+    &ENGINE,
+);
+const ENGINE_DOWNLOAD_SPEED: Family = gauge(
+    "acestream_engine_download_speed_bytes",
+    "Download speed of the engine's started streams, summed, in bytes per second; absent while no stream of it has statistics.",
+    &ENGINE,
+);
+const ENGINE_UPLOAD_SPEED: Family = gauge(
+    "acestream_engine_upload_speed_bytes",
+    "Upload speed of the engine's started streams, summed, in bytes per second; absent while no stream of it has statistics.",
+    &ENGINE,
+);
+const ENGINE_STALLED_STREAMS: Family = gauge(
+    "acestream_engine_stalled_streams",
+    "Started streams of the engine whose every answer for streams.stall_after said no peers and no download (or that got no answer).",
+    &ENGINE,
+);
+const ENGINE_CACHE_LIMIT: Family = gauge(
+    "acestream_engine_cache_limit_bytes",
+    "The engine's own cache limit (its streams' disk_cache_stats, else its command line); absent when neither says.",
+    &ENGINE,
+);
 const AGENT_DOCKER_UP: Family = gauge(
     "acestream_agent_docker_up",
     "1 if the agent is connected to the Docker API, 0 while it is unreachable (engines shown are the last known).",
@@ -200,7 +225,7 @@ const DISK_PRESSURE: Family = gauge(
 );
 
 /// Every family `SnapshotCollector` emits, for `Collector::desc` and the tests.
-const SNAPSHOT_FAMILIES: [&Family; 25] = [
+const SNAPSHOT_FAMILIES: [&Family; 30] = [
     &ENGINE_INFO,
     &ENGINE_HEALTHY,
     &ENGINE_ACTIVE_STREAMS,
@@ -217,6 +242,11 @@ const SNAPSHOT_FAMILIES: [&Family; 25] = [
     &RESTARTS_TOTAL,
     &ENGINE_LAST_RESTART,
     &ENGINE_QUARANTINED,
+    &ENGINE_PEERS,
+    &ENGINE_DOWNLOAD_SPEED,
+    &ENGINE_UPLOAD_SPEED,
+    &ENGINE_STALLED_STREAMS,
+    &ENGINE_CACHE_LIMIT,
     &AGENT_DOCKER_UP,
     &AGENT_ENGINES,
     &AGENT_BUILD_INFO,
@@ -527,6 +557,21 @@ impl Collector for SnapshotCollector<'_> {
         out.push(per_engine(&ENGINE_QUARANTINED, engines, |e| {
             Some(flag(e.heal.quarantined.is_some()))
         }));
+        out.push(per_engine(&ENGINE_PEERS, engines, |e| {
+            e.engine.peers.map(|v| v as f64)
+        }));
+        out.push(per_engine(&ENGINE_DOWNLOAD_SPEED, engines, |e| {
+            e.engine.speed_down_bytes.map(|v| v as f64)
+        }));
+        out.push(per_engine(&ENGINE_UPLOAD_SPEED, engines, |e| {
+            e.engine.speed_up_bytes.map(|v| v as f64)
+        }));
+        out.push(per_engine(&ENGINE_STALLED_STREAMS, engines, |e| {
+            Some(e.engine.stalled_streams as f64)
+        }));
+        out.push(per_engine(&ENGINE_CACHE_LIMIT, engines, |e| {
+            e.engine.cache_limit_bytes.map(|v| v as f64)
+        }));
 
         out.push(single(&AGENT_DOCKER_UP, Some(flag(s.docker_up))));
         out.push(single(&AGENT_ENGINES, Some(engines.len() as f64)));
@@ -785,6 +830,14 @@ pub mod testing {
             e.cache_current_bytes = Some(268_435_456);
             e.cache_measured_at = Some(ts(T0 - 60, 0));
             e.cache_path = "/dev/shm/.ACEStream/.acestream_cache".to_owned();
+            // Two streams the engine reports on, one of them stalled; its limit from a stream.
+            e.peers = Some(12);
+            e.speed_down_bytes = Some(1_572_864);
+            e.speed_up_bytes = Some(204_800);
+            e.stalled_streams = 1;
+            e.cache_limit_bytes = Some(1_073_741_824);
+            e.cache_limit_source = Some(crate::model::CacheLimitSource::Engine);
+            e.live_cache_type = Some("memory".to_owned());
             e.cache_medium = CacheMedium::Memory;
             e.cache_mountpoint = Some("/dev/shm".to_owned());
         }

@@ -17,8 +17,8 @@ use tracing::{error, info, warn};
 use crate::logging;
 use crate::model::{
     id12, CacheLimitSource, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem,
-    HealBook, HealRecord, HealState, HealTrigger, HealthStatus, MemoryUse, Snapshot,
-    StreamRecord, StreamStatus, Timestamp, TriggerCounters,
+    HealBook, HealRecord, HealState, HealTrigger, HealthStatus, MemoryUse, Snapshot, StreamRecord,
+    StreamStatus, Timestamp, TriggerCounters,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{Batch, PersistedEngine, Store};
@@ -1273,7 +1273,10 @@ impl Registry {
             .filter_map(|sid| self.streams.get(sid))
             .collect();
         let sum = |f: fn(&StreamRecord) -> Option<u64>| -> Option<u64> {
-            started.iter().filter_map(|r| f(r)).reduce(|a, b| a.saturating_add(b))
+            started
+                .iter()
+                .filter_map(|r| f(r))
+                .reduce(|a, b| a.saturating_add(b))
         };
         e.engine.peers = sum(|r| r.stats.peers);
         e.engine.speed_down_bytes = sum(|r| r.stats.speed_down_bytes);
@@ -1312,7 +1315,10 @@ impl Registry {
         if !e.running {
             return Err(RegistryError::NotRunning(e.id12().into()));
         }
-        if !e.is_idle() {
+        // A stalled engine is restarted with its streams (they get nothing); any other only
+        // when idle.
+        let stalled = trigger == HealTrigger::Stalled && e.streams_stalled_since.is_some();
+        if !e.is_idle() && !stalled {
             return Err(RegistryError::HasStreams(e.id12().into()));
         }
         if e.cleaning {

@@ -80,7 +80,10 @@ pub fn parse_answer(body: &[u8]) -> StatResult {
         return StatResult::Failed;
     };
     if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
-        let text = e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string());
+        let text = e
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| e.to_string());
         return StatResult::EngineError(text.chars().take(200).collect());
     }
     let Some(r) = v.get("response").filter(|r| r.is_object()) else {
@@ -169,7 +172,6 @@ impl StreamStats {
                 .await;
         }
     }
-
 }
 
 /// One stream's statistics from its engine at `addr` (`None`: the engine has no address now).
@@ -257,7 +259,11 @@ mod tests {
         assert_eq!(parse_answer(br#"{"response": 3}"#), StatResult::Failed);
         assert!(matches!(
             parse_answer(br#"{"response": {"peers": -1, "status": 5}}"#),
-            StatResult::Answer(StatAnswer { peers: None, status: None, .. })
+            StatResult::Answer(StatAnswer {
+                peers: None,
+                status: None,
+                ..
+            })
         ));
     }
 }
