@@ -659,3 +659,87 @@ async fn a_restart_docker_refuses_is_a_failed_record_with_its_reason() {
     );
     agent.stop().await;
 }
+
+/// With `heal.stalled = true`, an engine that answers but whose every stream is stalled (its
+/// statistics say no peers, no download) is restarted, with its streams, after the stall and
+/// `heal.after`: a record with trigger `stalled`, its own warning line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_heal_stalled_an_engine_whose_streams_are_all_stalled_is_restarted() {
+    let case = unique_name("heal-stalled");
+    let engine = case_engine(&case, "heal-stalled").start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut env = heal_env(&case, port, &dir.path().join("state.redb"));
+    env.extend([
+        ("ACESTREAM_AGENT_HEAL__STALLED", "true".to_string()),
+        (
+            "ACESTREAM_AGENT_STREAMS__STAT_INTERVAL",
+            "500ms".to_string(),
+        ),
+        ("ACESTREAM_AGENT_STREAMS__STALL_AFTER", "2s".to_string()),
+    ]);
+    let log = dir.path().join("agent.log");
+    let _agent = Running(
+        agent_command(dir.path(), &env, &log)
+            .spawn()
+            .expect("start the agent binary"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_engine(addr, &engine.id, WAIT, "healthy", |e| {
+        e["health_status"] == "healthy"
+    })
+    .await;
+    let before = started_at(&engine.id);
+    engine.exec(&[
+        "sh",
+        "-c",
+        r#"mkdir -p /tmp/stat && echo '{"response": {"status": "dl", "peers": 0, "speed_down": 0, "speed_up": 0}, "error": null}' > /tmp/stat/s1"#,
+    ]);
+    let body = serde_json::json!({
+        "container_id": engine.id,
+        "engine": {"host": "127.0.0.1", "port": 1},
+        "stream": {"key_type": "infohash", "key": "k"},
+        "session": {"playback_session_id": "s1", "stat_url": "http://e/ace/stat/k/s1",
+                    "command_url": "http://e/ace/cmd/k/s1", "is_live": 1},
+        "labels": {"stream_id": "k|s1"}
+    });
+    let (status, reply) = http_post(addr, "/events/stream_started", &body.to_string(), &[]).await;
+    assert_eq!(status, 200, "{reply}");
+    let e = wait_engine(addr, &engine.id, WAIT, "restarted", |e| {
+        e["restarts_total"] == 1
+    })
+    .await;
+    assert_ne!(started_at(&engine.id), before);
+    let h = heals(addr, &engine.id).await;
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(
+        (&h[0]["trigger"], &h[0]["success"]),
+        (&"stalled".into(), &true.into())
+    );
+    // Its stream died with the container; answering, it is left alone.
+    let e2 = wait_engine(addr, &engine.id, WAIT, "idle and healthy", |e| {
+        e["streams"] == serde_json::json!([]) && e["health_status"] == "healthy"
+    })
+    .await;
+    assert_eq!(e2["heal_state"], "ok", "{e2}");
+    assert_eq!(
+        engine_metric(
+            addr,
+            "acestream_engine_restarts_total",
+            &engine.id,
+            "trigger=\"stalled\""
+        )
+        .await,
+        Some(1.0),
+        "{e}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let warned = lines_with(&text, "has had every stream stalled for");
+    assert_eq!(warned.len(), 1, "{text}");
+    assert!(
+        warned[0].contains(&format!("Engine {} (", &engine.id[..12]))
+            && warned[0].contains("; restarting it (restart 1 within 1h)"),
+        "{}",
+        warned[0]
+    );
+}
