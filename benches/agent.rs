@@ -7,6 +7,7 @@
 //! ACESTREAM_BENCH_ONLY=scrape cargo bench --bench agent  # the scrape section (issue 16) alone
 //! ACESTREAM_BENCH_ONLY=sweep cargo bench --bench agent   # the two sweep sections alone
 //! ACESTREAM_BENCH_ONLY=heal cargo bench --bench agent    # heal's idle cost alone
+//! ACESTREAM_BENCH_ONLY=stats cargo bench --bench agent   # statistics polling's cost alone
 //! ```
 //!
 //! Real Docker, fake engines (tests/fixtures/fake-engine, built by tests/common/mod.rs), the
@@ -174,6 +175,7 @@ pub const ROWS: &[&str] = &[
     "idle agent RSS",
     "idle agent CPU, heal on vs off ({b} engines)",
     "heal pass over {b} engines",
+    "statistics polling, one stream on each of {b} engines",
     "store open (+load)",
     "/engines render, store engines",
     "GET /engines, store engines",
@@ -1143,17 +1145,18 @@ fn bench_idle(
     );
 }
 
-/// What heal costs an idle host: the same engines (a large host's, `scrape_engines[1]`) under
-/// an agent with heal on and under one with heal off, by turns and one at a time (two agents
-/// at once would take each other's probes for clients), each measured over `idle_window` once
-/// every engine answered; and the policy's pass over a snapshot of that many engines, alone.
-fn bench_heal(p: &Params, run: &str, table: &mut Table, rt: &tokio::runtime::Runtime) {
-    let n = p.scrape_engines[1];
-    let heal_run = format!("{run}-heal");
-    eprintln!("bench: heal, starting {n} engines");
-    let engines = start_engines(&heal_run, n, 0);
-    let ids: Vec<String> = engines.iter().map(|e| e.id.clone()).collect();
-    let label = format!("{BENCH_LABEL}={heal_run}");
+/// The agent's CPU over `idle_window` with a feature on and with it off, by turns (on, off;
+/// off, on; ...) and one agent at a time (two at once would take each other's probes for
+/// clients), each once every engine in `ids` answered and `prepare` (given the agent's address)
+/// has run: (on, off) figures, percent of a core.
+fn idle_by_turns(
+    p: &Params,
+    rt: &tokio::runtime::Runtime,
+    label: &str,
+    ids: &[String],
+    env: impl Fn(bool) -> Vec<(&'static str, String)>,
+    prepare: impl Fn(SocketAddr),
+) -> (Vec<f64>, Vec<f64>) {
     let (mut on, mut off) = (vec![], vec![]);
     for round in 0..p.runs {
         let order = if round % 2 == 0 {
@@ -1161,28 +1164,52 @@ fn bench_heal(p: &Params, run: &str, table: &mut Table, rt: &tokio::runtime::Run
         } else {
             [false, true]
         };
-        for heal in order {
-            let agent = AgentProc::start(
-                &label,
-                &[("ACESTREAM_AGENT_HEAL__ENABLED", heal.to_string())],
-            );
-            rt.block_on(wait_engines(agent.addr, &ids, "the heal engines listed"));
+        for enabled in order {
+            let env = env(enabled);
+            let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
+            let agent = AgentProc::start(label, &env);
+            rt.block_on(wait_engines(agent.addr, ids, "the engines listed"));
             rt.block_on(wait_all_healthy(agent.addr, Duration::from_secs(60)));
+            prepare(agent.addr);
             let pid = agent.pid();
             let a0 = process_cpu_seconds(pid);
             let t0 = Instant::now();
             std::thread::sleep(p.idle_window);
             let pct = (process_cpu_seconds(pid) - a0) / t0.elapsed().as_secs_f64() * 100.0;
-            if heal { &mut on } else { &mut off }.push(pct);
+            if enabled { &mut on } else { &mut off }.push(pct);
             agent.stop();
         }
     }
-    drop(engines);
-    let spread = |v: &[f64]| {
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (lo, hi)
-    };
+    (on, off)
+}
+
+/// The lowest and highest of a set of figures.
+fn spread(v: &[f64]) -> (f64, f64) {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
+}
+
+/// What heal costs an idle host: a large host's engines (`scrape_engines[1]`) under an agent
+/// with heal on and one with heal off, by turns (`idle_by_turns`); and the policy's pass over a
+/// snapshot of that many engines, alone.
+fn bench_heal(
+    p: &Params,
+    label: &str,
+    ids: &[String],
+    table: &mut Table,
+    rt: &tokio::runtime::Runtime,
+) {
+    let n = ids.len();
+    eprintln!("bench: heal's idle cost");
+    let (on, off) = idle_by_turns(
+        p,
+        rt,
+        label,
+        ids,
+        |on| vec![("ACESTREAM_AGENT_HEAL__ENABLED", on.to_string())],
+        |_| {},
+    );
     let (off_lo, off_hi) = spread(&off);
     let (on_lo, on_hi) = spread(&on);
     let (a, b) = (median(on), median(off));
@@ -1222,6 +1249,100 @@ fn bench_heal(p: &Params, run: &str, table: &mut Table, rt: &tokio::runtime::Run
         "-",
         None,
     );
+}
+
+/// What polling stream statistics costs: one stream on each engine (a stream event with a
+/// `stat_url`, the engine answering a few hundred bytes), statistics at the default
+/// `streams.stat_interval` against `off`, by turns (`idle_by_turns`).
+fn bench_stats(
+    p: &Params,
+    label: &str,
+    engines: &[TestEngine],
+    table: &mut Table,
+    rt: &tokio::runtime::Runtime,
+) {
+    let n = engines.len();
+    eprintln!("bench: statistics polling");
+    let ids: Vec<String> = engines.iter().map(|e| e.id.clone()).collect();
+    let answer = r#"{"response": {"status": "dl", "peers": 12, "speed_down": 512, "speed_up": 64, "downloaded": 104857600, "uploaded": 10485760, "disk_cache_stats": {"avail": 1073741824, "disk_cache_limit": 2147483648, "inactive_inuse": 0, "active_inuse": 1}}, "error": null}"#;
+    for e in engines {
+        e.exec(&[
+            "sh",
+            "-c",
+            "printf '%s' \"$1\" > /tmp/stat.json",
+            "sh",
+            answer,
+        ]);
+    }
+    let post_streams = |addr: SocketAddr| {
+        rt.block_on(async {
+            for (i, id) in ids.iter().enumerate() {
+                let body = json!({
+                    "container_id": id,
+                    "engine": {"host": "127.0.0.1", "port": 1},
+                    "stream": {"key_type": "infohash", "key": format!("k{i}")},
+                    "session": {"playback_session_id": format!("s{i}"),
+                                "stat_url": format!("http://127.0.0.1:6878/ace/stat/k{i}/s{i}"),
+                                "command_url": "", "is_live": 1},
+                });
+                let (status, reply) =
+                    http_post(addr, "/events/stream_started", &body.to_string(), &[]).await;
+                assert_eq!(status, 200, "{reply}");
+            }
+        })
+    };
+    let default = Config::default()
+        .streams
+        .stat_interval
+        .expect("on by default");
+    let interval = acestream_agent::config::format_duration(default);
+    let (on, off) = idle_by_turns(
+        p,
+        rt,
+        label,
+        &ids,
+        |on| {
+            let v = if on { interval.clone() } else { "off".into() };
+            vec![("ACESTREAM_AGENT_STREAMS__STAT_INTERVAL", v)]
+        },
+        post_streams,
+    );
+    let (off_lo, off_hi) = spread(&off);
+    let (on_lo, on_hi) = spread(&on);
+    let (a, b) = (median(on), median(off));
+    table.row(
+        &format!("statistics polling, one stream on each of {n} engines"),
+        format!(
+            "{:.3} % of a core added (on: {a:.3} %, {on_lo:.3}-{on_hi:.3})",
+            a - b
+        ),
+        format!("polling off: {b:.3} % ({off_lo:.3}-{off_hi:.3})"),
+        "≤ +0.5 % of a core",
+        Some(a - b <= 0.5),
+    );
+}
+
+/// The sections over a large host's engines (`scrape_engines[1]`), started once for both.
+fn bench_large(
+    p: &Params,
+    run: &str,
+    heal: bool,
+    stats: bool,
+    table: &mut Table,
+    rt: &tokio::runtime::Runtime,
+) {
+    let n = p.scrape_engines[1];
+    let large_run = format!("{run}-large");
+    eprintln!("bench: starting {n} engines");
+    let engines = start_engines(&large_run, n, 0);
+    let ids: Vec<String> = engines.iter().map(|e| e.id.clone()).collect();
+    let label = format!("{BENCH_LABEL}={large_run}");
+    if heal {
+        bench_heal(p, &label, &ids, table, rt);
+    }
+    if stats {
+        bench_stats(p, &label, &engines, table, rt);
+    }
 }
 
 /// One exec per engine that writes `files` files of `bytes` zero bytes into the cache.
@@ -2584,8 +2705,12 @@ fn sizing(sa: &ScrapeAt, sb: &ScrapeAt) -> String {
 pub fn run(p: &Params) -> String {
     let only = p.only.as_deref();
     assert!(
-        matches!(only, None | Some("scrape") | Some("sweep") | Some("heal")),
-        "ACESTREAM_BENCH_ONLY={only:?}: the sections that run alone are `scrape`, `sweep` and `heal`"
+        matches!(
+            only,
+            None | Some("scrape") | Some("sweep") | Some("heal") | Some("stats")
+        ),
+        "ACESTREAM_BENCH_ONLY={only:?}: the sections that run alone are `scrape`, `sweep`, `heal` \
+         and `stats`"
     );
     require_tool("wrk", "wrk");
     require_tool("nginx", "nginx-light");
@@ -2605,12 +2730,13 @@ pub fn run(p: &Params) -> String {
         eprintln!("bench: starting {} engines", p.idle_engines);
         let engines = start_engines(&run, p.idle_engines, p.idle_engines);
         bench_sweeps(p, &run, engines, &mut table, &rt);
-    } else if only == Some("heal") {
-        bench_heal(p, &run, &mut table, &rt);
+    } else if only == Some("heal") || only == Some("stats") {
+        let heal = only == Some("heal");
+        bench_large(p, &run, heal, !heal, &mut table, &rt);
     } else {
         if only.is_none() {
             bench_all_but_scrape(p, &run, &mut table, &rt);
-            bench_heal(p, &run, &mut table, &rt);
+            bench_large(p, &run, true, true, &mut table, &rt);
         }
         eprintln!("bench: scrapes");
         bench_scrape(p, &run, &mut table, &rt);
