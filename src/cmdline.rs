@@ -134,10 +134,11 @@ pub fn parse_flags(argv: &[String]) -> EngineArgs {
                     out.memory_cache_limit = Some(b);
                 }
             }
-            "--live-cache-type" => match value.trim() {
-                t @ ("memory" | "disk") => out.live_cache_type = Some(t.to_string()),
-                _ => {}
-            },
+            "--live-cache-type" => {
+                if let t @ ("memory" | "disk") = value.trim() {
+                    out.live_cache_type = Some(t.to_string());
+                }
+            }
             _ => {}
         }
     }
