@@ -1200,6 +1200,7 @@ impl Registry {
     ) -> bool {
         let stall_after = chrono::Duration::from_std(stall_after).unwrap_or(chrono::Duration::MAX);
         let mut engines = HashSet::new();
+        let mut changed = false;
         self.stall_after = stall_after;
         self.flowing.retain(|sid, _| {
             self.streams
@@ -1218,8 +1219,12 @@ impl Registry {
                 if let (Some(limit), Some(e)) =
                     (a.disk_cache_limit, self.engines.get_mut(&container_id))
                 {
-                    e.engine.cache_limit_bytes = Some(limit);
-                    e.engine.cache_limit_source = Some(CacheLimitSource::Engine);
+                    let from_engine = (Some(limit), Some(CacheLimitSource::Engine));
+                    if (e.engine.cache_limit_bytes, e.engine.cache_limit_source) != from_engine {
+                        (e.engine.cache_limit_bytes, e.engine.cache_limit_source) = from_engine;
+                        self.pending.engines.insert(container_id.clone());
+                        changed = true;
+                    }
                 }
             }
             let Some(st) = self.streams.stats_mut(&sid) else {
@@ -1254,18 +1259,27 @@ impl Registry {
             st.stalled = at - flowing_at >= stall_after;
             engines.insert(container_id);
         }
+        // Published only when an engine's figures changed: a round that changed only the
+        // streams' `stat_at` re-renders no view (the streams are read on request).
         for id in &engines {
-            self.sum_stats(id);
+            changed |= self.sum_stats(id);
         }
-        !engines.is_empty()
+        changed
     }
 
     /// An engine's sums over its started streams' statistics, and since when all of them
-    /// are stalled.
-    fn sum_stats(&mut self, id: &str) {
+    /// are stalled; whether any of that changed.
+    fn sum_stats(&mut self, id: &str) -> bool {
         let Some(e) = self.engines.get_mut(id) else {
-            return;
+            return false;
         };
+        let before = (
+            e.engine.peers,
+            e.engine.speed_down_bytes,
+            e.engine.speed_up_bytes,
+            e.engine.stalled_streams,
+            e.streams_stalled_since,
+        );
         let started: Vec<&StreamRecord> = self
             .streams
             .started_ids(id)
@@ -1294,6 +1308,14 @@ impl Registry {
                     .and_then(|t| t.checked_add_signed(self.stall_after))
             })
             .flatten();
+        before
+            != (
+                e.engine.peers,
+                e.engine.speed_down_bytes,
+                e.engine.speed_up_bytes,
+                e.engine.stalled_streams,
+                e.streams_stalled_since,
+            )
     }
 
     fn begin_restart(
