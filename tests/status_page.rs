@@ -1,12 +1,14 @@
 //! The built-in status page (SPEC §6 `GET /`), rendered by a real browser: headless Chromium
 //! loads it from a running agent that watches two fake engines, and the test reads the DOM
 //! the page's script built from `/engines`. What no test agent's engines show (restarts hours
-//! ago, a quarantined engine) it renders from a crafted `/engines` body, served with the page.
+//! ago, a quarantined engine, streams' peers and speeds, stalled streams, an engine's own cache
+//! limit) it renders from a crafted `/engines` body, served with the page.
 //!
 //! Needs Debian's `chromium` package; without it these tests fail and say so.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,8 +83,9 @@ async fn serve_page_with(engines: &Value) -> SocketAddr {
 }
 
 /// An `/engines` item as the agent writes it (`model::Engine`), healthy and idle, never
-/// cleaned nor restarted; `heal` fields (and any other) set on top.
-fn engine_json(id_char: char, name: &str, heal: Value) -> Value {
+/// cleaned nor restarted, no stream statistics nor cache limit known; `fields` set on top.
+/// The real-agent test checks that the agent writes exactly these keys.
+fn engine_json(id_char: char, name: &str, fields: Value) -> Value {
     let now = chrono::Utc::now();
     let mut e = json!({
         "container_id": id_char.to_string().repeat(64),
@@ -113,9 +116,16 @@ fn engine_json(id_char: char, name: &str, heal: Value) -> Value {
         "restarts_total": 0,
         "last_restart": null,
         "unhealthy_since": null,
-        "heal_state": "ok"
+        "heal_state": "ok",
+        "peers": null,
+        "speed_down_bytes": null,
+        "speed_up_bytes": null,
+        "stalled_streams": 0,
+        "cache_limit_bytes": null,
+        "cache_limit_source": null,
+        "live_cache_type": null
     });
-    for (k, v) in heal.as_object().expect("an object of fields") {
+    for (k, v) in fields.as_object().expect("an object of fields") {
         e[k] = v.clone();
     }
     e
@@ -246,6 +256,10 @@ struct Card {
 }
 
 impl Card {
+    fn has_row(&self, key: &str) -> bool {
+        self.rows.iter().any(|(k, _, _)| k == key)
+    }
+
     fn row(&self, key: &str) -> &str {
         self.rows
             .iter()
@@ -380,6 +394,37 @@ async fn status_page_shows_one_card_per_engine_with_the_seed_rows() {
         assert_eq!(e["heal_state"], "ok", "{e}");
         assert_eq!(card.row("restarts"), "0");
         assert_eq!(card.row("last-restart"), "Never");
+        // Stream statistics: the used engine's stream has no stat_url, the idle one none, so
+        // no engine has any; no cache limit on their command lines either.
+        for k in [
+            "peers",
+            "speed_down_bytes",
+            "speed_up_bytes",
+            "cache_limit_bytes",
+            "cache_limit_source",
+            "live_cache_type",
+        ] {
+            assert_eq!(e[k], Value::Null, "{k}: {e}");
+        }
+        assert_eq!(e["stalled_streams"], 0, "{e}");
+        assert_eq!(card.row("peers"), "N/A");
+        assert_eq!(card.row("speed-down"), "N/A");
+        assert_eq!(card.row("speed-up"), "N/A");
+        assert!(!card.has_row("stalled"), "no stalled streams: {card:?}");
+        assert_eq!(card.row("cache-limit"), "N/A");
+        assert!(
+            !card.has_row("live-cache"),
+            "no --live-cache-type: {card:?}"
+        );
+        // The crafted engines of the other tests have exactly the agent's fields.
+        let keys = |v: &Value| -> BTreeSet<String> {
+            v.as_object().expect("an object").keys().cloned().collect()
+        };
+        assert_eq!(
+            keys(e),
+            keys(&engine_json('x', "x", json!({}))),
+            "/engines item fields vs engine_json"
+        );
         let labels: Vec<&str> = card
             .rows
             .iter()
@@ -550,6 +595,141 @@ async fn status_page_shows_restarts_and_marks_quarantined_engines() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_stream_statistics_stalls_and_the_cache_limit() {
+    // Three engines as /engines reports them once the agent polls their streams' statistics:
+    // one busy with a limit its streams state, one whose streams all get nothing (its limit
+    // from its command line, its live cache in memory), one with no statistics at all.
+    let engines = json!([
+        engine_json(
+            'a',
+            "stats-a-busy",
+            json!({
+                "streams": ["s-a1", "s-a2"],
+                "peers": 12,
+                "speed_down_bytes": 1_572_864,
+                "speed_up_bytes": 204_800,
+                "stalled_streams": 1,
+                "cache_current_bytes": 268_435_456,
+                "cache_limit_bytes": 1_073_741_824_u64,
+                "cache_limit_source": "engine",
+                "live_cache_type": "disk"
+            })
+        ),
+        engine_json(
+            'b',
+            "stats-b-stalled",
+            json!({
+                "streams": ["s-b1", "s-b2"],
+                "peers": 0,
+                "speed_down_bytes": 0,
+                "speed_up_bytes": 0,
+                "stalled_streams": 2,
+                "cache_limit_bytes": 2_147_483_648_u64,
+                "cache_limit_source": "command_line",
+                "live_cache_type": "memory"
+            })
+        ),
+        engine_json('c', "stats-c-none", json!({})),
+    ]);
+    let addr = serve_page_with(&engines).await;
+    let dom = dump_dom(&format!("http://{addr}/")).await;
+    let cards = cards(&dom);
+    let row_or_none = |c: &Card, k: &str| c.has_row(k).then(|| c.row(k).to_string());
+    // (title, peers, down, up, stalled, cache limit, live cache) per card.
+    type Shown<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<String>,
+        &'a str,
+        Option<String>,
+    );
+    let shown: Vec<Shown> = cards
+        .iter()
+        .map(|c| {
+            (
+                c.title.as_str(),
+                c.row("peers"),
+                c.row("speed-down"),
+                c.row("speed-up"),
+                row_or_none(c, "stalled"),
+                c.row("cache-limit"),
+                row_or_none(c, "live-cache"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "Engine: stats-a-busy",
+                "12",
+                "1.50 MB/s",
+                "200.00 KB/s",
+                Some("1".to_string()),
+                "1.00 GB (engine)",
+                Some("disk".to_string())
+            ),
+            (
+                "Engine: stats-b-stalled",
+                "0",
+                "0.00 B/s",
+                "0.00 B/s",
+                Some("2".to_string()),
+                "2.00 GB (command line)",
+                Some("memory".to_string())
+            ),
+            (
+                "Engine: stats-c-none",
+                "N/A",
+                "N/A",
+                "N/A",
+                None,
+                "N/A",
+                None
+            ),
+        ],
+        "(title, peers, down, up, stalled, cache limit, live cache) per card; DOM:\n{dom}"
+    );
+    // The rows' labels, and their place: stream statistics right under the separator, the
+    // limit beside the current cache.
+    let a = &cards[0];
+    let keys: Vec<(&str, &str)> = a
+        .rows
+        .iter()
+        .map(|(k, l, _)| (k.as_str(), l.as_str()))
+        .skip(6)
+        .take(6)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("peers", "Peers:"),
+            ("speed-down", "Download:"),
+            ("speed-up", "Upload:"),
+            ("stalled", "Stalled Streams:"),
+            ("current-cache", "Current Cache:"),
+            ("cache-limit", "Cache Limit:"),
+        ],
+        "{a:?}"
+    );
+    assert_eq!(a.row("current-cache"), "256.00 MB");
+    assert_eq!(a.row("active-streams"), "2");
+    // The stalled row says what it means and what to do.
+    let at = dom
+        .find(" data-row=\"stalled\"")
+        .expect("a stalled row in the DOM");
+    let tag_start = dom[..at].rfind('<').unwrap();
+    let tag = &dom[tag_start..at + dom[at..].find('>').unwrap()];
+    assert!(
+        attr(tag, "title")
+            .is_some_and(|t| t.contains("streams.stall_after") && t.contains("heal.stalled")),
+        "{tag}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_screenshot_is_written() {
     let agent = start_agent("page-shot").await;
     let _engines = two_engines(&agent).await;
@@ -590,6 +770,8 @@ async fn display_rules_format_sizes_and_times_as_the_seed() {
   var out = {
     sizes: [null, undefined, 0, 1536, 524288, 10485760, 1572864, 1073741824, 1099511627776 * 3]
       .map(function (b) { return window.formatBytes(b); }),
+    speeds: [null, undefined, 0, 512, 1536, 204800, 1572864, 1073741824]
+      .map(function (b) { return window.formatSpeed(b); }),
     times: [null, ago(0), ago(59 * 1000), ago(-30 * 1000), ago(2 * 60 * 1000 + 5000),
             ago(59 * 60 * 1000), ago(3 * 3600 * 1000 + 60000), ago(23 * 3600 * 1000),
             ago(2 * 86400 * 1000 + 3600000), ago(40 * 86400 * 1000)]
@@ -621,6 +803,19 @@ async fn display_rules_format_sizes_and_times_as_the_seed() {
             "1.50 MB",
             "1.00 GB",
             "3.00 TB"
+        ])
+    );
+    assert_eq!(
+        v["speeds"],
+        json!([
+            "N/A",
+            "N/A",
+            "0.00 B/s",
+            "512.00 B/s",
+            "1.50 KB/s",
+            "200.00 KB/s",
+            "1.50 MB/s",
+            "1.00 GB/s"
         ])
     );
     assert_eq!(
