@@ -85,7 +85,7 @@ async fn tick_batched(
     let wanted: Vec<(String, u32)> = engines.iter().map(|t| (t.id.clone(), t.pid)).collect();
     let mut mine = kept.take().unwrap_or_default();
     let work = move || {
-        let tables = activity::read_all(&mut mine, &wanted);
+        let tables = activity::read_all(&mut mine, &wanted, &activity::ProbePorts::default());
         (mine, tables)
     };
     let Call::Done((back, tables)) = guarded.run("bench", work).await else {

@@ -63,6 +63,9 @@ pub struct ProbePorts(Arc<Mutex<Probes>>);
 struct Probes {
     ports: HashMap<u16, Option<Instant>>,
     paused: HashMap<String, usize>,
+    /// Connections in flight, by engine: a number for each, unique over the agent's life.
+    open: HashMap<String, Vec<u64>>,
+    next: u64,
 }
 
 impl ProbePorts {
@@ -70,12 +73,33 @@ impl ProbePorts {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn hold(&self, port: u16) -> PortGuard {
-        self.lock().ports.insert(port, None);
+    /// The agent's own connection to `engine` from local `port`, until the guard is dropped.
+    pub(crate) fn hold(&self, port: u16, engine: &str) -> PortGuard {
+        let mut p = self.lock();
+        p.ports.insert(port, None);
+        p.next += 1;
+        let seq = p.next;
+        p.open.entry(engine.to_string()).or_default().push(seq);
         PortGuard {
             ports: self.clone(),
             port,
+            engine: engine.to_string(),
+            seq,
         }
+    }
+
+    /// The agent's connections to `engine` in flight now (opaque numbers, for
+    /// [`ProbePorts::still_open`]).
+    pub fn open_to(&self, engine: &str) -> Vec<u64> {
+        self.lock().open.get(engine).cloned().unwrap_or_default()
+    }
+
+    /// How many of `before` are still in flight: connections open all the time since
+    /// `before` was taken.
+    pub fn still_open(&self, engine: &str, before: &[u64]) -> u64 {
+        let p = self.lock();
+        let now = p.open.get(engine).map(Vec::as_slice).unwrap_or(&[]);
+        before.iter().filter(|s| now.contains(s)).count() as u64
     }
 
     /// Whether `port` was a probe connection at any moment since `since` (or shortly before):
@@ -137,6 +161,8 @@ impl Drop for PauseGuard {
 pub(crate) struct PortGuard {
     ports: ProbePorts,
     port: u16,
+    engine: String,
+    seq: u64,
 }
 
 impl Drop for PortGuard {
@@ -144,6 +170,12 @@ impl Drop for PortGuard {
         let mut s = self.ports.lock();
         let now = Instant::now();
         s.ports.insert(self.port, Some(now));
+        if let Some(open) = s.open.get_mut(&self.engine) {
+            open.retain(|x| *x != self.seq);
+            if open.is_empty() {
+                s.open.remove(&self.engine);
+            }
+        }
         // Bounded by the ports that closed within the grace period.
         s.ports
             .retain(|_, r| r.is_none_or(|at| now.duration_since(at) <= RELEASED_PORT_GRACE));
@@ -172,13 +204,27 @@ enum HostRead {
 }
 
 /// Reads the connection tables of every engine in `wanted` (container id, pid) through `kept`,
-/// in this thread; drops the handles of containers no longer wanted first.
-pub fn read_all(kept: &mut procfs::Kept, wanted: &[(String, u32)]) -> Vec<io::Result<String>> {
+/// in this thread; drops the handles of containers no longer wanted first. An engine whose
+/// established connections are, in number, no more than the agent's own connections to it
+/// open all the while its count was read (`ports`) has no client to find: its tables are not
+/// read. (A client could hide only behind a connection of the agent's that Docker's network has
+/// not completed yet, microseconds; the next tick sees it, and the janitor's guard before a
+/// delete reads the tables whatever the count.)
+pub fn read_all(
+    kept: &mut procfs::Kept,
+    wanted: &[(String, u32)],
+    ports: &ProbePorts,
+) -> Vec<io::Result<String>> {
     let ids: HashSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
     kept.retain(|id| ids.contains(id));
     wanted
         .iter()
-        .map(|(id, pid)| kept.connection_tables(*pid, id))
+        .map(|(id, pid)| {
+            let before = ports.open_to(id);
+            kept.connection_tables(*pid, id, |n| {
+                !before.is_empty() && n <= ports.still_open(id, &before)
+            })
+        })
         .collect()
 }
 
@@ -214,9 +260,10 @@ impl Activity {
             let mut host: HashMap<String, HostRead> = HashMap::new();
             if !wanted.is_empty() {
                 let mine = std::mem::take(&mut kept);
+                let ports = self.ports.clone();
                 let work = move || {
                     let mut mine = mine;
-                    let tables = read_all(&mut mine, &wanted);
+                    let tables = read_all(&mut mine, &wanted, &ports);
                     (mine, wanted, tables)
                 };
                 if let Call::Done((back, wanted, tables)) = guarded.run(HOST_READ, work).await {
@@ -323,11 +370,30 @@ mod tests {
     }
 
     #[test]
+    fn the_agents_connections_open_all_along_are_counted_per_engine() {
+        let p = ProbePorts::default();
+        let a = p.hold(4001, "e1");
+        let before = p.open_to("e1");
+        assert_eq!(p.still_open("e1", &before), 1);
+        // Opened after the count began: not one of those open all along.
+        let b = p.hold(4002, "e1");
+        assert_eq!(p.still_open("e1", &before), 1);
+        assert!(p.open_to("e2").is_empty());
+        assert_eq!(p.still_open("e2", &before), 0);
+        // Closed meanwhile: its engine-side socket may be gone already, so it no longer
+        // counts.
+        drop(a);
+        assert_eq!(p.still_open("e1", &before), 0);
+        drop(b);
+        assert!(p.open_to("e1").is_empty());
+    }
+
+    #[test]
     fn probe_ports_are_released_on_drop() {
         let p = ProbePorts::default();
         let before = Instant::now();
         {
-            let _g = p.hold(4242);
+            let _g = p.hold(4242, "e");
             assert!(p.contains(4242));
             assert!(p.held_since(4242, Instant::now()));
         }

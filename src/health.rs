@@ -63,7 +63,7 @@ pub async fn http_get(
         // Bound before connecting so the port is known before the engine can see the connection.
         sock.bind(SocketAddr::new(any, 0)).map_err(failed)?;
         let local = sock.local_addr().map_err(failed)?;
-        let _guard = ports.hold(local.port());
+        let _guard = ports.hold(local.port(), engine);
         // After holding the port (see `ProbePorts`): a pause that came first stops us here.
         if ports.is_paused(engine) {
             return Err(ProbeError::Paused);

@@ -256,9 +256,9 @@ impl Watched {
         .map_err(|e| self.proc.named(name, e))
     }
 
-    fn connection_tables(&mut self) -> io::Result<String> {
+    fn connection_tables(&mut self, all_ours: &mut dyn FnMut(u64) -> bool) -> io::Result<String> {
         self.running()?;
-        procnet::read_tables(|f| self.read(f))
+        procnet::read_tables_unless(|f| self.read(f), all_ours)
     }
 }
 
@@ -314,18 +314,25 @@ fn read_to_max(
 }
 
 impl Kept {
-    /// The container's connection tables through its kept handle. A read that fails through
-    /// a kept handle is tried once more through a new one: the process it pinned is gone,
-    /// and a new one may have the same pid (a restart Docker reports with the old pid).
-    pub fn connection_tables(&mut self, pid: u32, container_id: &str) -> io::Result<String> {
+    /// The container's connection tables through its kept handle (none read when `all_ours`
+    /// says every established connection is the agent's, see `procnet::read_tables_unless`).
+    /// A read that fails through a kept handle is tried once more through a new one: the
+    /// process it pinned is gone, and a new one may have the same pid (a restart Docker reports
+    /// with the old pid).
+    pub fn connection_tables(
+        &mut self,
+        pid: u32,
+        container_id: &str,
+        mut all_ours: impl FnMut(u64) -> bool,
+    ) -> io::Result<String> {
         if let Some(w) = self.0.get_mut(container_id).filter(|w| w.proc.pid == pid) {
-            if let Ok(text) = w.connection_tables() {
+            if let Ok(text) = w.connection_tables(&mut all_ours) {
                 return Ok(text);
             }
         }
         self.0.remove(container_id);
         let mut w = Watched::open(pid, container_id)?;
-        let text = w.connection_tables()?;
+        let text = w.connection_tables(&mut all_ours)?;
         self.0.insert(container_id.to_string(), w);
         Ok(text)
     }
@@ -385,12 +392,14 @@ pub(crate) mod tests {
     fn kept_handles_are_checked_like_a_new_open() {
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let mut kept = Kept::default();
-        let err = kept.connection_tables(std::process::id(), id).unwrap_err();
+        let err = kept
+            .connection_tables(std::process::id(), id, |_| false)
+            .unwrap_err();
         assert!(
             err.to_string().contains("not in the container's cgroup"),
             "{err}"
         );
-        assert!(kept.connection_tables(0, id).is_err());
+        assert!(kept.connection_tables(0, id, |_| false).is_err());
         assert!(kept.is_empty());
     }
 
@@ -428,23 +437,23 @@ pub(crate) mod tests {
         let mut w = watched(child.id());
         // One connection held throughout: `CurrEstab` > 0, so the tables are read.
         let (a_port, a, _a) = connect();
-        let tables = w.connection_tables().unwrap();
+        let tables = w.connection_tables(&mut |_| false).unwrap();
         assert_eq!(procnet::clients_of(&tables, a_port), vec![a], "{tables}");
         let mut kept: Vec<_> = w.files.keys().map(String::as_str).collect();
         kept.sort_unstable();
         assert_eq!(kept, ["net/snmp", "net/tcp", "net/tcp6"]);
         let (b_port, b, b_ends) = connect();
-        let tables = w.connection_tables().unwrap();
+        let tables = w.connection_tables(&mut |_| false).unwrap();
         assert_eq!(procnet::clients_of(&tables, b_port), vec![b], "{tables}");
         drop(b_ends);
-        let tables = w.connection_tables().unwrap();
+        let tables = w.connection_tables(&mut |_| false).unwrap();
         assert_eq!(procnet::clients_of(&tables, b_port), vec![], "{tables}");
         assert_eq!(procnet::clients_of(&tables, a_port), vec![a], "{tables}");
         assert!(!w.exited());
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(w.exited());
-        let err = w.connection_tables().unwrap_err();
+        let err = w.connection_tables(&mut |_| false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
         assert!(err.to_string().contains("exited"), "{err}");
     }

@@ -118,7 +118,13 @@ pub struct StreamStats {
 
 impl StreamStats {
     pub async fn run(self, mut shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(self.interval);
+        // The first round half an interval after the start: the connection probe also ticks
+        // from the start, and a round's burst of connections landing on its reads makes them
+        // read the engines' whole connection tables.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.interval / 2,
+            self.interval,
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
