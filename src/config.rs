@@ -262,7 +262,18 @@ section! {
         /// percent; `None` = `"off"`.
         #[serde(with = "memory_high")]
         pub memory_high: Option<f64> = Some(90.0),
+        /// With no idle engine left under pressure: delete busy engines' cache files no
+        /// process holds open (`unopened`), or touch busy engines never (`off`).
+        pub busy_files: BusyFiles = BusyFiles::Unopened,
     }
+}
+
+/// `pressure.busy_files`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusyFiles {
+    Unopened,
+    Off,
 }
 
 /// Free-space threshold of `pressure.min_free`.

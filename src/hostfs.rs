@@ -122,7 +122,7 @@ pub fn run(t: &Target, mode: Mode) -> Result<Outcome, Unavailable> {
 
 /// Whether `mountinfo` (the container process's, paths relative to its root) has a mount point
 /// strictly below `cache_path`.
-fn mounts_below(mountinfo: &str, cache_path: &str) -> bool {
+pub(crate) fn mounts_below(mountinfo: &str, cache_path: &str) -> bool {
     let prefix = format!("{}/", cache_path.trim_end_matches('/'));
     parse_mountinfo(mountinfo)
         .iter()
@@ -250,7 +250,7 @@ fn failed(before: Option<u64>, reason: &str) -> Outcome {
     }
 }
 
-enum Resolve {
+pub(crate) enum Resolve {
     Missing,
     /// The same refusals as the script's, with its words.
     Refused(String),
@@ -258,7 +258,7 @@ enum Resolve {
 }
 
 /// Opens `rel` (relative, normalised) below `root` as a directory, refusing symlinks on the way.
-fn resolve_in_root(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, Resolve> {
+pub(crate) fn resolve_in_root(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, Resolve> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     let open = |path: &str| -> io::Result<OwnedFd> {

@@ -65,6 +65,35 @@ pub fn processes(pid: u32, container_id: &str) -> io::Result<Vec<Process>> {
     Ok(out)
 }
 
+/// Every process of the container (also those `docker exec` started, which are no children of
+/// its main one): its memory cgroup's `cgroup.procs`, else its main process's descendants.
+pub fn container_pids(pid: u32, container_id: &str) -> io::Result<Vec<u32>> {
+    let main = ContainerProc::open(pid, container_id)?;
+    let cgroup = main.read("cgroup")?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for dir in memory_cgroup_dirs(&cgroup, &mounts, container_id) {
+        if let Ok(text) = std::fs::read_to_string(format!("{dir}/cgroup.procs")) {
+            let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            if pids.contains(&pid) {
+                return Ok(pids);
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() && out.len() < 4 * MAX_PROCESSES {
+        if let Ok(p) = ContainerProc::open(out[i], container_id) {
+            for c in p.children().unwrap_or_default() {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
 /// The container's root, through its checked `/proc/<pid>`.
 pub fn root(pid: u32, container_id: &str) -> io::Result<OwnedFd> {
     ContainerProc::open(pid, container_id)?.root()

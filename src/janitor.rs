@@ -25,6 +25,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
 use crate::activity::ProbePorts;
+use crate::busyfiles;
 use crate::cache::{self, Mode, Outcome, Sizes};
 use crate::config::CacheMethod;
 use crate::docker::{DockerClient, DockerError};
@@ -124,6 +125,15 @@ impl Drop for InflightGuard {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
     }
+}
+
+/// What a pass over busy engines' caches deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusyFreed {
+    pub files: u64,
+    pub bytes: u64,
+    /// Engines that lost files.
+    pub engines: u64,
 }
 
 /// One read-only measurement of a cache.
@@ -673,6 +683,156 @@ impl Janitor {
             })
             .await;
         Some(Measurement { bytes, empty })
+    }
+
+    /// Disk pressure with no idle engine left on a filesystem (`stat_path` reads it): deletes
+    /// cache files of the busy `engines` that no process of their container holds open, oldest
+    /// first, until the space available is back at `threshold` (`busyfiles`). From the host
+    /// through the containers' roots, else by the fixed script in each container. One
+    /// `pressure_busy` record for each engine that lost files; the seed's per-engine lines are
+    /// not logged (no cache was cleared), the caller says what the pass did in one line.
+    pub async fn free_busy(
+        &self,
+        engines: Vec<EngineState>,
+        stat_path: String,
+        threshold: u64,
+    ) -> BusyFreed {
+        let started_at = Utc::now();
+        let t0 = Instant::now();
+        // Engines with another cache operation running are left for the next round.
+        let mut guards = vec![];
+        let mut engines: Vec<EngineState> = engines
+            .into_iter()
+            .filter(|e| match self.try_acquire(&e.engine.container_id) {
+                Some(g) => {
+                    guards.push(g);
+                    true
+                }
+                None => false,
+            })
+            .collect();
+        let enough = {
+            let path = stat_path.clone();
+            move || crate::pressure::statvfs(&path).is_ok_and(|(avail, _)| avail >= threshold)
+        };
+        let mut freed: Vec<(String, String, u64, u64)> = vec![];
+        let mut exec: Vec<EngineState> = vec![];
+        if self.inner.method == CacheMethod::Auto {
+            let cancel = Arc::new(AtomicBool::new(false));
+            let _stop = SetOnDrop(cancel.clone());
+            let wanted: Vec<(u32, String, String)> = engines
+                .iter()
+                .map(|e| {
+                    (
+                        e.runtime.pid,
+                        e.engine.container_id.clone(),
+                        e.engine.cache_path.clone(),
+                    )
+                })
+                .collect();
+            let enough = enough.clone();
+            let work = move || {
+                let mut caches = vec![];
+                let mut unavailable = vec![];
+                for (pid, id, path) in &wanted {
+                    match busyfiles::Cache::open(*pid, id, path) {
+                        Ok(Some(c)) => caches.push(c),
+                        Ok(None) => {}
+                        Err(why) => unavailable.push((id.clone(), why.0)),
+                    }
+                }
+                let got = busyfiles::free(&caches, busyfiles::Cache::open_inodes, enough, &cancel);
+                let got: Vec<(String, u64, u64)> = caches
+                    .iter()
+                    .zip(got)
+                    .map(|(c, (n, b))| (c.container_id.clone(), n, b))
+                    .collect();
+                (got, unavailable)
+            };
+            match tokio::time::timeout(self.inner.exec_timeout, tokio::task::spawn_blocking(work))
+                .await
+            {
+                Ok(Ok((got, unavailable))) => {
+                    self.inner.metrics.count_cache_access(CacheAccess::Host);
+                    for (id, n, b) in got {
+                        if let Some(e) = engines.iter().find(|e| e.engine.container_id == id) {
+                            freed.push((id, e.engine.container_name.clone(), n, b));
+                        }
+                    }
+                    for (id, why) in unavailable {
+                        logging::host_fallback(
+                            &self.inner.fallback_said,
+                            &id,
+                            "reach this engine's cache",
+                            &why,
+                        );
+                        exec.extend(
+                            engines
+                                .iter()
+                                .find(|e| e.engine.container_id == id)
+                                .cloned(),
+                        );
+                    }
+                }
+                _ => debug!("the host pass over busy engines' caches did not finish in time"),
+            }
+        } else {
+            exec = std::mem::take(&mut engines);
+        }
+        for e in exec {
+            let Ok((avail, _)) = ({
+                let path = stat_path.clone();
+                tokio::task::spawn_blocking(move || crate::pressure::statvfs(&path))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            }) else {
+                break;
+            };
+            if avail >= threshold {
+                break;
+            }
+            let argv = busyfiles::exec_argv(&e.engine.cache_path, threshold - avail);
+            let id = &e.engine.container_id;
+            let r = self
+                .inner
+                .docker
+                .exec(id, &argv, self.inner.exec_timeout, |_| {})
+                .await;
+            self.inner.metrics.count_cache_access(CacheAccess::Exec);
+            match r.ok().and_then(|o| busyfiles::parse_exec(&o.stdout)) {
+                Some((n, b)) => freed.push((id.clone(), e.engine.container_name.clone(), n, b)),
+                None => debug!(container_id = %e.id12(), "the busy-files script failed"),
+            }
+        }
+        let finished_at = Utc::now();
+        let duration = t0.elapsed().as_secs_f64();
+        let mut total = BusyFreed::default();
+        for (id, name, n, b) in freed.into_iter().filter(|f| f.2 > 0) {
+            total.files += n;
+            total.bytes += b;
+            total.engines += 1;
+            let record = CleanupRecord {
+                container_id: id,
+                container_name: name,
+                trigger: Trigger::PressureBusy,
+                started_at,
+                finished_at,
+                duration_seconds: duration,
+                success: true,
+                size_before_bytes: None,
+                freed_bytes: b,
+                remaining_bytes: None,
+                skipped_below_min: false,
+                nothing_to_clean: false,
+                error: None,
+            };
+            self.inner
+                .metrics
+                .observe_cleanup(Trigger::PressureBusy, duration);
+            let _ = self.inner.registry.finish_cleanup(record, None).await;
+        }
+        drop(guards);
+        total
     }
 
     /// `cleanup.min_bytes`: caches smaller than this are measured but never deleted.

@@ -20,6 +20,7 @@
 
 pub mod activity;
 pub mod backoff;
+pub mod busyfiles;
 pub mod cache;
 pub mod cachepath;
 pub mod cli;
@@ -256,6 +257,7 @@ impl Agent {
                     .as_ref()
                     .map(|p| p.to_string_lossy().into_owned()),
                 memory_high: cfg.pressure.memory_high,
+                busy_files: cfg.pressure.busy_files,
                 fs_timeout: pressure::FS_CALL_TIMEOUT,
             }
             .run(shutdown.clone()),

@@ -121,6 +121,19 @@ pub fn pressure_persists(mountpoint: &str, avail: u64, threshold_bytes: u64) {
     );
 }
 
+/// No idle engine left under pressure: files of busy engines no process held open were deleted.
+pub fn pressure_busy_freed(mountpoint: &str, files: u64, bytes: u64, engines: u64) {
+    tracing::warn!(
+        mountpoint,
+        files,
+        bytes,
+        engines,
+        trigger = "pressure_busy",
+        "Disk pressure on {mountpoint}: no idle engine left; deleted {files} cache files no engine holds open ({}) from {engines} busy engines",
+        format_mb(bytes)
+    );
+}
+
 /// Free space is back at or above the threshold: the episode is over.
 pub fn pressure_resolved(mountpoint: &str, avail: u64, threshold_bytes: u64) {
     info!(

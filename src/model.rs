@@ -28,14 +28,17 @@ pub enum Trigger {
     Sweep,
     Manual,
     Pressure,
+    /// Disk pressure with no idle engine left: files of busy engines no process holds open.
+    PressureBusy,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 4] = [
+    pub const ALL: [Trigger; 5] = [
         Trigger::StreamEnd,
         Trigger::Sweep,
         Trigger::Manual,
         Trigger::Pressure,
+        Trigger::PressureBusy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Trigger {
             Trigger::Sweep => "sweep",
             Trigger::Manual => "manual",
             Trigger::Pressure => "pressure",
+            Trigger::PressureBusy => "pressure_busy",
         }
     }
 
@@ -75,9 +79,26 @@ pub struct Counters {
     pub freed_bytes: u64,
 }
 
-/// Per-trigger counters of one engine, indexed by `Trigger`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TriggerCounters(pub [Counters; 4]);
+/// Per-trigger counters of one engine, indexed by `Trigger`. Stored as a list in `Trigger`
+/// order; a store written before a trigger existed has a shorter one, read with zeros for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TriggerCounters(pub [Counters; 5]);
+
+impl<'de> Deserialize<'de> for TriggerCounters {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let stored: Vec<Counters> = Vec::deserialize(d)?;
+        let mut c = TriggerCounters::default();
+        if stored.len() > c.0.len() {
+            return Err(serde::de::Error::custom(format!(
+                "{} trigger counters, this build knows {}",
+                stored.len(),
+                c.0.len()
+            )));
+        }
+        c.0[..stored.len()].copy_from_slice(&stored);
+        Ok(c)
+    }
+}
 
 impl TriggerCounters {
     pub fn get(&self, t: Trigger) -> Counters {
@@ -647,7 +668,10 @@ mod tests {
     #[test]
     fn trigger_names_match_spec() {
         let names: Vec<_> = Trigger::ALL.iter().map(|t| t.as_str()).collect();
-        assert_eq!(names, ["stream_end", "sweep", "manual", "pressure"]);
+        assert_eq!(
+            names,
+            ["stream_end", "sweep", "manual", "pressure", "pressure_busy"]
+        );
         assert_eq!(
             serde_json::to_string(&Trigger::StreamEnd).unwrap(),
             "\"stream_end\""
@@ -667,6 +691,23 @@ mod tests {
         assert_eq!(format_mb(0), "0.00 MB");
         assert_eq!(format_gb(5 << 30), "5.00 GB");
         assert_eq!(format_gb(3 << 29), "1.50 GB");
+    }
+
+    #[test]
+    fn counters_of_a_store_from_before_pressure_busy_are_read_with_zeros() {
+        let four = r#"[{"cleanups":1,"failures":0,"freed_bytes":5},{"cleanups":0,"failures":0,"freed_bytes":0},{"cleanups":0,"failures":0,"freed_bytes":0},{"cleanups":2,"failures":1,"freed_bytes":7}]"#;
+        let c: TriggerCounters = serde_json::from_str(four).unwrap();
+        assert_eq!(c.get(Trigger::StreamEnd).freed_bytes, 5);
+        assert_eq!(c.get(Trigger::Pressure).cleanups, 2);
+        assert_eq!(c.get(Trigger::PressureBusy), Counters::default());
+        let back: TriggerCounters =
+            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let six = format!(
+            "[{}]",
+            vec![r#"{"cleanups":0,"failures":0,"freed_bytes":0}"#; 6].join(",")
+        );
+        assert!(serde_json::from_str::<TriggerCounters>(&six).is_err());
     }
 
     #[test]

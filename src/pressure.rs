@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::cachepath;
-use crate::config::MinFree;
+use crate::config::{BusyFiles, MinFree};
 use crate::docker::DockerClient;
 use crate::inside;
 use crate::janitor::{CleanupError, Janitor};
@@ -237,6 +237,8 @@ pub struct Pressure {
     pub docker_root: Option<String>,
     /// `pressure.memory_high`, percent of a memory cache's container's memory limit.
     pub memory_high: Option<f64>,
+    /// `pressure.busy_files`: what may be deleted of busy engines once no idle one is left.
+    pub busy_files: BusyFiles,
     /// Deadline of each statvfs or canonicalize (`FS_CALL_TIMEOUT`).
     pub fs_timeout: Duration,
 }
@@ -749,6 +751,38 @@ impl Worker {
             .min_free
             .zip(last)
             .map_or(0, |(m, (_, size))| threshold_bytes(m, size));
+        // No idle engine left: the files busy engines no longer hold open (a disk only: a
+        // memory cache's tmpfs is one engine's, cleaned when it is idle).
+        if let (BusyFiles::Unopened, FsKind::Disk { stat_path }) = (self.p.busy_files, &kind) {
+            let busy: Vec<EngineState> = snap
+                .engines
+                .iter()
+                .filter(|e| e.running && !e.is_idle() && e.cache_path_error.is_none())
+                .filter(|e| {
+                    self.engine_fs
+                        .get(&e.engine.container_id)
+                        .map(String::as_str)
+                        == Some(name)
+                })
+                .cloned()
+                .collect();
+            if !busy.is_empty() && !shutdown.is_shutdown() {
+                let freed = self
+                    .p
+                    .janitor
+                    .free_busy(busy, stat_path.clone(), threshold)
+                    .await;
+                if freed.bytes > 0 {
+                    logging::pressure_busy_freed(name, freed.files, freed.bytes, freed.engines);
+                    self.read(name).await;
+                    self.publish(None).await;
+                    if self.episode(name).is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+        let last = self.filesystems.get(name).and_then(|f| f.last);
         if let (Some(ep), Some((avail, _))) = (self.episode(name), last) {
             if !ep.persists_warned {
                 ep.persists_warned = true;

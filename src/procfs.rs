@@ -123,6 +123,27 @@ impl ContainerProc {
         Ok(out)
     }
 
+    /// The (device, inode) of every file the process holds open, from its `fd` directory
+    /// (following each descriptor's link is what ptrace access allows). A descriptor closed
+    /// while listing is skipped.
+    pub fn open_inodes(&self) -> io::Result<Vec<(u64, u64)>> {
+        let fds = open_dir_at(&self.dir, "fd", OFlags::empty()).map_err(|e| self.named("fd", e))?;
+        let mut out = vec![];
+        for e in Dir::read_from(&fds)? {
+            let e = e?;
+            let name = e.file_name();
+            if name.to_bytes().first().is_none_or(|b| !b.is_ascii_digit()) {
+                continue;
+            }
+            match rustix::fs::statat(&fds, name, rustix::fs::AtFlags::empty()) {
+                Ok(st) => out.push((st.st_dev, st.st_ino)),
+                Err(Errno::NOENT) | Err(Errno::BADF) => continue,
+                Err(e) => return Err(self.named("fd", e.into())),
+            }
+        }
+        Ok(out)
+    }
+
     /// The connection tables of the container's network namespace (`procnet::read_tables`).
     pub fn connection_tables(&self) -> io::Result<String> {
         procnet::read_tables(|f| self.read(f))

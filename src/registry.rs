@@ -18,7 +18,7 @@ use crate::logging;
 use crate::model::{
     id12, CacheLimitSource, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem,
     HealBook, HealRecord, HealState, HealTrigger, HealthStatus, MemoryUse, Snapshot, StreamRecord,
-    StreamStatus, Timestamp, TriggerCounters,
+    StreamStatus, Timestamp, Trigger, TriggerCounters,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{Batch, PersistedEngine, Store};
@@ -1431,8 +1431,12 @@ impl Registry {
         if record.success {
             c.cleanups += 1;
             c.freed_bytes += record.freed_bytes;
-            engine.last_cache_cleanup = Some(record.finished_at);
-            engine.cache_size_bytes = record.size_before_bytes;
+            // The seed's two fields describe the last cleanup of an idle engine; files taken
+            // from a busy one under pressure are no such cleanup.
+            if record.trigger != Trigger::PressureBusy {
+                engine.last_cache_cleanup = Some(record.finished_at);
+                engine.cache_size_bytes = record.size_before_bytes;
+            }
             engine.last_cleanup_error = None;
         } else {
             c.failures += 1;

@@ -1521,9 +1521,13 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
                 let got: BTreeMap<&str, f64> =
                     r.iter().map(|s| (s.label("trigger"), s.value)).collect();
                 ensure(
-                    got.keys()
-                        .copied()
-                        .eq(["manual", "pressure", "stream_end", "sweep"]),
+                    got.keys().copied().eq([
+                        "manual",
+                        "pressure",
+                        "pressure_busy",
+                        "stream_end",
+                        "sweep",
+                    ]),
                     || format!("triggers {got:?}"),
                 )?;
                 ensure(got["sweep"] > 0.0, || format!("no sweep cleanups: {got:?}"))?;

@@ -71,6 +71,7 @@ fn defaults_match_spec_table() {
     assert_eq!(c.pressure.min_free, Some(MinFree::Percent(10.0)));
     assert_eq!(c.pressure.docker_root, None);
     assert_eq!(c.pressure.memory_high, Some(90.0));
+    assert_eq!(c.pressure.busy_files, BusyFiles::Unopened);
     assert!(c.heal.enabled);
     assert_eq!(c.heal.after, Duration::from_secs(180));
     assert_eq!(c.heal.stop_timeout, Duration::from_secs(10));
@@ -816,6 +817,16 @@ fn heal_keys_from_env_and_file_and_their_bounds() {
             "{key}={value}: {k}"
         );
     }
+}
+
+#[test]
+fn busy_files_is_unopened_or_off() {
+    let c = load_env(&[("ACESTREAM_AGENT_PRESSURE__BUSY_FILES", "off")]).unwrap();
+    assert_eq!(c.pressure.busy_files, BusyFiles::Off);
+    assert_eq!(
+        invalid_key(load_env(&[("ACESTREAM_AGENT_PRESSURE__BUSY_FILES", "all")])),
+        "pressure.busy_files"
+    );
 }
 
 #[test]
