@@ -1084,3 +1084,263 @@ async fn memory_caches_are_cleaned_by_pressure_on_their_tmpfs_and_their_memory_l
     assert!(said(&b).is_empty() && said(&d).is_empty());
     agent.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Every engine busy
+// ---------------------------------------------------------------------------------------------
+
+/// Old cache pieces (16 MiB each, 3, 2 and 1 hours old) in `dir`, named `old-<age>h`.
+fn old_pieces(dir: &Path) {
+    for hours in [3u64, 2, 1] {
+        let path = dir.join(format!("old-{hours}h"));
+        fill(&path, 16 * MIB);
+        let t = std::time::SystemTime::now() - Duration::from_secs(hours * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+}
+
+/// The stream files an engine holds open (`<id>-<pid>.live`), by name, with their inodes.
+fn live_files(dir: &Path) -> BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".live"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().ino(),
+            )
+        })
+        .collect()
+}
+
+/// Three engines, each streaming to a real client, caches on one small filesystem holding old
+/// pieces; then the filesystem is pushed below `pressure.min_free` from outside the caches.
+/// Unopened: free space comes back above the threshold, the old pieces go oldest first, no
+/// file held open is gone, every client keeps receiving without a gap over a second, and the
+/// records say what was freed (the seed's fields untouched). Off: nothing of a busy engine is
+/// touched, and the agent says pressure persists.
+async fn every_engine_busy(busy_files: acestream_agent::config::BusyFiles, method: CacheMethod) {
+    use acestream_agent::config::BusyFiles;
+    let case = unique_name("pressure-busy");
+    let tmp = Tmpfs::mount(256);
+    let mp = tmp.mountpoint().to_string();
+    let dirs: Vec<PathBuf> = ["a", "b", "c"].iter().map(|n| tmp.dir(n)).collect();
+    for d in &dirs {
+        old_pieces(d);
+    }
+    let engines: Vec<TestEngine> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            bind(
+                case_engine(&case, &format!("prs-busy{i}")),
+                d,
+                DEFAULT_CACHE_DIR,
+            )
+            .start()
+        })
+        .collect();
+    for e in &engines {
+        e.wait_http_ready().await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let threshold = 64 * MIB;
+    let mut cfg = config(&case, &dir, Some(MinFree::Bytes(threshold)));
+    cfg.pressure.busy_files = busy_files;
+    cfg.cleanup.method = method;
+    let agent = start_agent(cfg).await;
+    let want: Vec<(&TestEngine, Option<&str>)> =
+        engines.iter().map(|e| (e, Some(mp.as_str()))).collect();
+    wait_mountpoints(&agent, &want).await;
+    wait_checked(&agent, 3).await;
+    let clients: Vec<StreamClient> = engines.iter().map(|e| e.stream_client()).collect();
+    for e in &engines {
+        wait_engine(
+            agent.addr,
+            &e.id,
+            Duration::from_secs(10),
+            "streaming",
+            |v| v["streams"].as_array().is_some_and(|s| !s.is_empty()),
+        )
+        .await;
+    }
+    let live: Vec<BTreeMap<String, u64>> = dirs.iter().map(|d| live_files(d)).collect();
+    assert!(live.iter().all(|l| l.len() == 1), "{live:?}");
+    // Pushed below the threshold from outside any cache.
+    let avail = tmp.avail();
+    assert!(avail > threshold + 20 * MIB, "{} MiB free", avail / MIB);
+    fill(&tmp.path.join("pusher"), avail - threshold + 16 * MIB);
+    // The episode's first line (the metric may be 1 for less than a scrape: the pass follows
+    // the reading at once).
+    let started = format!("Disk pressure on {mp}: ");
+    eventually(Duration::from_secs(10), "the episode's start", || async {
+        (!log_lines(&[&started, "below"]).is_empty()).then_some(())
+    })
+    .await;
+
+    match busy_files {
+        BusyFiles::Unopened => {
+            wait_disk_pressure(&agent, &mp, 0.0).await;
+            assert!(
+                tmp.avail() >= threshold - 4 * MIB,
+                "{} MiB free",
+                tmp.avail() / MIB
+            );
+            // Oldest first: every old piece left is younger than every one deleted, across the
+            // engines from the host; within each engine by the exec's script, which runs in one
+            // container after another.
+            let per_dir: Vec<(Vec<u64>, Vec<u64>)> = dirs
+                .iter()
+                .map(|d| {
+                    let (mut deleted, mut left) = (vec![], vec![]);
+                    for hours in [3u64, 2, 1] {
+                        if d.join(format!("old-{hours}h")).exists() {
+                            left.push(hours);
+                        } else {
+                            deleted.push(hours);
+                        }
+                    }
+                    (deleted, left)
+                })
+                .collect();
+            let groups: Vec<(Vec<u64>, Vec<u64>)> = if method == CacheMethod::Exec {
+                per_dir
+            } else {
+                vec![per_dir.into_iter().fold((vec![], vec![]), |mut a, (d, l)| {
+                    a.0.extend(d);
+                    a.1.extend(l);
+                    a
+                })]
+            };
+            assert!(groups.iter().any(|(d, _)| !d.is_empty()), "nothing deleted");
+            for (deleted, left) in &groups {
+                assert!(
+                    deleted.iter().all(|d| left.iter().all(|l| l <= d)),
+                    "not oldest first: deleted {deleted:?}, left {left:?}"
+                );
+            }
+            // No file held open is gone (the same inodes, still there).
+            for (d, before) in dirs.iter().zip(&live) {
+                let now = live_files(d);
+                for (name, ino) in before {
+                    assert_eq!(now.get(name), Some(ino), "{name} in {}", d.display());
+                }
+            }
+            // What was freed, per engine, in its pressure_busy record.
+            let mut freed_total = 0;
+            for (e, d) in engines.iter().zip(&dirs) {
+                let (_, v) =
+                    http_get_json(agent.addr, &format!("/engines/{}/cleanups", e.id)).await;
+                let gone = [3u64, 2, 1]
+                    .iter()
+                    .filter(|h| !d.join(format!("old-{h}h")).exists())
+                    .count() as u64;
+                let records: Vec<&Value> = v.as_array().unwrap().iter().collect();
+                let freed: u64 = records
+                    .iter()
+                    .map(|r| {
+                        assert_eq!(r["trigger"], "pressure_busy", "{r}");
+                        assert_eq!(r["success"], true, "{r}");
+                        r["freed_bytes"].as_u64().unwrap()
+                    })
+                    .sum();
+                assert!(
+                    freed >= gone * 16 * MIB,
+                    "{}: {freed} for {gone} pieces",
+                    e.name
+                );
+                freed_total += freed;
+                let ej = wait_engine(agent.addr, &e.id, Duration::from_secs(5), "listed", |_| {
+                    true
+                })
+                .await;
+                assert_eq!(ej["last_cache_cleanup"], Value::Null, "{ej}");
+                assert_eq!(ej["cache_size_bytes"], Value::Null, "{ej}");
+                if !records.is_empty() {
+                    let m = metrics(&agent).await;
+                    let series = format!(
+                        "acestream_cache_cleanups_total{{container_name=\"{}\",container_id=\"{}\",trigger=\"pressure_busy\"}}",
+                        e.name,
+                        &e.id[..12]
+                    );
+                    assert_eq!(sample(&m, &series), Some(records.len() as f64));
+                }
+            }
+            assert!(freed_total >= 16 * MIB);
+            let said = log_lines(&[&format!(
+                "Disk pressure on {mp}: no idle engine left; deleted "
+            )]);
+            assert!(!said.is_empty(), "no pressure_busy line");
+            assert!(
+                said[0].contains("cache files no engine holds open ("),
+                "{}",
+                said[0]
+            );
+            assert!(said[0].contains("busy engines"), "{}", said[0]);
+        }
+        BusyFiles::Off => {
+            let said = format!("Disk pressure on {mp} persists: no idle engine left to clean");
+            eventually(Duration::from_secs(10), "the persists line", || async {
+                (!log_lines(&[&said]).is_empty()).then_some(())
+            })
+            .await;
+            for d in &dirs {
+                for hours in [3u64, 2, 1] {
+                    assert!(d.join(format!("old-{hours}h")).exists());
+                }
+            }
+            for e in &engines {
+                let (_, v) =
+                    http_get_json(agent.addr, &format!("/engines/{}/cleanups", e.id)).await;
+                assert_eq!(v, serde_json::json!([]), "{}", e.name);
+            }
+        }
+    }
+    // Every client kept receiving: bytes still arrive, and never a gap over a second.
+    for c in &clients {
+        let got = c.bytes_read();
+        eventually(Duration::from_secs(5), "more stream bytes", || async {
+            (c.bytes_read() > got).then_some(()).ok_or(c.bytes_read())
+        })
+        .await;
+        assert!(
+            c.longest_gap() < Duration::from_secs(1),
+            "a client waited {:?}",
+            c.longest_gap()
+        );
+    }
+    std::fs::remove_file(tmp.path.join("pusher")).unwrap();
+    drop(clients);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_engine_busy_unopened_cache_files_go_oldest_first_and_streams_play_on() {
+    every_engine_busy(
+        acestream_agent::config::BusyFiles::Unopened,
+        CacheMethod::Auto,
+    )
+    .await;
+}
+
+/// The same through `docker exec` of the fixed script (`cleanup.method = "exec"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_engine_busy_the_exec_fallback_deletes_only_unopened_files_too() {
+    every_engine_busy(
+        acestream_agent::config::BusyFiles::Unopened,
+        CacheMethod::Exec,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_busy_files_off_nothing_of_a_busy_engine_is_touched() {
+    every_engine_busy(acestream_agent::config::BusyFiles::Off, CacheMethod::Auto).await;
+}

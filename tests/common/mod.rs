@@ -1042,6 +1042,14 @@ struct StreamState {
     body_bytes: AtomicU64,
     status: Mutex<Option<u16>>,
     closed: AtomicBool,
+    gaps: Mutex<Gaps>,
+}
+
+/// When body bytes last arrived, and the longest wait between two arrivals.
+#[derive(Default, Clone, Copy)]
+struct Gaps {
+    last: Option<Instant>,
+    longest: Duration,
 }
 
 /// A viewer: a raw TCP connection that requests `/ace/getstream` and reads
@@ -1094,6 +1102,17 @@ impl StreamClient {
             .expect("stream client state poisoned")
     }
 
+    /// The longest wait between two reads of body bytes so far, and since the last one.
+    pub fn longest_gap(&self) -> Duration {
+        let g = *self
+            .state
+            .gaps
+            .lock()
+            .expect("stream client state poisoned");
+        g.longest
+            .max(g.last.map_or(Duration::ZERO, |t| t.elapsed()))
+    }
+
     /// True once the server closed the connection or reading failed.
     pub fn is_closed(&self) -> bool {
         self.state.closed.load(Ordering::SeqCst)
@@ -1118,6 +1137,12 @@ fn read_stream(stream: &mut TcpStream, state: &StreamState) {
         };
         if in_body {
             state.body_bytes.fetch_add(n as u64, Ordering::SeqCst);
+            let mut g = state.gaps.lock().expect("stream client state poisoned");
+            let now = Instant::now();
+            if let Some(last) = g.last {
+                g.longest = g.longest.max(now - last);
+            }
+            g.last = Some(now);
             continue;
         }
         head.extend_from_slice(&buf[..n]);
