@@ -705,7 +705,7 @@ mod tests {
         assert_eq!(back, c);
         let six = format!(
             "[{}]",
-            vec![r#"{"cleanups":0,"failures":0,"freed_bytes":0}"#; 6].join(",")
+            [r#"{"cleanups":0,"failures":0,"freed_bytes":0}"#; 6].join(",")
         );
         assert!(serde_json::from_str::<TriggerCounters>(&six).is_err());
     }
