@@ -1714,6 +1714,8 @@ fn fake_engine(i: usize) -> Engine {
         cache_limit_bytes: None,
         cache_limit_source: None,
         live_cache_type: None,
+        log_bytes: None,
+        log_rotation: None,
     }
 }
 

@@ -188,6 +188,7 @@ impl Matcher {
                 probe,
                 mounts,
                 paused: state.and_then(|s| s.paused).unwrap_or(false),
+                log: log_of(c),
             },
             cache,
             limits: Default::default(),
@@ -367,6 +368,21 @@ const READ_AGAIN_AFTER: Duration = Duration::from_secs(2);
 const MAX_OWNER_CHAIN: usize = 4;
 
 /// The container's main process as Docker reports it; 0 when not running (or not known).
+/// The container's `json-file` log on the host and whether its config rotates it (`max-size`
+/// set, as Docker merges the daemon's `log-opts` into each container's); `local` rotates by
+/// itself.
+fn log_of(c: &ContainerInspectResponse) -> Option<(String, bool)> {
+    let path = c.log_path.clone().filter(|p| !p.is_empty())?;
+    let config = c.host_config.as_ref()?.log_config.as_ref()?;
+    let rotated = config.typ.as_deref() == Some("local")
+        || config
+            .config
+            .as_ref()
+            .and_then(|m| m.get("max-size"))
+            .is_some_and(|s| !matches!(s.trim(), "" | "-1" | "0"));
+    Some((path, rotated))
+}
+
 fn pid_of(c: &ContainerInspectResponse) -> u32 {
     c.state
         .as_ref()

@@ -156,6 +156,11 @@ const ENGINE_CACHE_LIMIT: Family = gauge(
     "The engine's own cache limit (its streams' disk_cache_stats, else its command line); absent when neither says.",
     &ENGINE,
 );
+const ENGINE_LOG_BYTES: Family = gauge(
+    "acestream_engine_log_bytes",
+    "Size of Docker's json-file log of the engine's container, rotated files included; rotation=\"false\" when its log config sets no max-size.",
+    &["container_name", "container_id", "rotation"],
+);
 const AGENT_DOCKER_UP: Family = gauge(
     "acestream_agent_docker_up",
     "1 if the agent is connected to the Docker API, 0 while it is unreachable (engines shown are the last known).",
@@ -225,7 +230,7 @@ const DISK_PRESSURE: Family = gauge(
 );
 
 /// Every family `SnapshotCollector` emits, for `Collector::desc` and the tests.
-const SNAPSHOT_FAMILIES: [&Family; 30] = [
+const SNAPSHOT_FAMILIES: [&Family; 31] = [
     &ENGINE_INFO,
     &ENGINE_HEALTHY,
     &ENGINE_ACTIVE_STREAMS,
@@ -247,6 +252,7 @@ const SNAPSHOT_FAMILIES: [&Family; 30] = [
     &ENGINE_UPLOAD_SPEED,
     &ENGINE_STALLED_STREAMS,
     &ENGINE_CACHE_LIMIT,
+    &ENGINE_LOG_BYTES,
     &AGENT_DOCKER_UP,
     &AGENT_ENGINES,
     &AGENT_BUILD_INFO,
@@ -572,6 +578,22 @@ impl Collector for SnapshotCollector<'_> {
         out.push(per_engine(&ENGINE_CACHE_LIMIT, engines, |e| {
             e.engine.cache_limit_bytes.map(|v| v as f64)
         }));
+        out.push(family(
+            &ENGINE_LOG_BYTES,
+            engines.iter().filter_map(|e| {
+                let bytes = e.engine.log_bytes?;
+                let rotation = if e.engine.log_rotation == Some(true) {
+                    "true"
+                } else {
+                    "false"
+                };
+                Some(series(
+                    &ENGINE_LOG_BYTES,
+                    &[&e.engine.container_name, e.id12(), rotation],
+                    bytes as f64,
+                ))
+            }),
+        ));
 
         out.push(single(&AGENT_DOCKER_UP, Some(flag(s.docker_up))));
         out.push(single(&AGENT_ENGINES, Some(engines.len() as f64)));
@@ -771,6 +793,8 @@ pub mod testing {
                 cache_limit_bytes: None,
                 cache_limit_source: None,
                 live_cache_type: None,
+                log_bytes: None,
+                log_rotation: None,
             },
             counters: TriggerCounters::default(),
             runtime: Runtime::default(),
@@ -838,6 +862,8 @@ pub mod testing {
             e.cache_limit_bytes = Some(1_073_741_824);
             e.cache_limit_source = Some(crate::model::CacheLimitSource::Engine);
             e.live_cache_type = Some("memory".to_owned());
+            e.log_bytes = Some(52_428_800);
+            e.log_rotation = Some(true);
             e.cache_medium = CacheMedium::Memory;
             e.cache_mountpoint = Some("/dev/shm".to_owned());
         }
@@ -869,6 +895,9 @@ pub mod testing {
             e.version = None;
             e.image = "acestream/engine:3.1.74".to_owned();
             e.cache_mountpoint = Some("/srv/acestream".to_owned());
+            // Its log is not rotated and has grown large.
+            e.log_bytes = Some(2_147_483_648);
+            e.log_rotation = Some(false);
             // Restarted three times by heal and once by hand, then quarantined.
             e.unhealthy_since = Some(ts(T0 - 900, 0));
             e.last_restart = Some(ts(T0 - 1_200, 125_000));

@@ -180,6 +180,13 @@ pub struct Engine {
     /// `--live-cache-type` of its command line (`memory`, `disk`).
     #[serde(default)]
     pub live_cache_type: Option<String>,
+    /// Size of Docker's `json-file` log of the container, rotated files included; `null` for
+    /// another log driver or a log the agent cannot read.
+    #[serde(default)]
+    pub log_bytes: Option<u64>,
+    /// Whether that log is rotated (its log config sets `max-size`); `null` without one.
+    #[serde(default)]
+    pub log_rotation: Option<bool>,
 }
 
 /// Where an engine's cache limit came from.
@@ -435,6 +442,9 @@ pub struct Runtime {
     /// `docker pause`d: it answers nothing because someone froze it on purpose, which a restart
     /// would undo, so heal leaves it alone.
     pub paused: bool,
+    /// Docker's `json-file` log of the container on the host (`LogPath`) and whether it is
+    /// rotated; `None` for another log driver.
+    pub log: Option<(String, bool)>,
 }
 
 /// What kind of storage a container mount is.

@@ -196,6 +196,34 @@ pub fn statvfs(path: &str) -> std::io::Result<(u64, u64)> {
     Ok(inside::space(&rustix::fs::statvfs(path)?))
 }
 
+/// Size of a container's `json-file` log at `path` (a host path) with its rotated files
+/// (`<name>.1`, `<name>.2.gz`, ...); read through `/proc/1/root` where the agent's own root
+/// does not show it (the agent in a container with `pid: host`). `None`: not readable.
+pub fn log_bytes(path: &str) -> Option<u64> {
+    let p = std::path::Path::new(path);
+    let (dir, name) = (p.parent()?, p.file_name()?.to_string_lossy().into_owned());
+    let read = |dir: &std::path::Path| -> Option<u64> {
+        let mut total = None;
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let rotated = n
+                .strip_prefix(&name)
+                .and_then(|r| r.strip_prefix('.'))
+                .map(|r| r.trim_end_matches(".gz"))
+                .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()));
+            if n == name || rotated {
+                let len = e.metadata().ok()?.len();
+                total = Some(total.unwrap_or(0) + len);
+            }
+        }
+        total
+    };
+    read(dir).or_else(|| {
+        let rel = dir.strip_prefix("/").ok()?;
+        read(&std::path::Path::new("/proc/1/root").join(rel))
+    })
+}
+
 /// `path` with symlinks resolved as far as the agent may look (a directory it cannot search
 /// keeps the rest of the path as written).
 fn canonical(path: &str) -> String {
@@ -364,6 +392,7 @@ impl Worker {
             self.read(name).await;
         }
         self.publish(Some(mountpoints)).await;
+        self.log_sizes(&snap).await;
         for name in names {
             if shutdown.is_shutdown() {
                 return;
@@ -374,6 +403,41 @@ impl Worker {
                 .is_some_and(|f| f.episode.is_some())
             {
                 self.relieve(&name, shutdown).await;
+            }
+        }
+    }
+
+    /// The engines' Docker logs, another disk filler: their sizes (told to the registry when
+    /// they changed). Read-only: Docker owns the logs.
+    async fn log_sizes(&mut self, snap: &Snapshot) {
+        let wanted: Vec<(String, String, Option<u64>)> = snap
+            .engines
+            .iter()
+            .filter(|e| e.running)
+            .filter_map(|e| {
+                let (path, _) = e.runtime.log.as_ref()?;
+                Some((
+                    e.engine.container_id.clone(),
+                    path.clone(),
+                    e.engine.log_bytes,
+                ))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let work = move || {
+            wanted
+                .into_iter()
+                .filter_map(|(id, path, before)| {
+                    let now = log_bytes(&path);
+                    (now != before).then_some((id, now))
+                })
+                .collect::<Vec<_>>()
+        };
+        if let Call::Done(changed) = self.guarded.run("engine logs", work).await {
+            if !changed.is_empty() {
+                self.p.registry.send(RegistryCmd::LogSizes(changed)).await;
             }
         }
     }
@@ -1082,6 +1146,24 @@ mod tests {
             .map(|e| e.engine.container_name.as_str())
             .collect();
         assert_eq!(names, ["idle", "donestreamed", "usedsince", "neverused"]);
+    }
+
+    #[test]
+    fn a_log_counts_its_rotated_files_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("abc-json.log");
+        for (name, len) in [
+            ("abc-json.log", 100),
+            ("abc-json.log.1", 20),
+            ("abc-json.log.2.gz", 3),
+            ("abc-json.log.tmp", 1000),
+            ("abc-json.logx", 1000),
+            ("other-json.log", 1000),
+        ] {
+            std::fs::write(d.path().join(name), vec![b'x'; len]).unwrap();
+        }
+        assert_eq!(log_bytes(log.to_str().unwrap()), Some(123));
+        assert_eq!(log_bytes("/nonexistent/dir/x-json.log"), None);
     }
 
     #[test]

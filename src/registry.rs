@@ -163,6 +163,8 @@ pub enum RegistryCmd {
     },
     /// Where engines stand with heal now (only those that changed).
     HealStates(Vec<(String, HealState)>),
+    /// Sizes of the engines' Docker logs (only those that changed; `None`: unreadable).
+    LogSizes(Vec<(String, Option<u64>)>),
     /// One round of stream statistics (README "Stream statistics"): what each started stream's
     /// engine said at `at`.
     StreamStats {
@@ -813,6 +815,18 @@ impl Registry {
                 stall_after,
                 results,
             } => self.stream_stats(at, stall_after, results),
+            RegistryCmd::LogSizes(sizes) => {
+                let mut changed = false;
+                for (id, bytes) in sizes {
+                    if let Some(e) = self.engines.get_mut(&id) {
+                        if e.engine.log_bytes != bytes {
+                            e.engine.log_bytes = bytes;
+                            changed = true;
+                        }
+                    }
+                }
+                changed
+            }
             RegistryCmd::HealStates(states) => {
                 let mut changed = false;
                 for (id, state) in states {
@@ -906,6 +920,8 @@ impl Registry {
                             cache_limit_bytes: None,
                             cache_limit_source: None,
                             live_cache_type: None,
+                            log_bytes: None,
+                            log_rotation: None,
                         },
                         TriggerCounters::default(),
                         HealBook::default(),
@@ -950,6 +966,10 @@ impl Registry {
             e.engine.cache_limit_source = limit.map(|_| CacheLimitSource::CommandLine);
         }
         e.engine.live_cache_type = d.limits.live_cache_type.clone();
+        e.engine.log_rotation = d.runtime.log.as_ref().map(|(_, rotated)| *rotated);
+        if d.runtime.log.is_none() {
+            e.engine.log_bytes = None;
+        }
         if cache_path_error.is_some() && e.cache_path_error != cache_path_error {
             warn!(container_id = %id12(&id), error = cache_path_error.as_deref().unwrap_or(""),
                 "engine will not be cleaned");

@@ -801,6 +801,8 @@ mod tests {
                 cache_limit_bytes: None,
                 cache_limit_source: None,
                 live_cache_type: None,
+                log_bytes: None,
+                log_rotation: None,
             },
             counters,
             gone_at,
