@@ -176,6 +176,7 @@ pub const ROWS: &[&str] = &[
     "idle agent CPU, heal on vs off ({b} engines)",
     "heal pass over {b} engines",
     "statistics polling, one stream on each of {b} engines",
+    "fd walk of {b} busy engines",
     "store open (+load)",
     "/engines render, store engines",
     "GET /engines, store engines",
@@ -1322,7 +1323,50 @@ fn bench_stats(
     );
 }
 
-/// The sections over a large host's engines (`scrape_engines[1]`), started once for both.
+/// What a pass of disk pressure with every engine busy costs before it deletes anything: the
+/// open files of every process of each engine's container (`busyfiles::Cache::open_inodes`,
+/// what is read again before each delete) and the listing of its cache, for a large host's
+/// engines, through the library in this process (root, as the agent's unit grants it).
+fn bench_fd_walk(p: &Params, engines: &[TestEngine], table: &mut Table) {
+    let n = engines.len();
+    eprintln!("bench: fd walk");
+    let caches: Vec<acestream_agent::busyfiles::Cache> = engines
+        .iter()
+        .filter_map(|e| {
+            acestream_agent::busyfiles::Cache::open(e.pid(), &e.id, DEFAULT_CACHE_DIR)
+                .ok()
+                .flatten()
+        })
+        .collect();
+    assert_eq!(caches.len(), n, "every cache opened from the host");
+    let (mut walks, mut lists, mut fds) = (vec![], vec![], 0);
+    for _ in 0..p.runs.max(3) {
+        let t0 = Instant::now();
+        fds = caches
+            .iter()
+            .map(|c| c.open_inodes().expect("open files").len())
+            .sum::<usize>();
+        walks.push(ms(t0.elapsed()));
+        let t0 = Instant::now();
+        for (i, c) in caches.iter().enumerate() {
+            c.files(i).expect("cache listing");
+        }
+        lists.push(ms(t0.elapsed()));
+    }
+    let (w, l) = (median(walks), median(lists));
+    table.row(
+        &format!("fd walk of {n} busy engines"),
+        format!(
+            "{w:.1} ms ({:.0} µs per engine, {fds} open files), cache listing {l:.1} ms",
+            w * 1000.0 / n as f64
+        ),
+        "-".into(),
+        "-",
+        None,
+    );
+}
+
+/// The sections over a large host's engines (`scrape_engines[1]`), started once for all.
 fn bench_large(
     p: &Params,
     run: &str,
@@ -1343,6 +1387,7 @@ fn bench_large(
     if stats {
         bench_stats(p, &label, &engines, table, rt);
     }
+    bench_fd_walk(p, &engines, table);
 }
 
 /// One exec per engine that writes `files` files of `bytes` zero bytes into the cache.

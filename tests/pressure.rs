@@ -1344,3 +1344,126 @@ async fn with_every_engine_busy_the_exec_fallback_deletes_only_unopened_files_to
 async fn with_busy_files_off_nothing_of_a_busy_engine_is_touched() {
     every_engine_busy(acestream_agent::config::BusyFiles::Off, CacheMethod::Auto).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Engine logs
+// ---------------------------------------------------------------------------------------------
+
+/// Docker's log of an engine is another disk filler: an engine that logs a lot with rotation
+/// off shows `log_bytes` growing and `log_rotation` false, and fires `AcestreamEngineLogLarge`
+/// in a real Prometheus (its threshold cut from 1 GiB to 200 kB, its `for:` to 1 s). The
+/// engine runs on a private daemon: this machine's own sets `max-size` for every container.
+/// Beside it, an engine of the system daemon: rotated, never alerted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_log_growing_without_rotation_fires_the_alert() {
+    let case = unique_name("pressure-log");
+    let host = PrivateHost::start();
+    let image = fake_engine_image();
+    host.load(&[&image]);
+    let noisy = host.run(&[
+        "run",
+        "-d",
+        "--label",
+        &format!("{CASE_LABEL}={case}"),
+        "-e",
+        "LOG_SPAM=1",
+        &image,
+    ]);
+    let quiet = case_engine(&case, "prs-log-quiet")
+        .env("LOG_SPAM", "1")
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&case, &dir, None);
+    cfg.pressure.interval = Duration::from_millis(500);
+    cfg.docker.host = Some(host.docker_host.clone());
+    let agent = start_agent(cfg).await;
+    let first = wait_engine(
+        agent.addr,
+        &noisy,
+        Duration::from_secs(20),
+        "a log size",
+        |e| e["log_bytes"].as_u64() > Some(0),
+    )
+    .await;
+    assert_eq!(first["log_rotation"], false, "{first}");
+    let grown = wait_engine(
+        agent.addr,
+        &noisy,
+        Duration::from_secs(20),
+        "its log growing",
+        |e| e["log_bytes"].as_u64() > first["log_bytes"].as_u64(),
+    )
+    .await;
+    println!("log {} -> {} bytes", first["log_bytes"], grown["log_bytes"]);
+    let series = format!(
+        "acestream_engine_log_bytes{{container_name=\"{}\",container_id=\"{}\",rotation=\"false\"}}",
+        grown["container_name"].as_str().unwrap(),
+        &noisy[..12]
+    );
+    assert!(sample(&metrics(&agent).await, &series).is_some_and(|v| v > 0.0));
+
+    // The system daemon's engine: rotated (its daemon.json sets max-size), on a second agent.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut cfg2 = config(&case, &dir2, None);
+    cfg2.pressure.interval = Duration::from_millis(500);
+    let system = start_agent(cfg2).await;
+    let rotated = wait_engine(
+        system.addr,
+        &quiet.id,
+        Duration::from_secs(20),
+        "a log size",
+        |e| e["log_bytes"].as_u64() > Some(0),
+    )
+    .await;
+    assert_eq!(rotated["log_rotation"], true, "{rotated}");
+
+    let prom_dir = tempfile::tempdir().unwrap();
+    let rules: String = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/prometheus/acestream-agent.rules.yml"
+    ))
+    .unwrap()
+    .lines()
+    .map(|l| match l.trim_start().strip_prefix("for: ") {
+        Some(_) => format!("{}for: 1s\n", &l[..l.len() - l.trim_start().len()]),
+        None => format!("{l}\n"),
+    })
+    .collect();
+    let alert = rules
+        .split("- alert: ")
+        .find(|r| r.starts_with("AcestreamEngineLogLarge"))
+        .expect("the alert AcestreamEngineLogLarge");
+    assert!(alert.contains("1073741824"), "{alert}");
+    let rules = rules.replace("> 1073741824", "> 200000");
+    std::fs::write(prom_dir.path().join("acestream-agent.rules.yml"), rules).unwrap();
+    std::fs::write(
+        prom_dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - acestream-agent.rules.yml\nscrape_configs:\n  - job_name: acestream-agent\n    static_configs:\n      - targets: ['{}', '{}']\n",
+            agent.addr, system.addr
+        ),
+    )
+    .unwrap();
+    let mut prom = common::prom::start_prometheus(prom_dir.path());
+    prom.wait_ready(Duration::from_secs(30)).await;
+    let firing = eventually(
+        Duration::from_secs(60),
+        "AcestreamEngineLogLarge firing",
+        || async {
+            let r = common::prom::query(
+                prom.addr,
+                "ALERTS{alertname=\"AcestreamEngineLogLarge\",alertstate=\"firing\"}",
+            )
+            .await?;
+            (!r.is_empty()).then_some(r.clone()).ok_or(format!("{r:?}"))
+        },
+    )
+    .await;
+    let ids: Vec<&str> = firing
+        .iter()
+        .filter_map(|a| a["metric"]["container_id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![&noisy[..12]], "{firing:?}");
+    system.stop().await;
+    agent.stop().await;
+}
