@@ -8,6 +8,7 @@
 //! ACESTREAM_BENCH_ONLY=sweep cargo bench --bench agent   # the two sweep sections alone
 //! ACESTREAM_BENCH_ONLY=heal cargo bench --bench agent    # heal's idle cost alone
 //! ACESTREAM_BENCH_ONLY=stats cargo bench --bench agent   # statistics polling's cost alone
+//! ACESTREAM_BENCH_ONLY=busy cargo bench --bench agent    # the fd walk of busy engines alone
 //! ```
 //!
 //! Real Docker, fake engines (tests/fixtures/fake-engine, built by tests/common/mod.rs), the
@@ -2754,10 +2755,10 @@ pub fn run(p: &Params) -> String {
     assert!(
         matches!(
             only,
-            None | Some("scrape") | Some("sweep") | Some("heal") | Some("stats")
+            None | Some("scrape") | Some("sweep") | Some("heal") | Some("stats") | Some("busy")
         ),
-        "ACESTREAM_BENCH_ONLY={only:?}: the sections that run alone are `scrape`, `sweep`, `heal` \
-         and `stats`"
+        "ACESTREAM_BENCH_ONLY={only:?}: the sections that run alone are `scrape`, `sweep`, `heal`, \
+         `stats` and `busy`"
     );
     require_tool("wrk", "wrk");
     require_tool("nginx", "nginx-light");
@@ -2777,9 +2778,15 @@ pub fn run(p: &Params) -> String {
         eprintln!("bench: starting {} engines", p.idle_engines);
         let engines = start_engines(&run, p.idle_engines, p.idle_engines);
         bench_sweeps(p, &run, engines, &mut table, &rt);
-    } else if only == Some("heal") || only == Some("stats") {
-        let heal = only == Some("heal");
-        bench_large(p, &run, heal, !heal, &mut table, &rt);
+    } else if matches!(only, Some("heal") | Some("stats") | Some("busy")) {
+        bench_large(
+            p,
+            &run,
+            only == Some("heal"),
+            only == Some("stats"),
+            &mut table,
+            &rt,
+        );
     } else {
         if only.is_none() {
             bench_all_but_scrape(p, &run, &mut table, &rt);

@@ -42,6 +42,8 @@ pub struct Cache {
     pid: u32,
     dir: OwnedFd,
     dev: u64,
+    /// The container's `cgroup.procs`, where found.
+    procs: Option<String>,
 }
 
 impl Cache {
@@ -69,18 +71,20 @@ impl Cache {
         let dev = rustix::fs::fstat(&dir)
             .map_err(|e| Unavailable(format!("stat: {e}")))?
             .st_dev;
+        let procs = inside::cgroup_procs(pid, container_id).map_err(unavailable)?;
         Ok(Some(Cache {
             container_id: container_id.to_string(),
             pid,
             dir,
             dev,
+            procs,
         }))
     }
 
     /// The (device, inode) of every file any process of the container holds open now.
     pub fn open_inodes(&self) -> io::Result<HashSet<(u64, u64)>> {
         let mut out = HashSet::new();
-        for pid in inside::container_pids(self.pid, &self.container_id)? {
+        for pid in inside::container_pids(self.pid, &self.container_id, self.procs.as_deref())? {
             // A process gone since the listing holds nothing; one that is not the container's
             // is refused by the cgroup check.
             if let Ok(p) = ContainerProc::open(pid, &self.container_id) {
@@ -288,6 +292,7 @@ mod tests {
             pid: std::process::id(),
             dir: fd,
             dev,
+            procs: None,
         }
     }
 

@@ -65,19 +65,26 @@ pub fn processes(pid: u32, container_id: &str) -> io::Result<Vec<Process>> {
     Ok(out)
 }
 
-/// Every process of the container (also those `docker exec` started, which are no children of
-/// its main one): its memory cgroup's `cgroup.procs`, else its main process's descendants.
-pub fn container_pids(pid: u32, container_id: &str) -> io::Result<Vec<u32>> {
+/// The file listing every process of the container (also those `docker exec` started, which
+/// are no children of its main one): its memory cgroup's `cgroup.procs` on the host, found
+/// once (the mount table is long on a host with many containers).
+pub fn cgroup_procs(pid: u32, container_id: &str) -> io::Result<Option<String>> {
     let main = ContainerProc::open(pid, container_id)?;
     let cgroup = main.read("cgroup")?;
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    for dir in memory_cgroup_dirs(&cgroup, &mounts, container_id) {
-        if let Ok(text) = std::fs::read_to_string(format!("{dir}/cgroup.procs")) {
-            let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-            if pids.contains(&pid) {
-                return Ok(pids);
-            }
-        }
+    Ok(memory_cgroup_dirs(&cgroup, &mounts, container_id)
+        .into_iter()
+        .map(|dir| format!("{dir}/cgroup.procs"))
+        .find(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| t.lines().any(|l| l.trim() == pid.to_string()))
+        }))
+}
+
+/// Every process of the container: `procs` (from [`cgroup_procs`]) read now, else its main
+/// process's descendants.
+pub fn container_pids(pid: u32, container_id: &str, procs: Option<&str>) -> io::Result<Vec<u32>> {
+    if let Some(text) = procs.and_then(|f| std::fs::read_to_string(f).ok()) {
+        return Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect());
     }
     let mut out = vec![pid];
     let mut i = 0;
