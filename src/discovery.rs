@@ -995,7 +995,7 @@ impl Lookup {
                     return;
                 }
                 match self.inspector.engine_by_id(id).await {
-                    Ok(Some(d)) => self.registry.send(RegistryCmd::Upsert(d)).await,
+                    Ok(Some(d)) => self.registry.send(RegistryCmd::Upsert(Box::new(d))).await,
                     Ok(None) | Err(_) => {
                         if state.misses.len() < MAX_MISSES {
                             state.misses.insert(id.to_string(), now);
@@ -1025,7 +1025,7 @@ impl Lookup {
                         .iter()
                         .any(|e| e.running && e.engine.container_id == d.container_id);
                     if !known {
-                        self.registry.send(RegistryCmd::Upsert(d)).await;
+                        self.registry.send(RegistryCmd::Upsert(Box::new(d))).await;
                     }
                 }
             }
@@ -1041,7 +1041,7 @@ impl Discovery {
     /// Re-reads one container: upserted while it is a running engine, removed otherwise.
     async fn refresh(&self, id: &str) -> Result<(), DockerError> {
         match self.inspector.engine_by_id(id).await? {
-            Some(d) => self.registry.send(RegistryCmd::Upsert(d)).await,
+            Some(d) => self.registry.send(RegistryCmd::Upsert(Box::new(d))).await,
             None => {
                 self.registry
                     .send(RegistryCmd::Remove(id.to_string()))

@@ -1068,7 +1068,7 @@ mod tests {
             let id = id_of(n);
             self.fake.set(&id, bytes);
             self.registry
-                .send(RegistryCmd::Upsert(DiscoveredEngine {
+                .send(RegistryCmd::Upsert(Box::new(DiscoveredEngine {
                     container_id: id.clone(),
                     container_name: format!("engine-{n}"),
                     image: "acestream/engine".into(),
@@ -1088,7 +1088,7 @@ mod tests {
                         medium: CacheMedium::Disk,
                     },
                     limits: Default::default(),
-                }))
+                })))
                 .await;
             // A few rounds: on a multi-threaded runtime in real time the registry task may
             // not have run after one.

@@ -93,7 +93,7 @@ pub enum RegistryEvent {
 pub enum RegistryCmd {
     /// A full list of running engines: upsert these, every other engine is gone.
     Sync(Vec<DiscoveredEngine>),
-    Upsert(DiscoveredEngine),
+    Upsert(Box<DiscoveredEngine>),
     Remove(String),
     DockerUp(bool),
     /// One more name of this host (Docker's, learned at connect), for stream events that name
@@ -648,7 +648,7 @@ impl Registry {
                 true
             }
             RegistryCmd::Upsert(d) => {
-                self.upsert(d, now);
+                self.upsert(*d, now);
                 true
             }
             RegistryCmd::Remove(id) => self.remove(&id, now),
