@@ -310,6 +310,9 @@ async fn three_hosts_under_one_prometheus_and_alertmanager() {
         ),
         ("ACESTREAM_AGENT_PRESSURE__INTERVAL", "1s".to_string()),
         ("ACESTREAM_AGENT_PRESSURE__MIN_FREE", "48MiB".to_string()),
+        // The busy engine's big file below is held open by nothing: with the default
+        // (`unopened`) the agent would delete it and the pressure this test needs would end.
+        ("ACESTREAM_AGENT_PRESSURE__BUSY_FILES", "off".to_string()),
     ];
     for h in fleet.hosts.iter_mut() {
         h.start_agent(&env);

@@ -501,6 +501,7 @@ fn alert_rules_pass_promtool_check() {
             "AcestreamDiskPressureUnresolved",
             "AcestreamFilesystemFillingUp",
             "AcestreamMemoryCacheNearLimit",
+            "AcestreamEngineLogLarge",
         ]
     );
     assert!(
@@ -928,6 +929,11 @@ fn dashboard_has_the_panels_operators_need() {
                 "acestream_engine_cache_limit_bytes",
             ],
         ),
+        // Docker's logs, another disk filler, beside the live caches.
+        (
+            "Docker log size per engine",
+            vec!["acestream_engine_log_bytes"],
+        ),
     ] {
         let got = metric_of(t);
         for m in metrics {
@@ -946,12 +952,22 @@ fn dashboard_has_the_panels_operators_need() {
     for (t, unit) in [
         ("Download and upload speed, by engine", "binBps"),
         ("Cache vs its engine's limit, by engine", "bytes"),
+        ("Docker log size per engine", "bytes"),
         ("Peers per engine", "short"),
         ("Stalled streams, by engine", "short"),
     ] {
         assert_eq!(
             by_title[t]["fieldConfig"]["defaults"]["unit"], unit,
             "{t}: unit"
+        );
+    }
+    // Whether Docker rotates each log is what makes a large one a problem: in every legend.
+    for tg in targets(by_title["Docker log size per engine"]) {
+        let legend = tg["legendFormat"].as_str().unwrap_or("");
+        assert!(
+            legend.contains("{{container_name}}") && legend.contains("{{rotation}}"),
+            "Docker log size per engine/{}: legend {legend:?} names the engine and its rotation",
+            tg["refId"]
         );
     }
 }
@@ -1598,6 +1614,19 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
                 ensure(s.value == 0.0, || format!("pressure {}", s.value))
             }),
         ),
+        // Both engines run on this machine's Docker daemon, whose /etc/docker/daemon.json sets
+        // log-opts max-size: their logs are rotated, and small.
+        (
+            "Docker log size per engine/A",
+            per_engine(both(), None, |_, s, _| {
+                ensure(s.label("rotation") == "true", || {
+                    format!("rotation {:?}", s.label("rotation"))
+                })?;
+                ensure((0.0..1_073_741_824.0).contains(&s.value), || {
+                    format!("{} bytes", s.value)
+                })
+            }),
+        ),
         (
             "Live cache per engine, stacked/A",
             per_engine(&[Who::Idle], Some(Who::Streaming), |who, s, _| match who {
@@ -1611,7 +1640,7 @@ fn dashboard_expectations() -> Vec<(&'static str, Check)> {
 }
 
 /// No series: what a query returns by design here (checked for validity, and its selectors
-/// for matching series or being [`ABSENT_IN_LIVE_RUN`]).
+/// for matching series or being [`ABSENT_IN_LIVE_RUN`] or [`EMPTY_IN_LIVE_RUN`]).
 fn empty() -> Check {
     check(|r, _| ensure(r.is_empty(), || format!("{r:?}")))
 }
@@ -1711,6 +1740,9 @@ fn alert_expectations() -> Vec<(&'static str, Check)> {
             "AcestreamFilesystemFillingUp",
             check(|r, _| ensure(r.is_empty(), || format!("{r:?}"))),
         ),
+        // Both engines' logs are rotated (this machine's daemon.json sets log-opts max-size),
+        // so no series has rotation="false"; see EMPTY_IN_LIVE_RUN.
+        ("AcestreamEngineLogLarge", empty()),
     ]
 }
 
@@ -2098,9 +2130,83 @@ fn unexpectedly_absent(s: &Selector) -> Option<String> {
     })
 }
 
+/// Selectors that match no series in the live run although their family has series there: a
+/// matcher (`label="value"`) of a family that no series of the live run has. The engines run
+/// on this machine's Docker daemon, whose /etc/docker/daemon.json sets log-opts max-size, so
+/// Docker rotates their logs and every `acestream_engine_log_bytes` series has
+/// `rotation="true"` (an unrotated log is tests/pressure.rs's, on a private daemon).
+const EMPTY_IN_LIVE_RUN: [(&str, &str); 1] =
+    [("acestream_engine_log_bytes", r#"rotation="false""#)];
+
+/// The matcher of `s` that [`EMPTY_IN_LIVE_RUN`] says no series of the live run has, if any.
+fn empty_by_design(s: &Selector) -> Option<&'static str> {
+    EMPTY_IN_LIVE_RUN
+        .iter()
+        .find(|(name, m)| s.name == *name && s.matchers.iter().any(|x| x == m))
+        .map(|(_, m)| *m)
+}
+
+/// Why `s`, one of [`EMPTY_IN_LIVE_RUN`] by its `matcher`, matching no series is a failure, or
+/// `None`: without that matcher it must match live series that all carry the matcher's label
+/// (so neither the family nor the label is a typo), and the golden exposition
+/// (tests/fixtures/metrics.prom) must have a series of the family with the matcher's value (so
+/// the value is not one either).
+async fn empty_by_design_but_wrong(
+    prom: &PromServer,
+    s: &Selector,
+    matcher: &str,
+    at: f64,
+) -> Option<String> {
+    let (label, _) = matcher
+        .split_once('=')
+        .filter(|(l, v)| !l.ends_with('!') && !v.starts_with('~'))
+        .unwrap_or_else(|| panic!("EMPTY_IN_LIVE_RUN has equality matchers only: {matcher}"));
+    let rest = Selector {
+        matchers: s
+            .matchers
+            .iter()
+            .filter(|m| *m != matcher)
+            .cloned()
+            .collect(),
+        ..s.clone()
+    };
+    let r = match prom.query(&rest.instant(), Some(at)).await {
+        Ok(r) => r,
+        Err(e) => return Some(format!("selector {}: {e}", rest.instant())),
+    };
+    if r.is_empty() {
+        return Some(format!(
+            "selector {} matches no series, nor does {} without {matcher}",
+            s.instant(),
+            rest.instant()
+        ));
+    }
+    if let Some(x) = r.iter().find(|x| !x.labels.contains_key(label)) {
+        return Some(format!(
+            "selector {} matches no series, and a series of {} has no label {label}: {:?}",
+            s.instant(),
+            rest.instant(),
+            x.labels
+        ));
+    }
+    let golden = read_repo_file("tests/fixtures/metrics.prom");
+    let prefix = format!("{}{{", s.name);
+    (!golden
+        .lines()
+        .any(|l| l.starts_with(&prefix) && l.contains(matcher)))
+    .then(|| {
+        format!(
+            "selector {} matches no series, and tests/fixtures/metrics.prom has no {} series with {matcher}",
+            s.instant(),
+            s.name
+        )
+    })
+}
+
 /// Evaluates `q` at `ctx.at`: it must be valid, each of its selectors must match series (so a
 /// typo in a metric or label cannot pass as "no data"; those of [`ABSENT_IN_LIVE_RUN`] may
-/// match none if the agent exports them), and the result must pass `expect`.
+/// match none if the agent exports them, and those of [`EMPTY_IN_LIVE_RUN`] if their family
+/// has series there with the label), and the result must pass `expect`.
 async fn check_query(
     prom: &PromServer,
     key: &str,
@@ -2112,7 +2218,11 @@ async fn check_query(
     for s in selectors(q) {
         match prom.query(&s.instant(), Some(ctx.at)).await {
             Ok(r) if r.is_empty() => {
-                if let Some(why) = unexpectedly_absent(&s) {
+                let why = match empty_by_design(&s) {
+                    Some(matcher) => empty_by_design_but_wrong(prom, &s, matcher, ctx.at).await,
+                    None => unexpectedly_absent(&s),
+                };
+                if let Some(why) = why {
                     failures.push(format!("{key}: {why}"))
                 }
             }

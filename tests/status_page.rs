@@ -2,7 +2,8 @@
 //! loads it from a running agent that watches two fake engines, and the test reads the DOM
 //! the page's script built from `/engines`. What no test agent's engines show (restarts hours
 //! ago, a quarantined engine, streams' peers and speeds, stalled streams, an engine's own cache
-//! limit) it renders from a crafted `/engines` body, served with the page.
+//! limit, a Docker log Docker does not rotate) it renders from a crafted `/engines` body, served
+//! with the page.
 //!
 //! Needs Debian's `chromium` package; without it these tests fail and say so.
 
@@ -32,6 +33,8 @@ async fn start_agent(prefix: &str) -> TestAgent {
         cfg.discovery.advertise_host = ADVERTISE_HOST.into();
         cfg.cleanup.exec_timeout = Duration::from_secs(10);
         events_only(&mut cfg);
+        // Engines' Docker logs are read every pressure.interval: their start-up line soon.
+        cfg.pressure.interval = Duration::from_millis(500);
         cfg
     })
     .await
@@ -83,7 +86,8 @@ async fn serve_page_with(engines: &Value) -> SocketAddr {
 }
 
 /// An `/engines` item as the agent writes it (`model::Engine`), healthy and idle, never
-/// cleaned nor restarted, no stream statistics nor cache limit known; `fields` set on top.
+/// cleaned nor restarted, no stream statistics nor cache limit nor Docker log size known;
+/// `fields` set on top.
 /// The real-agent test checks that the agent writes exactly these keys.
 fn engine_json(id_char: char, name: &str, fields: Value) -> Value {
     let now = chrono::Utc::now();
@@ -123,7 +127,9 @@ fn engine_json(id_char: char, name: &str, fields: Value) -> Value {
         "stalled_streams": 0,
         "cache_limit_bytes": null,
         "cache_limit_source": null,
-        "live_cache_type": null
+        "live_cache_type": null,
+        "log_bytes": null,
+        "log_rotation": null
     });
     for (k, v) in fields.as_object().expect("an object of fields") {
         e[k] = v.clone();
@@ -370,6 +376,19 @@ fn target_dir() -> PathBuf {
 async fn status_page_shows_one_card_per_engine_with_the_seed_rows() {
     let agent = start_agent("page-cards").await;
     let (used, idle) = two_engines(&agent).await;
+    // Each engine's Docker log holds its start-up line once the agent has read it.
+    eventually(
+        Duration::from_secs(20),
+        "both engines' Docker log sizes",
+        || async {
+            let (_, v) = http_get_json(agent.addr(), "/engines").await;
+            let read = v.as_array().is_some_and(|l| {
+                l.len() == 2 && l.iter().all(|e| e["log_bytes"].as_u64() > Some(0))
+            });
+            read.then_some(()).ok_or(v)
+        },
+    )
+    .await;
     let (status, engines) = http_get_json(agent.addr(), "/engines").await;
     assert_eq!(status, 200);
     let engines = engines.as_array().expect("/engines is an array").clone();
@@ -415,6 +434,14 @@ async fn status_page_shows_one_card_per_engine_with_the_seed_rows() {
         assert!(
             !card.has_row("live-cache"),
             "no --live-cache-type: {card:?}"
+        );
+        // Docker's log of the container: rotated, as this machine's /etc/docker/daemon.json
+        // sets log-opts max-size for every container.
+        let log = e["log_bytes"].as_u64().expect("a log size");
+        assert_eq!(e["log_rotation"], true, "{e}");
+        assert_eq!(
+            card.row("log-size"),
+            format!("{} (rotated)", format_bytes(Some(log)))
         );
         // The crafted engines of the other tests have exactly the agent's fields.
         let keys = |v: &Value| -> BTreeSet<String> {
@@ -726,6 +753,101 @@ async fn status_page_shows_stream_statistics_stalls_and_the_cache_limit() {
         attr(tag, "title")
             .is_some_and(|t| t.contains("streams.stall_after") && t.contains("heal.stalled")),
         "{tag}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_the_docker_log_size_and_whether_docker_rotates_it() {
+    // Engines' Docker logs as /engines reports them: one rotated by Docker, one not rotated
+    // and past the 1 GiB of the AcestreamEngineLogLarge alert, one not rotated and small, one
+    // rotated and still empty, one with another log driver (null).
+    let engines = json!([
+        engine_json(
+            'a',
+            "log-a-rotated",
+            json!({"log_bytes": 50_331_648, "log_rotation": true})
+        ),
+        engine_json(
+            'b',
+            "log-b-unrotated-large",
+            json!({"log_bytes": 2_147_483_648_u64, "log_rotation": false})
+        ),
+        engine_json(
+            'c',
+            "log-c-unrotated-small",
+            json!({"log_bytes": 1_572_864, "log_rotation": false})
+        ),
+        engine_json(
+            'd',
+            "log-d-empty",
+            json!({"log_bytes": 0, "log_rotation": true})
+        ),
+        engine_json('e', "log-e-none", json!({})),
+    ]);
+    let addr = serve_page_with(&engines).await;
+    let dom = dump_dom(&format!("http://{addr}/")).await;
+    let cards = cards(&dom);
+    let shown: Vec<(&str, &str)> = cards
+        .iter()
+        .map(|c| (c.title.as_str(), c.row("log-size")))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("Engine: log-a-rotated", "48.00 MB (rotated)"),
+            ("Engine: log-b-unrotated-large", "2.00 GB (not rotated)"),
+            ("Engine: log-c-unrotated-small", "1.50 MB (not rotated)"),
+            ("Engine: log-d-empty", "0.00 B (rotated)"),
+            ("Engine: log-e-none", "N/A"),
+        ],
+        "(title, log size) per card; DOM:\n{dom}"
+    );
+    // Small print, under the cache limit.
+    for c in &cards {
+        let at = c.rows.iter().position(|(k, _, _)| k == "log-size").unwrap();
+        assert_eq!(c.rows[at].1, "Log Size:", "{c:?}");
+        assert_eq!(c.rows[at - 1].0, "cache-limit", "{c:?}");
+    }
+    // An unrotated log says what to do about it; past 1 GiB it is marked, as the alert fires.
+    let tags: Vec<&str> = dom
+        .match_indices(" data-row=\"log-size\"")
+        .map(|(at, _)| {
+            let start = dom[..at].rfind('<').unwrap();
+            &dom[start..at + dom[at..].find('>').unwrap()]
+        })
+        .collect();
+    assert_eq!(tags.len(), 5, "{tags:?}");
+    let marks: Vec<(Option<String>, Option<String>, bool)> = tags
+        .iter()
+        .map(|t| {
+            (
+                attr(t, "data-rotation"),
+                attr(t, "data-large"),
+                attr(t, "title").is_some_and(|t| {
+                    t.contains("--log-opt max-size=10m --log-opt max-file=3")
+                        && t.contains("/etc/docker/daemon.json")
+                        && t.contains("never deletes or truncates")
+                }),
+            )
+        })
+        .collect();
+    let unrotated = |large: bool| {
+        (
+            Some("false".to_string()),
+            large.then(|| "1".to_string()),
+            true,
+        )
+    };
+    assert_eq!(
+        marks,
+        [
+            (None, None, false),
+            unrotated(true),
+            unrotated(false),
+            (None, None, false),
+            (None, None, false),
+        ],
+        "(data-rotation, data-large, advice) per log row: {tags:?}"
     );
 }
 
