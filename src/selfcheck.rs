@@ -78,8 +78,16 @@ mod tests {
             let addr = l.local_addr().unwrap();
             std::thread::spawn(move || {
                 let (mut c, _) = l.accept().unwrap();
+                // The whole request first: closing with unread input makes the kernel send a
+                // reset, which can destroy the reply before the client has read it.
+                let mut req = vec![];
                 let mut buf = [0u8; 1024];
-                let _ = c.read(&mut buf);
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let _ = c.write_all(reply.as_bytes());
             });
             addr

@@ -89,10 +89,16 @@ async fn streaming_fills_the_cache_until_the_client_leaves() {
     assert!(grown > du_before);
     let files = engine.list_cache();
     assert!(!files.is_empty());
+    // The pieces sent (closed), and the stream's live file, held open while it plays.
     assert!(
         files
             .iter()
-            .all(|f| f.starts_with("x-") && f.ends_with(".chunk")),
+            .all(|f| f.starts_with("x-") && (f.ends_with(".chunk") || f.ends_with(".live"))),
+        "{files:?}"
+    );
+    assert_eq!(
+        files.iter().filter(|f| f.ends_with(".live")).count(),
+        1,
         "{files:?}"
     );
 

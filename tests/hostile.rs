@@ -152,6 +152,7 @@ async fn state(addr: SocketAddr, id: &str) -> (Value, Value, Value) {
             e["cache_mountpoint"] = Value::Null;
             e["cache_current_bytes"] = Value::Null;
             e["cache_measured_at"] = Value::Null;
+            e["log_bytes"] = Value::Null;
             e
         })
         .collect::<Vec<_>>());
