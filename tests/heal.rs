@@ -247,34 +247,6 @@ async fn a_hung_engine_is_restarted_once_and_answers_again() {
     );
 }
 
-/// A Prometheus scraping one agent every second with the shipped rules, their `for:` cut to 1 s.
-fn prometheus(dir: &Path, agent: SocketAddr) -> common::prom::Server {
-    let rules: String = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/prometheus/acestream-agent.rules.yml"
-    ))
-    .unwrap()
-    .lines()
-    .map(|l| match l.trim_start().strip_prefix("for: ") {
-        Some(_) => format!("{}for: 1s\n", &l[..l.len() - l.trim_start().len()]),
-        None => format!("{l}\n"),
-    })
-    .collect();
-    assert!(
-        rules.contains("AcestreamEngineQuarantined"),
-        "no such alert"
-    );
-    std::fs::write(dir.join("acestream-agent.rules.yml"), rules).unwrap();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - acestream-agent.rules.yml\nscrape_configs:\n  - job_name: acestream-agent\n    static_configs:\n      - targets: ['{agent}']\n"
-        ),
-    )
-    .unwrap();
-    common::prom::start_prometheus(dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_stuck_after_every_restart_backs_off_then_is_quarantined_until_a_person_heals_it()
 {
@@ -338,20 +310,11 @@ async fn an_engine_stuck_after_every_restart_backs_off_then_is_quarantined_until
 
     // The alert fires in a real Prometheus, for this engine.
     let prom_dir = tempfile::tempdir().unwrap();
-    let mut prom = prometheus(prom_dir.path(), addr);
-    prom.wait_ready(Duration::from_secs(30)).await;
-    let alert = eventually(WAIT, "AcestreamEngineQuarantined firing", || async {
-        let r = common::prom::query(
-            prom.addr,
-            "ALERTS{alertname=\"AcestreamEngineQuarantined\",alertstate=\"firing\"}",
-        )
-        .await?;
-        match r.as_slice() {
-            [a] => Ok(a.clone()),
-            _ => Err(format!("{r:?}")),
-        }
-    })
-    .await;
+    let rules = common::prom::rules_for_tests("AcestreamEngineQuarantined", "1s", &[]);
+    let prom = common::prom::start_with_rules(prom_dir.path(), &[addr], &rules).await;
+    let firing = common::prom::wait_firing(prom.addr, "AcestreamEngineQuarantined", WAIT).await;
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    let alert = &firing[0];
     assert_eq!(alert["metric"]["container_id"], &engine.id[..12], "{alert}");
     assert_eq!(alert["metric"]["container_name"], engine.name.as_str());
 

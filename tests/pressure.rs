@@ -1421,45 +1421,18 @@ async fn an_engine_log_growing_without_rotation_fires_the_alert() {
     assert_eq!(rotated["log_rotation"], true, "{rotated}");
 
     let prom_dir = tempfile::tempdir().unwrap();
-    let rules: String = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/prometheus/acestream-agent.rules.yml"
-    ))
-    .unwrap()
-    .lines()
-    .map(|l| match l.trim_start().strip_prefix("for: ") {
-        Some(_) => format!("{}for: 1s\n", &l[..l.len() - l.trim_start().len()]),
-        None => format!("{l}\n"),
-    })
-    .collect();
-    let alert = rules
-        .split("- alert: ")
-        .find(|r| r.starts_with("AcestreamEngineLogLarge"))
-        .expect("the alert AcestreamEngineLogLarge");
-    assert!(alert.contains("1073741824"), "{alert}");
-    let rules = rules.replace("> 1073741824", "> 200000");
-    std::fs::write(prom_dir.path().join("acestream-agent.rules.yml"), rules).unwrap();
-    std::fs::write(
-        prom_dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - acestream-agent.rules.yml\nscrape_configs:\n  - job_name: acestream-agent\n    static_configs:\n      - targets: ['{}', '{}']\n",
-            agent.addr, system.addr
-        ),
-    )
-    .unwrap();
-    let mut prom = common::prom::start_prometheus(prom_dir.path());
-    prom.wait_ready(Duration::from_secs(30)).await;
-    let firing = eventually(
+    // The shipped expression, its 1 GiB threshold cut to 200 kB.
+    let rules = common::prom::rules_for_tests(
+        "AcestreamEngineLogLarge",
+        "1s",
+        &[("> 1073741824", "> 200000")],
+    );
+    let prom =
+        common::prom::start_with_rules(prom_dir.path(), &[agent.addr, system.addr], &rules).await;
+    let firing = common::prom::wait_firing(
+        prom.addr,
+        "AcestreamEngineLogLarge",
         Duration::from_secs(60),
-        "AcestreamEngineLogLarge firing",
-        || async {
-            let r = common::prom::query(
-                prom.addr,
-                "ALERTS{alertname=\"AcestreamEngineLogLarge\",alertstate=\"firing\"}",
-            )
-            .await?;
-            (!r.is_empty()).then_some(r.clone()).ok_or(format!("{r:?}"))
-        },
     )
     .await;
     let ids: Vec<&str> = firing

@@ -452,42 +452,12 @@ async fn a_cache_over_its_own_limit_fires_the_alert_in_a_real_prometheus() {
         .await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let rules: String = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/prometheus/acestream-agent.rules.yml"
-    ))
-    .unwrap()
-    .lines()
-    .map(|l| match l.trim_start().strip_prefix("for: ") {
-        Some(_) => format!("{}for: 1s\n", &l[..l.len() - l.trim_start().len()]),
-        None => format!("{l}\n"),
-    })
-    .collect();
-    assert!(
-        rules.contains("AcestreamEngineCacheOverLimit"),
-        "no such alert"
-    );
-    std::fs::write(dir.path().join("acestream-agent.rules.yml"), rules).unwrap();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - acestream-agent.rules.yml\nscrape_configs:\n  - job_name: acestream-agent\n    static_configs:\n      - targets: ['{addr}']\n"
-        ),
-    )
-    .unwrap();
-    let mut prom = common::prom::start_prometheus(dir.path());
-    prom.wait_ready(Duration::from_secs(30)).await;
-    let firing = eventually(
+    let rules = common::prom::rules_for_tests("AcestreamEngineCacheOverLimit", "1s", &[]);
+    let prom = common::prom::start_with_rules(dir.path(), &[addr], &rules).await;
+    let firing = common::prom::wait_firing(
+        prom.addr,
+        "AcestreamEngineCacheOverLimit",
         Duration::from_secs(60),
-        "AcestreamEngineCacheOverLimit firing",
-        || async {
-            let r = common::prom::query(
-                prom.addr,
-                "ALERTS{alertname=\"AcestreamEngineCacheOverLimit\",alertstate=\"firing\"}",
-            )
-            .await?;
-            (!r.is_empty()).then_some(r.clone()).ok_or(format!("{r:?}"))
-        },
     )
     .await;
     let ids: Vec<&str> = firing

@@ -88,6 +88,60 @@ pub fn start_prometheus(dir: &Path) -> Server {
     Server::spawn(cmd, addr, dir.join("prometheus.log"), "/usr/bin/prometheus")
 }
 
+/// The shipped alert rules with every `for:` cut to `for_`, then `replace`'s (from, to) pairs
+/// applied; panics unless `alert` is among them and every `from` is found.
+pub fn rules_for_tests(alert: &str, for_: &str, replace: &[(&str, &str)]) -> String {
+    let mut rules: String = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/prometheus/acestream-agent.rules.yml"
+    ))
+    .expect("the shipped rules")
+    .lines()
+    .map(|l| match l.trim_start().strip_prefix("for: ") {
+        Some(_) => format!("{}for: {for_}\n", &l[..l.len() - l.trim_start().len()]),
+        None => format!("{l}\n"),
+    })
+    .collect();
+    assert!(
+        rules.contains(&format!("- alert: {alert}\n")),
+        "no alert {alert} in the shipped rules"
+    );
+    for (from, to) in replace {
+        assert!(rules.contains(from), "{from:?} not in the shipped rules");
+        rules = rules.replace(from, to);
+    }
+    rules
+}
+
+/// A Prometheus in `dir` scraping `targets` (job `acestream-agent`) and evaluating `rules`,
+/// both every second; ready when returned.
+pub async fn start_with_rules(dir: &Path, targets: &[SocketAddr], rules: &str) -> Server {
+    std::fs::write(dir.join("acestream-agent.rules.yml"), rules).expect("write the rules");
+    let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - acestream-agent.rules.yml\nscrape_configs:\n  - job_name: acestream-agent\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .expect("write prometheus.yml");
+    let mut prom = start_prometheus(dir);
+    prom.wait_ready(Duration::from_secs(30)).await;
+    prom
+}
+
+/// Waits (up to `within`) until `alert` is firing; its firing series (`ALERTS{...}`).
+pub async fn wait_firing(prom: SocketAddr, alert: &str, within: Duration) -> Vec<Value> {
+    let q = format!("ALERTS{{alertname=\"{alert}\",alertstate=\"firing\"}}");
+    let q = &q;
+    super::eventually(within, &format!("{alert} firing"), || async move {
+        let r = query(prom, q).await?;
+        (!r.is_empty()).then_some(r.clone()).ok_or(format!("{r:?}"))
+    })
+    .await
+}
+
 /// `prometheus-alertmanager --config.file=<dir>/alertmanager.yml` on a free loopback port, no
 /// cluster (its gossip port would collide with a system Alertmanager's 9094).
 pub fn start_alertmanager(dir: &Path) -> Server {
