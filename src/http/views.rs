@@ -34,17 +34,30 @@ pub fn gzip(text: &[u8]) -> Bytes {
     );
     e.write_all(text)
         .and_then(|()| e.finish())
-        .map(Bytes::from)
+        .map(fit)
         .expect("gzip into memory cannot fail")
 }
 
 pub fn engines_json(snapshot: &Snapshot) -> Bytes {
     let items: Vec<&Engine> = snapshot.engines.iter().map(|e| &e.engine).collect();
-    Bytes::from(serde_json::to_vec(&items).expect("engines serialize to JSON"))
+    fit(serde_json::to_vec(&items).expect("engines serialize to JSON"))
+}
+
+/// A rendered body as `Bytes`, without the spare room its buffer grew by. `Bytes::from` keeps
+/// a `Vec`'s whole allocation, and a buffer that outgrew its estimate doubled: up to half of
+/// it empty, kept for as long as the rendering is served (and by every response in flight
+/// when the next one replaces it).
+fn fit(mut body: Vec<u8>) -> Bytes {
+    if body.capacity() - body.len() > body.len() / 16 {
+        body.shrink_to_fit();
+    }
+    Bytes::from(body)
 }
 
 pub fn render(snapshot: Arc<Snapshot>, metrics: &Metrics) -> Rendered {
-    let text = Bytes::from(metrics.render(&snapshot, env!("CARGO_PKG_VERSION")));
+    let text = fit(metrics
+        .render(&snapshot, env!("CARGO_PKG_VERSION"))
+        .into_bytes());
     Rendered {
         engines_json: engines_json(&snapshot),
         metrics_gzip: gzip(&text),
