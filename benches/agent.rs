@@ -1,10 +1,10 @@
-//! Benchmark harness for issue 6 (what the agent costs the host and how quickly it reacts) and
-//! issue 16 (what its scrapes cost Prometheus, and a fleet sizing computed from them).
+//! Benchmark harness for BENCHMARKS.md: what the agent costs the host and how quickly it reacts,
+//! and what its scrapes cost Prometheus, with a fleet sizing computed from them.
 //!
 //! ```sh
 //! cargo bench --bench agent                          # full run (several minutes), prints the tables
 //! ACESTREAM_BENCH_SMOKE=1 cargo bench --bench agent  # tiny run: 2-3 engines, 1 s loads, 2 files
-//! ACESTREAM_BENCH_ONLY=scrape cargo bench --bench agent  # the scrape section (issue 16) alone
+//! ACESTREAM_BENCH_ONLY=scrape cargo bench --bench agent  # the scrape section alone
 //! ACESTREAM_BENCH_ONLY=sweep cargo bench --bench agent   # the two sweep sections alone
 //! ACESTREAM_BENCH_ONLY=heal cargo bench --bench agent    # heal's idle cost alone
 //! ACESTREAM_BENCH_ONLY=stats cargo bench --bench agent   # statistics polling's cost alone
@@ -70,7 +70,7 @@ pub struct Params {
     pub idle_grace: Duration,
     /// `ACESTREAM_BENCH_ONLY`: run one section only (`scrape`, `sweep`); `None`: every section.
     pub only: Option<String>,
-    /// Engines behind the two scrape agents (issue 16): a host of each size.
+    /// Engines behind the two scrape agents (scrapes and fleet sizing): a host of each size.
     pub scrape_engines: [usize; 2],
     /// Direct GETs of each kind (plain, gzip) per size for the scrape duration.
     pub scrape_gets: usize,
@@ -135,8 +135,8 @@ impl Params {
     }
 
     /// `ACESTREAM_BENCH_SMOKE=1` → smoke; `ACESTREAM_BENCH_RUNS=N` overrides the repetitions;
-    /// `ACESTREAM_BENCH_ONLY=scrape` runs the scrape section (issue 16) alone, `=sweep` the
-    /// two sweep sections.
+    /// `ACESTREAM_BENCH_ONLY=scrape` runs the scrape section (scrapes and fleet sizing) alone,
+    /// `=sweep` the two sweep sections.
     pub fn from_env() -> Params {
         let smoke = std::env::var("ACESTREAM_BENCH_SMOKE").is_ok_and(|v| v != "0" && !v.is_empty());
         let mut p = if smoke {
@@ -319,13 +319,7 @@ fn require_tool(name: &str, package: &str) {
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
+    rustix::param::clock_ticks_per_second() as f64
 }
 
 /// (comm, utime+stime+cutime+cstime in ticks) of /proc/<pid>/stat.
@@ -549,8 +543,7 @@ impl Nginx {
             std::fs::write(path, bytes).expect("nginx file");
         }
         let port = free_port();
-        // SAFETY: geteuid has no preconditions.
-        let user = if unsafe { libc::geteuid() } == 0 {
+        let user = if rustix::process::geteuid().is_root() {
             "user root;"
         } else {
             ""
@@ -597,8 +590,11 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid; QUIT is nginx's graceful stop.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        // QUIT is nginx's graceful stop.
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::QUIT,
+        );
         let _ = self.child.wait();
     }
 }
@@ -740,8 +736,10 @@ impl AgentProc {
     }
 
     fn stop(mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
         let _ = self.child.wait();
     }
 }
@@ -1577,7 +1575,7 @@ fn bench_sweep(
     let mut host = vec![];
     let mut freed = 0;
     // What a stream does besides filling the cache: without one since a cache was found
-    // empty, the sweep does not look at it again (SPEC §4).
+    // empty, the sweep does not look at it again (docs/cache-paths.md#nothing-to-clean).
     let streamed = || {
         rt.block_on(async {
             for id in &ids {
@@ -1729,7 +1727,7 @@ fn bench_sweep(
     table.notes.push(format!(
         "sweep: Janitor::sweep() of the library with cleanup.concurrency = {concurrency} and the \
          default cleanup.method (caches reached from the host through /proc/<pid>/root), \
-         freed {:.1} MiB per sweep; the CLI baseline runs the issue's du -sb and rm -rf; \
+         freed {:.1} MiB per sweep; the CLI baseline runs du -sb and rm -rf per engine; \
          host files in /var/tmp (same filesystem as /var/lib/docker)",
         freed as f64 / (1 << 20) as f64
     ));
@@ -1920,7 +1918,7 @@ fn bench_store(p: &Params, table: &mut Table, rt: &tokio::runtime::Runtime) {
 }
 
 // ---------------------------------------------------------------------------
-// scrapes and fleet sizing (issue 16)
+// scrapes and fleet sizing (BENCHMARKS.md, "Scrapes and fleet sizing")
 // ---------------------------------------------------------------------------
 
 /// Hosts and engines per host of the fleet the sizing table is computed for.
@@ -2426,7 +2424,8 @@ const READS: [Read; 3] = [
     },
 ];
 
-/// Reads against the best nginx (issue 27): for each host size, an agent with the fast
+/// Reads against the best nginx (the bar for reads: the agent's views served at least as fast as
+/// the fastest nginx shape serves the same bytes): for each host size, an agent with the fast
 /// intervals of the bar (health 2 s, activity 1 s: the views are rendered again during the
 /// load), the same bytes served by the four nginx shapes, `wrk -t2` on each in turn, every
 /// read and server once per run; then the agent's peak RSS.
@@ -2506,7 +2505,9 @@ fn bench_reads(
         // [read][server: agent, then the nginx shapes][run]
         let mut rps = vec![vec![vec![]; 1 + nginx.len()]; READS.len()];
         let mut errors = 0;
-        for r in 0..=p.runs {
+        // The smoke run (CI) skips the warm-up: it checks the table, not the figures.
+        let first = if p.smoke { 1 } else { 0 };
+        for r in first..=p.runs {
             let pp = if r == 0 { &warm } else { p };
             for (i, read) in READS.iter().enumerate() {
                 let headers: Vec<&str> = read.header.into_iter().collect();
@@ -2549,7 +2550,7 @@ fn bench_reads(
                     .iter()
                     .copied()
                     .fold(("", 0.0), |acc, x| if x.1 > acc.1 { x } else { acc });
-            // Without sendfile: the yardstick the issue set (workers 1 and auto as the
+            // Without sendfile: the original yardstick for reads (workers 1 and auto as the
             // harness ran nginx before).
             let best_plain = shapes[..2].iter().map(|s| s.1).fold(0.0, f64::max);
             table.row(
@@ -2966,7 +2967,7 @@ fn loadavg() -> String {
         .to_string()
 }
 
-/// Every section before the scrapes (issue 6's table).
+/// Every section before the scrapes (the cost and reaction table of BENCHMARKS.md).
 fn bench_all_but_scrape(p: &Params, run: &str, table: &mut Table, rt: &tokio::runtime::Runtime) {
     bench_store(p, table, rt);
 

@@ -1,4 +1,5 @@
-//! What the connection probe (`activity.rs`) costs the agent per engine per tick (issue 18).
+//! What the connection probe (`activity.rs`) costs the agent per engine per tick
+//! (BENCHMARKS.md, "Connection probe").
 //!
 //! ```sh
 //! cargo bench --bench probe                                   # 150 engines, prints the table
@@ -12,12 +13,12 @@
 //! per engine per tick, median of several runs of many ticks; the wall time of one tick is
 //! beside it. The runtime is the agent's (multi-threaded tokio), so thread hand-offs count.
 //!
-//! Rows: "per engine" is the probe's shape before issue 18 (every engine its own
-//! `spawn_blocking` that opens `/proc/<pid>`, checks its cgroup and reads the tables, with
-//! today's `procfs` reads); "one task per tick" is what `activity.rs` does now; "the kernel
-//! alone" is one `pread` of each engine's kept `net/snmp` and nothing else, the floor under
-//! an idle engine's probe on this machine (its cost differs between machines several times
-//! over, so it is measured in the same run).
+//! Rows: "per engine" is the probe's former shape, before it became one blocking task per tick with
+//! kept `/proc` handles (every engine its own `spawn_blocking` that opens `/proc/<pid>`, checks its
+//! cgroup and reads the tables, with today's `procfs` reads); "one task per tick" is what
+//! `activity.rs` does now; "the kernel alone" is one `pread` of each engine's kept `net/snmp` and
+//! nothing else, the floor under an idle engine's probe on this machine (its cost differs between
+//! machines several times over, so it is measured in the same run).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -32,13 +33,7 @@ const RUNS: usize = 5;
 const TICKS: usize = 40;
 
 fn cpu_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a live timespec for the kernel to fill.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime");
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -55,7 +50,7 @@ struct Target {
     pid: u32,
 }
 
-/// The probe before issue 18: one `spawn_blocking` per engine, each opening and checking
+/// The probe's former shape: one `spawn_blocking` per engine, each opening and checking
 /// `/proc/<pid>` before reading the tables. Returns the clients seen (so nothing is optimised
 /// away) and fails if an engine's tables could not be read from the host.
 async fn tick_per_engine(engines: &[Target]) -> usize {
@@ -233,7 +228,7 @@ fn main() {
         wall_per_tick_ms: median(runs.iter().map(|r| r.1).collect()),
     };
     let rows = vec![
-        row("per engine (before issue 18)", b),
+        row("per engine (before the one-task probe)", b),
         row("one task per tick, kept handles and files (now)", w),
         row("the kernel alone: one pread of each kept net/snmp", f),
     ];

@@ -1,10 +1,9 @@
-//! Connection probe (SPEC §3): every `activity.interval`, the established client connections
-//! of each engine's HTTP port, read from the host as `/proc/<pid>/net/tcp{,6}` (no exec, no
-//! cost to Docker), through the container's checked `/proc/<pid>` (`procfs`). Where the
-//! host's /proc does not show the container's process (the agent itself in a container without
+//! Connection probe (docs/architecture.md#activity): every `activity.interval`, the established
+//! client connections of each engine's HTTP port, read from the host as `/proc/<pid>/net/tcp{,6}`
+//! (no exec, no cost to Docker), through the container's checked `/proc/<pid>` (`procfs`). Where
+//! the host's /proc does not show the container's process (the agent itself in a container without
 //! `--pid=host`), falls back to `docker exec cat /proc/net/tcp /proc/net/tcp6`, said once per
-//! engine at info.
-//! Sends `RegistryCmd::Connections` only when an engine's set changed.
+//! engine at info. Sends `RegistryCmd::Connections` only when an engine's set changed.
 //!
 //! Cost: one tick reads every engine in one blocking task, through handles kept for the
 //! containers' lives (`procfs::Kept`: opened and cgroup-checked again only when a pid

@@ -1,6 +1,6 @@
-//! Capped exponential backoff for reconnecting to Docker (STYLE §3, after vector's
-//! `common/backoff.rs`). `reset()` after the first good event so one blip does not leave the
-//! next outage starting at the cap.
+//! Capped exponential backoff for reconnecting to Docker (docs/architecture.md#backoff, after
+//! vector's `common/backoff.rs`). `reset()` after the first good event so one blip does not leave
+//! the next outage starting at the cap.
 
 use std::time::Duration;
 

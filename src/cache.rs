@@ -1,5 +1,6 @@
-//! What runs inside an engine container to measure and clear its cache (SPEC §4). Pure: argv
-//! builders and output parsing; the janitor runs them through `docker::exec`.
+//! What runs inside an engine container to measure and clear its cache
+//! (docs/cache-paths.md#docker-exec). Pure: argv builders and output parsing; the janitor runs them
+//! through `docker::exec`.
 //!
 //! One fixed script, the cache path passed as `$1` and never pasted into it, so no container
 //! label or config value can become shell code. One exec measures, deletes and measures again:
@@ -18,8 +19,9 @@
 /// remote ports (space-separated) of the agent's own health checks, which are no client. Output
 /// lines: `before <bytes>`, `after <bytes>` (absent when nothing was deleted), `kept`, `busy`,
 /// `empty`. A directory that is missing (size 0) or holds no entries is `empty` in both modes
-/// and nothing is deleted from it (SPEC §4: nothing to clean is not a cleanup). Exit codes name
-/// the refusal so failures carry a reason an operator can act on.
+/// and nothing is deleted from it (nothing to clean is not a cleanup:
+/// docs/cache-paths.md#nothing-to-clean). Exit codes name the refusal so failures carry a reason an
+/// operator can act on.
 ///
 /// After the checks the directory is entered (`cd -P`) and everything else is relative to it:
 /// a directory swapped for a symlink after the checks is not followed. The entries to delete

@@ -1,4 +1,5 @@
-//! Which directory inside an engine container is its cache (SPEC §4), and what it is stored on.
+//! Which directory inside an engine container is its cache (docs/cache-paths.md#order), and what
+//! it is stored on (docs/cache-paths.md#storage).
 //! Pure: the caller asks the container the [`Questions`] (does a path exist, what is it with
 //! symlinks resolved, what matches a pattern) and hands the [`Facts`] to [`choose`].
 //!
@@ -18,8 +19,8 @@ use crate::model::{CacheChoice, CacheMedium, CachePathSource, Mount, MountKind};
 /// The cache directory below an engine's state directory.
 pub const CACHE_DIR: &str = ".acestream_cache";
 
-/// State directories of public engine images (shared/FIELD.md), in the order tried; one `*`
-/// stands for any one directory name.
+/// State directories of public engine images (docs/cache-paths.md#order), in the order tried; one
+/// `*` stands for any one directory name.
 pub const WELL_KNOWN: &[&str] = &[
     // krinkuto11/aceserve, the orchestrator's own engine image, and vstavrinov's symlink target.
     "/dev/shm/.ACEStream",

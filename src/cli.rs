@@ -1,4 +1,4 @@
-//! Command line (SPEC "CLI and config"): `acestream-agent [run] [--config FILE]`,
+//! Command line (README "Running it"): `acestream-agent [run] [--config FILE]`,
 //! `acestream-agent check-config [--config FILE]`, `--version`, `--help`.
 
 use std::path::PathBuf;

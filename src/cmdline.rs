@@ -1,16 +1,17 @@
-//! The engine's own command line (SPEC §1 port, §4 cache path): which `--http-port`,
-//! `--cache-dir` and `--state-dir` an engine runs with. Pure: the caller reads the processes'
-//! argv and environment, the image's `Entrypoint` + `Cmd`, and `@file`s; this module turns
-//! them into [`EngineArgs`].
+//! The engine's own command line (its port, docs/deployments.md#addresses; its cache path,
+//! docs/cache-paths.md#command-line): which `--http-port`, `--cache-dir` and `--state-dir` an
+//! engine runs with. Pure: the caller reads the processes' argv and environment, the image's
+//! `Entrypoint` + `Cmd`, and `@file`s; this module turns them into [`EngineArgs`].
 //!
-//! Public images pass these flags every way (shared/FIELD.md): exec form, `--flag=V`, shell
-//! form with arguments from the environment (`sh -c "start-engine ${ACESTREAM_ARGS}"`, where
-//! the container's `Cmd` holds the literal `${ACESTREAM_ARGS}`), entrypoint scripts that run
-//! the engine as a child (the official `start-engine` does not `exec`), init processes as PID 1
-//! (`docker-init`, `tini`, `catatonit`), and argument files (`@/opt/acestream/acestream.conf`).
-//! The flags follow Python argparse, which the engine uses: `--flag V` or `--flag=V`, the last
-//! occurrence wins, `@file` is expanded in place, and a token with other characters around
-//! the flag (`" --bind-all"`, `-–http-port`) is no flag.
+//! Public images pass these flags every way (docs/cache-paths.md#command-line): exec form,
+//! `--flag=V`, shell form with arguments from the environment
+//! (`sh -c "start-engine ${ACESTREAM_ARGS}"`, where the container's `Cmd` holds the literal
+//! `${ACESTREAM_ARGS}`), entrypoint scripts that run the engine as a child (the official
+//! `start-engine` does not `exec`), init processes as PID 1 (`docker-init`, `tini`, `catatonit`),
+//! and argument files (`@/opt/acestream/acestream.conf`). The flags follow Python argparse, which
+//! the engine uses: `--flag V` or `--flag=V`, the last occurrence wins, `@file` is expanded in
+//! place, and a token with other characters around the flag (`" --bind-all"`, `-–http-port`) is no
+//! flag.
 
 /// What an engine's command line says about where it listens and keeps its cache, and how
 /// large it lets its cache grow.
@@ -877,7 +878,8 @@ mod tests {
         assert_eq!(shell_script(&v(&["python", "-c", "x"])), None);
     }
 
-    /// The forms of shared/FIELD.md, from the image's Entrypoint + Cmd with its Env.
+    /// The forms public images use (docs/cache-paths.md#command-line), from the image's
+    /// Entrypoint + Cmd with its Env.
     #[test]
     fn public_image_forms_from_entrypoint_and_cmd() {
         let mut none = |_: &str| None;

@@ -1,4 +1,5 @@
-//! Configuration (SPEC "CLI and config"; cache path rule from §4; disk pressure keys from §7).
+//! Configuration (README "Configuration"; the cache-path rule of docs/cache-paths.md#validation;
+//! the disk pressure keys of docs/cache-paths.md#disk-pressure).
 //!
 //! Owns the layering (built-in defaults < TOML file < `ACESTREAM_AGENT_<SECTION>__<KEY>` env <
 //! `AUTOSCALE_INTERVAL_S`), the duration/size/percentage parsing and every validation rule, so
@@ -334,7 +335,8 @@ section! {
         pub path: PathBuf = PathBuf::from("./acestream-agent.redb"); env = verbatim,
         #[serde(with = "duration")]
         pub retention: Duration = Duration::from_secs(7 * 86_400),
-        /// SPEC §5 `store.history_per_engine`: cleanup records kept per engine.
+        /// `store.history_per_engine`: cleanup records kept per engine
+        /// (docs/architecture.md#store).
         #[serde(deserialize_with = "int_in::<_, _, 1, MAX_HISTORY_PER_ENGINE>")]
         pub history_per_engine: usize = 100,
     }
@@ -1136,7 +1138,7 @@ impl fmt::Display for LabelMatch {
     }
 }
 
-/// `10%`, or a 1024-based size with two decimals in the seed's unit style (`5.00 GB`), so it
+/// `10%`, or a 1024-based size with two decimals in the orchestrator's unit style (`5.00 GB`), so it
 /// reads the same as the free space beside it in the disk-pressure log line.
 impl fmt::Display for MinFree {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1164,9 +1166,9 @@ impl fmt::Display for MinFree {
 // Cache paths, hostname
 // ---------------------------------------------------------------------------------------------
 
-/// The cache-path rule of SPEC §4, for `cleanup.cache_path` and for `acestream.cache_path`
-/// container labels: non-empty, absolute, normalised (no `.`/`..` segments, no `//`, no
-/// trailing `/`), no control characters, not `/` and not a top-level system directory.
+/// The cache-path rule (docs/cache-paths.md#validation), for `cleanup.cache_path` and for
+/// `acestream.cache_path` container labels: non-empty, absolute, normalised (no `.`/`..` segments,
+/// no `//`, no trailing `/`), no control characters, not `/` and not a top-level system directory.
 pub fn validate_cache_path(p: &str) -> Result<(), String> {
     if p.is_empty() {
         return Err("cache path must not be empty".into());
@@ -1205,15 +1207,8 @@ pub fn validate_cache_path(p: &str) -> Result<(), String> {
 
 /// The machine's hostname (default `discovery.advertise_host`), "localhost" if unavailable.
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call, and
-    // we never read past `buf.len()` even if the name was truncated without a NUL.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match std::str::from_utf8(&buf[..end]) {
+    let uts = rustix::system::uname();
+    match uts.nodename().to_str() {
         Ok(name) if !name.trim().is_empty() => name.to_owned(),
         _ => "localhost".into(),
     }

@@ -1,6 +1,6 @@
-//! Discovery (SPEC §1): list running containers, follow Docker events, re-list every
-//! `discovery.resync_interval`, reconnect with backoff. Sends `RegistryCmd::{Sync, Upsert,
-//! Remove, DockerUp}`; owns no engine state.
+//! Discovery (docs/architecture.md#discovery): list running containers, follow Docker events,
+//! re-list every `discovery.resync_interval`, reconnect with backoff. Sends
+//! `RegistryCmd::{Sync, Upsert, Remove, DockerUp}`; owns no engine state.
 //!
 //! Shape after vector's docker_logs source: the events stream is opened `since` a timestamp
 //! taken *before* the list, so a container started between the two is not missed (it is then
@@ -601,7 +601,7 @@ impl Inspector {
     }
 
     /// The engine's flags and cache path: remembered for its process once settled, else
-    /// learned again (SPEC §1, §4).
+    /// learned again (docs/architecture.md#discovery, docs/cache-paths.md#order).
     async fn learn(&self, c: &ContainerInspectResponse) -> Learned {
         let id = c.id.clone().unwrap_or_default();
         let pid = pid_of(c);
@@ -935,12 +935,12 @@ impl Inspector {
     }
 }
 
-/// Looks up in Docker what a stream event names but the registry does not have yet (SPEC §1:
-/// a container seconds old, or the agent just started and its first list is not done): by
-/// container id one inspect, by address one list. At most one lookup runs at a time; a list is
-/// not repeated for a request that arrived before the last one began (it was answered by it),
-/// and an id Docker did not have as an engine is not asked again for a second, so a
-/// misbehaving proxy cannot turn its requests into a load on Docker.
+/// Looks up in Docker what a stream event names but the registry does not have yet
+/// (docs/deployments.md#stream-events-from-proxies: a container seconds old, or the agent just
+/// started and its first list is not done): by container id one inspect, by address one list. At
+/// most one lookup runs at a time; a list is not repeated for a request that arrived before the
+/// last one began (it was answered by it), and an id Docker did not have as an engine is not asked
+/// again for a second, so a misbehaving proxy cannot turn its requests into a load on Docker.
 #[derive(Clone)]
 pub struct Lookup {
     inspector: Inspector,

@@ -1,5 +1,5 @@
-//! Thin wrapper over bollard (STYLE §1): connect with API version negotiation, list, inspect,
-//! events and exec-with-timeout, with typed errors that name the container.
+//! Thin wrapper over bollard (docs/architecture.md#modules): connect with API version negotiation,
+//! list, inspect, events and exec-with-timeout, with typed errors that name the container.
 //!
 //! The client sits behind a tiny std `RwLock` so discovery can swap in a freshly negotiated
 //! connection after Docker comes back while the janitor and the probes keep a clone; the lock

@@ -1,5 +1,6 @@
-//! Health (SPEC §2): HTTP GET `get_status` on every engine every `health.interval`, with
-//! `health.timeout`; `get_version` once per container start. Sends `RegistryCmd::Health`.
+//! Health (docs/architecture.md#health): HTTP GET `get_status` on every engine every
+//! `health.interval`, with `health.timeout`; `get_version` once per container start. Sends
+//! `RegistryCmd::Health`.
 //!
 //! Probes go to the IP of the engine's network namespace (its own, or its namespace owner's)
 //! and the engine port, or to loopback for an engine on the host's network, never through a

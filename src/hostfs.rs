@@ -1,6 +1,6 @@
 //! Measuring and clearing an engine's cache from the host, through the container's own root
-//! (`/proc/<pid>/root`), without `docker exec` (SPEC §4's measure → delete → re-measure, the
-//! same outcome as the script in `cache.rs`).
+//! (`/proc/<pid>/root`), without `docker exec` (docs/cache-paths.md#measuring-and-deleting: measure
+//! → delete → re-measure, the same outcome as the script in `cache.rs`).
 //!
 //! Why: every exec costs Docker's daemons ~50 ms of CPU (create, start, runc, reap) before a
 //! file is touched; a sweep over 20 idle engines every 30 s spent 4 % of a core in dockerd and
@@ -145,7 +145,7 @@ pub fn run_in_root(
     let rel = cache_path.trim_start_matches('/');
     let dir = match resolve_in_root(root.as_fd(), rel) {
         Ok(fd) => fd,
-        // Nothing to clean (SPEC §4), whatever the mode.
+        // Nothing to clean (docs/cache-paths.md#nothing-to-clean), whatever the mode.
         Err(Resolve::Missing) => return Ok(Outcome::Empty { before: 0 }),
         Err(Resolve::Refused(reason)) => return Ok(failed(None, &reason)),
         Err(Resolve::Unavailable(u)) => return Err(u),

@@ -1,6 +1,7 @@
 //! What discovery reads inside an engine container: its processes' command lines and
 //! environments, the argument files they name, and which candidate cache paths exist there,
-//! with symlinks resolved inside the container's root (SPEC §1, §4).
+//! with symlinks resolved inside the container's root (docs/cache-paths.md#order,
+//! docs/cache-paths.md#symlinks).
 //!
 //! From the host where it can: through the container's checked `/proc/<pid>` (`procfs`), its
 //! children found from `task/<tid>/children` and each checked to be in the container's cgroup,
@@ -423,7 +424,8 @@ pub fn read_file_argv(path: &str) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Caches in memory (SPEC §7): the tmpfs's free space, the container's memory cgroup
+// Caches in memory (docs/cache-paths.md#caches-in-memory): the tmpfs's free space, the
+// container's memory cgroup
 // ---------------------------------------------------------------------------------------------
 
 /// Free and total space of the tmpfs at `mountpoint` inside the container (statvfs on the

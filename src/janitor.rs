@@ -1,5 +1,6 @@
-//! Cache janitor (SPEC §4). Owns in-flight cleanups and the cleanup triggers; never decides
-//! idleness itself (the registry does, and re-checks it right before the delete).
+//! Cache janitor (docs/architecture.md#janitor, docs/safety.md#cleanups). Owns in-flight cleanups
+//! and the cleanup triggers; never decides idleness itself (the registry does, and re-checks it
+//! right before the delete).
 //!
 //! Rules in code: one cleanup at a time per engine (`inflight`, a guard that frees the id on
 //! drop; failing to take it is the 409 of a manual cleanup), at most `cleanup.concurrency` at
@@ -372,7 +373,7 @@ impl Janitor {
         running
     }
 
-    /// One cleanup of one engine (SPEC §4): measure, re-check idle, delete, record.
+    /// One cleanup of one engine (docs/safety.md#cleanups): measure, re-check idle, delete, record.
     pub async fn cleanup(&self, id: &str, trigger: Trigger) -> Result<CleanupRecord, CleanupError> {
         let snap = self.inner.registry.snapshot();
         let e = snap
@@ -410,7 +411,7 @@ impl Janitor {
             .await
             .map_err(|_| CleanupError::Closed)?;
         let name = e.engine.container_name.clone();
-        // The seed's lines wait for the outcome: a cache with nothing in it leaves no info line.
+        // The orchestrator's lines wait for the outcome: a cache with nothing in it leaves no info line.
         debug!(container_id = %short, trigger = %trigger, "cache cleanup starting");
         let started_at = Utc::now();
         let t0 = Instant::now();
@@ -635,8 +636,8 @@ impl Janitor {
         let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
     }
 
-    /// Measures every running engine's cache (SPEC §7 live sizes), busy ones too: the script in
-    /// measure mode only reads. Bounded by the same limit as cleanups; an engine whose
+    /// Measures every running engine's cache (docs/cache-paths.md#live-sizes), busy ones too: the
+    /// script in measure mode only reads. Bounded by the same limit as cleanups; an engine whose
     /// previous exec hangs, or that is being cleaned, is skipped.
     pub async fn measure_all(&self) {
         let snap = self.inner.registry.snapshot();
@@ -689,7 +690,7 @@ impl Janitor {
     /// cache files of the busy `engines` that no process of their container holds open, oldest
     /// first, until the space available is back at `threshold` (`busyfiles`). From the host
     /// through the containers' roots, else by the fixed script in each container. One
-    /// `pressure_busy` record for each engine that lost files; the seed's per-engine lines are
+    /// `pressure_busy` record for each engine that lost files; the orchestrator's per-engine lines are
     /// not logged (no cache was cleared), the caller says what the pass did in one line.
     pub async fn free_busy(
         &self,

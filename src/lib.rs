@@ -95,7 +95,8 @@ pub struct Agent {
     tasks: JoinSet<()>,
 }
 
-/// Every name and address a proxy may use for this host (SPEC "Stream events").
+/// Every name and address a proxy may use for this host
+/// (docs/deployments.md#stream-events-from-proxies).
 fn host_names(cfg: &Config) -> HashSet<String> {
     let mut names: HashSet<String> = [
         cfg.discovery.advertise_host.clone(),
@@ -114,6 +115,8 @@ fn host_names(cfg: &Config) -> HashSet<String> {
 }
 
 /// Addresses of this host's interfaces (getifaddrs).
+// The one unsafe block of the agent: neither std nor rustix wraps getifaddrs.
+#[allow(unsafe_code)]
 fn local_ips() -> Vec<String> {
     let mut out = vec![];
     // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.

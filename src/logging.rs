@@ -1,5 +1,6 @@
-//! Logging: journald when systemd started us, stderr otherwise (SPEC "Logs"), and the seed's
-//! four cleanup lines, each emitted from exactly one function so text and fields cannot drift.
+//! Logging: journald when systemd started us, stderr otherwise (docs/architecture.md#logging), and
+//! the orchestrator's four cleanup lines, each emitted from exactly one function so text and fields cannot
+//! drift.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
@@ -104,7 +105,8 @@ pub fn cleanup_failed(
         error = reason, "Cache cleanup failed for container {id}: {reason}");
 }
 
-/// A disk-pressure episode starts on `mountpoint` (SPEC §7); logged once per episode.
+/// A disk-pressure episode starts on `mountpoint` (docs/cache-paths.md#disk-pressure); logged
+/// once per episode.
 pub fn pressure_started(mountpoint: &str, avail: u64, threshold_bytes: u64, threshold: &str) {
     info!(mountpoint, bytes = avail, threshold_bytes,
         "Disk pressure on {mountpoint}: {} free, below {threshold}; cleaning idle engines largest first",
@@ -145,8 +147,9 @@ pub fn pressure_resolved(mountpoint: &str, avail: u64, threshold_bytes: u64) {
     );
 }
 
-/// A memory cache (SPEC §7) under pressure: its tmpfs below `pressure.min_free`
-/// (`threshold_bytes`), or its container's memory at `pressure.memory_high` (`memory`).
+/// A memory cache (docs/cache-paths.md#caches-in-memory) under pressure: its tmpfs below
+/// `pressure.min_free` (`threshold_bytes`), or its container's memory at `pressure.memory_high`
+/// (`memory`).
 pub fn memory_pressure_started(
     container_id: &str,
     container_name: &str,

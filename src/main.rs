@@ -78,16 +78,19 @@ fn main() -> ExitCode {
 /// for `/healthz`, the Docker socket or the store. Best effort: the packaged unit sets
 /// `LimitNOFILE` itself and forbids this call.
 fn raise_open_file_limit() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a local struct; no other state is touched.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max.min(1 << 20);
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let r = getrlimit(Resource::Nofile);
+    // `None` is no limit: nothing to raise, or no ceiling below 2^20.
+    let Some(current) = r.current else { return };
+    let ceiling = r.maximum.unwrap_or(u64::MAX).min(1 << 20);
+    if current < ceiling {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(ceiling),
+                maximum: r.maximum,
+            },
+        );
     }
 }
 

@@ -1,4 +1,5 @@
-//! Prometheus exposition for `/metrics` (SPEC "Metrics"), text format 0.0.4.
+//! Prometheus exposition for `/metrics` (README "Metrics", docs/architecture.md#metrics), text
+//! format 0.0.4.
 //!
 //! Owns the process-wide instruments, the cleanup-duration histogram and the cache-access
 //! counter, in a `prometheus::Registry`. Everything else (per-engine gauges and counters, agent state) is
@@ -27,7 +28,8 @@ use crate::model::{
     Counters, EngineState, Filesystem, HealTrigger, HealthStatus, Snapshot, Timestamp, Trigger,
 };
 
-/// Labels every per-engine series starts with (SPEC: `container_id` is the 12-char prefix).
+/// Labels every per-engine series starts with (`container_id` is the 12-char prefix, as the
+/// README's "Metrics" says).
 const ENGINE: [&str; 2] = ["container_name", "container_id"];
 
 /// One family the snapshot collector emits. `labels` are in the order values are given to
@@ -181,7 +183,7 @@ const AGENT_LAST_SWEEP: Family = gauge(
     "Unix time of the last periodic cleanup sweep; absent if none has run.",
     &[],
 );
-// Not in SPEC's list: an extension so a failing store (disk full, write error) is alertable
+// An addition to the core metric set, so a failing store (disk full, write error) is alertable
 // without scraping logs; `/engines` then serves state that a restart would lose.
 const AGENT_STORE_UP: Family = gauge(
     "acestream_agent_store_up",
@@ -204,8 +206,8 @@ const FILESYSTEM_SIZE: Family = gauge(
     "Size of a filesystem holding engine caches, by mountpoint; medium=\"memory\" for an engine's tmpfs.",
     &FS,
 );
-// Not in SPEC's list: a memory cache's container against its memory limit (SPEC §7), which a
-// full tmpfs squeezes.
+// An addition to the core metric set: a memory cache's container against its memory limit
+// (docs/cache-paths.md#caches-in-memory), which a full tmpfs squeezes.
 const ENGINE_MEMORY_USAGE: Family = gauge(
     "acestream_engine_memory_usage_bytes",
     "Memory used by the container of an engine whose cache is in memory, less the page cache the kernel can drop (as docker stats shows it); its tmpfs cache counts.",
@@ -216,8 +218,8 @@ const ENGINE_MEMORY_LIMIT: Family = gauge(
     "Memory limit of the container of an engine whose cache is in memory; absent when it has none.",
     &ENGINE,
 );
-// Not in SPEC's list: the threshold beside the free space, so a dashboard can draw one against
-// the other without knowing the config (a percentage becomes bytes per filesystem).
+// An addition to the core metric set: the threshold beside the free space, so a dashboard can draw
+// one against the other without knowing the config (a percentage becomes bytes per filesystem).
 const FILESYSTEM_MIN_FREE: Family = gauge(
     "acestream_filesystem_min_free_bytes",
     "pressure.min_free of the filesystem in bytes: below this much available space its idle engines are cleaned; absent when pressure cleanup is off.",

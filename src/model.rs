@@ -1,4 +1,5 @@
-//! Plain data shared by every part of the agent (SPEC "/engines item", §4, §5).
+//! Plain data shared by every part of the agent (the `/engines` item of README "HTTP endpoints",
+//! cleanup records, what the store keeps: docs/architecture.md#store).
 //!
 //! Nothing here does I/O. `Engine` *is* the `/engines` JSON item, field for field, so the
 //! JSON view, the store and the metrics can never disagree on a name. What the JSON must not
@@ -15,12 +16,13 @@ use serde::{Deserialize, Serialize};
 /// Moments are UTC; serde renders them as RFC 3339 (`2025-10-03T19:50:47.522053Z`).
 pub type Timestamp = DateTime<Utc>;
 
-/// The first 12 characters of a container id, as Docker's CLI and the seed's log lines show it.
+/// The first 12 characters of a container id, as Docker's CLI and the orchestrator's log lines show it.
 pub fn id12(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// What started a cleanup (SPEC §4). Also the `trigger` label on the cleanup metrics.
+/// What started a cleanup (docs/architecture.md#janitor). Also the `trigger` label on the cleanup
+/// metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
@@ -118,7 +120,8 @@ impl TriggerCounters {
     }
 }
 
-/// One `/engines` item: the seed's fields with the seed's names and types, then SPEC's extras.
+/// One `/engines` item: the orchestrator's fields with the orchestrator's names and types, then the agent's
+/// extras (README "HTTP endpoints").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Engine {
     pub container_id: String,
@@ -142,7 +145,7 @@ pub struct Engine {
     pub cleanup_failures_total: u64,
     pub cache_freed_bytes_total: u64,
     pub last_cleanup_error: Option<String>,
-    /// The cache directory inside the container, symlinks resolved (SPEC §4).
+    /// The cache directory inside the container, symlinks resolved (docs/cache-paths.md#symlinks).
     pub cache_path: String,
     /// Where `cache_path` came from; `null` until discovery has looked at the container.
     #[serde(default)]
@@ -341,7 +344,8 @@ pub struct HealRecord {
     pub error: Option<String>,
 }
 
-/// Where an engine's cache path came from, in the order SPEC §4 tries them.
+/// Where an engine's cache path came from, in the order they are tried
+/// (docs/cache-paths.md#order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CachePathSource {
@@ -369,7 +373,7 @@ impl CachePathSource {
     }
 }
 
-/// What an engine's cache is stored on (SPEC §7).
+/// What an engine's cache is stored on (docs/cache-paths.md#storage).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheMedium {
@@ -389,7 +393,7 @@ impl CacheMedium {
     }
 }
 
-/// The cache path discovery chose for an engine (SPEC §4).
+/// The cache path discovery chose for an engine (docs/cache-paths.md#order).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheChoice {
     /// Symlinks resolved inside the container's root.
@@ -437,7 +441,7 @@ pub struct Runtime {
     /// container without a network, an owner that is not running).
     pub probe: Option<SocketAddr>,
     /// The container's mounts (inspect `Mounts`, plus `HostConfig.Tmpfs`), to find the host
-    /// filesystem its cache lives on (SPEC §7).
+    /// filesystem its cache lives on (docs/cache-paths.md#storage).
     pub mounts: Vec<Mount>,
     /// `docker pause`d: it answers nothing because someone froze it on purpose, which a restart
     /// would undo, so heal leaves it alone.
@@ -470,9 +474,9 @@ pub struct Mount {
     pub destination: String,
 }
 
-/// Free space of one host filesystem that holds engine caches (SPEC §7), as the pressure task
-/// last read it. `mountpoint` is the label value of the `acestream_filesystem_*` metrics and
-/// the engines' `cache_mountpoint`.
+/// Free space of one host filesystem that holds engine caches (docs/cache-paths.md#disk-pressure),
+/// as the pressure task last read it. `mountpoint` is the label value of the
+/// `acestream_filesystem_*` metrics and the engines' `cache_mountpoint`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filesystem {
     /// The host mountpoint (disk), or the tmpfs's path inside its container (memory).
@@ -517,7 +521,7 @@ pub struct EngineState {
     pub memory: Option<MemoryUse>,
     /// When a measurement or cleanup last began that found the cache with no entries (or
     /// left it so); `None` once one finds entries. An engine empty since before its last
-    /// stream activity is not looked at by the sweep (SPEC §4).
+    /// stream activity is not looked at by the sweep (docs/cache-paths.md#nothing-to-clean).
     pub cache_empty_since: Option<Timestamp>,
     /// Docker no longer lists it (kept from the store until discovery has re-listed).
     pub running: bool,
@@ -586,7 +590,7 @@ pub struct CleanupRecord {
     pub finished_at: Timestamp,
     pub duration_seconds: f64,
     pub success: bool,
-    /// Size measured before deleting (the seed's `cache_size_bytes`).
+    /// Size measured before deleting (the orchestrator's `cache_size_bytes`).
     pub size_before_bytes: Option<u64>,
     pub freed_bytes: u64,
     /// Size left after deleting (what a running engine wrote meanwhile, or files it could not delete).
@@ -595,8 +599,8 @@ pub struct CleanupRecord {
     #[serde(default)]
     pub skipped_below_min: bool,
     /// The cache directory was missing or held no entries: nothing to clean, which is not a
-    /// cleanup (SPEC §4). Such a record is only the answer to a manual cleanup; it is never
-    /// kept in the history nor counted.
+    /// cleanup (docs/cache-paths.md#nothing-to-clean). Such a record is only the answer to a manual
+    /// cleanup; it is never kept in the history nor counted.
     #[serde(default)]
     pub nothing_to_clean: bool,
     pub error: Option<String>,
@@ -609,7 +613,8 @@ pub enum StreamStatus {
     Ended,
 }
 
-/// A stream reported through the orchestrator-compatible event API (SPEC "Stream events").
+/// A stream reported through the orchestrator-compatible event API
+/// (docs/deployments.md#stream-events-from-proxies).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StreamRecord {
     pub id: String,
@@ -657,11 +662,11 @@ pub struct Snapshot {
     /// Last store error (write failed, disk full); cleared by the next good commit.
     pub store_error: Option<String>,
     pub last_sweep: Option<Timestamp>,
-    /// Filesystems holding engine caches, sorted by mountpoint (SPEC §7).
+    /// Filesystems holding engine caches, sorted by mountpoint (docs/cache-paths.md#storage).
     pub filesystems: Vec<Filesystem>,
 }
 
-/// `1.50 MB`-style size, 1024-based, two decimals, as the seed logs and displays sizes.
+/// `1.50 MB`-style size, 1024-based, two decimals, as the orchestrator logs and displays sizes.
 pub fn format_mb(bytes: u64) -> String {
     format!("{:.2} MB", bytes as f64 / (1024.0 * 1024.0))
 }

@@ -1,7 +1,7 @@
-//! Disk pressure (SPEC §7): which host filesystem each engine's cache lives on, its free space
-//! every `pressure.interval`, and, below `pressure.min_free`, cleanups of the idle engines on it,
-//! largest cache first, re-reading free space after each, until it is back above the threshold
-//! or no idle engine with something to free is left.
+//! Disk pressure (docs/cache-paths.md#disk-pressure): which host filesystem each engine's cache
+//! lives on, its free space every `pressure.interval`, and, below `pressure.min_free`, cleanups of
+//! the idle engines on it, largest cache first, re-reading free space after each, until it is back
+//! above the threshold or no idle engine with something to free is left.
 //!
 //! Owns the mount resolution and the episode state of each filesystem. Never decides idleness
 //! (the registry does, and re-checks it inside the janitor's cleanup right before deleting) and

@@ -1,4 +1,5 @@
-//! Parser for `/proc/<pid>/net/tcp` and `/proc/<pid>/net/tcp6` (SPEC §3, connection probe).
+//! Parser for `/proc/<pid>/net/tcp` and `/proc/<pid>/net/tcp6` (the connection probe,
+//! docs/architecture.md#activity).
 //!
 //! Pure: takes the file text, returns established connections; [`read_tables`] is given the
 //! reading by its caller. Addresses are kernel-formatted hex: IPv4 as one little-endian

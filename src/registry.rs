@@ -1,6 +1,6 @@
-//! The engine registry (STYLE §2): one task owns every engine's state, applies commands from
-//! discovery, health, activity, the janitor and the HTTP API in one order, persists each batch
-//! to the store, then publishes an `Arc<Snapshot>`.
+//! The engine registry (docs/architecture.md#registry): one task owns every engine's state, applies
+//! commands from discovery, health, activity, the janitor and the HTTP API in one order, persists
+//! each batch to the store, then publishes an `Arc<Snapshot>`.
 //!
 //! It decides *idle* (and tells the janitor on a broadcast); it never talks to Docker and
 //! never decides *when* to clean. The idle re-check before deleting (`BeginDelete`) happens
@@ -24,13 +24,17 @@ use crate::shutdown::Shutdown;
 use crate::store::{Batch, PersistedEngine, Store};
 use crate::streams::StreamTable;
 
-/// Label that overrides `cleanup.cache_path` for one container (SPEC §4).
+/// Label that overrides `cleanup.cache_path` for one container (docs/cache-paths.md#order).
 pub const CACHE_PATH_LABEL: &str = "acestream.cache_path";
 /// Streams kept started per engine; more are refused so a misbehaving proxy cannot grow the
 /// agent's memory without bound.
 pub const MAX_STREAMS_PER_ENGINE: usize = 1024;
 /// Ended stream records kept in memory and the store (newest win), besides `store.retention`.
 pub const MAX_ENDED_STREAMS: usize = 10_000;
+/// Longest a `stream_started` answer is held for a delete of its engine's cache that was already
+/// running when the stream arrived (see `Registry::held_starts`); past it the proxy is answered
+/// anyway, with a warning: a janitor that never reports back must not stall the proxy for good.
+pub const STREAM_ACK_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -53,7 +57,8 @@ pub enum RegistryError {
     Closed,
 }
 
-/// What the orchestrator's proxy sends with `stream_started` (SPEC "Stream events").
+/// What the orchestrator's proxy sends with `stream_started`
+/// (docs/deployments.md#stream-events-from-proxies).
 #[derive(Clone, Debug, Default)]
 pub struct StreamStart {
     pub container_id: Option<String>,
@@ -172,8 +177,9 @@ pub enum RegistryCmd {
         stall_after: Duration,
         results: Vec<(String, StatResult)>,
     },
-    /// What the pressure task last read (SPEC §7): every watched filesystem, and when given,
-    /// the filesystem of each engine's cache (`None`: tmpfs or not resolvable).
+    /// What the pressure task last read (docs/cache-paths.md#disk-pressure): every watched
+    /// filesystem, and when given, the filesystem of each engine's cache (`None`: tmpfs or not
+    /// resolvable).
     Filesystems {
         filesystems: Vec<Filesystem>,
         mountpoints: Option<Vec<(String, Option<String>)>>,
@@ -321,7 +327,8 @@ impl RegistryHandle {
     }
 }
 
-/// Finds an engine in a snapshot by full id, unique id prefix, or name (SPEC §6 `{id}`).
+/// Finds an engine in a snapshot by full id, unique id prefix, or name (the `{id}` of README
+/// "HTTP endpoints").
 pub fn find<'a>(snapshot: &'a Snapshot, key: &str) -> Option<&'a EngineState> {
     lookup(snapshot.engines.iter(), key)
 }
@@ -374,6 +381,13 @@ pub struct Registry {
     /// Replies held back until the batch that contains their change is committed and
     /// published: a proxy told "started" or a caller handed a cleanup record can rely on it.
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
+    /// `stream_started` answers for engines whose cache was being deleted when the stream
+    /// arrived. The idle check refuses to *begin* a delete once a stream is known, but one
+    /// already begun is running inside the container; the answer waits for its record, so a
+    /// proxy told "started" knows no delete is running in that engine
+    /// (docs/safety.md). Released by the engine's `FinishCleanup`, its removal, or
+    /// `STREAM_ACK_WAIT`.
+    held_starts: Vec<HeldStart>,
     /// Started streams by id: when data last moved (a peer or a download speed in an answer),
     /// or when the agent began watching them. In memory only: after a restart of the agent a
     /// stream's stall is timed afresh.
@@ -382,6 +396,12 @@ pub struct Registry {
     began: Timestamp,
     /// `streams.stall_after`, as the statistics worker last said.
     stall_after: chrono::Duration,
+}
+
+struct HeldStart {
+    id: String,
+    until: tokio::time::Instant,
+    reply: Box<dyn FnOnce() + Send>,
 }
 
 #[derive(Default)]
@@ -462,6 +482,7 @@ impl Registry {
             snapshot_tx,
             events_tx: events_tx.clone(),
             after_commit: Vec::new(),
+            held_starts: Vec::new(),
             flowing: HashMap::new(),
             began: Utc::now(),
             stall_after: chrono::Duration::MAX,
@@ -499,7 +520,7 @@ impl Registry {
                     }
                     None => break,
                 },
-                _ = retry.tick() => {}
+                _ = retry.tick() => self.release_overdue_starts(),
                 _ = prune.tick() => changed |= self.prune().await,
                 _ = shutdown.recv() => {
                     // Take what is already queued (finished cleanups) before the final commit.
@@ -507,6 +528,7 @@ impl Registry {
                         self.apply(cmd);
                     }
                     self.persist().await;
+                    self.release_starts(|_| true);
                     break;
                 }
             }
@@ -708,9 +730,23 @@ impl Registry {
             RegistryCmd::StreamStarted(s, reply) => {
                 let r = self.stream_started(s, now);
                 let changed = r.is_ok();
-                self.after_commit.push(Box::new(move || {
+                let cleaning = r
+                    .as_ref()
+                    .ok()
+                    .and_then(|rec| self.engines.get(&rec.container_id))
+                    .filter(|e| e.cleaning)
+                    .map(|e| e.engine.container_id.clone());
+                let reply: Box<dyn FnOnce() + Send> = Box::new(move || {
                     let _ = reply.send(r);
-                }));
+                });
+                match cleaning {
+                    Some(id) => self.held_starts.push(HeldStart {
+                        id,
+                        until: tokio::time::Instant::now() + STREAM_ACK_WAIT,
+                        reply,
+                    }),
+                    None => self.after_commit.push(reply),
+                }
                 changed
             }
             RegistryCmd::StreamEnded(s, reply) => {
@@ -990,6 +1026,8 @@ impl Registry {
         let Some(e) = self.engines.remove(id) else {
             return false;
         };
+        // No delete runs in a container that is gone.
+        self.release_starts(|h| h.id == id);
         info!(container_id = %id12(id), container_name = %e.engine.container_name,
             "Engine gone: {} ({})", e.engine.container_name, id12(id));
         self.conns.remove(id);
@@ -1017,6 +1055,24 @@ impl Registry {
         self.cap_ended_streams();
         self.emit(RegistryEvent::Removed { id: id.to_string() });
         true
+    }
+
+    /// Moves the held `stream_started` answers that `which` picks to the replies sent after the
+    /// next commit.
+    fn release_starts(&mut self, which: impl Fn(&HeldStart) -> bool) {
+        let (go, stay): (Vec<_>, Vec<_>) = self.held_starts.drain(..).partition(|h| which(h));
+        self.held_starts = stay;
+        self.after_commit.extend(go.into_iter().map(|h| h.reply));
+    }
+
+    fn release_overdue_starts(&mut self) {
+        let now = tokio::time::Instant::now();
+        for h in self.held_starts.iter().filter(|h| h.until <= now) {
+            warn!(container_id = %id12(&h.id),
+                "answering stream_started although the cache delete that was running in this engine has not reported back within {}s",
+                STREAM_ACK_WAIT.as_secs());
+        }
+        self.release_starts(|h| h.until <= now);
     }
 
     /// Recomputes `streams` from both sources and emits idle/busy transitions.
@@ -1054,7 +1110,8 @@ impl Registry {
         lookup(self.engines.values(), key).map(|e| e.engine.container_id.as_str())
     }
 
-    /// Finds the engine a proxy means by `engine.host:engine.port` (SPEC "Stream events").
+    /// Finds the engine a proxy means by `engine.host:engine.port`
+    /// (docs/deployments.md#stream-events-from-proxies).
     fn resolve_addr(&self, host: &str, port: u16) -> Option<&str> {
         let host = host
             .trim()
@@ -1419,6 +1476,8 @@ impl Registry {
 
     fn finish_cleanup(&mut self, record: CleanupRecord, current_bytes: Option<u64>) {
         let id = record.container_id.clone();
+        // Answered with the batch that holds this record, like every reply.
+        self.release_starts(|h| h.id == id);
         let (engine, counters) = if let Some(e) = self.engines.get_mut(&id) {
             e.cleaning = false;
             // Found empty, or emptied: empty since the work began (a stream that wrote
@@ -1437,8 +1496,8 @@ impl Registry {
             engine.cache_measured_at = Some(record.finished_at);
         }
         if record.nothing_to_clean {
-            // Not a cleanup (SPEC §4): no record, no counter, and the seed's fields keep
-            // describing the last cleanup that freed something.
+            // Not a cleanup (docs/cache-paths.md#nothing-to-clean): no record, no counter, and the
+            // orchestrator's fields keep describing the last cleanup that freed something.
             self.pending.engines.insert(id);
             return;
         }
@@ -1451,7 +1510,7 @@ impl Registry {
         if record.success {
             c.cleanups += 1;
             c.freed_bytes += record.freed_bytes;
-            // The seed's two fields describe the last cleanup of an idle engine; files taken
+            // The orchestrator's two fields describe the last cleanup of an idle engine; files taken
             // from a busy one under pressure are no such cleanup.
             if record.trigger != Trigger::PressureBusy {
                 engine.last_cache_cleanup = Some(record.finished_at);
@@ -1515,3 +1574,7 @@ fn heal_on_start(e: &mut EngineState, pid: u32, now: Timestamp) {
     h.pid = pid;
     e.engine.unhealthy_since = None;
 }
+
+/// The registry's rules as unit tests on a temporary store, in paused time.
+#[cfg(test)]
+mod tests;

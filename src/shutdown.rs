@@ -1,4 +1,5 @@
-//! One shutdown signal, many listeners (STYLE §3, after mini-redis `shutdown.rs`).
+//! One shutdown signal, many listeners (docs/architecture.md#shutdown, after mini-redis
+//! `shutdown.rs`).
 
 use tokio::sync::watch;
 

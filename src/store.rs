@@ -1,6 +1,6 @@
-//! The agent's redb store (SPEC §5). Owns the file at `store.path`: engines with their counters,
-//! per-engine cleanup history, stream records and the last sweep time, so that none of it is
-//! lost across restarts or `kill -9`.
+//! The agent's redb store (docs/architecture.md#store). Owns the file at `store.path`: engines with
+//! their counters, per-engine cleanup history, stream records and the last sweep time, so that none
+//! of it is lost across restarts or `kill -9`.
 //!
 //! Every public call opens, uses and commits one transaction synchronously; callers run it in
 //! `spawn_blocking` and never hold a transaction across `.await`. A file that cannot be opened

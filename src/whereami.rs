@@ -1,7 +1,8 @@
-//! Where the agent itself runs: on the host, or in a container (issue 15: the image). In a
-//! container it must never take itself for an engine (its image, `acestream-agent`, matches
-//! the default `*acestream*` glob), and its hostname is its container's, which no client can
-//! dial: `advertise_host` then defaults to the Docker host's name.
+//! Where the agent itself runs: on the host, or in a container (the image,
+//! docs/deployments.md#agent-in-a-container). In a container it must never take itself for an
+//! engine (its image, `acestream-agent`, matches the default `*acestream*` glob), and its hostname
+//! is its container's, which no client can dial: `advertise_host` then defaults to the Docker
+//! host's name.
 
 /// The agent's own container id, from its mount table (Docker bind-mounts
 /// `/var/lib/docker/containers/<id>/hostname` and friends into every container) or its cgroup

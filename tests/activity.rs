@@ -1,7 +1,8 @@
-//! Activity and health against real containers (SPEC §2, §3): streams seen by the connection
-//! probe and by the stream event API make an engine busy, its cache is never cleaned while it
-//! streams, and its last stream ending starts the `idle_grace` countdown to a `stream_end`
-//! cleanup. The agent's own health checks never count as streams.
+//! Activity and health against real containers (docs/architecture.md#health,
+//! docs/architecture.md#activity): streams seen by the connection probe and by the stream event API
+//! make an engine busy, its cache is never cleaned while it streams, and its last stream ending
+//! starts the `idle_grace` countdown to a `stream_end` cleanup. The agent's own health checks never
+//! count as streams.
 //!
 //! Every test runs its own agent in-process, restricted to engines carrying a label unique to
 //! the test, so tests running in parallel never see each other's engines.

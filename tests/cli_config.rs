@@ -1,6 +1,6 @@
-//! The command line and configuration, out of process (SPEC "CLI and config"): layering
-//! (defaults < `--config` file < `ACESTREAM_AGENT_*` env, `AUTOSCALE_INTERVAL_S`), exit code 2
-//! naming the offending key, `--version`, `--help`.
+//! The command line and configuration, out of process (README "Running it", "Configuration"):
+//! layering (defaults < `--config` file < `ACESTREAM_AGENT_*` env, `AUTOSCALE_INTERVAL_S`), exit
+//! code 2 naming the offending key, `--version`, `--help`.
 //!
 //! Every run gets a cleared environment (only `PATH` and what the test sets) and an explicit
 //! `--config`, so neither the test runner's environment nor a host's
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_acestream-agent");
 
-/// Exit code for configuration errors (src/main.rs, SPEC "CLI and config").
+/// Exit code for configuration errors (src/main.rs, README "Configuration").
 const CONFIG_ERROR: i32 = 2;
 
 /// How long an invocation that must fail fast (bad config) may take before the test gives up.

@@ -1,7 +1,8 @@
-//! The engine's own command line and the places images keep their cache (SPEC §1, §4;
-//! shared/FIELD.md): the port and cache directory an engine really runs with, read from its
-//! process (exec form, `--flag=V`, `sh -c` with `${VAR}`, `@file`), images that keep their
-//! state under `$HOME`, in `/dev/shm`, or behind a symlink, and flag values that are refused.
+//! The engine's own command line and the places images keep their cache
+//! (docs/cache-paths.md#command-line, docs/cache-paths.md#order): the port and cache directory an
+//! engine really runs with, read from its process (exec form, `--flag=V`, `sh -c` with `${VAR}`,
+//! `@file`), images that keep their state under `$HOME`, in `/dev/shm`, or behind a symlink, and
+//! flag values that are refused.
 
 mod common;
 

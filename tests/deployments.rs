@@ -1,4 +1,4 @@
-//! The shapes engines are really deployed in (shared/FIELD.md), each against real containers:
+//! The shapes engines are really deployed in (docs/deployments.md), each against real containers:
 //! host networking, another container's network namespace (a VPN container), a user-defined
 //! network. In each, `/engines` must name an address a client on this host can dial, the
 //! health check must reach the engine, and streams must be told apart by port when engines

@@ -1,7 +1,7 @@
-//! Discovery against the real Docker daemon (SPEC §1, §5, §6 `/readyz`, "Metrics"): engines
-//! show up and go away within a second of Docker's events, only matching containers count,
-//! and a Docker that goes away (or is away from the start) leaves `/engines` answering from
-//! memory and the store.
+//! Discovery against the real Docker daemon (docs/architecture.md#discovery, the store, `/readyz`,
+//! `/metrics`): engines show up and go away within a second of Docker's events, only matching
+//! containers count, and a Docker that goes away (or is away from the start) leaves `/engines`
+//! answering from memory and the store.
 //!
 //! Every test restricts discovery to a label value unique to it, because other test processes
 //! run engines with the default `acestream.engine=true` label at the same time. The agent runs
@@ -27,8 +27,8 @@ use tokio::sync::watch;
 /// Label key that ties engines to the one test that started them.
 /// What the agent advertises as `host`, distinct from anything Docker reports.
 const ADVERTISE_HOST: &str = "agent-under-test.example";
-/// SPEC §1: a new engine shows in `/engines` within a second (and, by the same events, a
-/// gone one leaves it).
+/// A new engine shows in `/engines` within a second (and, by the same events, a gone one leaves
+/// it), as README "What it does" says.
 const EVENT_BOUND: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ async fn new_engine_listed_within_one_second() {
     );
     assert!(
         latency <= chrono::TimeDelta::from_std(EVENT_BOUND).unwrap(),
-        "engine listed {} ms after it started; SPEC §1 allows 1 s",
+        "engine listed {} ms after it started; discovery allows 1 s",
         millis(latency)
     );
 
@@ -415,7 +415,7 @@ async fn engine_disappears(case: &str, go_away: impl FnOnce(&TestEngine)) {
     );
     assert!(
         latency <= chrono::TimeDelta::from_std(EVENT_BOUND).unwrap(),
-        "engine still listed {} ms after it died; SPEC §1 allows 1 s",
+        "engine still listed {} ms after it died; discovery allows 1 s",
         millis(latency)
     );
 
@@ -475,9 +475,9 @@ async fn engine_matched_by_image_glob() {
     drop(by_image);
 }
 
-/// SPEC §1 addressing: published port on `advertise_host` (label `host.http_port` over the
-/// mapping), else the container's IP and engine port (label `acestream.http_port` over
-/// `discovery.engine_port`).
+/// Addressing (docs/deployments.md#addresses): published port on `advertise_host` (label
+/// `host.http_port` over the mapping), else the container's IP and engine port (label
+/// `acestream.http_port` over `discovery.engine_port`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_address_follows_port_labels_and_mapping() {
     let case = unique_name("disc-addr");
@@ -855,11 +855,12 @@ fn started_at(host: &str, port: u16, container_id: Option<&str>, key: &str) -> S
     v.to_string()
 }
 
-/// SPEC §1: a stream event for a container the agent has not listed yet is looked up in Docker
-/// before it is answered. A proxy that posts `stream_started` the moment the agent answers
-/// `/healthz` (the first container list not done yet), by address or by container id, and one
-/// that posts for a container started a moment ago, are answered 200 for the right engine;
-/// a container Docker does not have as an engine is still 404.
+/// A stream event for a container the agent has not listed yet
+/// (docs/deployments.md#stream-events-from-proxies) is looked up in Docker before it is answered. A
+/// proxy that posts `stream_started` the moment the agent answers `/healthz` (the first container
+/// list not done yet), by address or by container id, and one that posts for a container started a
+/// moment ago, are answered 200 for the right engine; a container Docker does not have as an engine
+/// is still 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_event_right_after_start_finds_its_engine() {
     let case = unique_name("disc-first-ms");

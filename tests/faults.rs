@@ -1,6 +1,6 @@
-//! Faults the agent must survive (issue 5, RELIABILITY.md): Docker going away and coming back,
-//! containers that change under a cleanup, hostile cache directories, streams that start while
-//! a cleanup is being decided, a full or read-only state disk, SIGTERM.
+//! Faults the agent must survive (RELIABILITY.md, "Faults it survives"): Docker going away and
+//! coming back, containers that change under a cleanup, hostile cache directories, streams that
+//! start while a cleanup is being decided, a full or read-only state disk, SIGTERM.
 //!
 //! Real Docker, real processes. Every test restricts discovery to a label unique to it. Tests
 //! that need the process boundary (signals, exit codes) spawn the binary; the others run the
@@ -828,8 +828,8 @@ async fn hostile_cache_directories_touch_nothing_outside() {
 
     let agent = start_agent(cfg).await;
     let addr = agent.addr;
-    // A cache path that resolves to `/` is refused before anything runs (SPEC §4), with the
-    // reason; never tried, so no failure is recorded.
+    // A cache path that resolves to `/` is refused before anything runs
+    // (docs/cache-paths.md#validation), with the reason; never tried, so no failure is recorded.
     let v = wait_engine(
         addr,
         &to_root.id,
@@ -1272,11 +1272,11 @@ async fn sigterm_shuts_down_within_five_seconds_with_a_cleanup_in_flight() {
     .await;
     let committed = history(addr, &normal.id).await;
 
-    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-    assert_eq!(
-        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child.0),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM to the agent");
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = child.0.try_wait().unwrap() {

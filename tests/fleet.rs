@@ -1,5 +1,5 @@
-//! A fleet under one Prometheus and one Alertmanager (issue 16): three hosts on this machine,
-//! each its own Docker daemon in its own network namespace with its own agent and store
+//! A fleet under one Prometheus and one Alertmanager (README "Many hosts"): three hosts on this
+//! machine, each its own Docker daemon in its own network namespace with its own agent and store
 //! (tests/common/fleet.rs), one real Prometheus with the shipped scrape config (its
 //! `file_sd_configs` and relabelling) and the shipped rules (`for:` shortened), one real
 //! Alertmanager with the shipped example config (waits shortened), and a webhook receiver in the

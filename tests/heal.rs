@@ -79,7 +79,11 @@ impl Child {
 
     fn kill9(mut self) {
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        let rc = unsafe { libc::kill(self.proc.0.id() as libc::pid_t, libc::SIGKILL) };
+        let rc = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.proc.0),
+            rustix::process::Signal::KILL,
+        )
+        .map_or(-1, |()| 0);
         assert_eq!(rc, 0, "kill -9");
         let _ = self.proc.0.wait();
     }

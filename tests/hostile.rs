@@ -1,6 +1,6 @@
-//! Hostile input the agent must refuse (issue 5, RELIABILITY.md): bad HTTP of every kind,
-//! slow and idle connection floods, events for containers that are not engines, 100,000 stream
-//! ids, bad config values, odd label values. Each case gets the right 4xx (or exit 2), the
+//! Hostile input the agent must refuse (RELIABILITY.md, "Hostile input it refuses"): bad HTTP of
+//! every kind, slow and idle connection floods, events for containers that are not engines, 100,000
+//! stream ids, bad config values, odd label values. Each case gets the right 4xx (or exit 2), the
 //! agent stays responsive (a `/healthz` timed during the attack) and nothing changes.
 
 mod common;
@@ -207,6 +207,9 @@ fn spawn_agent(dir: &Path, case: &str, nofile: Option<u64>) -> (Running, SocketA
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     if let Some(n) = nofile {
+        // A limit the child must have from its first instruction on, so set between fork and
+        // exec; std has no safe way to do that.
+        #[allow(unsafe_code)]
         // SAFETY: only async-signal-safe calls (getrlimit/setrlimit) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {

@@ -1,5 +1,5 @@
-//! The HTTP API (SPEC §6) of a real agent watching real fake-engine containers: every
-//! endpoint with its status codes and bodies, the write-auth rule, and what the agent does
+//! The HTTP API (README "HTTP endpoints") of a real agent watching real fake-engine containers:
+//! every endpoint with its status codes and bodies, the write-auth rule, and what the agent does
 //! with bodies and paths it must refuse.
 
 mod common;
@@ -19,7 +19,7 @@ use tokio::net::TcpSocket;
 /// Hostname the agent advertises engines on in these tests, so `host` is known exactly.
 const ADVERTISE_HOST: &str = "agent-under-test.example";
 const TOKEN: &str = "s3cret";
-/// SPEC §6 body limit.
+/// The body limit (docs/safety.md#input-limits).
 const MAX_BODY: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------------
@@ -390,7 +390,10 @@ async fn engines_list_has_seed_fields_sorted_by_container_name() {
             "cache_path",
             "cache_mountpoint",
         ] {
-            assert!(obj.contains_key(key), "SPEC extra {key:?} missing: {item}");
+            assert!(
+                obj.contains_key(key),
+                "/engines field {key:?} missing: {item}"
+            );
         }
         assert!(
             item["image"]
@@ -555,7 +558,7 @@ async fn manual_cleanup_returns_its_record_and_updates_the_engine() {
     assert_eq!(
         item["cache_size_bytes"],
         json!(before),
-        "seed field = size before cleanup"
+        "orchestrator field = size before cleanup"
     );
     assert_eq!(
         item["last_cache_cleanup"], rec["finished_at"],

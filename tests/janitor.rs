@@ -1,6 +1,7 @@
-//! Cache janitor against real containers (SPEC §4): what a cleanup measures, deletes, keeps and
-//! records, for each trigger the janitor owns (sweep, manual), and what it must never touch:
-//! busy engines, invalid or symlinked cache paths, anything outside the cache directory.
+//! Cache janitor against real containers (docs/safety.md#cleanups): what a cleanup measures,
+//! deletes, keeps and records, for each trigger the janitor owns (sweep, manual), and what it must
+//! never touch: busy engines, invalid or symlinked cache paths, anything outside the cache
+//! directory.
 //!
 //! Every test runs its own agent in-process, restricted to engines carrying a label unique to
 //! the test, so tests running in parallel never see each other's engines.
@@ -323,7 +324,8 @@ async fn missing_cache_directory_is_nothing_to_clean() {
     case.wait_engine(&engine.name, Duration::from_secs(5), "discovery", |_| true)
         .await;
 
-    // Nothing to clean is not a cleanup (SPEC §4): the answer says so, nothing is kept.
+    // Nothing to clean is not a cleanup (docs/cache-paths.md#nothing-to-clean): the answer says so,
+    // nothing is kept.
     let (status, record) = case.manual_cleanup(&engine.name).await;
     assert_eq!(status, 200, "{record}");
     assert_eq!(record["success"], true, "{record}");
@@ -812,9 +814,9 @@ async fn symlinks_inside_the_cache_are_removed_not_followed() {
     case.agent.stop().await;
 }
 
-/// SPEC §7 live sizes: every `cleanup.measure_interval` each engine is measured, busy ones
-/// too, read-only: `cache_current_bytes` follows a cache that grows while it streams, and
-/// nothing is cleaned.
+/// Live sizes (docs/cache-paths.md#live-sizes): every `cleanup.measure_interval` each engine is
+/// measured, busy ones too, read-only: `cache_current_bytes` follows a cache that grows while it
+/// streams, and nothing is cleaned.
 #[tokio::test]
 async fn live_sizes_follow_a_growing_cache_without_cleaning() {
     let (name, dir, mut cfg) = new_case("jan-measure");

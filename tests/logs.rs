@@ -1,4 +1,4 @@
-//! Logs (SPEC "Logs"): the orchestrator's four cleanup lines, verbatim in substance, with the
+//! Logs (README "Logs"): the orchestrator's four cleanup lines, verbatim in substance, with the
 //! 12-character id and 1024-based two-decimal sizes, written to stderr when not run by
 //! systemd. Runs the real binary, as an operator would, against a real engine.
 
@@ -30,7 +30,7 @@ async fn sweep_logs_the_seed_lines_to_stderr() {
         .label("acestream-agent.test.case", &case)
         .start();
     engine.wait_http_ready().await;
-    // 10 MiB in one file: the seed's example line is "10485760 bytes (10.00 MB)".
+    // 10 MiB in one file: the orchestrator's example line is "10485760 bytes (10.00 MB)".
     engine.write_cache_file("big.chunk", 10 * 1024 * 1024);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
@@ -72,23 +72,27 @@ async fn sweep_logs_the_seed_lines_to_stderr() {
         format!("Clearing AceStream cache for container {id12}"),
         format!("Successfully cleared AceStream cache for container {id12} (freed "),
     ];
-    let log = eventually(Duration::from_secs(15), "the four seed lines", || {
-        let path = stderr_path.clone();
-        let lines = lines.clone();
-        async move {
-            let mut s = String::new();
-            std::fs::File::open(&path)
-                .and_then(|mut f| f.read_to_string(&mut s))
-                .map_err(|e| e.to_string())?;
-            if lines.iter().all(|l| s.contains(l.as_str())) {
-                Ok(s)
-            } else {
-                Err(s)
+    let log = eventually(
+        Duration::from_secs(15),
+        "the four orchestrator lines",
+        || {
+            let path = stderr_path.clone();
+            let lines = lines.clone();
+            async move {
+                let mut s = String::new();
+                std::fs::File::open(&path)
+                    .and_then(|mut f| f.read_to_string(&mut s))
+                    .map_err(|e| e.to_string())?;
+                if lines.iter().all(|l| s.contains(l.as_str())) {
+                    Ok(s)
+                } else {
+                    Err(s)
+                }
             }
-        }
-    })
+        },
+    )
     .await;
-    // In the seed's order, once each for this one cleanup.
+    // In the orchestrator's order, once each for this one cleanup.
     let at: Vec<usize> = lines
         .iter()
         .map(|l| log.find(l.as_str()).expect("present"))
@@ -175,10 +179,10 @@ fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Nothing to clean is not a cleanup (SPEC §4): after a real cleanup, sweep after sweep over
-/// the now empty cache adds no record, no counter, no info line and leaves the seed's fields
-/// (the size before the last real cleanup, its time) as they were; the sweep does not even
-/// look at the cache (no cache operation) until the engine has streamed again, and then it
+/// Nothing to clean is not a cleanup (docs/cache-paths.md#nothing-to-clean): after a real cleanup,
+/// sweep after sweep over the now empty cache adds no record, no counter, no info line and leaves
+/// the orchestrator's fields (the size before the last real cleanup, its time) as they were; the sweep does
+/// not even look at the cache (no cache operation) until the engine has streamed again, and then it
 /// looks once and still leaves no trace.
 #[tokio::test]
 async fn an_empty_cache_leaves_no_trace_sweep_after_sweep() {

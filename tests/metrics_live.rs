@@ -1,4 +1,4 @@
-//! `/metrics` (SPEC "Metrics") of a real agent watching real fake-engine containers: valid for
+//! `/metrics` (README "Metrics") of a real agent watching real fake-engine containers: valid for
 //! `promtool check metrics`, and saying the same as `/engines`.
 //!
 //! Needs `promtool` (Debian package `prometheus`); without it these tests fail and say so.

@@ -8,7 +8,7 @@
 //! - the dashboard keeps the rules of Grafana's dashboard linter (templated datasource, job and
 //!   instance variables and matchers, `$__rate_interval` in rates, counters only under
 //!   rate/irate/increase, units and descriptions, no overlapping panels), and its engine table
-//!   has exactly the seed panel's rows as columns;
+//!   has exactly the orchestrator panel's rows as columns;
 //! - against a real Prometheus (Debian's `prometheus` binary, started here on a free loopback
 //!   port) scraping a running agent that watches two real fake engines (one idle and cleaned, one
 //!   streaming), every dashboard query, with the variables substituted as Grafana would, and
@@ -72,7 +72,8 @@ const KNOWN_UNITS: &[&str] = &[
     "bool",
     "bool_on_off",
 ];
-/// The seed's engine panel, top to bottom (/work/shared/seed, "UI Enhancement").
+/// The orchestrator's engine panel, top to bottom (the orchestrator's engine card, whose rows the
+/// dashboard's "Engine details" table has as columns: README "Monitoring").
 const SEED_ENGINE_ROWS: [&str; 7] = [
     "Engine",
     "Endpoint",
@@ -840,8 +841,8 @@ fn dashboard_has_the_panels_operators_need() {
         .map(|p| title(p))
         .collect();
     assert_eq!(rows.first(), Some(&"Fleet"), "rows: {rows:?}");
-    // Disk (SPEC §7): free space against the threshold per filesystem, pressure episodes, and
-    // the live caches stacked.
+    // Disk (docs/cache-paths.md#disk-pressure): free space against the threshold per filesystem,
+    // pressure episodes, and the live caches stacked.
     assert!(rows.contains(&"Disk"), "rows: {rows:?}");
     assert!(
         rows.contains(&"Memory caches"),
@@ -1031,7 +1032,7 @@ fn engine_table_has_the_seed_panel_rows_as_columns() {
                 .unwrap_or_else(|| panic!("shown field {f} has no position"));
             let name = o["renameByName"][f]
                 .as_str()
-                .unwrap_or_else(|| panic!("shown field {f} is not renamed to a seed row"))
+                .unwrap_or_else(|| panic!("shown field {f} is not renamed to an orchestrator row"))
                 .to_string();
             (idx, name)
         })

@@ -1,4 +1,4 @@
-//! The Debian package, as operators install it (issue "Ship it as operators install it"):
+//! The Debian package, as operators install it (README "Install (Debian package)"):
 //! `cargo deb` builds it, lintian has no errors, and in a throwaway Debian root (debootstrap'd
 //! here, imported with `docker import`) it installs, its unit verifies and is enabled, the
 //! binary runs, the config is a conffile, remove keeps config and state, purge drops them and
@@ -292,7 +292,7 @@ test ! -e /etc/systemd/system/multi-user.target.wants/acestream-agent.service &&
 }
 
 /// Under systemd (`JOURNAL_STREAM` naming our stderr) the agent logs to the journal, the
-/// seed's lines with their fields. Runs the packaged binary in the root with a real
+/// orchestrator's lines with their fields. Runs the packaged binary in the root with a real
 /// `systemd-journald`, the host's Docker socket mounted (so this is also the "agent in a
 /// container" case: the connection probe falls back to exec), cleaning a real engine.
 fn journald_gets_structured_cleanup_lines(root: &Rootfs) {

@@ -1,8 +1,8 @@
-//! Live sizes' sibling, disk pressure (SPEC §7), against real Docker and a real small
-//! filesystem: each test mounts its own tmpfs (the tests run as root), bind-mounts per-engine
-//! directories of it into fake engines as their caches, fills them from the host, and then pushes
-//! the free space of that filesystem below `pressure.min_free` in steps, asserting exactly which
-//! engines the agent cleans at each step.
+//! Live sizes' sibling, disk pressure (docs/cache-paths.md#disk-pressure), against real Docker and
+//! a real small filesystem: each test mounts its own tmpfs (the tests run as root), bind-mounts
+//! per-engine directories of it into fake engines as their caches, fills them from the host, and
+//! then pushes the free space of that filesystem below `pressure.min_free` in steps, asserting
+//! exactly which engines the agent cleans at each step.
 //!
 //! The tmpfs is a *host* filesystem here: what the agent must not watch are caches on a tmpfs
 //! *container* mount (`--tmpfs`, `--mount type=tmpfs`), which are memory inside the container.
@@ -102,10 +102,7 @@ impl Drop for Tmpfs {
 }
 
 fn statvfs(path: &Path) -> (u64, u64) {
-    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: plain C struct filled by the call.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0, "statvfs");
+    let s = rustix::fs::statvfs(path).expect("statvfs");
     (s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize)
 }
 
@@ -399,10 +396,10 @@ impl Drop for CrossingWatch {
 // Tests
 // ---------------------------------------------------------------------------------------------
 
-/// SPEC §7 on a 128 MiB filesystem with `min_free = "32MiB"` and the sweep and the
-/// stream-end cleanup off. Idle engines A (30 MiB), B (20 MiB, its cache at a label path on a
-/// mount of a parent directory) and C (10 MiB), and D, streaming, all on the tmpfs; E idle with
-/// 5 MiB on Docker's disk, which has plenty of room.
+/// Disk pressure (docs/cache-paths.md#disk-pressure) on a 128 MiB filesystem with
+/// `min_free = "32MiB"` and the sweep and the stream-end cleanup off. Idle engines A (30 MiB), B
+/// (20 MiB, its cache at a label path on a mount of a parent directory) and C (10 MiB), and D,
+/// streaming, all on the tmpfs; E idle with 5 MiB on Docker's disk, which has plenty of room.
 ///
 /// 1. D's stream writes free space below the threshold: A alone is cleaned (largest first, and
 ///    one is enough).
@@ -639,11 +636,11 @@ fn mount_of(path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// SPEC §7 "which disk": a bind mount is on its host source's filesystem, an anonymous volume
-/// on the filesystem of its directory under Docker's root, a cache with no mount on Docker's
-/// root filesystem; a tmpfs container mount (`--tmpfs` or `--mount type=tmpfs`) and `/dev/shm`
-/// are memory: `cache_mountpoint` is the tmpfs inside the container, `cache_medium` memory, and
-/// their series carry `medium="memory"` and the engine's labels.
+/// Which disk (docs/cache-paths.md#storage): a bind mount is on its host source's filesystem, an
+/// anonymous volume on the filesystem of its directory under Docker's root, a cache with no mount
+/// on Docker's root filesystem; a tmpfs container mount (`--tmpfs` or `--mount type=tmpfs`) and
+/// `/dev/shm` are memory: `cache_mountpoint` is the tmpfs inside the container, `cache_medium`
+/// memory, and their series carry `medium="memory"` and the engine's labels.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_mountpoint_is_the_host_filesystem_or_the_containers_tmpfs() {
     let case = unique_name("pressure-which-disk");
@@ -804,12 +801,12 @@ async fn cache_mountpoint_is_the_host_filesystem_or_the_containers_tmpfs() {
     agent.stop().await;
 }
 
-/// The cost of one episode (SPEC §7 measures the idle engines, then cleans largest first): ten
-/// idle engines of 2..20 MiB on one filesystem, free space 45 MiB below the threshold. The three
-/// largest (20 + 18 + 16 MiB) are enough: one measuring exec per idle engine plus one exec per
-/// cleanup, 13 in all, counted from Docker's own `exec_create` events. With
-/// `cleanup.method = "exec"`: the default reaches caches from the host and costs no exec at all
-/// (`pressure_episode_from_the_host_costs_no_exec`).
+/// The cost of one episode (docs/cache-paths.md#disk-pressure: the idle engines are measured, then
+/// cleaned largest first): ten idle engines of 2..20 MiB on one filesystem, free space 45 MiB below
+/// the threshold. The three largest (20 + 18 + 16 MiB) are enough: one measuring exec per idle
+/// engine plus one exec per cleanup, 13 in all, counted from Docker's own `exec_create` events.
+/// With `cleanup.method = "exec"`: the default reaches caches from the host and costs no exec at
+/// all (`pressure_episode_from_the_host_costs_no_exec`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pressure_episode_with_ten_idle_engines_costs_one_exec_each_plus_one_per_cleanup() {
     let per_engine = ten_engine_episode("pressure-cost", CacheMethod::Exec).await;
@@ -958,13 +955,13 @@ fn fill_in(e: &TestEngine, name: &str, bytes: u64) {
     ]);
 }
 
-/// SPEC §7, caches in memory, with the sweep and the stream-end cleanup off: A's tmpfs
-/// (`--mount type=tmpfs,tmpfs-size=64m`) filled to 94 % is below `min_free = 10%` of it and is
-/// cleaned by pressure alone, while B at 12 % of the same size is left alone; C's tmpfs has
-/// room, but its container (`--memory 128m`) uses more than `memory_high = 50%` of its limit
-/// with the cache charged to it, and is cleaned too, while D at 15 % is left. What the agent
-/// saw is in `/engines` (`cache_medium`, `cache_mountpoint`) and `/metrics` (the tmpfs's free
-/// space, the container's memory use and limit), and said in the log.
+/// Caches in memory (docs/cache-paths.md#caches-in-memory), with the sweep and the stream-end
+/// cleanup off: A's tmpfs (`--mount type=tmpfs,tmpfs-size=64m`) filled to 94 % is below
+/// `min_free = 10%` of it and is cleaned by pressure alone, while B at 12 % of the same size is
+/// left alone; C's tmpfs has room, but its container (`--memory 128m`) uses more than
+/// `memory_high = 50%` of its limit with the cache charged to it, and is cleaned too, while D at
+/// 15 % is left. What the agent saw is in `/engines` (`cache_medium`, `cache_mountpoint`) and
+/// `/metrics` (the tmpfs's free space, the container's memory use and limit), and said in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_caches_are_cleaned_by_pressure_on_their_tmpfs_and_their_memory_limit() {
     let case = unique_name("pressure-memory");
@@ -1127,7 +1124,7 @@ fn live_files(dir: &Path) -> BTreeMap<String, u64> {
 /// pieces; then the filesystem is pushed below `pressure.min_free` from outside the caches.
 /// Unopened: free space comes back above the threshold, the old pieces go oldest first, no
 /// file held open is gone, every client keeps receiving without a gap over a second, and the
-/// records say what was freed (the seed's fields untouched). Off: nothing of a busy engine is
+/// records say what was freed (the orchestrator's fields untouched). Off: nothing of a busy engine is
 /// touched, and the agent says pressure persists.
 async fn every_engine_busy(busy_files: acestream_agent::config::BusyFiles, method: CacheMethod) {
     use acestream_agent::config::BusyFiles;

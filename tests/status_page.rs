@@ -1,9 +1,9 @@
-//! The built-in status page (SPEC §6 `GET /`), rendered by a real browser: headless Chromium
-//! loads it from a running agent that watches two fake engines, and the test reads the DOM
-//! the page's script built from `/engines`. What no test agent's engines show (restarts hours
-//! ago, a quarantined engine, streams' peers and speeds, stalled streams, an engine's own cache
-//! limit, a Docker log Docker does not rotate) it renders from a crafted `/engines` body, served
-//! with the page.
+//! The built-in status page (`GET /`, README "HTTP endpoints"), rendered by a real browser:
+//! headless Chromium loads it from a running agent that watches two fake engines, and the test
+//! reads the DOM the page's script built from `/engines`. What no test agent's engines show
+//! (restarts hours ago, a quarantined engine, streams' peers and speeds, stalled streams, an
+//! engine's own cache limit, a Docker log Docker does not rotate) it renders from a crafted
+//! `/engines` body, served with the page.
 //!
 //! Needs Debian's `chromium` package; without it these tests fail and say so.
 
@@ -329,7 +329,7 @@ fn cards(dom: &str) -> Vec<Card> {
     out
 }
 
-/// SPEC §6 display rule for sizes, as the seed's examples show them: 1024-based, two
+/// The status page's display rule for sizes, as the orchestrator's examples show them: 1024-based, two
 /// decimals, `N/A` for null or 0.
 fn format_bytes(b: Option<u64>) -> String {
     let Some(b) = b.filter(|b| *b != 0) else {
@@ -468,7 +468,7 @@ async fn status_page_shows_one_card_per_engine_with_the_seed_rows() {
                 "Cache Cleanup:",
                 "Cache Size:"
             ],
-            "the seed's panel rows, in its order"
+            "the orchestrator's panel rows, in its order"
         );
         assert_eq!(
             card.row("endpoint"),

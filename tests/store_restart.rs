@@ -1,7 +1,7 @@
-//! The store across restarts (SPEC §5): what an engine has been through (last cleanup, size,
-//! counters, history) and the streams proxies reported survive a clean restart and `kill -9`
-//! in the middle of sweeps; a store that cannot be opened is refused by name and left as it
-//! was.
+//! The store across restarts (docs/architecture.md#store): what an engine has been through (last
+//! cleanup, size, counters, history) and the streams proxies reported survive a clean restart and
+//! `kill -9` in the middle of sweeps; a store that cannot be opened is refused by name and left as
+//! it was.
 //!
 //! The first test runs the agent in-process; the others spawn the real binary, because
 //! `kill -9` and exit codes only mean something for a process.
@@ -90,7 +90,11 @@ fn kept(engine: &Value) -> Value {
 fn sigkill(child: &mut Running) -> ExitStatus {
     use std::os::unix::process::ExitStatusExt;
     // SAFETY: plain kill(2) on the pid of a child we spawned and have not reaped yet.
-    let rc = unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGKILL) };
+    let rc = rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child.0),
+        rustix::process::Signal::KILL,
+    )
+    .map_or(-1, |()| 0);
     assert_eq!(rc, 0, "kill -9 failed");
     let status = child.0.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
@@ -349,7 +353,7 @@ async fn kill_9_during_a_sweep_loses_nothing_committed() {
             // at; from the host it lasts a few ms and too few kills would land in one. What is
             // under test (records committed or not) is the same either way.
             ("ACESTREAM_AGENT_CLEANUP__METHOD", "exec".to_string()),
-            // The seed's lines come after the one exec (an empty cache must leave none); the
+            // The orchestrator's lines come after the one exec (an empty cache must leave none); the
             // janitor's debug line marks where a cleanup begins.
             (
                 "RUST_LOG",

@@ -91,9 +91,9 @@ const SIZE_UNITS: &[(&[&str], u64)] = &[
 
 /// `"500MiB"`, `"5GiB"`, `"10KiB"`, `"1TiB"`, or plain bytes `"1024"`. Units are
 /// case-insensitive and always 1024-based, including `KB`/`MB`/`GB`/`TB` and `K`/`M`/`G`/`T`:
-/// SPEC says sizes are 1024-based, and the agent itself prints 1024-based sizes as "MB"/"GB",
-/// so reading "5GB" as anything else would disagree with our own logs. A fraction is allowed
-/// with a unit (`"1.5GiB"`) and rounded down to whole bytes.
+/// Config sizes are 1024-based (README "Configuration"), and the agent itself prints 1024-based
+/// sizes as "MB"/"GB", so reading "5GB" as anything else would disagree with our own logs. A
+/// fraction is allowed with a unit (`"1.5GiB"`) and rounded down to whole bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let text = s.trim();
     if text.is_empty() {

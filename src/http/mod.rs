@@ -1,5 +1,5 @@
-//! HTTP API (SPEC §6) on hyper 1.x: routing, the write-auth rule, the 64 KiB body limit and
-//! JSON errors, all mapped in one place (`error`). Reads are served from the pre-rendered
+//! HTTP API (README "HTTP endpoints") on hyper 1.x: routing, the write-auth rule, the 64 KiB body
+//! limit and JSON errors, all mapped in one place (`error`). Reads are served from the pre-rendered
 //! views; only `/engines/{id}/cleanups` reads the store, and writes go to the registry or the
 //! janitor.
 
@@ -37,7 +37,7 @@ use crate::shutdown::Shutdown;
 use crate::store::Store;
 use views::Rendered;
 
-/// SPEC §6: bodies over this get 413.
+/// Bodies over this get 413 (docs/safety.md#input-limits).
 pub const MAX_BODY: usize = 64 * 1024;
 /// A client that has not sent its headers by then is dropped (slow-loris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,9 +51,6 @@ pub const MAX_ID_LEN: usize = 512;
 pub const MAX_URL_LEN: usize = 1024;
 /// Longest `key_type` (`content_id`, `infohash`, `url`, ...).
 pub const MAX_KEY_TYPE_LEN: usize = 64;
-/// How long a `stream_started` answer waits for a cleanup of its engine that was already
-/// deleting when the stream arrived; see `stream_started`.
-const STREAM_ACK_WAIT: Duration = Duration::from_secs(30);
 /// How long a stream event for an engine not listed yet waits for Docker's answer: the
 /// orchestrator's proxy gives up after 3 s.
 const LOOKUP_WAIT: Duration = Duration::from_secs(2);
@@ -144,17 +141,11 @@ fn cleanup_error(e: CleanupError) -> Resp {
 /// can never take the descriptors the rest of the agent needs (they are cut after
 /// `HEADER_TIMEOUT` anyway).
 fn max_connections() -> usize {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills a local struct.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
-        r.rlim_cur
-    } else {
-        1024
-    };
-    (soft.saturating_sub(256) as usize).clamp(64, 16_384)
+    // `None` is no limit at all.
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    (soft.saturating_sub(256).min(16_384) as usize).max(64)
 }
 
 /// Accepts connections until shutdown, then lets in-flight requests finish.
@@ -234,8 +225,8 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         .and_then(|(_, v)| decode_segment(&v.replace('+', " ")))
 }
 
-/// SPEC §6: a token requires `Authorization: Bearer <token>`; without one, writes come only
-/// from loopback.
+/// docs/safety.md#http-writes: a token requires `Authorization: Bearer <token>`; without one,
+/// writes come only from loopback.
 fn authorize(req: &Request<Incoming>, peer: SocketAddr, token: Option<&str>) -> Result<(), Resp> {
     match token {
         Some(t) => {
@@ -395,7 +386,8 @@ fn bounded(field: &str, value: &str, max: usize) -> Result<(), String> {
     }
 }
 
-/// Parses and checks a `stream_started` body (SPEC "Stream events"). Pure, so it is fuzzed.
+/// Parses and checks a `stream_started` body (docs/deployments.md#stream-events-from-proxies).
+/// Pure, so it is fuzzed.
 pub fn parse_started(body: &[u8]) -> Result<StreamStart, String> {
     let b: StartedBody =
         serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
@@ -479,21 +471,8 @@ async fn stream_started(req: Request<Incoming>, state: &AppState) -> Resp {
     };
     match result {
         Ok(rec) => {
-            // The registry refuses to start a delete once it knows of a stream, but a delete
-            // it had already started when the stream arrived is running inside the container
-            // now. The answer waits for it: once a proxy is told "started", no cleanup is
-            // deleting that engine's cache.
-            let mut snapshots = state.registry.subscribe();
-            let id = rec.container_id.clone();
-            let _ = tokio::time::timeout(
-                STREAM_ACK_WAIT,
-                snapshots.wait_for(|s| {
-                    !s.engines
-                        .iter()
-                        .any(|e| e.engine.container_id == id && e.cleaning)
-                }),
-            )
-            .await;
+            // The registry answers only once no delete is running in the engine (see
+            // `registry::STREAM_ACK_WAIT`).
             views_caught_up(state).await;
             json_resp(StatusCode::OK, &rec)
         }

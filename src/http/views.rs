@@ -1,6 +1,6 @@
-//! Views rendered on change, not per request (STYLE §2): a task waits for a new registry
-//! snapshot, renders the `/engines` JSON and the `/metrics` text once, and publishes them as
-//! `Bytes`. Handlers clone the bytes; a burst of changes coalesces in the `watch` channel.
+//! Views rendered on change, not per request (docs/architecture.md#views): a task waits for a new
+//! registry snapshot, renders the `/engines` JSON and the `/metrics` text once, and publishes them
+//! as `Bytes`. Handlers clone the bytes; a burst of changes coalesces in the `watch` channel.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::model::{Engine, Snapshot};
 use crate::shutdown::Shutdown;
 
-/// The built-in status page (SPEC §6 `GET /`), self-contained.
+/// The built-in status page (`GET /`, README "HTTP endpoints"), self-contained.
 pub const STATUS_PAGE: &str = include_str!("status.html");
 
 #[derive(Debug, Default)]

@@ -138,7 +138,7 @@ pub async fn history(addr: SocketAddr, key: &str) -> Vec<Value> {
 /// A short stream on the engine `container_id`, through the event API: started, then ended.
 /// What a test does after writing into a cache behind the agent's back, as a real stream
 /// would: the sweep does not look again at a cache it found empty unless the engine has
-/// streamed since (SPEC §4).
+/// streamed since (docs/cache-paths.md#nothing-to-clean).
 pub async fn stream_visit(addr: SocketAddr, container_id: &str) {
     let stream_id = unique_name("visit");
     let started = serde_json::json!({
