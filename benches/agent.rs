@@ -18,8 +18,8 @@
 //! yardstick for reads, measured in the same run. Every figure is the median of several runs;
 //! the sweep is reported as ratios to its baselines measured in the same run.
 //!
-//! `tests/bench_smoke.rs` runs this file in smoke mode so the harness cannot rot.
-#![allow(dead_code)] // also compiled as a module of tests/bench_smoke.rs, without `main`
+//! `tests/it/bench_smoke.rs` runs this file in smoke mode so the harness cannot rot.
+#![allow(dead_code)] // also compiled as a module of tests/it/bench_smoke.rs, without `main`
 
 #[path = "../tests/common/mod.rs"]
 mod common;

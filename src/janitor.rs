@@ -883,7 +883,7 @@ mod tests {
     //! The registry and the janitor together, on a temp-dir store, in paused time, with the
     //! caches replaced by [`FakeCaches`]: every rule of when a cache is measured or cleaned,
     //! without Docker and without sleeping. What needs a real container (the host walk, the
-    //! exec script, the live-stream guard inside it) is proven by tests/janitor.rs.
+    //! exec script, the live-stream guard inside it) is proven by tests/it/janitor.rs.
 
     use super::*;
     use crate::model::{CacheChoice, CacheMedium, CachePathSource, DiscoveredEngine, Runtime};

@@ -10,7 +10,7 @@
 //! Every test runs its own agent in-process, restricted to engines carrying a label unique to
 //! the test, with the sweep and stream-end cleanups off (a pressure-only host).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -13,7 +13,7 @@
 //! person can act on, and they resolve when fixed. Then one agent dies: `up == 0` for that host
 //! only, the fleet panels keep the others, and AcestreamAgentDown reaches the receiver.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

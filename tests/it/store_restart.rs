@@ -6,7 +6,7 @@
 //! The first test runs the agent in-process; the others spawn the real binary, because
 //! `kill -9` and exit codes only mean something for a process.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@
 //! the shipped `dockerswarm_sd_configs` finds the node's agent and scrapes it. The system
 //! daemon is never made a swarm node; the private one is torn down whatever happens.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

@@ -4,7 +4,7 @@
 //! health check must reach the engine, and streams must be told apart by port when engines
 //! share one network namespace.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! host (`/proc/<pid>/root`, no exec: an engine whose `du` and shell hang is cleaned at once);
 //! without them it says so once in its log and cleans through `docker exec` instead.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-const UNIT: &str = include_str!("../packaging/acestream-agent.service");
+const UNIT: &str = include_str!("../../packaging/acestream-agent.service");
 const NOBODY: u32 = 65534;
 
 /// The capabilities of `key=` in the unit (`CAP_SYS_PTRACE` → `sys_ptrace`, setpriv's names).

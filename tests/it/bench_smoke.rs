@@ -2,7 +2,7 @@
 //! engines, 1 s loads, 2 files) against real Docker and checks it printed a complete table.
 //! No timing assertions: this machine's figures are in BENCHMARKS.md.
 
-#[path = "../benches/agent.rs"]
+#[path = "../../benches/agent.rs"]
 mod bench;
 
 #[test]

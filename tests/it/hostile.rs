@@ -3,7 +3,7 @@
 //! stream ids, bad config values, odd label values. Each case gets the right 4xx (or exit 2), the
 //! agent stays responsive (a `/healthz` timed during the attack) and nothing changes.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;

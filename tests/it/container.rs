@@ -9,7 +9,7 @@
 //! default bridge, another project's network, the host's network); on a network of its own it
 //! says once which network mode it needs.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@
 //! agent in-process on a multi-threaded runtime so the harness's blocking `docker` calls never
 //! stall it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

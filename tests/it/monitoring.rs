@@ -16,7 +16,7 @@
 //!
 //! Needs `promtool` and `prometheus` (Debian package `prometheus`; `.ci/run` installs it).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;

@@ -8,7 +8,7 @@
 //! in-process on a multi-threaded runtime, so the blocking `docker` CLI calls of the harness
 //! never stall it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@
 //! Prometheus. Real fake engines (`/ace/stat/<infohash>/<session>` answers what the test wrote
 //! into the container), agents in-process.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

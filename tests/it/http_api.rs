@@ -2,7 +2,7 @@
 //! every endpoint with its status codes and bodies, the write-auth rule, and what the agent does
 //! with bodies and paths it must refuse.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;

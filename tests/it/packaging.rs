@@ -8,7 +8,7 @@
 //! One test builds the package once and walks through all of it, because the release build
 //! and the root file system are the slow parts (about 2 and 0.5 minutes).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

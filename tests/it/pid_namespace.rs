@@ -4,7 +4,7 @@
 //! and do both through `docker exec`: a viewer is still seen, a cache still cleaned, and nothing
 //! is read or deleted through a process that is not the engine.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! shared harness in tests/common. The agent's integration tests trust both,
 //! so each behaviour they rely on is pinned down here first.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
 //! agent in-process. Times are short (`heal.after` 2 s, a probe a second that times out after
 //! one) so a whole quarantine takes about twenty seconds.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

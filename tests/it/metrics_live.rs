@@ -3,7 +3,7 @@
 //!
 //! Needs `promtool` (Debian package `prometheus`); without it these tests fail and say so.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

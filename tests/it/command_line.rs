@@ -4,7 +4,7 @@
 //! `@file`), images that keep their state under `$HOME`, in `/dev/shm`, or behind a symlink, and
 //! flag values that are refused.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! Every test runs its own agent in-process, restricted to engines carrying a label unique to
 //! the test, so tests running in parallel never see each other's engines.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //!
 //! Needs Debian's `chromium` package; without it these tests fail and say so.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -67,7 +67,7 @@ async fn serve_page_with(engines: &Value) -> SocketAddr {
                     "/" => (
                         "200 OK",
                         "text/html; charset=utf-8",
-                        include_str!("../src/http/status.html").to_string(),
+                        include_str!("../../src/http/status.html").to_string(),
                     ),
                     "/engines" => ("200 OK", "application/json", engines),
                     _ => ("404 Not Found", "text/plain", "not found".to_string()),
@@ -883,7 +883,7 @@ async fn status_page_screenshot_is_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn display_rules_format_sizes_and_times_as_the_seed() {
     // The page's own formatBytes/timeAgo, evaluated by Chromium on a copy of the page.
-    let page = include_str!("../src/http/status.html");
+    let page = include_str!("../../src/http/status.html");
     let probe = r#"<pre id="rules"></pre>
 <script>
 (function () {

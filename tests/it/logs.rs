@@ -2,7 +2,7 @@
 //! 12-character id and 1024-based two-decimal sizes, written to stderr when not run by
 //! systemd. Runs the real binary, as an operator would, against a real engine.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
