@@ -1343,16 +1343,16 @@ fn bench_stats(
 }
 
 /// What a pass of disk pressure with every engine busy costs before it deletes anything: the
-/// open files of every process of each engine's container (`busyfiles::Cache::open_inodes`,
+/// open files of every process of each engine's container (`cache::busy::Cache::open_inodes`,
 /// what is read again before each delete) and the listing of its cache, for a large host's
 /// engines, through the library in this process (root, as the agent's unit grants it).
 fn bench_fd_walk(p: &Params, engines: &[TestEngine], table: &mut Table) {
     let n = engines.len();
     eprintln!("bench: fd walk");
-    let caches: Vec<acestream_agent::busyfiles::Cache> = engines
+    let caches: Vec<acestream_agent::cache::busy::Cache> = engines
         .iter()
         .filter_map(|e| {
-            acestream_agent::busyfiles::Cache::open(e.pid(), &e.id, DEFAULT_CACHE_DIR)
+            acestream_agent::cache::busy::Cache::open(e.pid(), &e.id, DEFAULT_CACHE_DIR)
                 .ok()
                 .flatten()
         })

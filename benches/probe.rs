@@ -25,8 +25,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use acestream_agent::activity;
+use acestream_agent::container::{procfs, procnet};
 use acestream_agent::stuck::{Call, Guarded};
-use acestream_agent::{activity, procfs, procnet};
 use common::*;
 
 const RUNS: usize = 5;

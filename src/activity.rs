@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use crate::container::{procfs, procnet};
 use crate::docker::DockerClient;
+use crate::logging;
 use crate::metrics::{CacheAccess, Metrics};
 use crate::model::{id12, EngineState};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::stuck::{Call, Guarded};
-use crate::{logging, procfs, procnet};
 
 pub const CONN_PREFIX: &str = "conn:";
 

@@ -47,14 +47,6 @@ const MAX_CONCURRENCY: i128 = 64;
 /// `/engines/{id}/cleanups`, so it must stay small.
 const MAX_HISTORY_PER_ENGINE: i128 = 100_000;
 
-/// Top-level directories that must never be a cache path: clearing "the contents of the cache
-/// directory" there would wipe the container's system. Only the directories themselves are
-/// refused; anything below them (e.g. `/root/.ACEStream/...`, `/dev/shm/...`) is fine.
-const SYSTEM_DIRS: &[&str] = &[
-    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
-    "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
-];
-
 /// What `section!` records about a section's keys besides their serde definitions.
 struct Keys {
     /// In declaration order, which is the order `check-config` prints them in.
@@ -209,7 +201,7 @@ section! {
         /// Delay after the last stream ends; `None` = `"off"`.
         #[serde(with = "duration_or_off")]
         pub idle_grace: Option<Duration> = Some(Duration::from_secs(5)),
-        /// Already checked by [`validate_cache_path`].
+        /// Already checked by [`crate::cache::path::validate_cache_path`].
         #[serde(deserialize_with = "cache_path")]
         pub cache_path: String = "/home/appuser/.ACEStream/.acestream_cache".into();
             env = verbatim,
@@ -811,7 +803,9 @@ fn advertise_host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 fn cache_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    read(d, |p: String| validate_cache_path(&p).map(|()| p))
+    read(d, |p: String| {
+        crate::cache::path::validate_cache_path(&p).map(|()| p)
+    })
 }
 
 fn docker_root<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
@@ -1163,47 +1157,8 @@ impl fmt::Display for MinFree {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cache paths, hostname
+// Hostname
 // ---------------------------------------------------------------------------------------------
-
-/// The cache-path rule (docs/cache-paths.md#validation), for `cleanup.cache_path` and for
-/// `acestream.cache_path` container labels: non-empty, absolute, normalised (no `.`/`..` segments,
-/// no `//`, no trailing `/`), no control characters, not `/` and not a top-level system directory.
-pub fn validate_cache_path(p: &str) -> Result<(), String> {
-    if p.is_empty() {
-        return Err("cache path must not be empty".into());
-    }
-    if p.chars().any(char::is_control) {
-        return Err(format!(
-            "cache path must not contain control characters: {p:?}"
-        ));
-    }
-    if !p.starts_with('/') {
-        return Err(format!("cache path must be absolute: {p:?}"));
-    }
-    if p == "/" {
-        return Err("cache path must not be the root directory \"/\"".into());
-    }
-    if p.contains("//") {
-        return Err(format!("cache path must be normalised (no \"//\"): {p:?}"));
-    }
-    if p.ends_with('/') {
-        return Err(format!(
-            "cache path must be normalised (no trailing \"/\"): {p:?}"
-        ));
-    }
-    if p.split('/').any(|part| part == "." || part == "..") {
-        return Err(format!(
-            "cache path must be normalised (no \".\" or \"..\" segments): {p:?}"
-        ));
-    }
-    if SYSTEM_DIRS.contains(&p) {
-        return Err(format!(
-            "cache path must not be a top-level system directory: {p:?}"
-        ));
-    }
-    Ok(())
-}
 
 /// The machine's hostname (default `discovery.advertise_host`), "localhost" if unavailable.
 pub fn hostname() -> String {

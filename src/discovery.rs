@@ -18,11 +18,11 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::cachepath;
-use crate::cmdline::{self, EngineArgs};
+use crate::cache;
 use crate::config::{Config, LabelMatch};
+use crate::container::cmdline::{self, EngineArgs};
+use crate::container::inside;
 use crate::docker::{DockerClient, DockerError};
-use crate::inside;
 use crate::logging;
 use crate::model::{CacheChoice, DiscoveredEngine, Mount, MountKind, NetMode, Runtime};
 use crate::registry::CACHE_PATH_LABEL;
@@ -674,7 +674,7 @@ impl Inspector {
                 (args, None, true, false)
             }
         };
-        let mut inputs = cachepath::Inputs {
+        let mut inputs = cache::path::Inputs {
             label,
             args: args.clone(),
             config_path: self.default_cache_path.clone(),
@@ -682,7 +682,7 @@ impl Inspector {
                 .or(env_home)
                 .or_else(|| root_user.then(|| "/root".to_string())),
         };
-        let mut q = cachepath::questions(&inputs);
+        let mut q = cache::path::questions(&inputs);
         let facts = if from_host {
             let (id, q2) = (id.clone(), q.clone());
             let work = tokio::task::spawn_blocking(move || {
@@ -701,7 +701,7 @@ impl Inspector {
                 Some((f, exec_home)) if inputs.home.is_none() && exec_home.is_some() => {
                     // The user's home, known only inside: the questions change with it.
                     inputs.home = exec_home;
-                    q = cachepath::questions(&inputs);
+                    q = cache::path::questions(&inputs);
                     self.exec_survey(&id, &q).await.map(|(f, _)| f).or(Some(f))
                 }
                 Some((f, _)) => Some(f),
@@ -710,10 +710,10 @@ impl Inspector {
         };
         let asked = facts.is_some();
         let (mut cache, settled_cache) =
-            cachepath::choose(&inputs, &q, &facts.unwrap_or_default(), &mounts_of(c));
+            cache::path::choose(&inputs, &q, &facts.unwrap_or_default(), &mounts_of(c));
         if let Some(b) = before.filter(|b| b.cache_settled) {
             let now = cache.path.clone();
-            cache = cachepath::keep_resolution(&b.cache, cache);
+            cache = cache::path::keep_resolution(&b.cache, cache);
             if cache.path != now {
                 debug!(container_id = %short, cache_path = %cache.path, resolves_now_to = %now,
                     "the cache path resolves elsewhere than at discovery; keeping the path discovered");
@@ -793,8 +793,8 @@ impl Inspector {
     async fn exec_survey(
         &self,
         id: &str,
-        q: &cachepath::Questions,
-    ) -> Option<(cachepath::Facts, Option<String>)> {
+        q: &cache::path::Questions,
+    ) -> Option<(cache::path::Facts, Option<String>)> {
         let argv = inside::survey_argv(q);
         match self.docker.exec(id, &argv, self.exec_timeout, |_| {}).await {
             Ok(out) => inside::parse_survey(q, &out.stdout),

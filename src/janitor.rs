@@ -11,7 +11,7 @@
 //! of disk pressure and the connection probe; a hung exec is Docker's to ask about.
 //!
 //! How a cache is reached (`cleanup.method`): from the host through `/proc/<pid>/root`
-//! (`hostfs`, no exec: Docker's daemons spend nothing on a sweep that finds empty caches),
+//! (`cache::host`, no exec: Docker's daemons spend nothing on a sweep that finds empty caches),
 //! else, per cache and whenever the host cannot (no privilege, pid not verifiable), the fixed
 //! script of `cache.rs` by `docker exec`. Both give the same [`Outcome`].
 
@@ -26,11 +26,9 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
 use crate::activity::ProbePorts;
-use crate::busyfiles;
-use crate::cache::{self, Mode, Outcome, Sizes};
+use crate::cache::{self, busy, host, Mode, Outcome, Sizes};
 use crate::config::CacheMethod;
 use crate::docker::{DockerClient, DockerError};
-use crate::hostfs;
 use crate::logging;
 use crate::metrics::{CacheAccess, Metrics};
 use crate::model::{id12, CleanupRecord, EngineState, Trigger};
@@ -244,7 +242,7 @@ impl Janitor {
                     self.inner.metrics.count_cache_access(CacheAccess::Host);
                     return outcome;
                 }
-                Err(hostfs::Unavailable(why)) => logging::host_fallback(
+                Err(host::Unavailable(why)) => logging::host_fallback(
                     &self.inner.fallback_said,
                     id,
                     "reach this engine's cache",
@@ -252,7 +250,8 @@ impl Janitor {
                 ),
             }
         }
-        let argv = cache::guarded_argv(&e.engine.cache_path, mode, e.runtime.container_port, &own);
+        let argv =
+            cache::exec::guarded_argv(&e.engine.cache_path, mode, e.runtime.container_port, &own);
         let mut exec_id = None;
         let r = self
             .inner
@@ -263,7 +262,7 @@ impl Janitor {
             .await;
         self.inner.metrics.count_cache_access(CacheAccess::Exec);
         match r {
-            Ok(out) => cache::parse(out.exit_code, &out.stdout, &out.stderr),
+            Ok(out) => cache::exec::parse(out.exit_code, &out.stdout, &out.stderr),
             Err(err) => {
                 if let (DockerError::ExecTimeout { .. }, Some(x)) = (&err, exec_id) {
                     self.inner
@@ -280,14 +279,14 @@ impl Janitor {
         }
     }
 
-    /// The host path (`hostfs`) off the async threads, bounded by the same deadline as an
+    /// The host path (`cache::host`) off the async threads, bounded by the same deadline as an
     /// exec. `Unavailable` means nothing was done and the exec should run instead.
     async fn run_on_host(
         &self,
         e: &EngineState,
         mode: Mode,
         own: Vec<u16>,
-    ) -> Result<Outcome, hostfs::Unavailable> {
+    ) -> Result<Outcome, host::Unavailable> {
         let cancel = Arc::new(AtomicBool::new(false));
         let work = self.host_walk(e, mode, own, cancel.clone());
         // Past the deadline the walk is told to stop: nothing is deleted after the janitor
@@ -319,7 +318,7 @@ impl Janitor {
         mode: Mode,
         own: Vec<u16>,
         stop: Arc<AtomicBool>,
-    ) -> Box<dyn FnOnce() -> Result<Outcome, hostfs::Unavailable> + Send> {
+    ) -> Box<dyn FnOnce() -> Result<Outcome, host::Unavailable> + Send> {
         #[cfg(test)]
         if let Reach::FakeWalk(walk) = &self.inner.reach {
             let walk = walk.clone();
@@ -333,7 +332,7 @@ impl Janitor {
             e.runtime.container_port,
         );
         Box::new(move || {
-            let t = hostfs::Target {
+            let t = host::Target {
                 pid,
                 container_id: &id,
                 cache_path: &path,
@@ -341,7 +340,7 @@ impl Janitor {
                 own_ports: &own,
                 cancel: &stop,
             };
-            hostfs::run(&t, mode)
+            host::run(&t, mode)
         })
     }
 
@@ -688,7 +687,7 @@ impl Janitor {
 
     /// Disk pressure with no idle engine left on a filesystem (`stat_path` reads it): deletes
     /// cache files of the busy `engines` that no process of their container holds open, oldest
-    /// first, until the space available is back at `threshold` (`busyfiles`). From the host
+    /// first, until the space available is back at `threshold` (`cache::busy`). From the host
     /// through the containers' roots, else by the fixed script in each container. One
     /// `pressure_busy` record for each engine that lost files; the orchestrator's per-engine lines are
     /// not logged (no cache was cleared), the caller says what the pass did in one line.
@@ -736,13 +735,13 @@ impl Janitor {
                 let mut caches = vec![];
                 let mut unavailable = vec![];
                 for (pid, id, path) in &wanted {
-                    match busyfiles::Cache::open(*pid, id, path) {
+                    match busy::Cache::open(*pid, id, path) {
                         Ok(Some(c)) => caches.push(c),
                         Ok(None) => {}
                         Err(why) => unavailable.push((id.clone(), why.0)),
                     }
                 }
-                let got = busyfiles::free(&caches, busyfiles::Cache::open_inodes, enough, &cancel);
+                let got = busy::free(&caches, busy::Cache::open_inodes, enough, &cancel);
                 let got: Vec<(String, u64, u64)> = caches
                     .iter()
                     .zip(got)
@@ -792,7 +791,7 @@ impl Janitor {
             if avail >= threshold {
                 break;
             }
-            let argv = busyfiles::exec_argv(&e.engine.cache_path, threshold - avail);
+            let argv = busy::exec_argv(&e.engine.cache_path, threshold - avail);
             let id = &e.engine.container_id;
             let r = self
                 .inner
@@ -800,7 +799,7 @@ impl Janitor {
                 .exec(id, &argv, self.inner.exec_timeout, |_| {})
                 .await;
             self.inner.metrics.count_cache_access(CacheAccess::Exec);
-            match r.ok().and_then(|o| busyfiles::parse_exec(&o.stdout)) {
+            match r.ok().and_then(|o| busy::parse_exec(&o.stdout)) {
                 Some((n, b)) => freed.push((id.clone(), e.engine.container_name.clone(), n, b)),
                 None => debug!(container_id = %e.id12(), "the busy-files script failed"),
             }

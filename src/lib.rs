@@ -18,39 +18,33 @@
 //! holds engine state. `run` takes an already bound listener and a shutdown future so tests
 //! start the agent in-process on `127.0.0.1:0`.
 
+// Public: what `main.rs`, the integration tests and the benchmarks use. The rest is private to
+// the crate, so an item nothing uses is a warning rather than an API.
 pub mod activity;
-pub mod backoff;
-pub mod busyfiles;
+mod backoff;
 pub mod cache;
-pub mod cachepath;
 pub mod cli;
-pub mod cmdline;
 pub mod config;
-pub mod discovery;
+pub mod container;
+mod discovery;
 pub mod docker;
 pub mod heal;
-pub mod health;
-pub mod hostfs;
+mod health;
 pub mod http;
-pub mod inside;
 pub mod janitor;
 pub mod logging;
 pub mod metrics;
 pub mod model;
-pub mod mountinfo;
-pub mod notify;
-pub mod pressure;
-pub mod procfs;
-pub mod procnet;
-pub mod reach;
+mod notify;
+mod pressure;
+mod reach;
 pub mod registry;
 pub mod selfcheck;
-pub mod shutdown;
-pub mod stats;
+mod shutdown;
+mod stats;
 pub mod store;
-pub mod streams;
 pub mod stuck;
-pub mod whereami;
+mod whereami;
 
 use std::collections::HashSet;
 use std::future::Future;

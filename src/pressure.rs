@@ -32,17 +32,18 @@ use chrono::Utc;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use crate::cachepath;
+use crate::cache;
 use crate::config::{BusyFiles, MinFree};
+use crate::container::inside;
+use crate::container::mountinfo::{below, holding};
+pub use crate::container::mountinfo::{parse_mountinfo, MountEntry};
 use crate::docker::DockerClient;
-use crate::inside;
 use crate::janitor::{CleanupError, Janitor};
 use crate::logging;
 use crate::model::{
     id12, CacheMedium, EngineState, Filesystem, MemoryUse, Mount, MountKind, Snapshot, Timestamp,
     Trigger,
 };
-pub use crate::mountinfo::{parse_mountinfo, MountEntry};
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::stuck::{Call, Guarded};
@@ -64,21 +65,6 @@ const MOUNTINFO: &str = "/proc/self/mountinfo";
 // Pure parts: mount resolution, threshold, plan
 // ---------------------------------------------------------------------------------------------
 
-/// The part of `path` below `prefix`, component-wise (`/a/b` is below `/a`, `/ab` is not);
-/// `""` when they are equal.
-fn below<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
-    let prefix = prefix.trim_end_matches('/');
-    if prefix.is_empty() {
-        return path.strip_prefix('/');
-    }
-    let rest = path.strip_prefix(prefix)?;
-    if rest.is_empty() {
-        Some("")
-    } else {
-        rest.strip_prefix('/')
-    }
-}
-
 fn join(base: &str, rest: &str) -> String {
     if rest.is_empty() {
         base.to_string()
@@ -92,11 +78,7 @@ fn join(base: &str, rest: &str) -> String {
 /// root directory. `None` when the cache is memory (a tmpfs mount, or `/dev`, a tmpfs in every
 /// container) or on no host path the agent can read (a volume without a host directory).
 pub fn host_path(cache_path: &str, mounts: &[Mount], docker_root: Option<&str>) -> Option<String> {
-    let best = mounts
-        .iter()
-        .filter_map(|m| below(cache_path, &m.destination).map(|rest| (m, rest)))
-        .max_by_key(|(m, _)| m.destination.trim_end_matches('/').len());
-    match best {
+    match holding(cache_path, mounts, |m| m.destination.as_str()) {
         Some((m, rest)) => match m.kind {
             MountKind::Bind | MountKind::Volume if m.source.starts_with('/') => {
                 Some(join(&m.source, rest))
@@ -114,11 +96,7 @@ pub fn host_path(cache_path: &str, mounts: &[Mount], docker_root: Option<&str>) 
 /// shortest if several) so that bind mounts of one disk count once, and the path to statvfs
 /// (the visible mount itself). `None` if no mount holds it.
 pub fn filesystem_of(path: &str, entries: &[MountEntry]) -> Option<(String, String)> {
-    let (_, e) = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| below(path, &e.mountpoint).is_some())
-        .max_by_key(|(i, e)| (e.mountpoint.trim_end_matches('/').len(), *i))?;
+    let (e, _) = holding(path, entries, |e| e.mountpoint.as_str())?;
     let name = entries
         .iter()
         .filter(|o| o.dev == e.dev)
@@ -468,7 +446,7 @@ impl Worker {
                 e.cache_path_error.is_none() && e.engine.cache_medium == CacheMedium::Memory
             })
             .map(|e| {
-                let mp = cachepath::tmpfs_of(&e.engine.cache_path, &e.runtime.mounts);
+                let mp = cache::path::tmpfs_of(&e.engine.cache_path, &e.runtime.mounts);
                 (e, mp)
             })
             .collect();
@@ -886,16 +864,6 @@ mod tests {
     }
 
     const CACHE: &str = "/home/appuser/.ACEStream/.acestream_cache";
-
-    #[test]
-    fn below_is_component_wise() {
-        assert_eq!(below("/a/b", "/a"), Some("b"));
-        assert_eq!(below("/a/b", "/a/"), Some("b"));
-        assert_eq!(below("/a", "/a"), Some(""));
-        assert_eq!(below("/ab", "/a"), None);
-        assert_eq!(below("/a/b", "/"), Some("a/b"));
-        assert_eq!(below("/a/b/c", "/a/b"), Some("c"));
-    }
 
     #[test]
     fn cache_on_a_bind_mount_is_on_its_host_source() {

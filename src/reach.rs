@@ -18,10 +18,11 @@ use std::time::Duration;
 use bollard::models::ContainerInspectResponse;
 use tracing::{debug, info, warn};
 
+use crate::activity;
+use crate::container::{procfs, procnet};
 use crate::docker::DockerClient;
 use crate::logging::SaidOnce;
 use crate::model::{id12, EngineState};
-use crate::{activity, procfs, procnet};
 
 /// The network the agent runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]

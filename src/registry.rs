@@ -6,6 +6,8 @@
 //! never decides *when* to clean. The idle re-check before deleting (`BeginDelete`) happens
 //! here so that no stream event can slip between the check and the delete.
 
+mod streams;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use crate::model::{
 };
 use crate::shutdown::Shutdown;
 use crate::store::{Batch, PersistedEngine, Store};
-use crate::streams::StreamTable;
+use streams::StreamTable;
 
 /// Label that overrides `cleanup.cache_path` for one container (docs/cache-paths.md#order).
 pub const CACHE_PATH_LABEL: &str = "acestream.cache_path";

@@ -14,6 +14,8 @@
 //! go on writing. `du -sb` is tried first; busybox has no `-b`, so `du -sk` × 1024 is the
 //! fallback.
 
+use super::{Mode, Outcome, Sizes};
+
 /// `$1` path, `$2` mode (`measure` | `clear`), `$3` min bytes: a cache smaller than that is
 /// measured but kept, `$4` the engine's HTTP port inside the container (0: no guard), `$5` the
 /// remote ports (space-separated) of the agent's own health checks, which are no client. Output
@@ -80,17 +82,9 @@ echo "after $a"
 exit $rc
 "#;
 
-/// What the script is asked to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Measure only (read-only; busy engines too).
-    Measure,
-    /// Measure, delete the directory's contents unless below `min_bytes`, measure again.
-    Clear { min_bytes: u64 },
-}
-
 /// argv for `docker exec`: `sh -c SCRIPT sh PATH MODE MIN_BYTES 0`, without the live-stream
-/// guard (see [`guarded_argv`]).
+/// guard (see [`guarded_argv`]): the script's own tests run it so.
+#[cfg(test)]
 pub fn argv(path: &str, mode: Mode) -> Vec<String> {
     guarded_argv(path, mode, 0, &[])
 }
@@ -112,36 +106,6 @@ pub fn guarded_argv(path: &str, mode: Mode, engine_port: u16, own_ports: &[u16])
         .into_iter()
         .map(String::from)
         .collect()
-}
-
-/// Sizes one run found. A missing directory is size 0, not an error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sizes {
-    pub before: u64,
-    /// Size after deleting; `None` when nothing was deleted (measure mode, or below
-    /// `min_bytes`).
-    pub after: Option<u64>,
-}
-
-/// The script's verdict on one run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Done(Sizes),
-    /// Nothing to clean: the directory is missing (`before` 0) or holds no entries (`before`
-    /// is the directory's own size). Nothing was deleted, in either mode.
-    Empty {
-        before: u64,
-    },
-    /// Measured (`before`), then nothing deleted: a client was connected to the engine's port
-    /// right before the delete. The engine is busy, not failing.
-    Busy {
-        before: u64,
-    },
-    /// The script refused or failed; `before` is set when it got as far as measuring.
-    Failed {
-        before: Option<u64>,
-        reason: String,
-    },
 }
 
 /// Interprets the exit code and output of one run of the script.

@@ -1,6 +1,6 @@
 //! One container's `/proc/<pid>`, seen from the host: opened once, checked to be the
 //! container's, and every later read relative to that handle. The janitor's host path
-//! (`hostfs`), discovery's reads inside the container (`inside`), disk pressure's memory caches
+//! (`cache::host`), discovery's reads inside the container (`inside`), disk pressure's memory caches
 //! and the connection probe (`activity`) all go through it.
 //!
 //! Why a handle and not paths: the pid is Docker's for that container, but a pid is reused
@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::{openat, Dir, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
-use crate::procnet;
+use crate::container::procnet;
 
 /// One container's `/proc/<pid>`, opened once and checked to be the container's (its cgroup
 /// names it). Every later read goes through this handle: a pid reused meanwhile cannot

@@ -68,7 +68,7 @@ fn size_value(value: &str, unit: u64) -> Option<u64> {
 
 /// Stands for a part of a word whose value cannot be known without running the shell (a
 /// command substitution, a variable the environment given does not hold): a flag value that
-/// contains it is not a path the agent may use (`cachepath` refuses it).
+/// contains it is not a path the agent may use (`cache::path` refuses it).
 pub const UNKNOWN: char = '\u{0}';
 
 /// Variables the shell sets itself.
@@ -581,7 +581,8 @@ pub fn image_argv(entrypoint: &[String], cmd: &[String]) -> Vec<String> {
 /// process first, then its children, breadth first): the last process whose words, with
 /// `@file`s expanded by `read`, name a flag, because wrappers (init, shells, `start-engine`)
 /// pass their arguments down and the deepest one is what really runs. `None` when no process
-/// names one.
+/// names one. Discovery calls [`pick_engine`], which also says which process it was.
+#[cfg(test)]
 pub fn from_processes(
     processes: &[Process],
     read: &mut dyn FnMut(&str) -> Option<String>,
@@ -603,7 +604,9 @@ pub fn pick_engine(
 }
 
 /// The engine's flags from the image's `Entrypoint` + `Cmd`, `${VAR}` expanded from the
-/// container's `Env` (the fallback where the host's /proc is not visible).
+/// container's `Env` (the fallback where the host's /proc is not visible). Discovery composes
+/// the same steps itself, as it also keeps the expanded words.
+#[cfg(test)]
 pub fn from_image(
     entrypoint: &[String],
     cmd: &[String],

@@ -12,9 +12,56 @@
 //! is refused, though `/etc/.acestream_cache` would pass), and again once symlinks are
 //! resolved inside the container's root: what is cleaned is the resolved path.
 
-use crate::cmdline::EngineArgs;
-use crate::config::validate_cache_path;
+use crate::container::cmdline::EngineArgs;
+use crate::container::mountinfo::holding;
 use crate::model::{CacheChoice, CacheMedium, CachePathSource, Mount, MountKind};
+
+/// Top-level directories that must never be a cache path: clearing "the contents of the cache
+/// directory" there would wipe the container's system. Only the directories themselves are
+/// refused; anything below them (e.g. `/root/.ACEStream/...`, `/dev/shm/...`) is fine.
+const SYSTEM_DIRS: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
+    "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+];
+
+/// The cache-path rule (docs/cache-paths.md#validation), for `cleanup.cache_path` and for
+/// `acestream.cache_path` container labels: non-empty, absolute, normalised (no `.`/`..` segments,
+/// no `//`, no trailing `/`), no control characters, not `/` and not a top-level system directory.
+pub fn validate_cache_path(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("cache path must not be empty".into());
+    }
+    if p.chars().any(char::is_control) {
+        return Err(format!(
+            "cache path must not contain control characters: {p:?}"
+        ));
+    }
+    if !p.starts_with('/') {
+        return Err(format!("cache path must be absolute: {p:?}"));
+    }
+    if p == "/" {
+        return Err("cache path must not be the root directory \"/\"".into());
+    }
+    if p.contains("//") {
+        return Err(format!("cache path must be normalised (no \"//\"): {p:?}"));
+    }
+    if p.ends_with('/') {
+        return Err(format!(
+            "cache path must be normalised (no trailing \"/\"): {p:?}"
+        ));
+    }
+    if p.split('/').any(|part| part == "." || part == "..") {
+        return Err(format!(
+            "cache path must be normalised (no \".\" or \"..\" segments): {p:?}"
+        ));
+    }
+    if SYSTEM_DIRS.contains(&p) {
+        return Err(format!(
+            "cache path must not be a top-level system directory: {p:?}"
+        ));
+    }
+    Ok(())
+}
 
 /// The cache directory below an engine's state directory.
 pub const CACHE_DIR: &str = ".acestream_cache";
@@ -78,9 +125,9 @@ fn join(dir: &str, name: &str) -> String {
 /// is relative (relative to the engine's working directory, which the image's `WorkingDir`
 /// need not be: `--cache-dir .` could be the engine's own install).
 fn flag_path(flag: &str, value: &str) -> Result<String, String> {
-    let shown = value.replace(crate::cmdline::UNKNOWN, "…");
+    let shown = value.replace(crate::container::cmdline::UNKNOWN, "…");
     let invalid = |m: String| format!("invalid {flag} on the engine's command line: {m}");
-    if value.contains(crate::cmdline::UNKNOWN) {
+    if value.contains(crate::container::cmdline::UNKNOWN) {
         return Err(invalid(format!(
             "{shown:?} is computed by the shell when the engine starts; name the cache with the \
              acestream.cache_path label"
@@ -208,7 +255,7 @@ pub fn choose(i: &Inputs, q: &Questions, f: &Facts, mounts: &[Mount]) -> (CacheC
             };
             let named = named
                 .unwrap_or_default()
-                .replace(crate::cmdline::UNKNOWN, "…");
+                .replace(crate::container::cmdline::UNKNOWN, "…");
             return (
                 CacheChoice {
                     written: named.clone(),
@@ -328,15 +375,7 @@ pub fn keep_resolution(first: &CacheChoice, again: CacheChoice) -> CacheChoice {
 /// (the longest destination holding it; a bind of the host's `/dev/shm` counts), else
 /// `/dev/shm` or `/dev`, which Docker mounts as tmpfs in every container.
 pub fn tmpfs_of(path: &str, mounts: &[Mount]) -> String {
-    let holds = |dest: &str| {
-        let d = dest.trim_end_matches('/');
-        d.is_empty() || path == d || path.starts_with(&format!("{d}/"))
-    };
-    if let Some(m) = mounts
-        .iter()
-        .filter(|m| holds(&m.destination))
-        .max_by_key(|m| m.destination.trim_end_matches('/').len())
-    {
+    if let Some((m, _)) = holding(path, mounts, |m| m.destination.as_str()) {
         return m.destination.trim_end_matches('/').to_string();
     }
     if path == "/dev/shm" || path.starts_with("/dev/shm/") {
@@ -350,16 +389,8 @@ pub fn tmpfs_of(path: &str, mounts: &[Mount]) -> String {
 /// tmpfs, or a bind of a tmpfs of the host (`/dev/shm`), or, with no mount holding it, it lies
 /// under `/dev`, which Docker mounts as a tmpfs in every container (and `/dev/shm` with it).
 pub fn medium(path: &str, mounts: &[Mount]) -> CacheMedium {
-    let below = |dest: &str| {
-        let d = dest.trim_end_matches('/');
-        d.is_empty() || path == d || path.starts_with(&format!("{d}/"))
-    };
-    let best = mounts
-        .iter()
-        .filter(|m| below(&m.destination))
-        .max_by_key(|m| m.destination.trim_end_matches('/').len());
-    let memory = match best {
-        Some(m) => {
+    let memory = match holding(path, mounts, |m| m.destination.as_str()) {
+        Some((m, _)) => {
             m.kind == MountKind::Tmpfs
                 || (m.kind == MountKind::Bind
                     && (m.source == "/dev/shm" || m.source.starts_with("/dev/shm/")))
@@ -376,6 +407,45 @@ pub fn medium(path: &str, mounts: &[Mount]) -> CacheMedium {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validate_cache_path_table() {
+        let cases: &[(&str, bool)] = &[
+            ("/", false),
+            ("/etc", false),
+            ("/home", false),
+            ("/tmp", false),
+            ("/var", false),
+            ("relative", false),
+            ("./cache", false),
+            ("/a/../b", false),
+            ("/a/./b", false),
+            ("/a/..", false),
+            ("/a//b", false),
+            ("/a/", false),
+            ("", false),
+            ("/a\0b", false),
+            ("/a\nb", false),
+            ("/home/appuser/.ACEStream/.acestream_cache", true),
+            ("/root/.ACEStream/.acestream_cache", true),
+            ("/dev/shm/.ACEStream/.acestream_cache", true),
+            ("/cache", true),
+            ("/etc/acestream", true),
+            ("/a/..b/c.", true),
+        ];
+        for (path, ok) in cases {
+            assert_eq!(
+                validate_cache_path(path).is_ok(),
+                *ok,
+                "{path:?}: {:?}",
+                validate_cache_path(path)
+            );
+        }
+        assert_eq!(
+            validate_cache_path("foo").unwrap_err(),
+            "cache path must be absolute: \"foo\""
+        );
+    }
 
     const CONFIG: &str = "/home/appuser/.ACEStream/.acestream_cache";
 

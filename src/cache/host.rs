@@ -40,11 +40,11 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::cache::path::validate_cache_path;
 use crate::cache::{Mode, Outcome, Sizes};
-use crate::config::validate_cache_path;
-use crate::mountinfo::parse_mountinfo;
-use crate::procfs::{open_dir_at, ContainerProc};
-use crate::procnet;
+use crate::container::mountinfo::parse_mountinfo;
+use crate::container::procfs::{open_dir_at, ContainerProc};
+use crate::container::procnet;
 use rustix::fs::{
     fstat, openat2, statat, statx, unlinkat, AtFlags, FileType, Mode as FileMode, OFlags, RawDir,
     ResolveFlags, Stat, StatxFlags,
@@ -588,7 +588,7 @@ mod tests {
     use std::os::unix::fs::symlink;
     use std::path::Path;
 
-    use crate::procfs::tests::root_of;
+    use crate::container::procfs::tests::root_of;
 
     static NOT_CANCELLED: AtomicBool = AtomicBool::new(false);
 

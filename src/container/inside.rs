@@ -13,14 +13,14 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::cachepath::{Fact, Facts, Questions};
-use crate::cmdline::Process;
+use crate::cache::path::{Fact, Facts, Questions};
+use crate::container::cmdline::Process;
 use rustix::fs::{
     fstat, fstatvfs, openat, openat2, readlinkat, FileType, Mode, OFlags, ResolveFlags, StatVfs,
 };
 
-use crate::hostfs::{list, stat_at};
-use crate::procfs::ContainerProc;
+use crate::cache::host::{list, stat_at};
+use crate::container::procfs::ContainerProc;
 
 /// At most this many of a container's processes are read (breadth first from its main one).
 const MAX_PROCESSES: usize = 64;
@@ -490,8 +490,8 @@ pub fn memory_cgroup_dirs(cgroup: &str, mountinfo: &str, container_id: &str) -> 
             continue;
         }
         let (root, mountpoint) = (
-            crate::mountinfo::unescape(l[3]),
-            crate::mountinfo::unescape(l[4]),
+            crate::container::mountinfo::unescape(l[3]),
+            crate::container::mountinfo::unescape(l[4]),
         );
         match r[0] {
             "cgroup"
@@ -605,7 +605,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    use crate::procfs::tests::root_of;
+    use crate::container::procfs::tests::root_of;
 
     /// A container-like tree: `/srv/ace/.ACEStream -> /dev/shm/.ACEStream` (absolute, so in
     /// the root), a relative link, a loop, a link that tries to climb out.

@@ -9,7 +9,7 @@
 //! again, through the cgroup-checked handle (`procfs::ContainerProc`), and a file whose
 //! (device, inode) is among them is left. Only regular files are deleted, never a directory or
 //! a symlink's target, never outside the cache directory: the walk is the janitor's host walk's
-//! (`hostfs`: the cache resolved inside the container's root, every step `O_NOFOLLOW` relative
+//! (`cache::host`: the cache resolved inside the container's root, every step `O_NOFOLLOW` relative
 //! to an open directory, other filesystems not entered), and a name is unlinked only while it
 //! is still the inode that was listed.
 //!
@@ -28,10 +28,10 @@ use std::sync::Arc;
 use rustix::fs::{statat, unlinkat, AtFlags, FileType};
 use rustix::io::Errno;
 
-use crate::config::validate_cache_path;
-use crate::hostfs::{self, list, Resolve, Unavailable};
-use crate::inside;
-use crate::procfs::ContainerProc;
+use crate::cache::host::{self, list, Resolve, Unavailable};
+use crate::cache::path::validate_cache_path;
+use crate::container::inside;
+use crate::container::procfs::ContainerProc;
 
 /// Deeper trees than this are not walked (as the janitor's host walk).
 const MAX_DEPTH: usize = 128;
@@ -59,10 +59,10 @@ impl Cache {
         let proc = ContainerProc::open(pid, container_id).map_err(unavailable)?;
         let root = proc.root().map_err(unavailable)?;
         let mountinfo = proc.read("mountinfo").map_err(unavailable)?;
-        if hostfs::mounts_below(&mountinfo, cache_path) {
+        if host::mounts_below(&mountinfo, cache_path) {
             return Err(Unavailable("mount points below the cache directory".into()));
         }
-        let dir = match hostfs::resolve_in_root(root.as_fd(), cache_path.trim_start_matches('/')) {
+        let dir = match host::resolve_in_root(root.as_fd(), cache_path.trim_start_matches('/')) {
             Ok(fd) => fd,
             Err(Resolve::Missing) => return Ok(None),
             Err(Resolve::Refused(why)) => return Err(Unavailable(why)),
@@ -137,7 +137,7 @@ impl Cache {
                     mtime: (st.st_mtime, st.st_mtime_nsec as i64),
                 }),
                 FileType::Directory => {
-                    let sub = match crate::procfs::open_dir_at(
+                    let sub = match crate::container::procfs::open_dir_at(
                         dir.as_fd(),
                         e.name.as_c_str(),
                         rustix::fs::OFlags::NOFOLLOW,
@@ -284,8 +284,12 @@ mod tests {
 
     /// A cache in a temporary directory, as `Cache` would hold it (no container).
     fn cache_of(dir: &std::path::Path) -> Cache {
-        let fd =
-            crate::procfs::open_dir_at(rustix::fs::CWD, dir, rustix::fs::OFlags::empty()).unwrap();
+        let fd = crate::container::procfs::open_dir_at(
+            rustix::fs::CWD,
+            dir,
+            rustix::fs::OFlags::empty(),
+        )
+        .unwrap();
         let dev = rustix::fs::fstat(&fd).unwrap().st_dev;
         Cache {
             container_id: "test".into(),

@@ -34,10 +34,6 @@ impl StreamTable {
         self.by_id.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
     pub fn get(&self, id: &str) -> Option<&StreamRecord> {
         self.by_id.get(id)
     }
@@ -226,7 +222,7 @@ mod tests {
         check(&t);
         assert_eq!(t.len(), 1);
         t.retain(|r| r.container_id != "b");
-        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
         check(&t);
     }
 }
