@@ -713,7 +713,7 @@ impl Janitor {
             .collect();
         let enough = {
             let path = stat_path.clone();
-            move || crate::pressure::statvfs(&path).is_ok_and(|(avail, _)| avail >= threshold)
+            move || host::statvfs(&path).is_ok_and(|(avail, _)| avail >= threshold)
         };
         let mut freed: Vec<(String, String, u64, u64)> = vec![];
         let mut exec: Vec<EngineState> = vec![];
@@ -782,7 +782,7 @@ impl Janitor {
         for e in exec {
             let Ok((avail, _)) = ({
                 let path = stat_path.clone();
-                tokio::task::spawn_blocking(move || crate::pressure::statvfs(&path))
+                tokio::task::spawn_blocking(move || host::statvfs(&path))
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
             }) else {

@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::cache;
+use crate::cache::host::statvfs;
 use crate::config::{BusyFiles, MinFree};
 use crate::container::inside;
 use crate::container::mountinfo::{below, holding};
@@ -168,11 +169,6 @@ pub fn eligible<'a>(
 // ---------------------------------------------------------------------------------------------
 // Filesystem calls with a deadline
 // ---------------------------------------------------------------------------------------------
-
-/// Space available to unprivileged users and size of the filesystem holding `path`, in bytes.
-pub fn statvfs(path: &str) -> std::io::Result<(u64, u64)> {
-    Ok(inside::space(&rustix::fs::statvfs(path)?))
-}
 
 /// Size of a container's `json-file` log at `path` (a host path) with its rotated files
 /// (`<name>.1`, `<name>.2.gz`, ...); read through `/proc/1/root` where the agent's own root
