@@ -585,7 +585,9 @@ pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<Entry>> {
 /// Space available to unprivileged users and size of the filesystem holding `path` (a host
 /// path), in bytes: what disk pressure watches and what the janitor checks a pass against.
 pub(crate) fn statvfs(path: &str) -> std::io::Result<(u64, u64)> {
-    Ok(crate::container::inside::space(&rustix::fs::statvfs(path)?))
+    Ok(crate::container::mountinfo::space(&rustix::fs::statvfs(
+        path,
+    )?))
 }
 
 #[cfg(test)]

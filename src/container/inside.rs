@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use crate::cache::path::{Fact, Facts, Questions};
 use crate::container::cmdline::Process;
 use rustix::fs::{
-    fstat, fstatvfs, openat, openat2, readlinkat, FileType, Mode, OFlags, ResolveFlags, StatVfs,
+    fstat, fstatvfs, openat, openat2, readlinkat, FileType, Mode, OFlags, ResolveFlags,
 };
 
 use crate::cache::host::{list, stat_at};
@@ -440,20 +440,7 @@ pub fn tmpfs_space(pid: u32, container_id: &str, mountpoint: &str) -> io::Result
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )?;
-    Ok(space(&fstatvfs(&fd)?))
-}
-
-/// (available to unprivileged users, size) in bytes of a statvfs result.
-pub fn space(s: &StatVfs) -> (u64, u64) {
-    let unit = if s.f_frsize > 0 {
-        s.f_frsize
-    } else {
-        s.f_bsize
-    };
-    (
-        s.f_bavail.saturating_mul(unit),
-        s.f_blocks.saturating_mul(unit),
-    )
+    Ok(super::mountinfo::space(&fstatvfs(&fd)?))
 }
 
 /// The container's memory use and limit from its cgroup, found from its `/proc/<pid>/cgroup`

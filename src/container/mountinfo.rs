@@ -83,6 +83,19 @@ pub(crate) fn holding<T>(
         .max_by_key(|(m, _)| at(m).trim_end_matches('/').len())
 }
 
+/// (available to unprivileged users, size) in bytes of a statvfs result.
+pub(crate) fn space(s: &rustix::fs::StatVfs) -> (u64, u64) {
+    let unit = if s.f_frsize > 0 {
+        s.f_frsize
+    } else {
+        s.f_bsize
+    };
+    (
+        s.f_bavail.saturating_mul(unit),
+        s.f_blocks.saturating_mul(unit),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
