@@ -36,14 +36,13 @@ use crate::cache;
 use crate::cache::host::statvfs;
 use crate::config::{BusyFiles, MinFree};
 use crate::container::inside;
-use crate::container::mountinfo::{below, holding};
+use crate::container::mountinfo::{filesystem_of, host_path};
 pub use crate::container::mountinfo::{parse_mountinfo, MountEntry};
 use crate::docker::DockerClient;
 use crate::janitor::{CleanupError, Janitor};
 use crate::logging;
 use crate::model::{
-    id12, CacheMedium, EngineState, Filesystem, MemoryUse, Mount, MountKind, Snapshot, Timestamp,
-    Trigger,
+    id12, CacheMedium, EngineState, Filesystem, MemoryUse, Snapshot, Timestamp, Trigger,
 };
 use crate::registry::{RegistryCmd, RegistryHandle};
 use crate::shutdown::Shutdown;
@@ -63,48 +62,8 @@ pub const FS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 // ---------------------------------------------------------------------------------------------
-// Pure parts: mount resolution, threshold, plan
+// Pure parts: threshold, plan (where a cache lives is `container::mountinfo`'s)
 // ---------------------------------------------------------------------------------------------
-
-fn join(base: &str, rest: &str) -> String {
-    if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{}/{rest}", base.trim_end_matches('/'))
-    }
-}
-
-/// Where on the host an engine's cache lives: the host source of the mount holding
-/// `cache_path` (the one with the longest destination) plus the rest of the path, else Docker's
-/// root directory. `None` when the cache is memory (a tmpfs mount, or `/dev`, a tmpfs in every
-/// container) or on no host path the agent can read (a volume without a host directory).
-pub fn host_path(cache_path: &str, mounts: &[Mount], docker_root: Option<&str>) -> Option<String> {
-    match holding(cache_path, mounts, |m| m.destination.as_str()) {
-        Some((m, rest)) => match m.kind {
-            MountKind::Bind | MountKind::Volume if m.source.starts_with('/') => {
-                Some(join(&m.source, rest))
-            }
-            _ => None,
-        },
-        None if below(cache_path, "/dev").is_some() => None,
-        None => docker_root.map(str::to_string),
-    }
-}
-
-/// The filesystem holding `path` (absolute, symlinks resolved): the mount with the longest
-/// mountpoint containing it (of equal ones the last, which hides the others). Returns its name,
-/// the mountpoint of the same device where the whole filesystem is mounted (root `/`, the
-/// shortest if several) so that bind mounts of one disk count once, and the path to statvfs
-/// (the visible mount itself). `None` if no mount holds it.
-pub fn filesystem_of(path: &str, entries: &[MountEntry]) -> Option<(String, String)> {
-    let (e, _) = holding(path, entries, |e| e.mountpoint.as_str())?;
-    let name = entries
-        .iter()
-        .filter(|o| o.dev == e.dev)
-        .min_by_key(|o| (o.root != "/", o.mountpoint.len(), o.mountpoint.as_str()))
-        .map_or(&e.mountpoint, |o| &o.mountpoint);
-    Some((name.clone(), e.mountpoint.clone()))
-}
 
 /// `pressure.min_free` in bytes for a filesystem of `size` bytes.
 pub fn threshold_bytes(min_free: MinFree, size: u64) -> u64 {
@@ -842,6 +801,7 @@ impl Worker {
 mod tests {
     use super::*;
     use crate::metrics::testing::{engine, ts, T0};
+    use crate::model::{Mount, MountKind};
 
     fn bind(src: &str, dst: &str) -> Mount {
         Mount {

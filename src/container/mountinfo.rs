@@ -1,5 +1,9 @@
-//! Parsing `/proc/<pid>/mountinfo` (proc(5)), for the disk-pressure resolution of cache
-//! filesystems and for finding mounts below a cache directory.
+//! Mounts, in one place: parsing `/proc/<pid>/mountinfo` (proc(5)), and the geometry the
+//! agent asks of mounts: which mount holds a path (a container's mounts from Docker's inspect
+//! and the host's table alike), where on the host an engine's cache lives, which filesystem
+//! holds a host path, and a filesystem's space.
+
+use crate::model::{Mount, MountKind};
 
 /// One line of `/proc/self/mountinfo`: the fields the resolution needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +98,50 @@ pub(crate) fn space(s: &rustix::fs::StatVfs) -> (u64, u64) {
         s.f_bavail.saturating_mul(unit),
         s.f_blocks.saturating_mul(unit),
     )
+}
+
+fn join(base: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{}/{rest}", base.trim_end_matches('/'))
+    }
+}
+
+/// Where on the host an engine's cache lives: the host source of the mount holding
+/// `cache_path` (the one with the longest destination) plus the rest of the path, else Docker's
+/// root directory. `None` when the cache is memory (a tmpfs mount, or `/dev`, a tmpfs in every
+/// container) or on no host path the agent can read (a volume without a host directory).
+pub(crate) fn host_path(
+    cache_path: &str,
+    mounts: &[Mount],
+    docker_root: Option<&str>,
+) -> Option<String> {
+    match holding(cache_path, mounts, |m| m.destination.as_str()) {
+        Some((m, rest)) => match m.kind {
+            MountKind::Bind | MountKind::Volume if m.source.starts_with('/') => {
+                Some(join(&m.source, rest))
+            }
+            _ => None,
+        },
+        None if below(cache_path, "/dev").is_some() => None,
+        None => docker_root.map(str::to_string),
+    }
+}
+
+/// The filesystem holding `path` (absolute, symlinks resolved): the mount with the longest
+/// mountpoint containing it (of equal ones the last, which hides the others). Returns its name,
+/// the mountpoint of the same device where the whole filesystem is mounted (root `/`, the
+/// shortest if several) so that bind mounts of one disk count once, and the path to statvfs
+/// (the visible mount itself). `None` if no mount holds it.
+pub(crate) fn filesystem_of(path: &str, entries: &[MountEntry]) -> Option<(String, String)> {
+    let (e, _) = holding(path, entries, |e| e.mountpoint.as_str())?;
+    let name = entries
+        .iter()
+        .filter(|o| o.dev == e.dev)
+        .min_by_key(|o| (o.root != "/", o.mountpoint.len(), o.mountpoint.as_str()))
+        .map_or(&e.mountpoint, |o| &o.mountpoint);
+    Some((name.clone(), e.mountpoint.clone()))
 }
 
 #[cfg(test)]

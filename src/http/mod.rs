@@ -7,7 +7,14 @@
 // response per request, not a hot loop.
 #![allow(clippy::result_large_err)]
 
+mod auth;
+mod events;
+mod reply;
 pub mod views;
+
+use auth::*;
+pub use events::{parse_ended, parse_started, MAX_ID_LEN, MAX_KEY_TYPE_LEN, MAX_URL_LEN};
+use reply::*;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,24 +22,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_ENCODING,
-    CONTENT_LENGTH, CONTENT_TYPE, VARY,
-};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, VARY};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::heal::HealError;
-use crate::janitor::{CleanupError, Janitor};
+use crate::janitor::Janitor;
 use crate::model::{StreamStatus, Trigger};
-use crate::registry::{self, RegistryError, RegistryHandle, StreamEnd, StreamStart};
+use crate::registry::{self, RegistryError, RegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use views::Rendered;
@@ -43,14 +46,6 @@ pub const MAX_BODY: usize = 64 * 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A body that has not arrived by then is refused.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest stream id, key, session id (real ones are a 40-digit hash, a `|` and a short id).
-/// Stream records are kept (up to `registry::MAX_ENDED_STREAMS` of them), so a proxy that
-/// sends huge values must not turn each into 64 KiB of memory and store.
-pub const MAX_ID_LEN: usize = 512;
-/// Longest `stat_url` / `command_url`.
-pub const MAX_URL_LEN: usize = 1024;
-/// Longest `key_type` (`content_id`, `infohash`, `url`, ...).
-pub const MAX_KEY_TYPE_LEN: usize = 64;
 /// How long a stream event for an engine not listed yet waits for Docker's answer: the
 /// orchestrator's proxy gives up after 3 s.
 const LOOKUP_WAIT: Duration = Duration::from_secs(2);
@@ -69,71 +64,6 @@ pub struct AppState {
     pub store: Store,
     pub token: Option<String>,
     pub history_limit: usize,
-}
-
-type Resp = Response<Full<Bytes>>;
-
-/// Whether the client takes a gzip body (`Accept-Encoding: gzip`, or `*`, with a q-value
-/// above 0).
-fn accepts_gzip(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get_all(ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';');
-            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = parts
-                .find_map(|p| p.trim().strip_prefix("q="))
-                .and_then(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            (name == "gzip" || name == "*") && q > 0.0
-        })
-}
-
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-fn json_resp(status: StatusCode, v: &impl serde::Serialize) -> Resp {
-    respond(
-        status,
-        "application/json",
-        serde_json::to_vec(v).expect("response serializes to JSON"),
-    )
-}
-
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
-    json_resp(status, &json!({ "error": msg.to_string() }))
-}
-
-fn registry_error(e: RegistryError) -> Resp {
-    let status = match e {
-        RegistryError::UnknownEngine(_) | RegistryError::UnknownStream(_) => StatusCode::NOT_FOUND,
-        RegistryError::HasStreams(_) | RegistryError::NotRunning(_) | RegistryError::Busy(..) => {
-            StatusCode::CONFLICT
-        }
-        RegistryError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        RegistryError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
-        RegistryError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error(status, e)
-}
-
-fn cleanup_error(e: CleanupError) -> Resp {
-    let status = match e {
-        CleanupError::UnknownEngine(_) => StatusCode::NOT_FOUND,
-        CleanupError::Closed | CleanupError::DockerDown(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::CONFLICT,
-    };
-    error(status, e)
 }
 
 /// Connections served at once: the open-file limit less room for the Docker socket, the store
@@ -225,50 +155,6 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         .and_then(|(_, v)| decode_segment(&v.replace('+', " ")))
 }
 
-/// docs/safety.md#http-writes: a token requires `Authorization: Bearer <token>`; without one,
-/// writes come only from loopback.
-fn authorize(req: &Request<Incoming>, peer: SocketAddr, token: Option<&str>) -> Result<(), Resp> {
-    match token {
-        Some(t) => {
-            let given = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if constant_time_eq(given.as_bytes(), t.as_bytes()) {
-                Ok(())
-            } else {
-                Err(error(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong bearer token",
-                ))
-            }
-        }
-        None if is_loopback(peer) => Ok(()),
-        None => Err(error(
-            StatusCode::FORBIDDEN,
-            "writes are accepted only from loopback when no http.token is set",
-        )),
-    }
-}
-
-fn is_loopback(peer: SocketAddr) -> bool {
-    match peer.ip() {
-        std::net::IpAddr::V4(v4) => v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Reads a body within the size and time limits.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
     if let Some(len) = req
@@ -302,151 +188,6 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
         Ok(Ok(c)) => c.to_bytes(),
     };
     Ok(bytes)
-}
-
-#[derive(Deserialize)]
-struct EngineAddr {
-    host: String,
-    port: PortValue,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum PortValue {
-    Num(u16),
-    Str(String),
-}
-
-impl PortValue {
-    fn get(&self) -> Result<u16, String> {
-        match self {
-            PortValue::Num(n) => Ok(*n),
-            PortValue::Str(s) => s
-                .trim()
-                .parse()
-                .map_err(|_| format!("invalid engine.port {s:?}")),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct StreamKey {
-    #[serde(default)]
-    key_type: String,
-    key: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Session {
-    playback_session_id: String,
-    stat_url: String,
-    command_url: String,
-    is_live: LiveFlag,
-}
-
-/// The proxy sends `1`/`0`; a boolean is accepted too.
-#[derive(Deserialize, Default)]
-#[serde(untagged)]
-enum LiveFlag {
-    Bool(bool),
-    Int(i64),
-    #[default]
-    Missing,
-}
-
-#[derive(Deserialize)]
-struct StartedBody {
-    #[serde(default)]
-    container_id: Option<String>,
-    engine: EngineAddr,
-    stream: StreamKey,
-    #[serde(default)]
-    session: Session,
-    #[serde(default)]
-    labels: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-#[derive(Deserialize)]
-struct EndedBody {
-    #[serde(default)]
-    container_id: Option<String>,
-    #[serde(default)]
-    stream_id: Option<String>,
-    // The orchestrator also sends `reason` ("eof", "stopped"); nothing depends on it, and
-    // serde ignores fields a struct does not name.
-}
-
-/// Checks that a text field is at most `max` bytes.
-fn bounded(field: &str, value: &str, max: usize) -> Result<(), String> {
-    if value.len() > max {
-        Err(format!("{field} is longer than {max} bytes"))
-    } else {
-        Ok(())
-    }
-}
-
-/// Parses and checks a `stream_started` body (docs/deployments.md#stream-events-from-proxies).
-/// Pure, so it is fuzzed.
-pub fn parse_started(body: &[u8]) -> Result<StreamStart, String> {
-    let b: StartedBody =
-        serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
-    let port = b.engine.port.get()?;
-    if b.stream.key.is_empty() {
-        return Err("stream.key must not be empty".into());
-    }
-    let label_id = b
-        .labels
-        .as_ref()
-        .and_then(|l| l.get("stream_id"))
-        .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    let stream_id =
-        label_id.unwrap_or_else(|| format!("{}|{}", b.stream.key, b.session.playback_session_id));
-    let is_live = match b.session.is_live {
-        LiveFlag::Bool(v) => v,
-        LiveFlag::Int(n) => n != 0,
-        LiveFlag::Missing => false,
-    };
-    let container_id = b.container_id.filter(|c| !c.is_empty());
-    bounded(
-        "container_id",
-        container_id.as_deref().unwrap_or(""),
-        MAX_ID_LEN,
-    )?;
-    bounded("engine.host", &b.engine.host, MAX_ID_LEN)?;
-    bounded("stream id", &stream_id, MAX_ID_LEN)?;
-    bounded("stream.key", &b.stream.key, MAX_ID_LEN)?;
-    bounded("stream.key_type", &b.stream.key_type, MAX_KEY_TYPE_LEN)?;
-    bounded(
-        "session.playback_session_id",
-        &b.session.playback_session_id,
-        MAX_ID_LEN,
-    )?;
-    bounded("session.stat_url", &b.session.stat_url, MAX_URL_LEN)?;
-    bounded("session.command_url", &b.session.command_url, MAX_URL_LEN)?;
-    Ok(StreamStart {
-        container_id,
-        host: b.engine.host,
-        port,
-        stream_id,
-        key_type: b.stream.key_type,
-        key: b.stream.key,
-        playback_session_id: b.session.playback_session_id,
-        stat_url: b.session.stat_url,
-        command_url: b.session.command_url,
-        is_live,
-    })
-}
-
-/// Parses a `stream_ended` body. Pure, so it is fuzzed.
-pub fn parse_ended(body: &[u8]) -> Result<StreamEnd, String> {
-    let b: EndedBody = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
-    Ok(StreamEnd {
-        container_id: b.container_id.filter(|s| !s.is_empty()),
-        stream_id: b.stream_id.filter(|s| !s.is_empty()),
-    })
 }
 
 async fn stream_started(req: Request<Incoming>, state: &AppState) -> Resp {
@@ -648,13 +389,6 @@ async fn list_streams(query: Option<&str>, state: &AppState) -> Resp {
     }
 }
 
-fn method_not_allowed(allow: &'static str) -> Resp {
-    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-    r.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    r
-}
-
 /// What a request asks for, decided from its method and path alone (pure, so it is fuzzed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -809,21 +543,6 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &AppState) -> R
             StatusCode::NOT_FOUND,
             format!("no route for {}", short_path(&path)),
         ),
-    }
-}
-
-/// An id as echoed in an error: at most 64 characters.
-fn short(key: &str) -> String {
-    short_path(key)
-}
-
-/// Echoes at most a short prefix of an unknown path, so a huge path is not mirrored back.
-fn short_path(p: &str) -> String {
-    let short: String = p.chars().take(64).collect();
-    if short.len() < p.len() {
-        format!("{short}…")
-    } else {
-        short
     }
 }
 
