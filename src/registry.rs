@@ -387,7 +387,7 @@ pub struct Registry {
     /// arrived. The idle check refuses to *begin* a delete once a stream is known, but one
     /// already begun is running inside the container; the answer waits for its record, so a
     /// proxy told "started" knows no delete is running in that engine
-    /// (docs/safety.md). Released by the engine's `FinishCleanup`, its removal, or
+    /// (docs/safety.md#stream-started-means-no-delete). Released by the engine's `FinishCleanup`, its removal, or
     /// `STREAM_ACK_WAIT`.
     held_starts: Vec<HeldStart>,
     /// Started streams by id: when data last moved (a peer or a download speed in an answer),

@@ -68,6 +68,26 @@ fn end(stream: &str) -> StreamEnd {
     }
 }
 
+/// A successful cleanup of engine `id` that freed `freed` bytes, as the janitor records it.
+fn cleaned(id: &str, trigger: Trigger, freed: u64) -> CleanupRecord {
+    let now = Utc::now();
+    CleanupRecord {
+        container_id: id.to_string(),
+        container_name: "engine".into(),
+        trigger,
+        started_at: now,
+        finished_at: now,
+        duration_seconds: 0.0,
+        success: true,
+        size_before_bytes: Some(freed),
+        freed_bytes: freed,
+        remaining_bytes: Some(0),
+        skipped_below_min: false,
+        nothing_to_clean: false,
+        error: None,
+    }
+}
+
 async fn rig_at(dir: tempfile::TempDir) -> Rig {
     let store = Store::open(&dir.path().join("state.redb"), 100).unwrap();
     let host_names = HashSet::from(["myhost".to_string()]);
@@ -93,12 +113,14 @@ async fn rig() -> Rig {
 impl Rig {
     /// Waits until the published snapshot satisfies `ok` (the registry publishes after each
     /// batch it commits).
-    async fn until(&self, what: &str, ok: impl Fn(&Snapshot) -> bool) {
+    /// The first published snapshot that satisfies `ok`: the one reading a test asserts on.
+    async fn until(&self, what: &str, ok: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
         let mut rx = self.handle.subscribe();
-        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| ok(s)))
+        let snap = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| ok(s)))
             .await
             .unwrap_or_else(|_| panic!("registry never showed: {what}"))
             .expect("registry running");
+        Arc::clone(&snap)
     }
 
     async fn sync(&self, ns: &[usize]) {
@@ -276,22 +298,7 @@ async fn a_gone_engine_that_comes_back_keeps_its_counters_and_history() {
     let r = rig().await;
     r.sync(&[1]).await;
     r.handle.begin_delete(&id_of(1)).await.unwrap();
-    let now = Utc::now();
-    let record = CleanupRecord {
-        container_id: id_of(1),
-        container_name: "engine-1".into(),
-        trigger: Trigger::Manual,
-        started_at: now,
-        finished_at: now,
-        duration_seconds: 0.1,
-        success: true,
-        size_before_bytes: Some(5_000),
-        freed_bytes: 5_000,
-        remaining_bytes: Some(0),
-        skipped_below_min: false,
-        nothing_to_clean: false,
-        error: None,
-    };
+    let record = cleaned(&id_of(1), Trigger::Manual, 5_000);
     r.handle.finish_cleanup(record, Some(0)).await.unwrap();
     r.until("the cleanup counted", |s| {
         s.engines
@@ -361,22 +368,7 @@ async fn a_delete_is_begun_only_on_an_idle_engine_and_blocks_a_restart_until_rec
         "{restart:?}"
     );
     // The record of the delete ends it.
-    let now = Utc::now();
-    let record = CleanupRecord {
-        container_id: one.clone(),
-        container_name: "engine-1".into(),
-        trigger: Trigger::Sweep,
-        started_at: now,
-        finished_at: now,
-        duration_seconds: 0.0,
-        success: true,
-        size_before_bytes: Some(10),
-        freed_bytes: 10,
-        remaining_bytes: Some(0),
-        skipped_below_min: false,
-        nothing_to_clean: false,
-        error: None,
-    };
+    let record = cleaned(&one, Trigger::Sweep, 10);
     r.handle.finish_cleanup(record, Some(0)).await.unwrap();
     let e = r.engine(1);
     assert!(!e.cleaning);
@@ -410,14 +402,19 @@ async fn a_restart_is_counted_before_docker_is_asked_and_survives_a_reopen() {
         .unwrap();
     let approved = Utc::now();
     assert_eq!(start.container_name, "engine-1");
-    r.until("the restart pending", |s| {
-        s.engines
-            .iter()
-            .any(|e| e.engine.container_id == id_of(1) && e.heal.restart_pending)
-    })
-    .await;
+    let snap = r
+        .until("the restart pending", |s| {
+            s.engines
+                .iter()
+                .any(|e| e.engine.container_id == id_of(1) && e.heal.restart_pending)
+        })
+        .await;
     // The registry stamps the restart with its own (wall) clock, within the call.
-    let recent = r.engine(1).heal.recent;
+    let recent = find(&snap, &id_of(1))
+        .expect("engine 1")
+        .heal
+        .recent
+        .clone();
     assert_eq!(recent.len(), 1, "{recent:?}");
     assert!(began <= recent[0] && recent[0] <= approved, "{recent:?}");
     // One restart at a time, and no delete meanwhile.
@@ -461,25 +458,6 @@ async fn a_restart_is_counted_before_docker_is_asked_and_survives_a_reopen() {
     drop(dir);
 }
 
-fn sweep_record(id: &str) -> CleanupRecord {
-    let now = Utc::now();
-    CleanupRecord {
-        container_id: id.to_string(),
-        container_name: "engine".into(),
-        trigger: Trigger::Sweep,
-        started_at: now,
-        finished_at: now,
-        duration_seconds: 0.0,
-        success: true,
-        size_before_bytes: Some(10),
-        freed_bytes: 10,
-        remaining_bytes: Some(0),
-        skipped_below_min: false,
-        nothing_to_clean: false,
-        error: None,
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_stream_started_during_a_delete_is_answered_once_the_delete_is_recorded() {
     let r = rig().await;
@@ -501,7 +479,7 @@ async fn a_stream_started_during_a_delete_is_answered_once_the_delete_is_recorde
         Err(RegistryError::HasStreams(_))
     ));
     r.handle
-        .finish_cleanup(sweep_record(&one), Some(0))
+        .finish_cleanup(cleaned(&one, Trigger::Sweep, 10), Some(0))
         .await
         .unwrap();
     let rec = tokio::time::timeout(Duration::from_secs(1), answer)
