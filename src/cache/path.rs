@@ -13,7 +13,7 @@
 //! resolved inside the container's root: what is cleaned is the resolved path.
 
 use crate::container::cmdline::EngineArgs;
-use crate::container::mountinfo::holding;
+use crate::container::mountinfo::{below, holding};
 use crate::model::{CacheChoice, CacheMedium, CachePathSource, Mount, MountKind};
 
 /// Top-level directories that must never be a cache path: clearing "the contents of the cache
@@ -378,7 +378,7 @@ pub fn tmpfs_of(path: &str, mounts: &[Mount]) -> String {
     if let Some((m, _)) = holding(path, mounts, |m| m.destination.as_str()) {
         return m.destination.trim_end_matches('/').to_string();
     }
-    if path == "/dev/shm" || path.starts_with("/dev/shm/") {
+    if below(path, "/dev/shm").is_some() {
         "/dev/shm".into()
     } else {
         "/dev".into()
@@ -392,10 +392,9 @@ pub fn medium(path: &str, mounts: &[Mount]) -> CacheMedium {
     let memory = match holding(path, mounts, |m| m.destination.as_str()) {
         Some((m, _)) => {
             m.kind == MountKind::Tmpfs
-                || (m.kind == MountKind::Bind
-                    && (m.source == "/dev/shm" || m.source.starts_with("/dev/shm/")))
+                || (m.kind == MountKind::Bind && below(&m.source, "/dev/shm").is_some())
         }
-        None => path == "/dev" || path.starts_with("/dev/"),
+        None => below(path, "/dev").is_some(),
     };
     if memory {
         CacheMedium::Memory
