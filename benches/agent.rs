@@ -446,16 +446,12 @@ fn wrk_duration_ms(s: &str) -> f64 {
 }
 
 fn wrk(url: &str, p: &Params) -> Load {
-    wrk_with(url, p, &[])
-}
-
-/// wrk with request headers (`-H 'Name: value'` each).
-fn wrk_with(url: &str, p: &Params, headers: &[&str]) -> Load {
     // One wrk thread: on 2 cores a second one only takes CPU from the server under test.
     let threads = std::env::var("ACESTREAM_BENCH_WRK_THREADS").unwrap_or_else(|_| "1".into());
-    wrk_threads(url, p, headers, &threads)
+    wrk_threads(url, p, &[], &threads)
 }
 
+/// wrk with `threads` load threads and request headers (`-H 'Name: value'` each).
 fn wrk_threads(url: &str, p: &Params, headers: &[&str], threads: &str) -> Load {
     let mut cmd = Command::new("wrk");
     cmd.args([
@@ -515,23 +511,10 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(files: &[(&str, &[u8])]) -> Nginx {
-        Nginx::start_with(files, "")
-    }
-
-    /// `server_extra`: more directives in the server block (e.g. a location).
-    fn start_with(files: &[(&str, &[u8])], server_extra: &str) -> Nginx {
-        Nginx::start_config(files, "auto", false, server_extra)
-    }
-
     /// `workers`: `worker_processes` (`1`, `auto`); `sendfile`: `sendfile on; tcp_nopush on;`
-    /// (Debian's packaged nginx.conf sets both; nginx's built-in default is off).
-    fn start_config(
-        files: &[(&str, &[u8])],
-        workers: &str,
-        sendfile: bool,
-        server_extra: &str,
-    ) -> Nginx {
+    /// (Debian's packaged nginx.conf sets both; nginx's built-in default is off);
+    /// `server_extra`: more directives in the server block (e.g. a location).
+    fn start(files: &[(&str, &[u8])], workers: &str, sendfile: bool, server_extra: &str) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("root");
         std::fs::create_dir(&root).expect("nginx root");
@@ -2424,6 +2407,17 @@ const READS: [Read; 3] = [
     },
 ];
 
+/// What the reads section measured at one host size.
+struct ReadsAt {
+    engines: usize,
+    /// req/s, `[read][server: the agent, then the NGINX_SHAPES][run]`.
+    rps: Vec<Vec<Vec<f64>>>,
+    hwm_kib: u64,
+    errors: u64,
+    /// Body sizes of the READS.
+    bytes: [usize; 3],
+}
+
 /// Reads against the best nginx (the bar for reads: the agent's views served at least as fast as
 /// the fastest nginx shape serves the same bytes): for each host size, an agent with the fast
 /// intervals of the bar (health 2 s, activity 1 s: the views are rendered again during the
@@ -2477,7 +2471,7 @@ fn bench_reads(
         let nginx: Vec<(&str, Nginx)> = NGINX_SHAPES
             .iter()
             .map(|(shape, workers, sendfile)| {
-                let n = Nginx::start_config(
+                let n = Nginx::start(
                     &files,
                     workers,
                     *sendfile,
@@ -2502,7 +2496,6 @@ fn bench_reads(
             load: Duration::from_secs(1),
             ..p.clone()
         };
-        // [read][server: agent, then the nginx shapes][run]
         let mut rps = vec![vec![vec![]; 1 + nginx.len()]; READS.len()];
         let mut errors = 0;
         // The smoke run (CI) skips the warm-up: it checks the table, not the figures.
@@ -2529,30 +2522,41 @@ fn bench_reads(
         let hwm = process_rss_kib(agent.pid()).1;
         agent.stop();
         drop(nginx);
-        sizes.push((
-            n,
+        sizes.push(ReadsAt {
+            engines: n,
             rps,
-            hwm,
+            hwm_kib: hwm,
             errors,
-            [engines_body.len(), metrics_body.len(), gz.body.len()],
-        ));
+            bytes: [engines_body.len(), metrics_body.len(), gz.body.len()],
+        });
     }
     for (i, read) in READS.iter().enumerate() {
-        for (n, rps, _, _, bytes) in &sizes {
+        for ReadsAt {
+            engines: n,
+            rps,
+            bytes,
+            ..
+        } in &sizes
+        {
             let agent = median(rps[i][0].clone());
-            let shapes: Vec<(&str, f64)> = NGINX_SHAPES
+            // (shape, sendfile, median req/s), in NGINX_SHAPES order.
+            let shapes: Vec<(&str, bool, f64)> = NGINX_SHAPES
                 .iter()
                 .enumerate()
-                .map(|(j, (shape, _, _))| (*shape, median(rps[i][j + 1].clone())))
+                .map(|(j, (shape, _, sendfile))| (*shape, *sendfile, median(rps[i][j + 1].clone())))
                 .collect();
-            let (best_shape, best) =
+            let (best_shape, _, best) =
                 shapes
                     .iter()
                     .copied()
-                    .fold(("", 0.0), |acc, x| if x.1 > acc.1 { x } else { acc });
+                    .fold(("", false, 0.0), |acc, x| if x.2 > acc.2 { x } else { acc });
             // Without sendfile: the original yardstick for reads (workers 1 and auto as the
             // harness ran nginx before).
-            let best_plain = shapes[..2].iter().map(|s| s.1).fold(0.0, f64::max);
+            let best_plain = shapes
+                .iter()
+                .filter(|s| !s.1)
+                .map(|s| s.2)
+                .fold(0.0, f64::max);
             table.row(
                 &format!("{} read vs the best nginx ({n} engines)", read.name),
                 format!(
@@ -2564,7 +2568,7 @@ fn bench_reads(
                     "best: {best_shape}, {best:.0} req/s ({}); {} bytes",
                     shapes
                         .iter()
-                        .map(|(s, v)| format!("{s}: {v:.0}"))
+                        .map(|(s, _, v)| format!("{s}: {v:.0}"))
                         .collect::<Vec<_>>()
                         .join(", "),
                     bytes[i]
@@ -2574,21 +2578,22 @@ fn bench_reads(
             );
         }
     }
-    for (n, _, hwm, _, _) in &sizes {
-        let at_a = *n == a;
+    for s in &sizes {
+        let (n, hwm) = (s.engines, s.hwm_kib);
+        let at_a = n == a;
         table.row(
             &format!("peak RSS under reads ({n} engines)"),
-            format!("{} (VmHWM after every load)", mib(*hwm as f64 * 1024.0)),
+            format!("{} (VmHWM after every load)", mib(hwm as f64 * 1024.0)),
             "-".into(),
             if at_a {
                 "≤ 24 MiB at the smaller host"
             } else {
                 "-"
             },
-            at_a.then_some(*hwm <= 24 * 1024),
+            at_a.then_some(hwm <= 24 * 1024),
         );
     }
-    let errors: u64 = sizes.iter().map(|s| s.3).sum();
+    let errors: u64 = sizes.iter().map(|s| s.errors).sum();
     table.notes.push(format!(
         "reads vs the best nginx: agent = release binary with health.interval 2 s and \
          activity.interval 1 s (rendering again during the loads); the bodies it served just \
