@@ -19,7 +19,7 @@ use crate::logging;
 use crate::model::{CacheChoice, DiscoveredEngine, Mount, MountKind};
 use crate::registry::CACHE_PATH_LABEL;
 
-use super::*;
+use super::matcher::{env_value, is_image_id, Matcher};
 
 /// What the host sees of an engine container's processes.
 pub(super) struct HostRead {

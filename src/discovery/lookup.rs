@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::registry::{RegistryCmd, RegistryHandle};
 
-use super::*;
+use super::inspect::Inspector;
 
 /// Looks up in Docker what a stream event names but the registry does not have yet
 /// (docs/deployments.md#stream-events-from-proxies: a container seconds old, or the agent just

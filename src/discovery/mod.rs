@@ -15,9 +15,10 @@ mod inspect;
 mod lookup;
 mod matcher;
 
-pub use inspect::*;
-pub use lookup::*;
-pub use matcher::*;
+pub use inspect::Inspector;
+use inspect::READ_AGAIN_AFTER;
+pub use lookup::Lookup;
+pub use matcher::Matcher;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -217,6 +218,8 @@ impl Discovery {
 
 #[cfg(test)]
 mod tests {
+    use super::inspect::{NetView, Owner};
+    use super::matcher::{glob_match, is_image_id};
     use super::*;
     use crate::config::LabelMatch;
     use crate::model::CacheChoice;
