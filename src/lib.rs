@@ -5,7 +5,7 @@
 //!  engine HTTP ─► health ─────┤                       │
 //!  /proc/<pid>/net ► activity ┼──► registry (owner) ──┼──► janitor ◄── idle events, sweep tick, POST cleanup
 //!  POST /events/* ────────────┘      │  persist        │       │ re-check idle, then measure + delete:
-//!                                    │                 │       │ /proc/<pid>/root (hostfs) or docker exec
+//!                                    │                 │       │ /proc/<pid>/root (cache::host) or docker exec
 //!                                    ▼                 │       └──► registry (record)
 //!                                  store (redb) ◄──────┤
 //!  statvfs, mountinfo ──► pressure ◄── snapshots ──────┘

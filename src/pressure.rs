@@ -35,7 +35,7 @@ use tracing::debug;
 use crate::cache;
 use crate::cache::host::statvfs;
 use crate::config::{BusyFiles, MinFree};
-use crate::container::inside;
+use crate::container::memory;
 use crate::container::mountinfo::{filesystem_of, host_path, parse_mountinfo, MountEntry};
 use crate::docker::DockerClient;
 use crate::janitor::{CleanupError, Janitor};
@@ -510,10 +510,10 @@ impl Worker {
                 let work = {
                     let (id, mountpoint) = (id.clone(), mountpoint.clone());
                     move || {
-                        let space = inside::tmpfs_space(pid, &id, &mountpoint)?;
+                        let space = memory::tmpfs_space(pid, &id, &mountpoint)?;
                         // No cgroup to read (another cgroup namespace, no /sys/fs/cgroup):
                         // watched by its free space only.
-                        Ok::<_, std::io::Error>((space, inside::memory_use(pid, &id).ok()))
+                        Ok::<_, std::io::Error>((space, memory::memory_use(pid, &id).ok()))
                     }
                 };
                 match self.guarded.run(name, work).await {

@@ -28,9 +28,10 @@ use std::sync::Arc;
 use rustix::fs::{statat, unlinkat, AtFlags, FileType};
 use rustix::io::Errno;
 
-use crate::cache::host::{self, list, Resolve, Unavailable};
+use crate::cache::host::{self, Resolve, Unavailable};
 use crate::cache::path::validate_cache_path;
-use crate::container::inside;
+use crate::container::dir::list;
+use crate::container::processes;
 use crate::container::procfs::ContainerProc;
 
 /// Deeper trees than this are not walked (as the janitor's host walk).
@@ -71,7 +72,7 @@ impl Cache {
         let dev = rustix::fs::fstat(&dir)
             .map_err(|e| Unavailable(format!("stat: {e}")))?
             .st_dev;
-        let procs = inside::cgroup_procs(pid, container_id).map_err(unavailable)?;
+        let procs = processes::cgroup_procs(pid, container_id).map_err(unavailable)?;
         Ok(Some(Cache {
             container_id: container_id.to_string(),
             pid,
@@ -84,7 +85,7 @@ impl Cache {
     /// The (device, inode) of every file any process of the container holds open now.
     pub fn open_inodes(&self) -> io::Result<HashSet<(u64, u64)>> {
         let mut out = HashSet::new();
-        for pid in inside::container_pids(self.pid, &self.container_id, self.procs.as_deref())? {
+        for pid in processes::container_pids(self.pid, &self.container_id, self.procs.as_deref())? {
             // A process gone since the listing holds nothing; one that is not the container's
             // is refused by the cgroup check.
             if let Ok(p) = ContainerProc::open(pid, &self.container_id) {
@@ -137,7 +138,7 @@ impl Cache {
                     mtime: (st.st_mtime, st.st_mtime_nsec as i64),
                 }),
                 FileType::Directory => {
-                    let sub = match crate::container::procfs::open_dir_at(
+                    let sub = match crate::container::dir::open_dir_at(
                         dir.as_fd(),
                         e.name.as_c_str(),
                         rustix::fs::OFlags::NOFOLLOW,
@@ -284,12 +285,9 @@ mod tests {
 
     /// A cache in a temporary directory, as `Cache` would hold it (no container).
     fn cache_of(dir: &std::path::Path) -> Cache {
-        let fd = crate::container::procfs::open_dir_at(
-            rustix::fs::CWD,
-            dir,
-            rustix::fs::OFlags::empty(),
-        )
-        .unwrap();
+        let fd =
+            crate::container::dir::open_dir_at(rustix::fs::CWD, dir, rustix::fs::OFlags::empty())
+                .unwrap();
         let dev = rustix::fs::fstat(&fd).unwrap().st_dev;
         Cache {
             container_id: "test".into(),

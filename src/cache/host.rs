@@ -34,20 +34,20 @@
 //! Blocking: the janitor runs these functions in `spawn_blocking`.
 
 use std::collections::HashSet;
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::io;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cache::path::validate_cache_path;
 use crate::cache::{Mode, Outcome, Sizes};
+use crate::container::dir::{list, open_dir_at, stat_at, Entry};
 use crate::container::mountinfo::parse_mountinfo;
-use crate::container::procfs::{open_dir_at, ContainerProc};
+use crate::container::procfs::ContainerProc;
 use crate::container::procnet;
 use rustix::fs::{
-    fstat, openat2, statat, statx, unlinkat, AtFlags, FileType, Mode as FileMode, OFlags, RawDir,
-    ResolveFlags, Stat, StatxFlags,
+    fstat, openat2, statx, unlinkat, AtFlags, FileType, Mode as FileMode, OFlags, ResolveFlags,
+    Stat, StatxFlags,
 };
 use rustix::io::Errno;
 
@@ -532,11 +532,6 @@ fn mnt_id(dir: BorrowedFd<'_>, name: &[u8], flags: AtFlags) -> io::Result<u64> {
     Ok(stx.stx_mnt_id)
 }
 
-/// `name` in `dir`, described and never followed.
-pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Stat> {
-    Ok(statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
-}
-
 fn is_dir(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::Directory
 }
@@ -547,39 +542,6 @@ fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, flags: AtFlags) -> io::Result<()>
         Ok(()) | Err(Errno::NOENT) => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// One directory entry: its name and readdir's type (`Unknown` where the filesystem does not
-/// say).
-pub(crate) struct Entry {
-    pub(crate) name: CString,
-    pub(crate) kind: FileType,
-}
-
-/// Entries of a directory, without `.` and `..`.
-pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<Entry>> {
-    // A descriptor of its own, opened as "." so the listing starts at the beginning whatever
-    // was read from `dir` before (and whether `dir` itself is an `O_PATH` handle).
-    let fd = open_dir_at(dir, ".", OFlags::empty())?;
-    // glibc's readdir buffer. `rustix::fs::Dir` starts at 768 bytes and grows by as much per
-    // call, so one host cleanup of a 200-file cache (three listings) cost 10 getdents where
-    // this costs 6, each a round trip to the storage driver's daemon on a FUSE-backed root
-    // (fuse-overlayfs): the sweep of `cargo bench --bench agent` was ~20 % slower with it. A
-    // name is at most 255 bytes, so one entry always fits.
-    let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 * 1024];
-    let mut entries = RawDir::new(fd, &mut buf);
-    let mut names = Vec::new();
-    while let Some(e) = entries.next() {
-        let e = e?;
-        let b = e.file_name().to_bytes();
-        if b != b"." && b != b".." {
-            names.push(Entry {
-                name: e.file_name().to_owned(),
-                kind: e.file_type(),
-            });
-        }
-    }
-    Ok(names)
 }
 
 /// Space available to unprivileged users and size of the filesystem holding `path` (a host

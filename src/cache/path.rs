@@ -14,6 +14,8 @@
 
 use crate::container::cmdline::EngineArgs;
 use crate::container::mountinfo::{below, holding};
+use crate::container::root::Fact;
+use crate::container::survey::{Facts, Questions};
 use crate::model::{CacheChoice, CacheMedium, CachePathSource, Mount, MountKind};
 
 /// Top-level directories that must never be a cache path: clearing "the contents of the cache
@@ -90,30 +92,6 @@ pub struct Inputs {
     pub config_path: String,
     /// `$HOME` of the engine's process (or the container's user).
     pub home: Option<String>,
-}
-
-/// What to ask the container.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Questions {
-    pub paths: Vec<String>,
-    pub globs: Vec<String>,
-}
-
-/// One path as the container has it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fact {
-    pub exists: bool,
-    /// With symlinks resolved inside the container's root; `Err` when that failed (a loop).
-    pub resolved: Result<String, String>,
-}
-
-/// The container's answers, in the order of the questions. Empty when it could not be asked
-/// (then paths are taken as written and nothing is known to exist).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Facts {
-    pub paths: Vec<Fact>,
-    /// Per glob: the existing matches (as written, sorted) and each one resolved.
-    pub globs: Vec<Vec<(String, Fact)>>,
 }
 
 fn join(dir: &str, name: &str) -> String {

@@ -13,11 +13,12 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use rustix::fs::{openat, Dir, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
+use crate::container::dir::open_dir_at;
 use crate::container::procnet;
 
 /// One container's `/proc/<pid>`, opened once and checked to be the container's (its cgroup
@@ -159,20 +160,6 @@ impl ContainerProc {
         }
         Ok(text)
     }
-}
-
-/// A directory below `dir`, opened for listing (`extra`: e.g. `O_NOFOLLOW`).
-pub(crate) fn open_dir_at(
-    dir: impl AsFd,
-    path: impl rustix::path::Arg,
-    extra: OFlags,
-) -> io::Result<OwnedFd> {
-    Ok(openat(
-        dir,
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | extra,
-        Mode::empty(),
-    )?)
 }
 
 /// The connection tables of a container's network namespace (`procnet::read_tables`), read
@@ -387,8 +374,8 @@ fn in_cgroup_of(cgroup: &str, container_id: &str) -> bool {
 pub(crate) mod tests {
     use super::*;
 
-    /// A directory of the test's own, pinned as a container's root is (hostfs and inside
-    /// tests build their trees under it).
+    /// A directory of the test's own, pinned as a container's root is (the cache walk's
+    /// and the container readers' tests build their trees under it).
     pub(crate) fn root_of(p: &std::path::Path) -> OwnedFd {
         open_dir_at(rustix::fs::CWD, p, OFlags::PATH).expect("open the test's root")
     }

@@ -3,7 +3,6 @@
 //! path and medium, mounts, log. Shared by the discovery loop and the stream-event lookup.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,13 +12,14 @@ use tracing::{debug, warn};
 
 use crate::cache;
 use crate::container::cmdline::{self, EngineArgs};
-use crate::container::inside;
+use crate::container::{processes, root, survey};
 use crate::docker::{DockerClient, DockerError};
 use crate::logging;
-use crate::model::{CacheChoice, DiscoveredEngine, Mount, MountKind};
+use crate::model::{CacheChoice, DiscoveredEngine};
 use crate::registry::CACHE_PATH_LABEL;
 
 use super::matcher::{env_value, is_image_id, Matcher};
+use super::response::{mounts_of, network_of, pid_of, NetRef, NetView, Owner};
 
 /// What the host sees of an engine container's processes.
 pub(super) struct HostRead {
@@ -39,13 +39,13 @@ pub(super) fn host_read(
     workdir: &str,
     image_words: &[String],
 ) -> Result<HostRead, String> {
-    let processes = inside::processes(pid, id).map_err(|e| e.to_string())?;
-    let root = inside::root(pid, id).ok();
+    let processes = processes::processes(pid, id).map_err(|e| e.to_string())?;
+    let root = root::root(pid, id).ok();
     let mut files = HashMap::new();
     let mut read = |p: &str| {
         let text = root
             .as_ref()
-            .and_then(|r| inside::read_file(r, p, workdir).ok());
+            .and_then(|r| root::read_file(r, p, workdir).ok());
         files.insert(p.to_string(), text.clone());
         text
     };
@@ -75,157 +75,11 @@ pub(super) fn args_from(
     (found.map(|(_, a)| a), cmdline::parse_flags(&words), home)
 }
 
-/// Whose network namespace a container uses, as `HostConfig.NetworkMode` says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NetRef {
-    Own,
-    Host,
-    /// `container:<id or name>` (compose's `service:<name>` arrives as this, with the id).
-    Container(String),
-}
-
-pub fn network_of(c: &ContainerInspectResponse) -> NetRef {
-    match c
-        .host_config
-        .as_ref()
-        .and_then(|h| h.network_mode.as_deref())
-    {
-        Some("host") => NetRef::Host,
-        Some(m) => match m.strip_prefix("container:") {
-            Some(r) if !r.is_empty() => NetRef::Container(r.to_string()),
-            _ => NetRef::Own,
-        },
-        None => NetRef::Own,
-    }
-}
-
-/// What a network namespace shows of itself in its owner's inspect data.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NetView {
-    /// On Docker's networks, sorted by network name.
-    pub ips: Vec<IpAddr>,
-    pub aliases: Vec<String>,
-    /// Container TCP port → the first host port it is published on.
-    pub published: BTreeMap<u16, u16>,
-}
-
-impl NetView {
-    pub fn of(c: &ContainerInspectResponse) -> NetView {
-        let mut v = NetView::default();
-        let Some(net) = c.network_settings.as_ref() else {
-            return v;
-        };
-        if let Some(nets) = net.networks.as_ref() {
-            let mut nets: Vec<_> = nets.iter().collect();
-            nets.sort_by(|a, b| a.0.cmp(b.0));
-            for (_, ep) in nets {
-                if let Some(ip) = ep.ip_address.as_deref().and_then(|s| s.parse().ok()) {
-                    v.ips.push(ip);
-                }
-                for a in ep
-                    .aliases
-                    .iter()
-                    .flatten()
-                    .chain(ep.dns_names.iter().flatten())
-                {
-                    v.aliases.push(a.clone());
-                }
-            }
-        }
-        for (key, bindings) in net.ports.iter().flatten() {
-            let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()) else {
-                continue;
-            };
-            let host = bindings
-                .iter()
-                .flatten()
-                .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok());
-            if let Some(h) = host {
-                v.published.insert(port, h);
-            }
-        }
-        v
-    }
-}
-
-/// The namespace owner of a container in `container:` network mode, followed to the end of a
-/// chain (an owner may itself use another's namespace), as far as the agent can read it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    /// The direct owner's full id: its events are followed.
-    pub id: String,
-    /// The chain ends in a container on the host's network.
-    pub host_network: bool,
-    /// What the namespace shows (IPs, published ports); `None` when the owner is not running.
-    pub view: Option<NetView>,
-    /// The owner's main process, 0 when not running.
-    pub pid: u32,
-}
-
 /// When an engine whose command line or cache path was not settled at its start is read again.
 pub(super) const READ_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 /// How many `container:` links are followed to the namespace's real owner.
 pub(super) const MAX_OWNER_CHAIN: usize = 4;
-
-/// The container's main process as Docker reports it; 0 when not running (or not known).
-/// The container's `json-file` log on the host and whether its config rotates it (`max-size`
-/// set, as Docker merges the daemon's `log-opts` into each container's); `local` rotates by
-/// itself.
-pub(super) fn log_of(c: &ContainerInspectResponse) -> Option<(String, bool)> {
-    let path = c.log_path.clone().filter(|p| !p.is_empty())?;
-    let config = c.host_config.as_ref()?.log_config.as_ref()?;
-    let rotated = config.typ.as_deref() == Some("local")
-        || config
-            .config
-            .as_ref()
-            .and_then(|m| m.get("max-size"))
-            .is_some_and(|s| !matches!(s.trim(), "" | "-1" | "0"));
-    Some((path, rotated))
-}
-
-pub(super) fn pid_of(c: &ContainerInspectResponse) -> u32 {
-    c.state
-        .as_ref()
-        .and_then(|s| s.pid)
-        .and_then(|p| u32::try_from(p).ok())
-        .unwrap_or(0)
-}
-
-/// The container's mounts: inspect's `Mounts` (bind, volume, `--mount type=tmpfs`) plus
-/// `HostConfig.Tmpfs`, where `--tmpfs` mounts appear (they are not listed in `Mounts`).
-pub fn mounts_of(c: &ContainerInspectResponse) -> Vec<Mount> {
-    let mut out: Vec<Mount> = c
-        .mounts
-        .iter()
-        .flatten()
-        .filter_map(|m| {
-            let kind = match m.typ.as_deref() {
-                Some("bind") => MountKind::Bind,
-                Some("volume") => MountKind::Volume,
-                Some("tmpfs") => MountKind::Tmpfs,
-                _ => MountKind::Other,
-            };
-            Some(Mount {
-                kind,
-                source: m.source.clone().unwrap_or_default(),
-                destination: m.destination.clone()?,
-            })
-        })
-        .collect();
-    if let Some(tmpfs) = c.host_config.as_ref().and_then(|h| h.tmpfs.as_ref()) {
-        let mut dests: Vec<&String> = tmpfs.keys().collect();
-        dests.sort();
-        for d in dests {
-            out.push(Mount {
-                kind: MountKind::Tmpfs,
-                source: String::new(),
-                destination: d.clone(),
-            });
-        }
-    }
-    out
-}
 
 /// Builds the full engine view of a container: its inspect data, and what it takes beyond it
 /// (the namespace owner's inspect for `container:` network mode). Shared by the discovery loop
@@ -451,7 +305,7 @@ impl Inspector {
         let facts = if from_host {
             let (id, q2) = (id.clone(), q.clone());
             let work = tokio::task::spawn_blocking(move || {
-                inside::root(pid, &id).map(|root| inside::survey(&root, &q2))
+                root::root(pid, &id).map(|root| survey::survey(&root, &q2))
             });
             match tokio::time::timeout(HOST_READ_TIMEOUT, work).await {
                 Ok(Ok(Ok(f))) => Some(f),
@@ -541,7 +395,7 @@ impl Inspector {
     }
 
     async fn exec_read(&self, id: &str, path: &str) -> Option<String> {
-        let argv = inside::read_file_argv(path);
+        let argv = root::read_file_argv(path);
         match self.docker.exec(id, &argv, self.exec_timeout, |_| {}).await {
             Ok(out) if out.exit_code == 0 => Some(out.stdout),
             Ok(out) => {
@@ -558,11 +412,11 @@ impl Inspector {
     async fn exec_survey(
         &self,
         id: &str,
-        q: &cache::path::Questions,
-    ) -> Option<(cache::path::Facts, Option<String>)> {
-        let argv = inside::survey_argv(q);
+        q: &survey::Questions,
+    ) -> Option<(survey::Facts, Option<String>)> {
+        let argv = survey::survey_argv(q);
         match self.docker.exec(id, &argv, self.exec_timeout, |_| {}).await {
-            Ok(out) => inside::parse_survey(q, &out.stdout),
+            Ok(out) => survey::parse_survey(q, &out.stdout),
             Err(e) => {
                 debug!(container_id = %crate::model::id12(id), error = %e, "cannot look inside the engine container");
                 None

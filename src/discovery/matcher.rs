@@ -9,7 +9,7 @@ use bollard::models::ContainerInspectResponse;
 use crate::config::{Config, LabelMatch};
 use crate::model::{CacheChoice, DiscoveredEngine, NetMode, Runtime};
 
-use super::inspect::{log_of, mounts_of, network_of, pid_of, NetRef, NetView, Owner};
+use super::response::{log_of, mounts_of, network_of, pid_of, NetRef, NetView, Owner};
 use super::{AGENT_IMAGE_TITLE, HOST_PORT_LABEL, IMAGE_TITLE_LABEL, PORT_LABEL};
 
 /// What makes a container an engine, and how to address it.

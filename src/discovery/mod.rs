@@ -7,13 +7,15 @@
 //! seen twice, which the registry's upsert makes harmless). Unlike vector, the first list also
 //! retries, and the registry keeps the last known engines while Docker is away.
 //!
-//! By job: `matcher` (is it an engine, where is it), `inspect` (everything one container's
-//! view takes beyond that: its namespace owner, processes, command line, cache), `lookup` (a
-//! container a stream event names before it is listed), and the loop, here.
+//! By job: `response` (what one inspect response says, pure), `matcher` (is it an engine,
+//! where is it), `inspect` (everything one container's view takes beyond that: its namespace
+//! owner, processes, command line, cache), `lookup` (a container a stream event names before
+//! it is listed), and the loop, here. Each uses only those before it.
 
 mod inspect;
 mod lookup;
 mod matcher;
+mod response;
 
 pub use inspect::Inspector;
 use inspect::READ_AGAIN_AFTER;
@@ -218,8 +220,8 @@ impl Discovery {
 
 #[cfg(test)]
 mod tests {
-    use super::inspect::{NetView, Owner};
     use super::matcher::{glob_match, is_image_id};
+    use super::response::{NetView, Owner};
     use super::*;
     use crate::config::LabelMatch;
     use crate::model::CacheChoice;
