@@ -618,6 +618,14 @@ mod tests {
     }
 
     #[test]
+    fn statvfs_reads_a_real_filesystem() {
+        let (avail, size) = statvfs("/").unwrap();
+        assert!(size > 0 && avail <= size, "{avail} of {size}");
+        assert!(statvfs("/no/such/path").is_err());
+        assert!(statvfs("a\0b").is_err());
+    }
+
+    #[test]
     fn measures_as_du_sb_and_clears_contents_keeping_the_directory() {
         let tmp = fixture();
         let cache = tmp.path().join("cache");

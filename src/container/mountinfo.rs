@@ -147,6 +147,171 @@ pub(crate) fn filesystem_of(path: &str, entries: &[MountEntry]) -> Option<(Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Mount, MountKind};
+
+    fn bind(src: &str, dst: &str) -> Mount {
+        Mount {
+            kind: MountKind::Bind,
+            source: src.into(),
+            destination: dst.into(),
+        }
+    }
+
+    fn mount(kind: MountKind, src: &str, dst: &str) -> Mount {
+        Mount {
+            kind,
+            source: src.into(),
+            destination: dst.into(),
+        }
+    }
+
+    const CACHE: &str = "/home/appuser/.ACEStream/.acestream_cache";
+
+    #[test]
+    fn cache_on_a_bind_mount_is_on_its_host_source() {
+        let m = [bind("/srv/e1", CACHE)];
+        assert_eq!(
+            host_path(CACHE, &m, Some("/var/lib/docker")).as_deref(),
+            Some("/srv/e1")
+        );
+        // A mount of a parent directory: the rest of the path follows the source.
+        let m = [bind("/srv/home", "/home/appuser")];
+        assert_eq!(
+            host_path(CACHE, &m, None).as_deref(),
+            Some("/srv/home/.ACEStream/.acestream_cache")
+        );
+        // The longest destination wins, whatever the order.
+        let m = [
+            bind("/srv/cache", "/data/ace/cache"),
+            bind("/srv/data", "/data"),
+        ];
+        assert_eq!(
+            host_path("/data/ace/cache", &m, None).as_deref(),
+            Some("/srv/cache")
+        );
+        assert_eq!(
+            host_path("/data/other", &m, None).as_deref(),
+            Some("/srv/data/other")
+        );
+        // `/dat` is no prefix of `/data/...`.
+        let m = [bind("/srv/x", "/dat")];
+        assert_eq!(host_path("/data/c", &m, Some("/d")).as_deref(), Some("/d"));
+    }
+
+    #[test]
+    fn cache_on_a_volume_is_in_the_volume_directory() {
+        let m = [mount(
+            MountKind::Volume,
+            "/var/lib/docker/volumes/v/_data",
+            "/home/appuser/.ACEStream",
+        )];
+        assert_eq!(
+            host_path(CACHE, &m, None).as_deref(),
+            Some("/var/lib/docker/volumes/v/_data/.acestream_cache")
+        );
+        // A volume driver without a host directory: not watched.
+        let m = [mount(MountKind::Volume, "", CACHE)];
+        assert_eq!(host_path(CACHE, &m, Some("/var/lib/docker")), None);
+    }
+
+    #[test]
+    fn tmpfs_caches_are_not_watched() {
+        let m = [mount(MountKind::Tmpfs, "", CACHE)];
+        assert_eq!(host_path(CACHE, &m, Some("/var/lib/docker")), None);
+        // A tmpfs over a parent, under a bind: the longer one (tmpfs) holds the cache.
+        let m = [
+            bind("/srv/home", "/home"),
+            mount(MountKind::Tmpfs, "", "/home/appuser/.ACEStream"),
+        ];
+        assert_eq!(host_path(CACHE, &m, Some("/var/lib/docker")), None);
+        // /dev and /dev/shm are tmpfs in every container, mounted or not.
+        assert_eq!(
+            host_path(
+                "/dev/shm/.ACEStream/.acestream_cache",
+                &[],
+                Some("/var/lib/docker")
+            ),
+            None
+        );
+        // Unless the operator bind-mounts disk there.
+        let m = [bind("/srv/shm", "/dev/shm")];
+        assert_eq!(
+            host_path("/dev/shm/c", &m, None).as_deref(),
+            Some("/srv/shm/c")
+        );
+        let m = [mount(MountKind::Other, "", CACHE)];
+        assert_eq!(host_path(CACHE, &m, Some("/var/lib/docker")), None);
+    }
+
+    #[test]
+    fn cache_without_a_mount_is_under_docker_root() {
+        let m = [bind("/srv/logs", "/var/log")];
+        assert_eq!(
+            host_path(CACHE, &m, Some("/var/lib/docker")).as_deref(),
+            Some("/var/lib/docker")
+        );
+        // Docker's root not known yet: not resolvable for now.
+        assert_eq!(host_path(CACHE, &[], None), None);
+    }
+
+    const MOUNTINFO_TEXT: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+42 27 254:0 /var/lib/docker /var/lib/docker rw,relatime shared:1 - ext4 /dev/vda rw
+50 27 8:17 / /srv/disk\\040two rw,relatime - ext4 /dev/sdb1 rw
+51 27 0:60 / /tmp/t rw - tmpfs tmpfs rw,size=65536k
+52 51 0:61 / /tmp/t rw - tmpfs tmpfs rw,size=1024k
+53 27 8:17 /sub /mnt/sub rw - ext4 /dev/sdb1 rw
+";
+
+    #[test]
+    fn mountinfo_is_parsed_with_escapes() {
+        let e = parse_mountinfo(MOUNTINFO_TEXT);
+        assert_eq!(e.len(), 8);
+        assert_eq!(
+            e[3],
+            MountEntry {
+                dev: "254:0".into(),
+                root: "/var/lib/docker".into(),
+                mountpoint: "/var/lib/docker".into()
+            }
+        );
+        assert_eq!(e[4].mountpoint, "/srv/disk two");
+    }
+
+    #[test]
+    fn filesystem_is_the_longest_mount_named_by_where_the_disk_is_mounted() {
+        let e = parse_mountinfo(MOUNTINFO_TEXT);
+        let fs = |p: &str| filesystem_of(p, &e);
+        // A bind of a subdirectory of the root disk is the root disk.
+        assert_eq!(
+            fs("/var/lib/docker/volumes/v/_data"),
+            Some(("/".into(), "/var/lib/docker".into()))
+        );
+        assert_eq!(fs("/home/x"), Some(("/".into(), "/".into())));
+        assert_eq!(
+            fs("/srv/disk two/e1"),
+            Some(("/srv/disk two".into(), "/srv/disk two".into()))
+        );
+        // A subdirectory of the second disk mounted elsewhere is that disk.
+        assert_eq!(
+            fs("/mnt/sub/c"),
+            Some(("/srv/disk two".into(), "/mnt/sub".into()))
+        );
+        // Of two mounts on one path, the last hides the first.
+        let (name, stat) = fs("/tmp/t/e1").unwrap();
+        assert_eq!((name.as_str(), stat.as_str()), ("/tmp/t", "/tmp/t"));
+        assert_eq!(
+            e.iter()
+                .rev()
+                .find(|m| m.mountpoint == "/tmp/t")
+                .unwrap()
+                .dev,
+            "0:61"
+        );
+        assert_eq!(filesystem_of("/x", &[]), None);
+    }
 
     #[test]
     fn below_is_component_wise() {
