@@ -1539,7 +1539,7 @@ fn bench_sweep(
                     e.running,
                     e.is_idle(),
                     e.cleaning,
-                    e.cache_path_error,
+                    e.cache.as_ref().and_then(|c| c.error.as_ref()),
                     e.engine.last_cleanup_error
                 )
             })

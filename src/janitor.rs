@@ -224,6 +224,15 @@ impl Janitor {
     /// remembers the work as hung.
     async fn run_script(&self, e: &EngineState, mode: Mode) -> Outcome {
         let id = &e.engine.container_id;
+        let path = match e.cache_to_clean() {
+            Ok(c) => c.path.clone(),
+            Err(why) => {
+                return Outcome::Failed {
+                    before: None,
+                    reason: why.to_string(),
+                }
+            }
+        };
         // While deleting, no new health check of this engine starts, and the ones already
         // running are named to the live-stream guard (see `activity::ProbePorts`): the engine's
         // port arms it, no delete while a client is connected to it inside the container.
@@ -237,7 +246,7 @@ impl Janitor {
             Reach::FakeWalk(_) => {}
         }
         if self.inner.method == CacheMethod::Auto {
-            match self.run_on_host(e, mode, own.clone()).await {
+            match self.run_on_host(e, &path, mode, own.clone()).await {
                 Ok(outcome) => {
                     self.inner.metrics.count_cache_access(CacheAccess::Host);
                     return outcome;
@@ -250,8 +259,7 @@ impl Janitor {
                 ),
             }
         }
-        let argv =
-            cache::exec::guarded_argv(&e.engine.cache_path, mode, e.runtime.container_port, &own);
+        let argv = cache::exec::guarded_argv(&path, mode, e.runtime.container_port, &own);
         let mut exec_id = None;
         let r = self
             .inner
@@ -284,11 +292,12 @@ impl Janitor {
     async fn run_on_host(
         &self,
         e: &EngineState,
+        path: &str,
         mode: Mode,
         own: Vec<u16>,
     ) -> Result<Outcome, host::Unavailable> {
         let cancel = Arc::new(AtomicBool::new(false));
-        let work = self.host_walk(e, mode, own, cancel.clone());
+        let work = self.host_walk(e, path, mode, own, cancel.clone());
         // Past the deadline the walk is told to stop: nothing is deleted after the janitor
         // has given up on it (its re-check and its record would be stale).
         // (Also when this future itself is dropped, at shutdown.)
@@ -315,6 +324,7 @@ impl Janitor {
     fn host_walk(
         &self,
         e: &EngineState,
+        path: &str,
         mode: Mode,
         own: Vec<u16>,
         stop: Arc<AtomicBool>,
@@ -328,7 +338,7 @@ impl Janitor {
         let (pid, id, path, port) = (
             e.runtime.pid,
             e.engine.container_id.clone(),
-            e.engine.cache_path.clone(),
+            path.to_string(),
             e.runtime.container_port,
         );
         Box::new(move || {
@@ -390,8 +400,8 @@ impl Janitor {
         if !e.running {
             return Err(CleanupError::NotRunning(short));
         }
-        if let Some(reason) = &e.cache_path_error {
-            return Err(CleanupError::InvalidCachePath(short, reason.clone()));
+        if let Err(reason) = e.cache_to_clean() {
+            return Err(CleanupError::InvalidCachePath(short, reason.to_string()));
         }
         if !e.is_idle() {
             return Err(CleanupError::HasStreams(short));
@@ -644,7 +654,7 @@ impl Janitor {
         for e in snap
             .engines
             .iter()
-            .filter(|e| e.running && !e.cleaning && e.cache_path_error.is_none())
+            .filter(|e| e.running && !e.cleaning && e.cache_to_clean().is_ok())
         {
             let j = self.clone();
             let e = e.clone();
@@ -722,12 +732,13 @@ impl Janitor {
             let _stop = SetOnDrop(cancel.clone());
             let wanted: Vec<(u32, String, String)> = engines
                 .iter()
-                .map(|e| {
-                    (
+                .filter_map(|e| {
+                    let cache = e.cache_to_clean().ok()?;
+                    Some((
                         e.runtime.pid,
                         e.engine.container_id.clone(),
-                        e.engine.cache_path.clone(),
-                    )
+                        cache.path.clone(),
+                    ))
                 })
                 .collect();
             let enough = enough.clone();
@@ -791,7 +802,10 @@ impl Janitor {
             if avail >= threshold {
                 break;
             }
-            let argv = busy::exec_argv(&e.engine.cache_path, threshold - avail);
+            let Ok(cache) = e.cache_to_clean() else {
+                continue;
+            };
+            let argv = busy::exec_argv(&cache.path, threshold - avail);
             let id = &e.engine.container_id;
             let r = self
                 .inner
@@ -856,7 +870,7 @@ impl Janitor {
         for e in snap
             .engines
             .iter()
-            .filter(|e| e.running && e.is_idle() && !e.cleaning && e.cache_path_error.is_none())
+            .filter(|e| e.running && e.is_idle() && !e.cleaning && e.cache_to_clean().is_ok())
             // Found empty with no stream since: nothing can have been written to it.
             .filter(|e| !e.known_empty())
         {

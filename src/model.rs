@@ -511,9 +511,12 @@ pub struct EngineState {
     pub engine: Engine,
     pub counters: TriggerCounters,
     pub runtime: Runtime,
-    /// Why this engine's cache path is refused (invalid `acestream.cache_path` label); such an
-    /// engine is never cleaned.
-    pub cache_path_error: Option<String>,
+    /// The cache directory discovery chose for the container, whole: the path, where it came
+    /// from, its medium, or why it is refused (such an engine is never cleaned). The served
+    /// `cache_path`, `cache_path_source` and `cache_medium` are copied from it. `None` until
+    /// discovery has read the container (an engine only remembered from the store). Workers
+    /// read it through [`EngineState::cache_to_clean`].
+    pub cache: Option<CacheChoice>,
     /// A cleanup passed its idle re-check and is deleting; see `registry::begin_delete`.
     pub cleaning: bool,
     /// The container's memory use and limit, for an engine whose cache is in memory, as the
@@ -541,7 +544,7 @@ impl EngineState {
             heal,
             streams_stalled_since: None,
             runtime: Runtime::default(),
-            cache_path_error: None,
+            cache: None,
             cleaning: false,
             memory: None,
             cache_empty_since: None,
@@ -551,6 +554,19 @@ impl EngineState {
 
     pub fn is_idle(&self) -> bool {
         self.engine.streams.is_empty()
+    }
+
+    /// The cache a cleanup or a measurement may touch: discovery's choice, or the reason there
+    /// is none (the path is refused, or discovery has not read the container yet).
+    pub fn cache_to_clean(&self) -> Result<&CacheChoice, &str> {
+        match &self.cache {
+            None => Err("the cache path is not known yet: discovery has not read the container"),
+            Some(CacheChoice {
+                error: Some(reason),
+                ..
+            }) => Err(reason),
+            Some(c) => Ok(c),
+        }
     }
 
     pub fn id12(&self) -> &str {

@@ -107,7 +107,7 @@ pub fn eligible<'a>(
     snapshot
         .engines
         .iter()
-        .filter(|e| e.running && e.is_idle() && !e.cleaning && e.cache_path_error.is_none())
+        .filter(|e| e.running && e.is_idle() && !e.cleaning && e.cache_to_clean().is_ok())
         .filter(|e| on.get(&e.engine.container_id).map(String::as_str) == Some(mountpoint))
         .filter(|e| !e.known_empty())
         .filter(
@@ -396,25 +396,19 @@ impl Worker {
     async fn resolve(&mut self, snap: &Snapshot) -> Vec<(String, Option<String>)> {
         let running = || snap.engines.iter().filter(|e| e.running);
         let memory: Vec<(&EngineState, String)> = running()
-            .filter(|e| {
-                e.cache_path_error.is_none() && e.engine.cache_medium == CacheMedium::Memory
-            })
-            .map(|e| {
-                let mp = cache::path::tmpfs_of(&e.engine.cache_path, &e.runtime.mounts);
-                (e, mp)
+            .filter_map(|e| match e.cache_to_clean() {
+                Ok(c) if c.medium == CacheMedium::Memory => {
+                    Some((e, cache::path::tmpfs_of(&c.path, &e.runtime.mounts)))
+                }
+                _ => None,
             })
             .collect();
         let hosts: Vec<(String, Option<String>)> = running()
             .filter(|e| e.engine.cache_medium != CacheMedium::Memory)
             .map(|e| {
-                let host = match &e.cache_path_error {
-                    Some(_) => None,
-                    None => host_path(
-                        &e.engine.cache_path,
-                        &e.runtime.mounts,
-                        self.docker_root.as_deref(),
-                    ),
-                };
+                let host = e.cache_to_clean().ok().and_then(|c| {
+                    host_path(&c.path, &e.runtime.mounts, self.docker_root.as_deref())
+                });
                 (e.engine.container_id.clone(), host)
             })
             .collect();
@@ -753,7 +747,7 @@ impl Worker {
             let busy: Vec<EngineState> = snap
                 .engines
                 .iter()
-                .filter(|e| e.running && !e.is_idle() && e.cache_path_error.is_none())
+                .filter(|e| e.running && !e.is_idle() && e.cache_to_clean().is_ok())
                 .filter(|e| {
                     self.engine_fs
                         .get(&e.engine.container_id)
@@ -853,7 +847,9 @@ mod tests {
         let mut cleaning = mk("cleaning");
         cleaning.cleaning = true;
         let mut refused = mk("refused");
-        refused.cache_path_error = Some("bad label".into());
+        if let Some(c) = refused.cache.as_mut() {
+            c.error = Some("bad label".into());
+        }
         let mut gone = mk("gone");
         gone.running = false;
         let elsewhere = mk("elsewhere");

@@ -909,7 +909,6 @@ impl Registry {
 
     fn upsert(&mut self, d: DiscoveredEngine, now: Timestamp) {
         let cache_path = d.cache.path.clone();
-        let cache_path_error = d.cache.error.clone();
         let id = d.container_id.clone();
         let restarted = match self.engines.get(&id) {
             Some(e) => e.runtime.pid != d.runtime.pid,
@@ -1008,14 +1007,14 @@ impl Registry {
         if d.runtime.log.is_none() {
             e.engine.log_bytes = None;
         }
-        if cache_path_error.is_some() && e.cache_path_error != cache_path_error {
-            warn!(container_id = %id12(&id), error = cache_path_error.as_deref().unwrap_or(""),
-                "engine will not be cleaned");
-        }
-        if let Some(err) = &cache_path_error {
+        let was_refused = e.cache.as_ref().and_then(|c| c.error.as_ref());
+        if let Some(err) = &d.cache.error {
+            if was_refused != Some(err) {
+                warn!(container_id = %id12(&id), error = err.as_str(), "engine will not be cleaned");
+            }
             e.engine.last_cleanup_error = Some(err.clone());
         }
-        e.cache_path_error = cache_path_error;
+        e.cache = Some(d.cache);
         heal_on_start(&mut e, d.runtime.pid, now);
         e.runtime = d.runtime;
         e.running = true;

@@ -429,18 +429,7 @@ async fn a_restart_is_counted_before_docker_is_asked_and_survives_a_reopen() {
         Err(RegistryError::Busy(..))
     ));
     // The agent stops before Docker answers: the count was committed with the approval.
-    let Rig {
-        stop,
-        handle,
-        events,
-        store,
-        _dir: dir,
-    } = r;
-    let mut published = handle.subscribe();
-    drop((handle, events, store));
-    stop.fire();
-    // The registry's snapshot sender goes with its task (and its hold on the store).
-    while published.changed().await.is_ok() {}
+    let dir = stopped(r).await;
     let reopened = {
         let store = Store::open(&path.join("state.redb"), 100).unwrap();
         let loaded = tokio::task::spawn_blocking(move || store.load())
@@ -519,4 +508,86 @@ async fn a_held_answer_is_given_when_the_delete_never_reports_or_the_engine_goes
         .unwrap()
         .unwrap();
     assert_eq!(rec.container_id, id_of(1));
+}
+
+/// Stops the rig's registry and waits until its task is gone (with its hold on the store);
+/// the store's directory is handed back for a reopen.
+async fn stopped(r: Rig) -> tempfile::TempDir {
+    let Rig {
+        stop,
+        handle,
+        events,
+        store,
+        _dir: dir,
+    } = r;
+    let mut published = handle.subscribe();
+    drop((handle, events, store));
+    stop.fire();
+    // The registry's snapshot sender goes with its task (and its hold on the store).
+    while published.changed().await.is_ok() {}
+    dir
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_choice_is_kept_whole_and_a_refused_or_unknown_one_is_never_cleanable() {
+    let r = rig().await;
+    r.sync(&[1]).await;
+    let e = r.engine(1);
+    assert_eq!(e.cache_to_clean(), Ok(&discovered(1).cache));
+    assert_eq!(
+        (
+            e.engine.cache_path.as_str(),
+            e.engine.cache_path_source,
+            e.engine.cache_medium
+        ),
+        ("/cache", Some(CachePathSource::Config), CacheMedium::Disk)
+    );
+
+    // A label naming a dangerous path: refused whole, and said where `/engines` shows it.
+    let mut refused = discovered(1);
+    refused.cache = CacheChoice {
+        path: "/etc".into(),
+        written: "/etc".into(),
+        source: CachePathSource::Label,
+        error: Some("invalid label acestream.cache_path: /etc is a system directory".into()),
+        medium: CacheMedium::Disk,
+    };
+    r.handle
+        .send(RegistryCmd::Upsert(Box::new(refused.clone())))
+        .await;
+    let snap = r
+        .until("the refused choice", |s| {
+            find(s, &id_of(1)).is_some_and(|e| e.engine.cache_path == "/etc")
+        })
+        .await;
+    let e = find(&snap, &id_of(1)).expect("engine 1");
+    let reason = refused.cache.error.as_deref().unwrap();
+    assert_eq!(e.cache_to_clean(), Err(reason));
+    assert_eq!(e.engine.last_cleanup_error.as_deref(), Some(reason));
+    assert_eq!(e.engine.cache_path_source, Some(CachePathSource::Label));
+
+    // Fixed: cleanable again.
+    r.sync(&[1]).await;
+    r.until("the fixed choice", |s| {
+        find(s, &id_of(1)).is_some_and(|e| e.cache_to_clean().is_ok())
+    })
+    .await;
+
+    // Remembered from the store only: the path it last had is shown, none is cleanable until
+    // discovery has read the container again.
+    let dir = stopped(r).await;
+    let r = rig_at(dir).await;
+    let e = r.engine(1);
+    assert!(!e.running);
+    assert_eq!(e.engine.cache_path, "/cache");
+    let why = e.cache_to_clean().unwrap_err();
+    assert!(why.contains("not known yet"), "{why}");
+    r.sync(&[1]).await;
+    let snap = r
+        .until("discovery's choice again", |s| {
+            find(s, &id_of(1)).is_some_and(|e| e.running)
+        })
+        .await;
+    let e = find(&snap, &id_of(1)).expect("engine 1");
+    assert_eq!(e.cache_to_clean(), Ok(&discovered(1).cache));
 }
