@@ -1792,13 +1792,10 @@ fn bench_store(p: &Params, table: &mut Table, rt: &tokio::runtime::Runtime) {
                         started_at: at,
                         finished_at: at,
                         duration_seconds: 0.25,
-                        success: true,
                         size_before_bytes: Some(20 << 20),
                         freed_bytes: 20 << 20,
                         remaining_bytes: Some(0),
-                        skipped_below_min: false,
-                        nothing_to_clean: false,
-                        error: None,
+                        verdict: acestream_agent::model::Verdict::Cleaned,
                     });
                 }
             }

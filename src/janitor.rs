@@ -31,7 +31,7 @@ use crate::config::CacheMethod;
 use crate::docker::{DockerClient, DockerError};
 use crate::logging;
 use crate::metrics::{CacheAccess, Metrics};
-use crate::model::{id12, CleanupRecord, EngineState, Trigger};
+use crate::model::{id12, CleanupRecord, EngineState, Trigger, Verdict};
 use crate::registry::{RegistryCmd, RegistryError, RegistryEvent, RegistryHandle};
 use crate::shutdown::Shutdown;
 use crate::stuck::{Call, Guarded};
@@ -431,13 +431,10 @@ impl Janitor {
             started_at,
             finished_at: started_at,
             duration_seconds: 0.0,
-            success: false,
             size_before_bytes: None,
             freed_bytes: 0,
             remaining_bytes: None,
-            skipped_below_min: false,
-            nothing_to_clean: false,
-            error: None,
+            verdict: Verdict::Cleaned,
         };
         // The idle re-check, inside the registry task, right before the one exec that
         // measures and deletes: no stream event can slip between the check and the exec.
@@ -457,8 +454,7 @@ impl Janitor {
         match self.run_script(&e, Mode::Clear { min_bytes }).await {
             Outcome::Empty { before } => {
                 debug!(container_id = %short, bytes = before, "cache empty; nothing to clean");
-                record.success = true;
-                record.nothing_to_clean = true;
+                record.verdict = Verdict::NothingToClean;
                 record.size_before_bytes = Some(before);
                 record.remaining_bytes = Some(before);
             }
@@ -469,14 +465,13 @@ impl Janitor {
                 match after {
                     Some(after) => {
                         logging::clearing(id, &name);
-                        record.success = true;
+                        record.verdict = Verdict::Cleaned;
                         record.remaining_bytes = Some(after);
                         record.freed_bytes = before.saturating_sub(after);
                     }
                     None => {
                         debug!(container_id = %short, bytes = before, "cache below cleanup.min_bytes; not deleting");
-                        record.success = true;
-                        record.skipped_below_min = true;
+                        record.verdict = Verdict::BelowMin;
                         record.remaining_bytes = Some(before);
                     }
                 }
@@ -487,8 +482,7 @@ impl Janitor {
                 // Not a cleanup: only a new current size, and the engine's cleaning mark cleared.
                 record.finished_at = Utc::now();
                 record.duration_seconds = t0.elapsed().as_secs_f64();
-                record.success = true;
-                record.skipped_below_min = true;
+                record.verdict = Verdict::ClientAtDelete;
                 record.size_before_bytes = Some(before);
                 record.remaining_bytes = Some(before);
                 let _ = self
@@ -504,7 +498,7 @@ impl Janitor {
                     logging::cache_size(id, &name, b);
                 }
                 record.size_before_bytes = before;
-                record.error = Some(format!("cache cleanup failed: {reason}"));
+                record.verdict = Verdict::Failed(format!("cache cleanup failed: {reason}"));
             }
         }
         let current = record.remaining_bytes;
@@ -522,25 +516,21 @@ impl Janitor {
         record.finished_at = Utc::now();
         record.duration_seconds = t0.elapsed().as_secs_f64();
         let (id, name) = (&record.container_id, &record.container_name);
-        match (&record.error, record.success) {
-            // Measured, nothing deleted: not a cleanup, only a new current size.
-            (None, true) if record.skipped_below_min || record.nothing_to_clean => {}
-            (None, true) => logging::cleared(
+        match &record.verdict {
+            Verdict::Cleaned => logging::cleared(
                 id,
                 name,
                 record.trigger,
                 record.freed_bytes,
                 record.duration_seconds,
             ),
-            (err, _) => logging::cleanup_failed(
-                id,
-                name,
-                record.trigger,
-                err.as_deref().unwrap_or("unknown error"),
-                record.duration_seconds,
-            ),
+            Verdict::Failed(err) => {
+                logging::cleanup_failed(id, name, record.trigger, err, record.duration_seconds)
+            }
+            // Measured, nothing deleted: not a cleanup, only a new current size.
+            Verdict::BelowMin | Verdict::NothingToClean | Verdict::ClientAtDelete => {}
         }
-        if !record.skipped_below_min && !record.nothing_to_clean {
+        if record.verdict.is_cleanup() {
             self.inner
                 .metrics
                 .observe_cleanup(record.trigger, record.duration_seconds);
@@ -832,13 +822,10 @@ impl Janitor {
                 started_at,
                 finished_at,
                 duration_seconds: duration,
-                success: true,
                 size_before_bytes: None,
                 freed_bytes: b,
                 remaining_bytes: None,
-                skipped_below_min: false,
-                nothing_to_clean: false,
-                error: None,
+                verdict: Verdict::Cleaned,
             };
             self.inner
                 .metrics
@@ -1227,17 +1214,16 @@ mod tests {
         walk.hang.lock().unwrap().insert(a.clone());
 
         let rec = r.janitor.cleanup(&a, Trigger::Manual).await.unwrap();
-        assert!(!rec.success);
         assert_eq!(
-            rec.error.as_deref(),
-            Some("cache cleanup failed: the cache walk did not finish within 200ms (filesystem not answering?)")
+            rec.verdict,
+            Verdict::Failed("cache cleanup failed: the cache walk did not finish within 200ms (filesystem not answering?)".into())
         );
         assert!(r.janitor.inner.walks.is_stuck(&a));
         // While that walk hangs, its engine gets no new one; another engine is cleaned.
         let err = r.janitor.cleanup(&a, Trigger::Manual).await.unwrap_err();
         assert_eq!(err, CleanupError::PreviousExecHung(id12(&a).into()));
         let rec = r.janitor.cleanup(&b, Trigger::Manual).await.unwrap();
-        assert!(rec.success, "{rec:?}");
+        assert_eq!(rec.verdict, Verdict::Cleaned, "{rec:?}");
         assert_eq!(rec.freed_bytes, 1_000);
 
         // The hung walk returns: it had been told to stop (nothing deleted after the janitor
@@ -1254,7 +1240,7 @@ mod tests {
         let returned = walk.returned.lock().unwrap().clone();
         assert_eq!(returned, vec![(b.clone(), false), (a.clone(), true)]);
         let rec = r.janitor.cleanup(&a, Trigger::Manual).await.unwrap();
-        assert!(rec.success, "{rec:?}");
+        assert_eq!(rec.verdict, Verdict::Cleaned, "{rec:?}");
         assert_eq!(rec.freed_bytes, 1_000);
         let counts = || {
             let c = r.state(&a).counters.get(Trigger::Manual);
@@ -1403,7 +1389,7 @@ mod tests {
         let stored = r.store.history(&id, 10).unwrap();
         assert_eq!(stored, vec![record.clone()]);
         assert_eq!(record.freed_bytes, 2_048);
-        assert!(record.success);
+        assert_eq!(record.verdict, Verdict::Cleaned);
     }
 
     #[tokio::test(start_paused = true)]

@@ -597,7 +597,11 @@ pub struct DiscoveredEngine {
 }
 
 /// One cleanup attempt, as kept in the per-engine history and returned by the manual trigger.
+/// Stored and served in the orchestrator's shape, four fields that together say what it came to
+/// (`success`, `skipped_below_min`, `nothing_to_clean`, `error`: [`RecordWire`]); inside the
+/// agent one [`Verdict`] says it, so no reader decodes the four again.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "RecordWire", into = "RecordWire")]
 pub struct CleanupRecord {
     pub container_id: String,
     pub container_name: String,
@@ -605,21 +609,118 @@ pub struct CleanupRecord {
     pub started_at: Timestamp,
     pub finished_at: Timestamp,
     pub duration_seconds: f64,
-    pub success: bool,
     /// Size measured before deleting (the orchestrator's `cache_size_bytes`).
     pub size_before_bytes: Option<u64>,
     pub freed_bytes: u64,
     /// Size left after deleting (what a running engine wrote meanwhile, or files it could not delete).
     pub remaining_bytes: Option<u64>,
-    /// Nothing was deleted because the cache was below `cleanup.min_bytes`.
-    #[serde(default)]
-    pub skipped_below_min: bool,
+    pub verdict: Verdict,
+}
+
+/// What one cleanup attempt came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deleted: `freed_bytes` freed, `remaining_bytes` left.
+    Cleaned,
+    /// Measured, then kept: the cache was below `cleanup.min_bytes`. A new current size, not
+    /// a cleanup: never kept in the history nor counted.
+    BelowMin,
     /// The cache directory was missing or held no entries: nothing to clean, which is not a
-    /// cleanup (docs/cache-paths.md#nothing-to-clean). Such a record is only the answer to a manual
-    /// cleanup; it is never kept in the history nor counted.
+    /// cleanup (docs/cache-paths.md#nothing-to-clean). Only the answer to a manual cleanup;
+    /// never kept in the history nor counted.
+    NothingToClean,
+    /// Measured, then nothing deleted: a client connected to the engine right before the
+    /// delete. The engine is busy, not failing; the janitor answers the caller with "has
+    /// streams", so such a record is never kept, counted nor returned.
+    ClientAtDelete,
+    /// The cleanup failed, with the reason.
+    Failed(String),
+}
+
+impl Verdict {
+    /// A cleanup in the orchestrator's sense, success or failure: counted, kept in the history,
+    /// timed and logged with its lines. The other verdicts only bring a new current size.
+    pub fn is_cleanup(&self) -> bool {
+        matches!(self, Verdict::Cleaned | Verdict::Failed(_))
+    }
+
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Verdict::Failed(_))
+    }
+}
+
+/// A [`CleanupRecord`] as stored and served: the orchestrator's fields, in its order. A
+/// record written before `skipped_below_min` or `nothing_to_clean` existed reads them as
+/// `false`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecordWire {
+    container_id: String,
+    container_name: String,
+    trigger: Trigger,
+    started_at: Timestamp,
+    finished_at: Timestamp,
+    duration_seconds: f64,
+    success: bool,
+    size_before_bytes: Option<u64>,
+    freed_bytes: u64,
+    remaining_bytes: Option<u64>,
     #[serde(default)]
-    pub nothing_to_clean: bool,
-    pub error: Option<String>,
+    skipped_below_min: bool,
+    #[serde(default)]
+    nothing_to_clean: bool,
+    error: Option<String>,
+}
+
+impl From<CleanupRecord> for RecordWire {
+    fn from(r: CleanupRecord) -> RecordWire {
+        let (success, skipped_below_min, nothing_to_clean, error) = match r.verdict {
+            Verdict::Cleaned => (true, false, false, None),
+            // Never written (the janitor keeps it to itself); as "kept" if it were.
+            Verdict::BelowMin | Verdict::ClientAtDelete => (true, true, false, None),
+            Verdict::NothingToClean => (true, false, true, None),
+            Verdict::Failed(e) => (false, false, false, Some(e)),
+        };
+        RecordWire {
+            container_id: r.container_id,
+            container_name: r.container_name,
+            trigger: r.trigger,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            duration_seconds: r.duration_seconds,
+            success,
+            size_before_bytes: r.size_before_bytes,
+            freed_bytes: r.freed_bytes,
+            remaining_bytes: r.remaining_bytes,
+            skipped_below_min,
+            nothing_to_clean,
+            error,
+        }
+    }
+}
+
+impl From<RecordWire> for CleanupRecord {
+    fn from(w: RecordWire) -> CleanupRecord {
+        let verdict = match (w.success, w.error) {
+            (false, e) | (true, e @ Some(_)) => {
+                Verdict::Failed(e.unwrap_or_else(|| "unknown error".into()))
+            }
+            (true, None) if w.nothing_to_clean => Verdict::NothingToClean,
+            (true, None) if w.skipped_below_min => Verdict::BelowMin,
+            (true, None) => Verdict::Cleaned,
+        };
+        CleanupRecord {
+            container_id: w.container_id,
+            container_name: w.container_name,
+            trigger: w.trigger,
+            started_at: w.started_at,
+            finished_at: w.finished_at,
+            duration_seconds: w.duration_seconds,
+            size_before_bytes: w.size_before_bytes,
+            freed_bytes: w.freed_bytes,
+            remaining_bytes: w.remaining_bytes,
+            verdict,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -695,6 +796,71 @@ pub fn format_gb(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The record as stored and served keeps the orchestrator's four fields, in its order, for
+    /// every verdict; records written before the verdict existed read back as what they said.
+    #[test]
+    fn a_cleanup_record_keeps_the_orchestrators_shape() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-07T10:00:00.5Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let record = |verdict| CleanupRecord {
+            container_id: "c".into(),
+            container_name: "n".into(),
+            trigger: Trigger::Manual,
+            started_at: at,
+            finished_at: at,
+            duration_seconds: 0.25,
+            size_before_bytes: Some(10),
+            freed_bytes: 7,
+            remaining_bytes: Some(3),
+            verdict,
+        };
+        let head = r#"{"container_id":"c","container_name":"n","trigger":"manual","started_at":"2026-12-07T10:00:00.500Z","finished_at":"2026-12-07T10:00:00.500Z","duration_seconds":0.25,"#;
+        let cases = [
+            (
+                Verdict::Cleaned,
+                r#""success":true,"size_before_bytes":10,"freed_bytes":7,"remaining_bytes":3,"skipped_below_min":false,"nothing_to_clean":false,"error":null}"#,
+            ),
+            (
+                Verdict::BelowMin,
+                r#""success":true,"size_before_bytes":10,"freed_bytes":7,"remaining_bytes":3,"skipped_below_min":true,"nothing_to_clean":false,"error":null}"#,
+            ),
+            (
+                Verdict::NothingToClean,
+                r#""success":true,"size_before_bytes":10,"freed_bytes":7,"remaining_bytes":3,"skipped_below_min":false,"nothing_to_clean":true,"error":null}"#,
+            ),
+            (
+                Verdict::Failed("cache cleanup failed: x".into()),
+                r#""success":false,"size_before_bytes":10,"freed_bytes":7,"remaining_bytes":3,"skipped_below_min":false,"nothing_to_clean":false,"error":"cache cleanup failed: x"}"#,
+            ),
+        ];
+        for (verdict, tail) in cases {
+            let r = record(verdict);
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(text, format!("{head}{tail}"));
+            assert_eq!(serde_json::from_str::<CleanupRecord>(&text).unwrap(), r);
+        }
+        // A record from before `skipped_below_min` and `nothing_to_clean`.
+        let old = format!(
+            "{head}{}",
+            r#""success":true,"size_before_bytes":10,"freed_bytes":7,"remaining_bytes":3,"error":null}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<CleanupRecord>(&old).unwrap(),
+            record(Verdict::Cleaned)
+        );
+        // A failure stored without its reason still reads as a failure.
+        let bare = format!(
+            "{head}{}",
+            r#""success":false,"size_before_bytes":null,"freed_bytes":0,"remaining_bytes":null,"error":null}"#
+        );
+        let r: CleanupRecord = serde_json::from_str(&bare).unwrap();
+        assert!(r.verdict.is_failure() && r.verdict.is_cleanup(), "{r:?}");
+        // A client at the delete is no cleanup, and apart from a cache below the minimum.
+        assert!(!Verdict::ClientAtDelete.is_cleanup());
+        assert_ne!(Verdict::ClientAtDelete, Verdict::BelowMin);
+    }
 
     #[test]
     fn trigger_names_match_spec() {

@@ -20,7 +20,7 @@ use crate::logging;
 use crate::model::{
     id12, CacheLimitSource, CleanupRecord, DiscoveredEngine, Engine, EngineState, Filesystem,
     HealBook, HealRecord, HealState, HealTrigger, HealthStatus, MemoryUse, Snapshot, StreamRecord,
-    StreamStatus, Timestamp, Trigger, TriggerCounters,
+    StreamStatus, Timestamp, Trigger, TriggerCounters, Verdict,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{Batch, PersistedEngine, Store};
@@ -1483,9 +1483,9 @@ impl Registry {
             e.cleaning = false;
             // Found empty, or emptied: empty since the work began (a stream that wrote
             // meanwhile has a later `last_stream_usage`, so `known_empty` stays false).
-            e.cache_empty_since = (record.nothing_to_clean
-                || (record.success && !record.skipped_below_min))
-                .then_some(record.started_at);
+            e.cache_empty_since =
+                matches!(record.verdict, Verdict::Cleaned | Verdict::NothingToClean)
+                    .then_some(record.started_at);
             (&mut e.engine, &mut e.counters)
         } else if let Some(g) = self.gone.get_mut(&id) {
             (&mut g.engine, &mut g.counters)
@@ -1496,19 +1496,18 @@ impl Registry {
             engine.cache_current_bytes = Some(b);
             engine.cache_measured_at = Some(record.finished_at);
         }
-        if record.nothing_to_clean {
-            // Not a cleanup (docs/cache-paths.md#nothing-to-clean): no record, no counter, and the
-            // orchestrator's fields keep describing the last cleanup that freed something.
-            self.pending.engines.insert(id);
-            return;
-        }
-        if record.skipped_below_min {
-            // Measured but kept: a new current size, not a cleanup.
+        if !record.verdict.is_cleanup() {
+            // Nothing to clean (docs/cache-paths.md#nothing-to-clean), kept below the minimum,
+            // or a client at the delete: a new current size, not a cleanup. No record, no
+            // counter, and the orchestrator's fields keep describing the last cleanup.
             self.pending.engines.insert(id);
             return;
         }
         let c = counters.get_mut(record.trigger);
-        if record.success {
+        if let Verdict::Failed(err) = &record.verdict {
+            c.failures += 1;
+            engine.last_cleanup_error = Some(err.clone());
+        } else {
             c.cleanups += 1;
             c.freed_bytes += record.freed_bytes;
             // The orchestrator's two fields describe the last cleanup of an idle engine; files taken
@@ -1518,9 +1517,6 @@ impl Registry {
                 engine.cache_size_bytes = record.size_before_bytes;
             }
             engine.last_cleanup_error = None;
-        } else {
-            c.failures += 1;
-            engine.last_cleanup_error = record.error.clone();
         }
         let total = counters.total();
         engine.cleanups_total = total.cleanups;

@@ -818,13 +818,10 @@ mod tests {
             started_at: at(n),
             finished_at: at(n + 1),
             duration_seconds: 1.5,
-            success: true,
             size_before_bytes: Some(n as u64 * 10),
             freed_bytes: n as u64,
             remaining_bytes: Some(0),
-            skipped_below_min: false,
-            nothing_to_clean: false,
-            error: None,
+            verdict: crate::model::Verdict::Cleaned,
         }
     }
 

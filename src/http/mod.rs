@@ -316,8 +316,10 @@ async fn manual_cleanup(key: &str, state: &AppState) -> Resp {
     let result = task.await;
     views_caught_up(state).await;
     match result {
-        Ok(Ok(rec)) if rec.success => json_resp(StatusCode::OK, &rec),
-        Ok(Ok(rec)) => json_resp(StatusCode::INTERNAL_SERVER_ERROR, &rec),
+        Ok(Ok(rec)) if rec.verdict.is_failure() => {
+            json_resp(StatusCode::INTERNAL_SERVER_ERROR, &rec)
+        }
+        Ok(Ok(rec)) => json_resp(StatusCode::OK, &rec),
         Ok(Err(e)) => cleanup_error(e),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

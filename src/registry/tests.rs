@@ -78,13 +78,10 @@ fn cleaned(id: &str, trigger: Trigger, freed: u64) -> CleanupRecord {
         started_at: now,
         finished_at: now,
         duration_seconds: 0.0,
-        success: true,
         size_before_bytes: Some(freed),
         freed_bytes: freed,
         remaining_bytes: Some(0),
-        skipped_below_min: false,
-        nothing_to_clean: false,
-        error: None,
+        verdict: crate::model::Verdict::Cleaned,
     }
 }
 
@@ -590,4 +587,73 @@ async fn the_cache_choice_is_kept_whole_and_a_refused_or_unknown_one_is_never_cl
         .await;
     let e = find(&snap, &id_of(1)).expect("engine 1");
     assert_eq!(e.cache_to_clean(), Ok(&discovered(1).cache));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_cleanup_is_counted_and_kept_the_other_verdicts_bring_a_size() {
+    let r = rig().await;
+    r.sync(&[1]).await;
+    let id = id_of(1);
+    for (n, verdict) in [
+        Verdict::ClientAtDelete,
+        Verdict::BelowMin,
+        Verdict::NothingToClean,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        r.handle.begin_delete(&id).await.unwrap();
+        let size = 100 * (n as u64 + 1);
+        let record = CleanupRecord {
+            verdict: verdict.clone(),
+            freed_bytes: 0,
+            ..cleaned(&id, Trigger::Manual, size)
+        };
+        r.handle.finish_cleanup(record, Some(size)).await.unwrap();
+        let snap = r
+            .until("the new size", |s| {
+                find(s, &id).is_some_and(|e| e.engine.cache_current_bytes == Some(size))
+            })
+            .await;
+        let e = find(&snap, &id).expect("engine 1");
+        assert!(!e.cleaning, "{verdict:?}");
+        assert_eq!(
+            (e.engine.cleanups_total, e.engine.cleanup_failures_total),
+            (0, 0),
+            "{verdict:?}"
+        );
+        assert_eq!(e.engine.last_cache_cleanup, None, "{verdict:?}");
+        // Found empty is known empty; a cache kept or left for a client is not.
+        assert_eq!(
+            e.cache_empty_since.is_some(),
+            verdict == Verdict::NothingToClean,
+            "{verdict:?}"
+        );
+    }
+    r.handle.begin_delete(&id).await.unwrap();
+    let failed = CleanupRecord {
+        verdict: Verdict::Failed("cache cleanup failed: x".into()),
+        ..cleaned(&id, Trigger::Sweep, 0)
+    };
+    r.handle.finish_cleanup(failed, None).await.unwrap();
+    let snap = r
+        .until("the failure counted", |s| {
+            find(s, &id).is_some_and(|e| e.engine.cleanup_failures_total == 1)
+        })
+        .await;
+    let e = find(&snap, &id).expect("engine 1");
+    assert_eq!(
+        e.engine.last_cleanup_error.as_deref(),
+        Some("cache cleanup failed: x")
+    );
+    assert_eq!(e.engine.cleanups_total, 0);
+    let history = {
+        let store = r.store.clone();
+        tokio::task::spawn_blocking(move || store.history(&id_of(1), 10))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert!(history[0].verdict.is_failure());
 }

@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use acestream_agent::config::{CacheMethod, Config};
+use acestream_agent::model::Verdict;
 use common::*;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -759,13 +760,10 @@ async fn containers_stopped_removed_or_renamed_mid_cleanup() {
     // The removed container's interrupted cleanup is in the store, with a reason.
     let store = acestream_agent::store::Store::open(&store, 100).unwrap();
     let h = store.history(&removed.id, 100).unwrap();
-    println!(
-        "removed mid-cleanup: {:?}",
-        h.first().and_then(|r| r.error.clone())
-    );
+    println!("removed mid-cleanup: {:?}", h.first().map(|r| &r.verdict));
     assert!(
         h.iter()
-            .any(|r| !r.success && r.error.as_deref().is_some_and(|e| !e.is_empty())),
+            .any(|r| matches!(&r.verdict, Verdict::Failed(e) if !e.is_empty())),
         "{h:?}"
     );
 }
