@@ -240,3 +240,56 @@ impl TestAgent {
         self.agent.stop().await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Negative windows, counted in the agent's own rounds
+// ---------------------------------------------------------------------------
+//
+// "Nothing is cleaned meanwhile" needs a window. A fixed sleep is the wrong one: on a starved
+// machine it can end before the agent has run a single round, and the test passes having
+// watched nothing. These wait until the agent shows it has done the rounds the window is
+// about, however long that takes.
+
+/// Waits until `agent` has finished `n` more sweeps than when called (its `last_sweep` moved
+/// `n` times; the sweep records one even when it had nothing to do, or Docker was away).
+pub async fn after_sweeps(agent: &Agent, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = agent.snapshot().last_sweep;
+    let mut seen = 0;
+    while seen < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent finished {seen} of {n} sweeps in 30 s (is cleanup.interval set?)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = agent.snapshot().last_sweep;
+        if now != last {
+            seen += 1;
+            last = now;
+        }
+    }
+}
+
+/// Waits until the agent has checked engine `id`'s health at or after `t` by its own clock:
+/// the agent was running through everything before `t`, not merely the test's clock.
+pub async fn after_health_check_past(agent: &Agent, id: &str, t: chrono::DateTime<chrono::Utc>) {
+    let deadline = std::time::Instant::now()
+        + (t - chrono::Utc::now()).to_std().unwrap_or_default()
+        + Duration::from_secs(30);
+    loop {
+        let checked = agent
+            .snapshot()
+            .engines
+            .iter()
+            .find(|e| e.engine.container_id == id)
+            .and_then(|e| e.engine.last_health_check);
+        if checked.is_some_and(|c| c >= t) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no health check of {id} at or after {t} (last {checked:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -107,7 +107,7 @@ async fn open_stream_is_listed_and_never_cleaned_while_it_reads() {
     let mut bytes = client.bytes_read();
     let mut files = engine.list_cache().len();
     for period in 1..=4 {
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        after_sweeps(&case.agent, 1).await;
         let v = case.engine_json(&engine.id).await;
         assert_eq!(streams_of(&v), streams, "period {period}: {v}");
         assert_eq!(cleanups_total(&v), 0, "period {period}: {v}");
@@ -250,8 +250,10 @@ async fn stream_events_make_an_engine_busy_and_stream_end_cleans_it() {
     assert_eq!(streams_of(&v), vec!["abc|b".to_string()], "{v}");
     assert!(v["last_stream_usage"].is_string(), "{v}");
 
-    // Well over idle_grace goes by while the stream is started: nothing is cleaned.
-    tokio::time::sleep(idle_grace * 2 + Duration::from_millis(500)).await;
+    // Well over idle_grace goes by while the stream is started, by the agent's own clock:
+    // nothing is cleaned.
+    let window = chrono::Duration::from_std(idle_grace * 2 + Duration::from_millis(500)).unwrap();
+    after_health_check_past(&case.agent, &engine.id, Utc::now() + window).await;
     let v = case.engine_json(&engine.id).await;
     assert_eq!(streams_of(&v), vec!["abc|b".to_string()], "{v}");
     assert_eq!(cleanups_total(&v), 0, "{v}");

@@ -557,7 +557,7 @@ async fn docker_loss_serves_last_state_and_cleans_nothing_until_resynced() {
     let started = case_engine(&case, "fault-docker-started").start();
     started.write_cache_file("during", 10_000);
     // Several sweep periods without Docker: nothing is attempted, nothing recorded.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_sweeps(&agent, 4).await;
     let (status, during) = http_get_json(addr, "/engines").await;
     assert_eq!(status, 200);
     assert_eq!(

@@ -1391,7 +1391,14 @@ async fn stream_ended_twice_is_200_and_second_changes_nothing() {
     assert_eq!(streams_after_first[0]["status"], json!("ended"));
 
     // The proxy retries; the retry finds the stream ended and leaves it as it is.
-    tokio::time::sleep(Duration::from_millis(20)).await; // a later ended_at would be visible
+    // Past the first end by the clock the agent stamps with: a later ended_at would show.
+    let first_end: chrono::DateTime<chrono::Utc> = streams_after_first[0]["ended_at"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("an ended stream has its ended_at");
+    while chrono::Utc::now() <= first_end + chrono::Duration::milliseconds(1) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let (status, v) = post_json(addr, "/events/stream_ended", &end).await;
     assert_eq!(status, 200, "second end: {v}");
     assert_eq!(
