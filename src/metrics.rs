@@ -183,6 +183,13 @@ const AGENT_LAST_SWEEP: Family = gauge(
     "Unix time of the last periodic cleanup sweep; absent if none has run.",
     &[],
 );
+// An addition to the core metric set, the pressure watcher's liveness as the sweep's is above:
+// a watcher stuck on a filesystem that does not answer stops moving it.
+const AGENT_LAST_PRESSURE_CHECK: Family = gauge(
+    "acestream_agent_last_pressure_check_timestamp_seconds",
+    "Unix time the disk-pressure watcher last finished reading every filesystem it watches; absent before its first round.",
+    &[],
+);
 // An addition to the core metric set, so a failing store (disk full, write error) is alertable
 // without scraping logs; `/engines` then serves state that a restart would lose.
 const AGENT_STORE_UP: Family = gauge(
@@ -232,7 +239,7 @@ const DISK_PRESSURE: Family = gauge(
 );
 
 /// Every family `SnapshotCollector` emits, for `Collector::desc` and the tests.
-const SNAPSHOT_FAMILIES: [&Family; 31] = [
+const SNAPSHOT_FAMILIES: [&Family; 32] = [
     &ENGINE_INFO,
     &ENGINE_HEALTHY,
     &ENGINE_ACTIVE_STREAMS,
@@ -259,6 +266,7 @@ const SNAPSHOT_FAMILIES: [&Family; 31] = [
     &AGENT_ENGINES,
     &AGENT_BUILD_INFO,
     &AGENT_LAST_SWEEP,
+    &AGENT_LAST_PRESSURE_CHECK,
     &AGENT_STORE_UP,
     &FILESYSTEM_AVAIL,
     &FILESYSTEM_SIZE,
@@ -604,6 +612,10 @@ impl Collector for SnapshotCollector<'_> {
             [series(&AGENT_BUILD_INFO, &[self.agent_version], 1.0)],
         ));
         out.push(single(&AGENT_LAST_SWEEP, s.last_sweep.map(unix_seconds)));
+        out.push(single(
+            &AGENT_LAST_PRESSURE_CHECK,
+            s.last_pressure_check.map(unix_seconds),
+        ));
         out.push(single(&AGENT_STORE_UP, Some(flag(s.store_error.is_none()))));
 
         let fss = &s.filesystems;
@@ -932,6 +944,7 @@ pub mod testing {
             docker_up: true,
             store_error: None,
             last_sweep: Some(ts(T0 - 300, 0)),
+            last_pressure_check: Some(ts(T0 - 4, 0)),
             // One filesystem in a pressure episode, one not, and the busy engine's tmpfs.
             filesystems: vec![
                 busy_shm,

@@ -779,6 +779,10 @@ pub struct Snapshot {
     /// Last store error (write failed, disk full); cleared by the next good commit.
     pub store_error: Option<String>,
     pub last_sweep: Option<Timestamp>,
+    /// When the disk-pressure watcher last finished a round (read every filesystem it
+    /// watches); `None` before its first. Its liveness: a watcher stuck on a filesystem that
+    /// does not answer stops moving it.
+    pub last_pressure_check: Option<Timestamp>,
     /// Filesystems holding engine caches, sorted by mountpoint (docs/cache-paths.md#storage).
     pub filesystems: Vec<Filesystem>,
 }

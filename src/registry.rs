@@ -373,6 +373,7 @@ pub struct Registry {
     docker_up: bool,
     store_error: Option<String>,
     last_sweep: Option<Timestamp>,
+    last_pressure_check: Option<Timestamp>,
     filesystems: Vec<Filesystem>,
     /// Every name and address of this host, for matching `engine.host` of stream events
     /// against published ports.
@@ -478,6 +479,7 @@ impl Registry {
             docker_up: false,
             store_error: None,
             last_sweep: loaded.last_sweep,
+            last_pressure_check: None,
             filesystems: Vec::new(),
             host_names,
             retention,
@@ -558,6 +560,7 @@ impl Registry {
             docker_up: self.docker_up,
             store_error: self.store_error.clone(),
             last_sweep: self.last_sweep,
+            last_pressure_check: self.last_pressure_check,
             filesystems: self.filesystems.clone(),
         }));
     }
@@ -885,6 +888,11 @@ impl Registry {
             } => {
                 let mut changed = self.filesystems != filesystems;
                 self.filesystems = filesystems;
+                if mountpoints.is_some() {
+                    // A whole round (the pressure task's in-between reports carry none).
+                    self.last_pressure_check = Some(Utc::now());
+                    changed = true;
+                }
                 let memory: HashMap<String, MemoryUse> = memory.into_iter().collect();
                 for e in self.engines.values_mut() {
                     let m = memory.get(&e.engine.container_id).copied();

@@ -253,16 +253,33 @@ impl TestAgent {
 /// Waits until `agent` has finished `n` more sweeps than when called (its `last_sweep` moved
 /// `n` times; the sweep records one even when it had nothing to do, or Docker was away).
 pub async fn after_sweeps(agent: &Agent, n: usize) {
+    after_rounds(agent, n, "sweeps (is cleanup.interval set?)", |s| {
+        s.last_sweep
+    })
+    .await;
+}
+
+/// Waits until the disk-pressure watcher has finished `n` more rounds than when called.
+pub async fn after_pressure_rounds(agent: &Agent, n: usize) {
+    after_rounds(agent, n, "pressure rounds", |s| s.last_pressure_check).await;
+}
+
+async fn after_rounds(
+    agent: &Agent,
+    n: usize,
+    what: &str,
+    stamp: impl Fn(&acestream_agent::model::Snapshot) -> Option<chrono::DateTime<chrono::Utc>>,
+) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut last = agent.snapshot().last_sweep;
+    let mut last = stamp(&agent.snapshot());
     let mut seen = 0;
     while seen < n {
         assert!(
             std::time::Instant::now() < deadline,
-            "the agent finished {seen} of {n} sweeps in 30 s (is cleanup.interval set?)"
+            "the agent finished {seen} of {n} {what} in 30 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = agent.snapshot().last_sweep;
+        let now = stamp(&agent.snapshot());
         if now != last {
             seen += 1;
             last = now;

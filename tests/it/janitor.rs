@@ -27,30 +27,6 @@ impl Case {
             .unwrap_or_else(|e| panic!("POST /engines/{key}/cleanup: not JSON ({e}): {body}"));
         (status, v)
     }
-
-    /// Waits until the agent has finished `n` sweeps after this call (by the snapshot's
-    /// `last_sweep`), so a test can assert what sweeps did *not* do.
-    async fn wait_sweeps(&self, n: usize, deadline: Duration) {
-        let mut last = self.agent.snapshot().last_sweep;
-        for i in 0..n {
-            let registry = &self.agent.registry;
-            last = Some(
-                eventually(
-                    deadline,
-                    &format!("sweep {} of {n}", i + 1),
-                    || async move {
-                        let now = registry.snapshot().last_sweep;
-                        match (now, last) {
-                            (Some(t), Some(l)) if t > l => Some(t),
-                            (Some(t), None) => Some(t),
-                            _ => None,
-                        }
-                    },
-                )
-                .await,
-            );
-        }
-    }
 }
 
 fn u64_of(v: &Value, field: &str) -> u64 {
@@ -396,7 +372,7 @@ async fn busy_engine_cache_is_untouched() {
     assert_eq!(status, 200, "{reply}");
     // A sweep that began before the engines were known busy may still be deleting; once it is
     // over, every later sweep knows.
-    case.wait_sweeps(1, Duration::from_secs(10)).await;
+    after_sweeps(&case.agent, 1).await;
     let counted: Vec<u64> = {
         let mut v = vec![];
         for e in [&viewed, &evented] {
@@ -421,7 +397,7 @@ async fn busy_engine_cache_is_untouched() {
     )
     .await;
     assert_eq!(idle.list_cache(), Vec::<String>::new());
-    case.wait_sweeps(2, Duration::from_secs(10)).await;
+    after_sweeps(&case.agent, 2).await;
 
     let after = viewed.list_cache();
     for f in &before {
@@ -513,7 +489,7 @@ async fn hung_exec_times_out_and_is_recorded_without_blocking_others() {
 
     // Later sweeps: no second exec piles up next to the hung one. (The normal engine's empty
     // cache is nothing to clean: those sweeps leave it no record.)
-    case.wait_sweeps(3, Duration::from_secs(10)).await;
+    after_sweeps(&case.agent, 3).await;
     assert_eq!(case.history(&normal.id).await.len(), 1);
     assert_eq!(
         processes_matching(&hung, "2147483647"),
@@ -558,7 +534,7 @@ async fn min_bytes_skips_small_caches() {
         u64_of(&e, "cache_current_bytes").abs_diff(100_000) <= 2 * BLOCK,
         "{e}"
     );
-    case.wait_sweeps(2, Duration::from_secs(5)).await;
+    after_sweeps(&case.agent, 2).await;
     assert_eq!(small.list_cache(), vec!["small".to_string()]);
     let e = case.engine_json(&small.id).await;
     assert_eq!(e["cleanups_total"], 0, "{e}");
@@ -600,7 +576,7 @@ async fn invalid_cache_path_label_is_reported_and_never_cleaned() {
         assert!(err.contains("acestream.cache_path"), "{err}");
         println!("{}: {err}", e.name);
     }
-    case.wait_sweeps(2, Duration::from_secs(5)).await;
+    after_sweeps(&case.agent, 2).await;
     let (status, body) = case.manual_cleanup(&system.name).await;
     assert_eq!(status, 409, "{body}");
     let (status, body) = case.manual_cleanup(&relative.name).await;

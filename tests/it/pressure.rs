@@ -555,9 +555,9 @@ async fn pressure_cleans_idle_engines_largest_first_until_free_space_is_back() {
         (!log_lines(&[&persists]).is_empty()).then_some(())
     })
     .await;
-    // A few more ticks while the pressure persists: no exec, no cleanup, still 1.
+    // A few more rounds while the pressure persists: no exec, no cleanup, still 1.
     let quiet_from = unix_time();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_pressure_rounds(&agent, 5).await;
     let quiet_to = unix_time();
     assert!(tmp.avail() < threshold);
     let m = metrics(&agent).await;
@@ -883,8 +883,9 @@ async fn ten_engine_episode(prefix: &str, method: CacheMethod) -> BTreeMap<u64, 
         "10 idle engines: first pressure cleanup started {} ms after free space crossed the threshold",
         latency.num_milliseconds()
     );
-    // Let Docker's event log catch up with the last exec before reading it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An exec's create event is logged before the exec runs, so every one is in by now; a
+    // bound 0.3 s past `until` (the clocks of this test and the daemon) makes `docker events`
+    // stream live until then, no sleep needed.
     let execs: Vec<String> = exec_creates(&case, since, until + 0.3)
         .into_iter()
         .map(|(id, _)| id)
@@ -934,8 +935,8 @@ async fn pressure_off_reports_free_space_and_never_cleans() {
         Some(0.0)
     );
     assert!(!m.contains("acestream_filesystem_min_free_bytes"));
-    // Several pressure intervals: nothing cleaned.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Several pressure rounds: nothing cleaned.
+    after_pressure_rounds(&agent, 4).await;
     assert!(pressure_records(&agent, &e).await.is_empty());
     assert!(d.join("cache.bin").exists());
     agent.stop().await;
@@ -1008,7 +1009,7 @@ async fn memory_caches_are_cleaned_by_pressure_on_their_tmpfs_and_their_memory_l
     assert_eq!(a.list_cache(), Vec::<String>::new());
     assert_eq!(c.list_cache(), Vec::<String>::new());
     // Several more pressure rounds: B and D are never touched.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    after_pressure_rounds(&agent, 4).await;
     for (e, file) in [(&b, "live.b"), (&d, "live.d")] {
         assert_eq!(
             pressure_records(&agent, e).await,
@@ -1171,8 +1172,19 @@ async fn every_engine_busy(busy_files: acestream_agent::config::BusyFiles, metho
         )
         .await;
     }
-    let live: Vec<BTreeMap<String, u64>> = dirs.iter().map(|d| live_files(d)).collect();
-    assert!(live.iter().all(|l| l.len() == 1), "{live:?}");
+    // The agent sees a client's connection before the engine's handler has opened its file.
+    let live: Vec<BTreeMap<String, u64>> = eventually(
+        Duration::from_secs(10),
+        "each stream's open file",
+        || async {
+            let live: Vec<BTreeMap<String, u64>> = dirs.iter().map(|d| live_files(d)).collect();
+            live.iter()
+                .all(|l| l.len() == 1)
+                .then_some(live.clone())
+                .ok_or(format!("{live:?}"))
+        },
+    )
+    .await;
     // Pushed below the threshold from outside any cache.
     let avail = tmp.avail();
     assert!(avail > threshold + 20 * MIB, "{} MiB free", avail / MIB);
