@@ -187,6 +187,33 @@ pub async fn query(prom: SocketAddr, q: &str) -> Result<Vec<Value>, String> {
     Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
 }
 
+/// Whether Prometheus has evaluated every rule group at or after `t` (by `/api/v1/rules`'
+/// `lastEvaluation`): a window counted in its own evaluations rather than slept.
+pub async fn rules_evaluated_since(
+    prom: SocketAddr,
+    t: chrono::DateTime<chrono::Utc>,
+) -> Result<(), String> {
+    let (status, body) = try_http_get(prom, "/api/v1/rules").await?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    if status != 200 || v["status"] != "success" {
+        return Err(format!("HTTP {status}: {body}"));
+    }
+    let groups = v["data"]["groups"].as_array().cloned().unwrap_or_default();
+    if groups.is_empty() {
+        return Err("no rule groups".into());
+    }
+    for g in &groups {
+        let last: chrono::DateTime<chrono::Utc> = g["lastEvaluation"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("group {} not evaluated yet", g["name"]))?;
+        if last < t {
+            return Err(format!("group {} last evaluated at {last}", g["name"]));
+        }
+    }
+    Ok(())
+}
+
 /// `GET /api/v1/label/<label>/values?match[]=<selector>`, sorted: what Grafana's
 /// `label_values(<selector>, <label>)` variable lists.
 pub async fn label_values(

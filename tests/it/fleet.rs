@@ -385,7 +385,12 @@ async fn three_hosts_under_one_prometheus_and_alertmanager() {
     );
 
     // A few scrapes with nothing freed, then one manual cleanup per host: freed bytes known.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually(WAIT, "three scrapes of every host", || async {
+        let n = by_instance(p, r#"count_over_time(up{job="acestream-agent"}[1m])"#).await?;
+        let ok = n.len() == 3 && n.values().all(|c| *c >= 3.0);
+        ok.then_some(()).ok_or(format!("{n:?}"))
+    })
+    .await;
     let mut freed: BTreeMap<String, u64> = BTreeMap::new();
     let auth = format!("Bearer {TOKEN}");
     for (i, (name, addr)) in hosts.iter().enumerate() {
@@ -554,8 +559,13 @@ async fn three_hosts_under_one_prometheus_and_alertmanager() {
     assert!(description.contains("GET /engines"), "{description}");
     println!("fired: {summary} / {description}");
 
-    // Nothing else in the next seconds: no other host, no other rule.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Nothing else in the next seconds (every rule evaluated for 5 s more, by Prometheus' own
+    // clock, and Alertmanager's 1 s group wait behind it): no other host, no other rule.
+    let mark = chrono::Utc::now() + chrono::Duration::seconds(5);
+    eventually(WAIT, "5 s more of rule evaluations", || {
+        prom::rules_evaluated_since(p, mark)
+    })
+    .await;
     assert_eq!(firing_names(&hook.all()), want);
 
     // Fixed: the listener resumes; the viewer leaves, so the agent can clean the cache under

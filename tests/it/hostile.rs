@@ -62,6 +62,8 @@ async fn raw_status(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Option<
 /// slowest answer and how many failed.
 struct HealthProbe {
     stop: Arc<AtomicBool>,
+    /// Probes finished so far.
+    done: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<(Duration, Duration, usize, usize)>,
 }
 
@@ -92,6 +94,8 @@ impl HealthProbe {
     fn start(addr: SocketAddr) -> HealthProbe {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = done.clone();
         let task = tokio::spawn(async move {
             let (mut connect, mut answer, mut failed, mut n) =
                 (Duration::ZERO, Duration::ZERO, 0, 0);
@@ -108,11 +112,25 @@ impl HealthProbe {
                     }
                 }
                 n += 1;
+                count.store(n, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             (connect, answer, failed, n)
         });
-        HealthProbe { stop, task }
+        HealthProbe { stop, done, task }
+    }
+
+    /// Waits until `n` probes have finished: a window counted in answers, not slept.
+    async fn after(&self, n: usize) {
+        eventually(
+            Duration::from_secs(60),
+            &format!("{n} /healthz probes"),
+            || async {
+                let done = self.done.load(Ordering::SeqCst);
+                (done >= n).then_some(()).ok_or(done)
+            },
+        )
+        .await;
     }
 
     async fn stop(self, what: &str) -> Duration {
@@ -561,7 +579,7 @@ async fn two_thousand_idle_connections_do_not_starve_healthz() {
     )
     .await;
     let probe = HealthProbe::start(addr);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    probe.after(30).await;
     let worst = probe.stop("2000 idle connections").await;
     assert!(worst < Duration::from_secs(1), "/healthz took {worst:?}");
     let fds = std::fs::read_dir(format!("/proc/{}/fd", child.0.id()))

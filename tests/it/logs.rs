@@ -140,6 +140,9 @@ async fn docker_unreachable_at_start_is_a_warning_said_once() {
         "ACESTREAM_AGENT_DOCKER__HOST",
         format!("unix://{}", socket.display()),
     ));
+    // The retries' own debug lines, so the test can count them; the warning is at WARN, shown
+    // on the default level whatever this adds.
+    env.push(("RUST_LOG", "info,acestream_agent::discovery=debug".into()));
     let _agent = Running(
         agent_command(dir.path(), &env, &log)
             .spawn()
@@ -153,9 +156,19 @@ async fn docker_unreachable_at_start_is_a_warning_said_once() {
     })
     .await;
     assert!(body.contains("docker"), "{body}");
-    // Several retries (backoff from 200 ms) happen in 2 s.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let text = std::fs::read_to_string(&log).unwrap();
+    // Several retries (backoff from 200 ms), each said at debug only.
+    let text = eventually(Duration::from_secs(10), "three retries", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let retries = lines_with(&text, "Docker still unreachable").len();
+        (retries >= 3).then_some(text).ok_or(retries)
+    })
+    .await;
+    assert!(
+        lines_with(&text, "Docker still unreachable")
+            .iter()
+            .all(|l| l.contains("DEBUG")),
+        "retries at debug:\n{text}"
+    );
     let said = lines_with(&text, "Docker unreachable");
     assert_eq!(said.len(), 1, "said once:\n{text}");
     assert!(said[0].contains("WARN"), "a warning: {}", said[0]);
