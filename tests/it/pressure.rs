@@ -118,6 +118,26 @@ fn fill(path: &Path, bytes: u64) {
     }
 }
 
+/// `fill` that notes when the filesystem under `path` went below `threshold` free bytes: the
+/// crossing as exactly as the writer itself sees it (a poller starved of CPU can miss it,
+/// when the agent is quick to clean it back above).
+fn fill_noting_crossing(path: &Path, bytes: u64, threshold: u64) -> DateTime<Utc> {
+    let dir = path.parent().expect("a file in a directory");
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; MIB as usize];
+    let mut left = bytes;
+    let mut crossed = None;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        f.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+        if crossed.is_none() && statvfs(dir).0 < threshold {
+            crossed = Some(Utc::now());
+        }
+    }
+    crossed.expect("the fill never took free space below the threshold")
+}
+
 /// A measured size: the data written plus what `du` counts for directories (tmpfs: a few
 /// dozen bytes per entry).
 #[track_caller]
@@ -853,9 +873,11 @@ async fn ten_engine_episode(prefix: &str, method: CacheMethod) -> BTreeMap<u64, 
     wait_checked(&agent, 10).await;
 
     let since = unix_time();
-    let watch = CrossingWatch::start(&tmp.path, threshold);
-    fill(&host_dir.join("fill"), tmp.avail() - threshold + 45 * MIB);
-    let crossed = watch.crossed_at();
+    let crossed = fill_noting_crossing(
+        &host_dir.join("fill"),
+        tmp.avail() - threshold + 45 * MIB,
+        threshold,
+    );
     wait_disk_pressure(&agent, &mp, 1.0).await;
     wait_disk_pressure(&agent, &mp, 0.0).await;
     let until = unix_time();
