@@ -162,7 +162,11 @@ impl Agent {
                 .map_err(|e| std::io::Error::other(e.to_string()))??
         };
         let (trigger, shutdown) = shutdown::channel();
-        let metrics = Arc::new(Metrics::new().with_sweep_interval(cfg.cleanup.interval));
+        let metrics = Arc::new(
+            Metrics::new()
+                .with_sweep_interval(cfg.cleanup.interval)
+                .with_pressure_interval(cfg.pressure.interval),
+        );
         let docker = DockerClient::new(cfg.docker.host.clone());
         let own_id = whereami::own_container_id();
         // Docker's container, by its own id (not `/.dockerenv`: sandboxes that are no Docker

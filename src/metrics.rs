@@ -183,8 +183,8 @@ const AGENT_LAST_SWEEP: Family = gauge(
     "Unix time of the last periodic cleanup sweep; absent if none has run.",
     &[],
 );
-// An addition to the core metric set, the pressure watcher's liveness as the sweep's is above:
-// a watcher stuck on a filesystem that does not answer stops moving it.
+// An addition to the core metric set, the pressure watcher's liveness as the sweep's is above
+// (a filesystem that does not answer is skipped, so only a stuck watcher stops moving it).
 const AGENT_LAST_PRESSURE_CHECK: Family = gauge(
     "acestream_agent_last_pressure_check_timestamp_seconds",
     "Unix time the disk-pressure watcher last finished reading every filesystem it watches; absent before its first round.",
@@ -297,6 +297,10 @@ const CLEANUP_INTERVAL_NAME: &str = "acestream_agent_cleanup_interval_seconds";
 const CLEANUP_INTERVAL_HELP: &str = "cleanup.interval: seconds between periodic sweeps of idle \
      engines; absent when the periodic sweep is off.";
 
+const PRESSURE_INTERVAL_NAME: &str = "acestream_agent_pressure_interval_seconds";
+const PRESSURE_INTERVAL_HELP: &str =
+    "pressure.interval: seconds between rounds of the disk-pressure watcher.";
+
 /// How one cache measurement or cleanup reached the cache (`cleanup.method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheAccess {
@@ -406,6 +410,18 @@ impl Metrics {
                 .register(Box::new(g))
                 .expect("registered once, at start-up");
         }
+        self
+    }
+
+    /// Exports `pressure.interval`, so an alert on a stalled pressure watcher can scale with it
+    /// (the watcher always runs: free space is read even with pressure cleanup off).
+    pub fn with_pressure_interval(self, every: std::time::Duration) -> Metrics {
+        let g = Gauge::new(PRESSURE_INTERVAL_NAME, PRESSURE_INTERVAL_HELP)
+            .expect("constant gauge definition is valid (tested)");
+        g.set(every.as_secs_f64());
+        self.registry
+            .register(Box::new(g))
+            .expect("registered once, at start-up");
         self
     }
 
@@ -983,7 +999,9 @@ mod tests {
 
     /// The golden rendering: the fixed snapshot plus a few histogram observations.
     fn golden_render() -> String {
-        let m = Metrics::new().with_sweep_interval(Some(std::time::Duration::from_secs(30)));
+        let m = Metrics::new()
+            .with_sweep_interval(Some(std::time::Duration::from_secs(30)))
+            .with_pressure_interval(std::time::Duration::from_secs(10));
         m.observe_cleanup(Trigger::Sweep, 0.375);
         m.observe_cleanup(Trigger::Sweep, 1.5);
         m.observe_cleanup(Trigger::StreamEnd, 0.03125);
@@ -1131,6 +1149,18 @@ mod tests {
         assert!(
             !off.contains("acestream_agent_cleanup_interval_seconds"),
             "{off}"
+        );
+    }
+
+    #[test]
+    fn pressure_interval_is_exported() {
+        let out = Metrics::new()
+            .with_pressure_interval(std::time::Duration::from_millis(2_500))
+            .render(&Snapshot::default(), "1.2.3");
+        assert!(
+            out.lines()
+                .any(|l| l == "acestream_agent_pressure_interval_seconds 2.5"),
+            "{out}"
         );
     }
 

@@ -780,8 +780,8 @@ pub struct Snapshot {
     pub store_error: Option<String>,
     pub last_sweep: Option<Timestamp>,
     /// When the disk-pressure watcher last finished a round (read every filesystem it
-    /// watches); `None` before its first. Its liveness: a watcher stuck on a filesystem that
-    /// does not answer stops moving it.
+    /// watches); `None` before its first. Its liveness: only a stuck watcher stops moving it
+    /// (a filesystem that does not answer is skipped for the round).
     pub last_pressure_check: Option<Timestamp>,
     /// Filesystems holding engine caches, sorted by mountpoint (docs/cache-paths.md#storage).
     pub filesystems: Vec<Filesystem>,

@@ -495,6 +495,7 @@ fn alert_rules_pass_promtool_check() {
             "AcestreamCacheCleanupsFailing",
             "AcestreamIdleEngineCacheLarge",
             "AcestreamCleanupSweepStalled",
+            "AcestreamPressureWatcherStalled",
             "AcestreamEngineUnhealthy",
             "AcestreamEngineQuarantined",
             "AcestreamEngineStreamsStalled",
@@ -1699,6 +1700,12 @@ fn alert_expectations() -> Vec<(&'static str, Check)> {
         (
             "AcestreamCleanupSweepStalled",
             one("seconds since the last sweep <= 30", |v| {
+                (0.0..=30.0).contains(&v)
+            }),
+        ),
+        (
+            "AcestreamPressureWatcherStalled",
+            one("seconds since the last pressure round <= 30", |v| {
                 (0.0..=30.0).contains(&v)
             }),
         ),
