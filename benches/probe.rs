@@ -78,7 +78,10 @@ async fn tick_batched(
     kept: &mut Option<procfs::Kept>,
     engines: &[Target],
 ) -> usize {
-    let wanted: Vec<(String, u32)> = engines.iter().map(|t| (t.id.clone(), t.pid)).collect();
+    let wanted: Vec<(String, u32, bool)> = engines
+        .iter()
+        .map(|t| (t.id.clone(), t.pid, false))
+        .collect();
     let mut mine = kept.take().unwrap_or_default();
     let work = move || {
         let tables = activity::read_all(&mut mine, &wanted, &activity::ProbePorts::default());

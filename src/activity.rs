@@ -203,29 +203,45 @@ enum HostRead {
     None,
 }
 
-/// Reads the connection tables of every engine in `wanted` (container id, pid) through `kept`,
-/// in this thread; drops the handles of containers no longer wanted first. An engine whose
-/// established connections are, in number, no more than the agent's own connections to it
-/// open all the while its count was read (`ports`) has no client to find: its tables are not
-/// read. (A client could hide only behind a connection of the agent's that Docker's network has
-/// not completed yet, microseconds; the next tick sees it, and the janitor's guard before a
-/// delete reads the tables whatever the count.)
+/// Reads the connection tables of every engine in `wanted` (container id, pid, whether it has
+/// clients listed now) through `kept`, in this thread; drops the handles of containers no
+/// longer wanted first. See [`tables_needed`] for when an engine's tables are not read.
 pub fn read_all(
     kept: &mut procfs::Kept,
-    wanted: &[(String, u32)],
+    wanted: &[(String, u32, bool)],
     ports: &ProbePorts,
 ) -> Vec<io::Result<String>> {
-    let ids: HashSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
+    let ids: HashSet<&str> = wanted.iter().map(|(id, _, _)| id.as_str()).collect();
     kept.retain(|id| ids.contains(id));
     wanted
         .iter()
-        .map(|(id, pid)| {
+        .map(|(id, pid, listed)| {
             let before = ports.open_to(id);
             kept.connection_tables(*pid, id, |n| {
-                !before.is_empty() && n <= ports.still_open(id, &before)
+                !tables_needed(n, &before, || ports.still_open(id, &before), *listed)
             })
         })
         .collect()
+}
+
+/// Whether an engine's connection tables must be read, given `established` (its namespace's
+/// `CurrEstab`), the agent's own connections to it in flight when that was read (`ours`), how
+/// many of those are still in flight now (`still_open`), and whether the engine has clients
+/// listed. An engine with no client listed whose established connections are, in number, no
+/// more than the agent's own open all the while has none to find, and its tables are skipped
+/// (a new client could hide only behind a connection of the agent's that Docker's network has
+/// not completed yet, microseconds; the next tick sees it, and the janitor's guard before a
+/// delete reads the tables whatever the count). An engine with clients listed is always read:
+/// a health check the engine has already closed is no longer ESTABLISHED on its side while
+/// the agent still holds it, so the count would take the listed client for the agent's own and
+/// end its stream.
+pub fn tables_needed(
+    established: u64,
+    ours: &[u64],
+    still_open: impl FnOnce() -> u64,
+    clients_listed: bool,
+) -> bool {
+    clients_listed || ours.is_empty() || established > still_open()
 }
 
 impl Activity {
@@ -252,10 +268,13 @@ impl Activity {
             // in them, and must still be recognised as the agent's own
             // (`ProbePorts::held_since`).
             let since = Instant::now();
-            let wanted: Vec<(String, u32)> = running
+            let wanted: Vec<(String, u32, bool)> = running
                 .iter()
                 .filter(|e| e.runtime.pid > 0)
-                .map(|e| (e.engine.container_id.clone(), e.runtime.pid))
+                .map(|e| {
+                    let listed = e.engine.streams.iter().any(|s| s.starts_with(CONN_PREFIX));
+                    (e.engine.container_id.clone(), e.runtime.pid, listed)
+                })
                 .collect();
             let mut host: HashMap<String, HostRead> = HashMap::new();
             if !wanted.is_empty() {
@@ -268,7 +287,7 @@ impl Activity {
                 };
                 if let Call::Done((back, wanted, tables)) = guarded.run(HOST_READ, work).await {
                     kept = back;
-                    for ((id, _), t) in wanted.into_iter().zip(tables) {
+                    for ((id, _, _), t) in wanted.into_iter().zip(tables) {
                         let r = match t {
                             Ok(text) => HostRead::Tables(text),
                             Err(e) => HostRead::Failed(e.to_string()),
@@ -386,6 +405,25 @@ mod tests {
         assert_eq!(p.still_open("e1", &before), 0);
         drop(b);
         assert!(p.open_to("e1").is_empty());
+    }
+
+    /// The skip of the tables is for engines without clients only. A health check the engine
+    /// has closed already (its side no longer ESTABLISHED, `CurrEstab` 1: the client) while
+    /// the agent still holds it (`still_open` 1) looks, by count, like "all ours": reading
+    /// nothing then ended the listed client's stream for one tick (seen under load).
+    #[test]
+    fn a_listed_client_is_never_taken_for_the_agents_own_connection() {
+        let p = ProbePorts::default();
+        let _check = p.hold(4001, "e1");
+        let before = p.open_to("e1");
+        let still = || p.still_open("e1", &before);
+        assert!(tables_needed(1, &before, still, true));
+        // Without a client listed the count may skip the read: nothing to end.
+        assert!(!tables_needed(1, &before, still, false));
+        // More established than the agent's own: someone else is there.
+        assert!(tables_needed(2, &before, still, false));
+        // None of the agent's in flight: always read.
+        assert!(tables_needed(1, &[], || 0, false));
     }
 
     #[test]
