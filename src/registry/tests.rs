@@ -120,7 +120,8 @@ impl Rig {
         Arc::clone(&snap)
     }
 
-    async fn sync(&self, ns: &[usize]) {
+    /// Syncs engines `ns` and returns the first snapshot that lists exactly them.
+    async fn sync(&self, ns: &[usize]) -> Arc<Snapshot> {
         self.handle
             .send(RegistryCmd::Sync(
                 ns.iter().map(|n| discovered(*n)).collect(),
@@ -133,7 +134,7 @@ impl Rig {
                     .iter()
                     .all(|e| ids.contains(&e.engine.container_id))
         })
-        .await;
+        .await
     }
 
     fn engine(&self, n: usize) -> EngineState {
@@ -305,8 +306,8 @@ async fn a_gone_engine_that_comes_back_keeps_its_counters_and_history() {
     .await;
     r.sync(&[2]).await;
     // Docker starts the same container again (same id).
-    r.sync(&[1, 2]).await;
-    let e = r.engine(1);
+    let snap = r.sync(&[1, 2]).await;
+    let e = find(&snap, &id_of(1)).expect("engine 1");
     assert_eq!(e.engine.cleanups_total, 1);
     assert_eq!(e.engine.cache_freed_bytes_total, 5_000);
     assert!(e.running);
@@ -528,8 +529,8 @@ async fn stopped(r: Rig) -> tempfile::TempDir {
 #[tokio::test(start_paused = true)]
 async fn the_cache_choice_is_kept_whole_and_a_refused_or_unknown_one_is_never_cleanable() {
     let r = rig().await;
-    r.sync(&[1]).await;
-    let e = r.engine(1);
+    let snap = r.sync(&[1]).await;
+    let e = find(&snap, &id_of(1)).expect("engine 1");
     assert_eq!(e.cache_to_clean(), Ok(&discovered(1).cache));
     assert_eq!(
         (

@@ -253,7 +253,12 @@ impl TestAgent {
 /// Waits until `agent` has finished `n` more sweeps than when called (its `last_sweep` moved
 /// `n` times; the sweep records one even when it had nothing to do, or Docker was away).
 pub async fn after_sweeps(agent: &Agent, n: usize) {
-    after_rounds(agent, n, "sweeps (is cleanup.interval set?)", |s| {
+    after_sweeps_within(agent, n, ROUNDS_WITHIN).await;
+}
+
+/// [`after_sweeps`], failing when a sweep takes longer than `within` after the one before.
+pub async fn after_sweeps_within(agent: &Agent, n: usize, within: Duration) {
+    after_rounds(agent, n, within, "sweeps (is cleanup.interval set?)", |s| {
         s.last_sweep
     })
     .await;
@@ -261,52 +266,49 @@ pub async fn after_sweeps(agent: &Agent, n: usize) {
 
 /// Waits until the disk-pressure watcher has finished `n` more rounds than when called.
 pub async fn after_pressure_rounds(agent: &Agent, n: usize) {
-    after_rounds(agent, n, "pressure rounds", |s| s.last_pressure_check).await;
+    after_rounds(agent, n, ROUNDS_WITHIN, "pressure rounds", |s| {
+        s.last_pressure_check
+    })
+    .await;
 }
+
+/// How long a test waits for each round of a window before it fails.
+const ROUNDS_WITHIN: Duration = Duration::from_secs(30);
 
 async fn after_rounds(
     agent: &Agent,
     n: usize,
+    within: Duration,
     what: &str,
     stamp: impl Fn(&acestream_agent::model::Snapshot) -> Option<chrono::DateTime<chrono::Utc>>,
 ) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut last = stamp(&agent.snapshot());
-    let mut seen = 0;
-    while seen < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent finished {seen} of {n} {what} in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = stamp(&agent.snapshot());
-        if now != last {
-            seen += 1;
-            last = now;
-        }
+    for i in 1..=n {
+        let prev = last;
+        last = eventually(within, &format!("{what}: {i} of {n}"), || async {
+            let now = stamp(&agent.snapshot());
+            (now != prev).then_some(now)
+        })
+        .await;
     }
 }
 
 /// Waits until the agent has checked engine `id`'s health at or after `t` by its own clock:
 /// the agent was running through everything before `t`, not merely the test's clock.
 pub async fn after_health_check_past(agent: &Agent, id: &str, t: chrono::DateTime<chrono::Utc>) {
-    let deadline = std::time::Instant::now()
-        + (t - chrono::Utc::now()).to_std().unwrap_or_default()
-        + Duration::from_secs(30);
-    loop {
-        let checked = agent
-            .snapshot()
-            .engines
-            .iter()
-            .find(|e| e.engine.container_id == id)
-            .and_then(|e| e.engine.last_health_check);
-        if checked.is_some_and(|c| c >= t) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no health check of {id} at or after {t} (last {checked:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let window = (t - chrono::Utc::now()).to_std().unwrap_or_default();
+    eventually(
+        window + ROUNDS_WITHIN,
+        &format!("a health check of {id} at or after {t}"),
+        || async {
+            let snap = agent.snapshot();
+            let checked =
+                acestream_agent::registry::find(&snap, id).and_then(|e| e.engine.last_health_check);
+            checked
+                .filter(|c| *c >= t)
+                .map(|_| ())
+                .ok_or(format!("last {checked:?}"))
+        },
+    )
+    .await;
 }

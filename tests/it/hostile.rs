@@ -97,8 +97,7 @@ impl HealthProbe {
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = done.clone();
         let task = tokio::spawn(async move {
-            let (mut connect, mut answer, mut failed, mut n) =
-                (Duration::ZERO, Duration::ZERO, 0, 0);
+            let (mut connect, mut answer, mut failed) = (Duration::ZERO, Duration::ZERO, 0);
             while !flag.load(Ordering::SeqCst) {
                 let t = Instant::now();
                 match tokio::time::timeout(Duration::from_secs(5), healthz_timed(addr)).await {
@@ -111,11 +110,10 @@ impl HealthProbe {
                         answer = answer.max(t.elapsed());
                     }
                 }
-                n += 1;
-                count.store(n, Ordering::SeqCst);
+                count.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            (connect, answer, failed, n)
+            (connect, answer, failed, count.load(Ordering::SeqCst))
         });
         HealthProbe { stop, done, task }
     }

@@ -372,7 +372,7 @@ async fn busy_engine_cache_is_untouched() {
     assert_eq!(status, 200, "{reply}");
     // A sweep that began before the engines were known busy may still be deleting; once it is
     // over, every later sweep knows.
-    after_sweeps(&case.agent, 1).await;
+    after_sweeps_within(&case.agent, 1, Duration::from_secs(10)).await;
     let counted: Vec<u64> = {
         let mut v = vec![];
         for e in [&viewed, &evented] {
@@ -397,7 +397,7 @@ async fn busy_engine_cache_is_untouched() {
     )
     .await;
     assert_eq!(idle.list_cache(), Vec::<String>::new());
-    after_sweeps(&case.agent, 2).await;
+    after_sweeps_within(&case.agent, 2, Duration::from_secs(10)).await;
 
     let after = viewed.list_cache();
     for f in &before {
@@ -489,7 +489,7 @@ async fn hung_exec_times_out_and_is_recorded_without_blocking_others() {
 
     // Later sweeps: no second exec piles up next to the hung one. (The normal engine's empty
     // cache is nothing to clean: those sweeps leave it no record.)
-    after_sweeps(&case.agent, 3).await;
+    after_sweeps_within(&case.agent, 3, Duration::from_secs(10)).await;
     assert_eq!(case.history(&normal.id).await.len(), 1);
     assert_eq!(
         processes_matching(&hung, "2147483647"),
@@ -534,7 +534,7 @@ async fn min_bytes_skips_small_caches() {
         u64_of(&e, "cache_current_bytes").abs_diff(100_000) <= 2 * BLOCK,
         "{e}"
     );
-    after_sweeps(&case.agent, 2).await;
+    after_sweeps_within(&case.agent, 2, Duration::from_secs(5)).await;
     assert_eq!(small.list_cache(), vec!["small".to_string()]);
     let e = case.engine_json(&small.id).await;
     assert_eq!(e["cleanups_total"], 0, "{e}");
@@ -576,7 +576,7 @@ async fn invalid_cache_path_label_is_reported_and_never_cleaned() {
         assert!(err.contains("acestream.cache_path"), "{err}");
         println!("{}: {err}", e.name);
     }
-    after_sweeps(&case.agent, 2).await;
+    after_sweeps_within(&case.agent, 2, Duration::from_secs(5)).await;
     let (status, body) = case.manual_cleanup(&system.name).await;
     assert_eq!(status, 409, "{body}");
     let (status, body) = case.manual_cleanup(&relative.name).await;

@@ -1878,11 +1878,7 @@ async fn every_panel_and_alert_query_returns_engine_series_from_real_prometheus(
         attempt += 1;
         // Right after a sweep, so the file is in place well before the next one, and written
         // beside the cache and renamed into it, so no sweep sees half a file.
-        let last = agent.snapshot().last_sweep;
-        eventually(Duration::from_secs(10), "a sweep to finish", || async {
-            (agent.snapshot().last_sweep != last).then_some(())
-        })
-        .await;
+        after_sweeps_within(&agent, 1, Duration::from_secs(10)).await;
         let written = Instant::now();
         idle.exec(&[
             "/usr/bin/busybox",

@@ -108,6 +108,11 @@ fn statvfs(path: &Path) -> (u64, u64) {
 
 /// Writes a file of `bytes` (non-zero pattern; tmpfs stores every written page).
 fn fill(path: &Path, bytes: u64) {
+    fill_with(path, bytes, || {});
+}
+
+/// [`fill`], calling `after_each` after every MiB (or less, at the end) written.
+fn fill_with(path: &Path, bytes: u64, mut after_each: impl FnMut()) {
     let mut f = std::fs::File::create(path).unwrap();
     let chunk = vec![0xa5u8; MIB as usize];
     let mut left = bytes;
@@ -115,6 +120,7 @@ fn fill(path: &Path, bytes: u64) {
         let n = left.min(MIB) as usize;
         f.write_all(&chunk[..n]).unwrap();
         left -= n as u64;
+        after_each();
     }
 }
 
@@ -123,18 +129,12 @@ fn fill(path: &Path, bytes: u64) {
 /// when the agent is quick to clean it back above).
 fn fill_noting_crossing(path: &Path, bytes: u64, threshold: u64) -> DateTime<Utc> {
     let dir = path.parent().expect("a file in a directory");
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0xa5u8; MIB as usize];
-    let mut left = bytes;
     let mut crossed = None;
-    while left > 0 {
-        let n = left.min(MIB) as usize;
-        f.write_all(&chunk[..n]).unwrap();
-        left -= n as u64;
+    fill_with(path, bytes, || {
         if crossed.is_none() && statvfs(dir).0 < threshold {
             crossed = Some(Utc::now());
         }
-    }
+    });
     crossed.expect("the fill never took free space below the threshold")
 }
 
