@@ -402,23 +402,22 @@ impl Metrics {
     /// Exports `cleanup.interval` (nothing when the sweep is off), so that an alert on stalled
     /// sweeps can scale with it and stays quiet on a host that never sweeps.
     pub fn with_sweep_interval(self, every: Option<std::time::Duration>) -> Metrics {
-        if let Some(every) = every {
-            let g = Gauge::new(CLEANUP_INTERVAL_NAME, CLEANUP_INTERVAL_HELP)
-                .expect("constant gauge definition is valid (tested)");
-            g.set(every.as_secs_f64());
-            self.registry
-                .register(Box::new(g))
-                .expect("registered once, at start-up");
+        match every {
+            Some(every) => self.with_setting(CLEANUP_INTERVAL_NAME, CLEANUP_INTERVAL_HELP, every),
+            None => self,
         }
-        self
     }
 
     /// Exports `pressure.interval`, so an alert on a stalled pressure watcher can scale with it
     /// (the watcher always runs: free space is read even with pressure cleanup off).
     pub fn with_pressure_interval(self, every: std::time::Duration) -> Metrics {
-        let g = Gauge::new(PRESSURE_INTERVAL_NAME, PRESSURE_INTERVAL_HELP)
-            .expect("constant gauge definition is valid (tested)");
-        g.set(every.as_secs_f64());
+        self.with_setting(PRESSURE_INTERVAL_NAME, PRESSURE_INTERVAL_HELP, every)
+    }
+
+    /// A setting in seconds, as a gauge fixed at start-up.
+    fn with_setting(self, name: &str, help: &str, value: std::time::Duration) -> Metrics {
+        let g = Gauge::new(name, help).expect("constant gauge definition is valid (tested)");
+        g.set(value.as_secs_f64());
         self.registry
             .register(Box::new(g))
             .expect("registered once, at start-up");
