@@ -1221,6 +1221,14 @@ async fn every_engine_busy(busy_files: acestream_agent::config::BusyFiles, metho
 
     match busy_files {
         BusyFiles::Unopened => {
+            // The episode's end, said once the pass has freed enough: the metric alone can
+            // read 0 before the episode's 1 was ever published (the pass follows the reading
+            // at once), and waiting for 0 then passed before anything was freed.
+            let resolved = format!("Disk pressure on {mp} resolved: ");
+            eventually(Duration::from_secs(10), "the episode's end", || async {
+                (!log_lines(&[&resolved]).is_empty()).then_some(())
+            })
+            .await;
             wait_disk_pressure(&agent, &mp, 0.0).await;
             assert!(
                 tmp.avail() >= threshold - 4 * MIB,
